@@ -1,0 +1,275 @@
+//! Helpers for integration tests against the real broker and the real ClickHouse engine.
+//!
+//! Tests read `KAFKA_BROKERS` and `CLICKHOUSE_URL` (set by `scripts/test`, by
+//! `eval "$(scripts/stack up)"`, or pointed at docker compose's servers) and give each test its
+//! own topic, consumer group and database, so tests run in parallel on one stack.
+//!
+//! [`Endpoint`] starts a private ClickHouse HTTP endpoint (the local stack's, on chDB) for tests
+//! that must restart or stop ClickHouse without disturbing the shared one.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+/// The broker list of the stack under test.
+pub fn kafka_brokers() -> String {
+    required_env("KAFKA_BROKERS")
+}
+
+/// The ClickHouse HTTP URL of the stack under test.
+pub fn clickhouse_url() -> String {
+    required_env("CLICKHOUSE_URL")
+}
+
+fn required_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!(
+            "{key} is not set: run the tests with scripts/test, or `eval \"$(scripts/stack up)\"` first"
+        )
+    })
+}
+
+/// A name no other test uses: `prefix_` and 16 random hex digits.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+/// A client for the stack's ClickHouse, with `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set.
+pub fn clickhouse() -> clickhouse::Client {
+    client_for(&clickhouse_url())
+}
+
+fn client_for(url: &str) -> clickhouse::Client {
+    let mut client = clickhouse::Client::default().with_url(url);
+    if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
+        client = client.with_user(user);
+    }
+    if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
+        client = client.with_password(password);
+    }
+    client
+}
+
+/// A fresh database for one test, and a client whose default database it is.
+pub async fn temp_database(
+    client: &clickhouse::Client,
+    prefix: &str,
+) -> (String, clickhouse::Client) {
+    let name = unique_name(prefix);
+    client
+        .query(&format!("CREATE DATABASE {name}"))
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let scoped = client.clone().with_database(&name);
+    (name, scoped)
+}
+
+/// Creates a topic on the stack's broker (tansu does not auto-create topics).
+pub async fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&topic], &AdminOptions::new())
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("create topic {topic}: {code}"));
+    }
+}
+
+/// The repository's top folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives in the repo")
+        .to_path_buf()
+}
+
+/// The Python of the local stack's install (`scripts/stack up` creates it).
+pub fn stack_python() -> PathBuf {
+    let python = repo_root().join(".stack/install/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/stack up (or scripts/test) once to install the local stack",
+        python.display()
+    );
+    python
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// A private ClickHouse HTTP endpoint on chDB, with its own port and data dir; killed on drop.
+pub struct Endpoint {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+impl Endpoint {
+    /// Starts an endpoint over `data_dir` and waits until it answers.
+    pub async fn start(data_dir: &Path) -> Endpoint {
+        let mut endpoint = Endpoint {
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+        };
+        endpoint.spawn().await;
+        endpoint
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> clickhouse::Client {
+        client_for(&self.url())
+    }
+
+    /// Kills the endpoint process (like a crash) without waiting for anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data dir, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(stack_python())
+            .arg(repo_root().join("scripts/clickhouse_http.py"))
+            .args(["--port", &self.port.to_string(), "--data-dir"])
+            .arg(&self.data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scripts/clickhouse_http.py");
+        self.child = Some(child);
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.query("SELECT 1").execute().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "endpoint did not answer within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The statements of a SQL file: split on `;` outside quotes, with comments removed.
+pub fn sql_statements(text: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(ch) = chars.next() {
+        match quote {
+            Some(q) => {
+                current.push(ch);
+                if ch == '\\' {
+                    current.extend(chars.next());
+                } else if ch == q {
+                    quote = None;
+                }
+            }
+            None if ch == '-' && chars.peek() == Some(&'-') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        current.push('\n');
+                        break;
+                    }
+                }
+            }
+            None if ch == '/' && chars.peek() == Some(&'*') => {
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+            }
+            None if ch == ';' => statements.push(std::mem::take(&mut current)),
+            None => {
+                if matches!(ch, '\'' | '"' | '`') {
+                    quote = Some(ch);
+                }
+                current.push(ch);
+            }
+        }
+    }
+    statements.push(current);
+    statements
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Applies `clickhouse/schema.sql` with database `clickstream` renamed to `database`, so each
+/// test has the real schema (tables, views, settings) to itself. Returns a client scoped to it.
+pub async fn apply_schema(client: &clickhouse::Client, database: &str) -> clickhouse::Client {
+    let text = std::fs::read_to_string(repo_root().join("clickhouse/schema.sql"))
+        .expect("read clickhouse/schema.sql");
+    for statement in sql_statements(&text) {
+        let statement = statement
+            .replace(
+                "DATABASE IF NOT EXISTS clickstream",
+                &format!("DATABASE IF NOT EXISTS {database}"),
+            )
+            .replace("clickstream.", &format!("{database}."));
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("schema statement failed: {e}\n{statement}"));
+    }
+    client.clone().with_database(database)
+}
