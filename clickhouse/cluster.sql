@@ -1,0 +1,222 @@
+-- The same schema for a cluster, for users who outgrow one server (not applied by the local
+-- stack or the tests, which have one engine; the tests check that it parses and stays in step
+-- with schema.sql). Apply it instead of schema.sql, once, on any node:
+--
+--   clickhouse-client --multiquery < clickhouse/cluster.sql
+--
+-- Layout: every table of schema.sql becomes `<name>_local` (Replicated*MergeTree, one replica
+-- set per shard) plus `<name>` (Distributed over the local tables). Queries, the Grafana panels
+-- and clickstream-top keep reading `clickstream.<name>` unchanged. The MVs read the local
+-- events table and write the local rollups, so each shard aggregates its own events.
+--
+-- * Sharding key: cityHash64(session_id), so all events of a session land on one shard and the
+--   per-session rollup is complete there; uniq/uniqExact states merge across shards at query
+--   time through the Distributed tables.
+-- * Exactly-once: Replicated tables deduplicate inserts through Keeper (replicated_deduplication
+--   _window, default 1000 or more); the sink should insert into `events` with
+--   distributed_foreground_insert = 1 (formerly insert_distributed_sync) so that its
+--   insert_deduplication_token reaches the shards in the same request, or insert into
+--   `events_local` of a chosen shard directly.
+-- * Macros {cluster}, {shard}, {replica} come from each server's config (<macros>).
+-- * Users (users.sql) are per server unless user_directories has a `replicated` storage.
+
+CREATE DATABASE IF NOT EXISTS clickstream ON CLUSTER '{cluster}';
+
+CREATE TABLE IF NOT EXISTS clickstream.events_local ON CLUSTER '{cluster}'
+(
+    event_id        UUID,
+    event_time      DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+    user_id         String CODEC(ZSTD(1)),
+    session_id      UUID,
+    event_type      LowCardinality(String),
+    page_url        LowCardinality(String),
+    page_category   LowCardinality(String),
+    referrer        LowCardinality(String),
+    device_type     LowCardinality(String),
+    browser         LowCardinality(String),
+    country         LowCardinality(String),
+    duration_ms     UInt32 CODEC(T64, ZSTD(1)),
+    product_id      LowCardinality(Nullable(String)),
+    price           Nullable(Decimal(12, 2)),
+    quantity        Nullable(UInt16),
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset    Int64 CODEC(Delta, ZSTD(1)),
+    inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/clickstream/events', '{replica}')
+PARTITION BY toDate(event_time)
+ORDER BY (event_type, event_time)
+TTL toDateTime(event_time) + INTERVAL 90 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.events ON CLUSTER '{cluster}' AS clickstream.events_local
+ENGINE = Distributed('{cluster}', clickstream, events_local, cityHash64(session_id));
+
+ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
+    ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+CREATE TABLE IF NOT EXISTS clickstream.events_1m_local ON CLUSTER '{cluster}'
+(
+    window_start    DateTime('UTC'),
+    dimension       LowCardinality(String),
+    value           LowCardinality(String),
+    events          SimpleAggregateFunction(sum, UInt64),
+    page_views      SimpleAggregateFunction(sum, UInt64),
+    purchases       SimpleAggregateFunction(sum, UInt64),
+    revenue         SimpleAggregateFunction(sum, Decimal(38, 2)),
+    duration_ms_sum SimpleAggregateFunction(sum, UInt64),
+    users           AggregateFunction(uniq, String),
+    sessions        AggregateFunction(uniq, UUID)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/events_1m', '{replica}')
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (dimension, window_start, value)
+TTL window_start + INTERVAL 400 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.events_1m ON CLUSTER '{cluster}' AS clickstream.events_1m_local
+ENGINE = Distributed('{cluster}', clickstream, events_1m_local, rand());
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.events_1m_mv ON CLUSTER '{cluster}' TO clickstream.events_1m_local AS
+SELECT
+    toStartOfMinute(event_time) AS window_start,
+    dim.1 AS dimension,
+    dim.2 AS value,
+    count() AS events,
+    countIf(event_type = 'page_view') AS page_views,
+    countIf(event_type = 'purchase') AS purchases,
+    sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
+    sum(duration_ms) AS duration_ms_sum,
+    uniqState(user_id) AS users,
+    uniqState(session_id) AS sessions
+FROM clickstream.events_local
+ARRAY JOIN [
+    ('all', ''),
+    ('event_type', toString(event_type)),
+    ('device_type', toString(device_type)),
+    ('country', toString(country)),
+    ('referrer', toString(referrer)),
+    ('page_url', toString(page_url))
+] AS dim
+GROUP BY window_start, dimension, value;
+
+CREATE TABLE IF NOT EXISTS clickstream.pages_5m_local ON CLUSTER '{cluster}'
+(
+    window_start    DateTime('UTC'),
+    page_url        LowCardinality(String),
+    views           SimpleAggregateFunction(sum, UInt64),
+    duration_ms_sum SimpleAggregateFunction(sum, UInt64),
+    users           AggregateFunction(uniq, String)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/pages_5m', '{replica}')
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (window_start, page_url)
+TTL window_start + INTERVAL 400 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.pages_5m ON CLUSTER '{cluster}' AS clickstream.pages_5m_local
+ENGINE = Distributed('{cluster}', clickstream, pages_5m_local, rand());
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.pages_5m_mv ON CLUSTER '{cluster}' TO clickstream.pages_5m_local AS
+SELECT
+    toStartOfFiveMinutes(event_time) AS window_start,
+    page_url,
+    count() AS views,
+    sum(duration_ms) AS duration_ms_sum,
+    uniqState(user_id) AS users
+FROM clickstream.events_local
+WHERE event_type = 'page_view'
+GROUP BY window_start, page_url;
+
+CREATE TABLE IF NOT EXISTS clickstream.sessions_local ON CLUSTER '{cluster}'
+(
+    session_id   UUID,
+    user_id      SimpleAggregateFunction(any, String),
+    device_type  SimpleAggregateFunction(any, LowCardinality(String)),
+    first_event  SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_event   SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    events       SimpleAggregateFunction(sum, UInt64),
+    page_views   SimpleAggregateFunction(sum, UInt64),
+    pages        AggregateFunction(uniqExact, String),
+    landing_page AggregateFunction(argMin, String, Tuple(DateTime64(3, 'UTC'), UUID)),
+    exit_page    AggregateFunction(argMax, String, Tuple(DateTime64(3, 'UTC'), UUID)),
+    revenue      SimpleAggregateFunction(sum, Decimal(38, 2)),
+    converted    SimpleAggregateFunction(max, UInt8)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/sessions', '{replica}')
+PARTITION BY toDate(first_event)
+ORDER BY session_id
+TTL toDateTime(last_event) + INTERVAL 400 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.sessions ON CLUSTER '{cluster}' AS clickstream.sessions_local
+ENGINE = Distributed('{cluster}', clickstream, sessions_local, cityHash64(session_id));
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.sessions_mv ON CLUSTER '{cluster}' TO clickstream.sessions_local AS
+SELECT
+    session_id,
+    any(user_id) AS user_id,
+    any(device_type) AS device_type,
+    min(event_time) AS first_event,
+    max(event_time) AS last_event,
+    count() AS events,
+    countIf(event_type = 'page_view') AS page_views,
+    uniqExactState(toString(page_url)) AS pages,
+    argMinState(toString(page_url), (event_time, event_id)) AS landing_page,
+    argMaxState(toString(page_url), (event_time, event_id)) AS exit_page,
+    sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
+    toUInt8(countIf(event_type = 'purchase') > 0) AS converted
+FROM clickstream.events_local
+GROUP BY session_id;
+
+CREATE TABLE IF NOT EXISTS clickstream.funnel_5m_local ON CLUSTER '{cluster}'
+(
+    window_start DateTime('UTC'),
+    sessions     AggregateFunction(uniqExact, UUID),
+    viewed       AggregateFunction(uniqExact, UUID),
+    carted       AggregateFunction(uniqExact, UUID),
+    purchased    AggregateFunction(uniqExact, UUID)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/funnel_5m', '{replica}')
+PARTITION BY toYYYYMM(window_start)
+ORDER BY window_start
+TTL window_start + INTERVAL 400 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.funnel_5m ON CLUSTER '{cluster}' AS clickstream.funnel_5m_local
+ENGINE = Distributed('{cluster}', clickstream, funnel_5m_local, rand());
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.funnel_5m_mv ON CLUSTER '{cluster}' TO clickstream.funnel_5m_local AS
+SELECT
+    toStartOfFiveMinutes(event_time) AS window_start,
+    uniqExactState(session_id) AS sessions,
+    uniqExactStateIf(session_id, event_type = 'page_view') AS viewed,
+    uniqExactStateIf(session_id, event_type = 'add_to_cart') AS carted,
+    uniqExactStateIf(session_id, event_type = 'purchase') AS purchased
+FROM clickstream.events_local
+GROUP BY window_start;
+
+CREATE VIEW IF NOT EXISTS clickstream.events_10m_hop ON CLUSTER '{cluster}' AS
+SELECT
+    hop_start AS window_start,
+    hop_start + INTERVAL 10 MINUTE AS window_end,
+    dimension,
+    value,
+    sum(events) AS events,
+    sum(page_views) AS page_views,
+    sum(purchases) AS purchases,
+    sum(revenue) AS revenue,
+    sum(duration_ms_sum) AS duration_ms_sum,
+    uniqMerge(users) AS users,
+    uniqMerge(sessions) AS sessions
+FROM clickstream.events_1m
+ARRAY JOIN [
+    toStartOfFiveMinutes(window_start),
+    toStartOfFiveMinutes(window_start) - INTERVAL 5 MINUTE
+] AS hop_start
+WHERE window_start >= {from:DateTime} - INTERVAL 5 MINUTE
+  AND window_start < {to:DateTime} + INTERVAL 10 MINUTE
+  AND hop_start >= {from:DateTime}
+  AND hop_start < {to:DateTime}
+GROUP BY hop_start, dimension, value;

@@ -1,0 +1,153 @@
+//! clickhouse/schema.sql applies (twice), users.sql and cluster.sql parse, and cluster.sql stays
+//! in step with schema.sql.
+
+use clickstream_testkit::{apply_schema, clickhouse, repo_root, sql_statements, unique_name};
+
+const OBJECTS: [&str; 10] = [
+    "events",
+    "events_1m",
+    "events_1m_mv",
+    "pages_5m",
+    "pages_5m_mv",
+    "sessions",
+    "sessions_mv",
+    "funnel_5m",
+    "funnel_5m_mv",
+    "events_10m_hop",
+];
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn schema_applies_twice_and_creates_every_object() {
+    let database = unique_name("it_dash_schema");
+    apply_schema(&clickhouse(), &database).await;
+    let client = apply_schema(&clickhouse(), &database).await;
+    let names: Vec<String> = client
+        .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
+        .fetch_all()
+        .await
+        .unwrap();
+    for object in OBJECTS {
+        assert!(
+            names.iter().any(|n| n == object),
+            "{object} missing: {names:?}"
+        );
+    }
+    // Every rollup target deduplicates replayed inserts on its own (see the replay test).
+    let windows: Vec<(String, String)> = client
+        .query(
+            "SELECT name, engine_full FROM system.tables
+             WHERE database = currentDatabase() AND engine LIKE '%MergeTree'
+               AND name IN ('events', 'events_1m', 'pages_5m', 'sessions', 'funnel_5m')",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    for (name, engine) in windows {
+        assert!(
+            engine.contains("non_replicated_deduplication_window = 1000"),
+            "{name} has no deduplication window: {engine}"
+        );
+    }
+}
+
+async fn assert_parses(path: &str) -> Vec<String> {
+    let statements = sql_statements(&read(path));
+    assert!(!statements.is_empty(), "{path} is empty");
+    for statement in &statements {
+        clickhouse()
+            .query(&format!("EXPLAIN AST {statement}"))
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: does not parse: {e}\n{statement}"));
+    }
+    statements
+}
+
+#[tokio::test]
+async fn users_sql_parses_and_creates_a_writer_and_a_reader() {
+    // CREATE USER / GRANT are refused by chDB: parse only (docker compose applies the file).
+    let statements = assert_parses("clickhouse/users.sql").await.join("\n");
+    for expected in [
+        "CREATE USER IF NOT EXISTS clickstream_sink",
+        "GRANT INSERT, SELECT ON clickstream.* TO clickstream_sink",
+        "CREATE USER IF NOT EXISTS clickstream_reader",
+        "readonly = 2",
+        "GRANT SELECT ON clickstream.* TO clickstream_reader",
+    ] {
+        assert!(
+            statements.contains(expected),
+            "users.sql lacks {expected:?}"
+        );
+    }
+    assert!(!statements.contains("INSERT ON clickstream.* TO clickstream_reader"));
+}
+
+/// What must agree between the two files: a table's column list, a view's SELECT (local names
+/// renamed back), whitespace-normalized.
+fn body(statement: &str) -> String {
+    let text = match statement.find(" AS\n") {
+        Some(at) if statement.contains(" VIEW ") => &statement[at + 4..],
+        _ => {
+            let from = statement.find("\n(").expect("a column list");
+            let to = statement.find("ENGINE").expect("an engine");
+            &statement[from..to]
+        }
+    };
+    text.replace("_local", "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn cluster_sql_parses_and_matches_schema_sql() {
+    let cluster = assert_parses("clickhouse/cluster.sql").await;
+    let schema = sql_statements(&read("clickhouse/schema.sql"));
+    let named = |statements: &[String], name: &str| -> Option<String> {
+        statements
+            .iter()
+            .find(|s| s.starts_with("CREATE") && s.split_whitespace().any(|w| w == name))
+            .cloned()
+    };
+    for object in OBJECTS {
+        let single = named(&schema, &format!("clickstream.{object}"))
+            .unwrap_or_else(|| panic!("{object} not in schema.sql"));
+        if single.starts_with("CREATE TABLE") {
+            let local = named(&cluster, &format!("clickstream.{object}_local"))
+                .unwrap_or_else(|| panic!("{object}_local not in cluster.sql"));
+            assert!(
+                local.contains("ENGINE = Replicated"),
+                "{object}_local is not replicated"
+            );
+            assert_eq!(
+                body(&local),
+                body(&single),
+                "{object}: columns differ from schema.sql"
+            );
+            let distributed = cluster
+                .iter()
+                .find(|s| {
+                    s.contains(&format!("clickstream.{object} ON CLUSTER"))
+                        && s.contains("Distributed(")
+                })
+                .unwrap_or_else(|| panic!("no Distributed table {object} in cluster.sql"));
+            assert!(
+                distributed.contains(&format!("{object}_local")),
+                "{distributed}"
+            );
+        } else {
+            let view = named(&cluster, &format!("clickstream.{object}"))
+                .unwrap_or_else(|| panic!("{object} not in cluster.sql"));
+            assert!(view.contains("ON CLUSTER"), "{object}");
+            assert_eq!(
+                body(&view),
+                body(&single),
+                "{object}: SELECT differs from schema.sql"
+            );
+        }
+    }
+}
