@@ -1,0 +1,73 @@
+//! `/metrics` (Prometheus text), `/health` (the process runs) and `/ready` (checked ClickHouse
+//! and consuming) on `http_addr`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::SinkError;
+use crate::metrics::Metrics;
+
+/// What the endpoint reports.
+#[derive(Default)]
+pub struct Health {
+    ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds `addr` and serves until `shutdown`; returns the bound address (port 0 picks one).
+pub async fn serve(
+    addr: &str,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, SinkError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        SinkError::Settings(format!(
+            "invalid value for `http_addr`: cannot listen on {addr}: {e}"
+        ))
+    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| SinkError::Internal(e.to_string()))?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move { h.metrics.render() }),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(|State(h): State<Arc<Health>>| async move {
+                if h.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .with_state(health);
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(error) = server.await {
+            tracing::warn!(error = %error, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}

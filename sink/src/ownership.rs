@@ -1,0 +1,171 @@
+//! Which partitions this sink owns, shared by the rebalance callbacks, the consume loop and the
+//! flush task.
+//!
+//! - Every assignment of a partition gets a new *epoch*. Entries read under an older epoch are
+//!   never written or committed: after a re-assignment the partition is replayed from its
+//!   committed offset.
+//! - A revoke waits (bounded) until no flush is writing the revoked partitions, so their rows
+//!   are written and committed by this sink, or not at all; the next owner then starts from
+//!   the committed offset and never races an insert of ours.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct Ownership {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epochs: HashMap<i32, u64>,
+    next_epoch: u64,
+    in_flight: HashSet<i32>,
+}
+
+impl Ownership {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Partitions newly assigned to this sink.
+    pub fn assign(&self, partitions: &[i32]) {
+        let mut state = self.lock();
+        for &partition in partitions {
+            state.next_epoch += 1;
+            let epoch = state.next_epoch;
+            state.epochs.insert(partition, epoch);
+        }
+    }
+
+    /// Partitions taken away. Waits up to `wait` for flushes writing them to finish; returns
+    /// false if one was still running then (its commit will be skipped).
+    pub fn revoke(&self, partitions: &[i32], wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut state = self.lock();
+        let mut finished = true;
+        while partitions.iter().any(|p| state.in_flight.contains(p)) {
+            let now = Instant::now();
+            if now >= deadline {
+                finished = false;
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        for partition in partitions {
+            state.epochs.remove(partition);
+        }
+        finished
+    }
+
+    /// The current epoch of `partition`, if this sink owns it.
+    pub fn epoch(&self, partition: i32) -> Option<u64> {
+        self.lock().epochs.get(&partition).copied()
+    }
+
+    /// Whether `partition` is still owned under `epoch`.
+    pub fn owns(&self, partition: i32, epoch: u64) -> bool {
+        self.epoch(partition) == Some(epoch)
+    }
+
+    /// All owned partitions.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.lock().epochs.keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// Marks the owned ones of `segments` (partition, epoch) as being written; returns them.
+    /// The flush must call [`Ownership::end_flush`] with the result.
+    pub fn begin_flush(&self, segments: &[(i32, u64)]) -> Vec<i32> {
+        let mut state = self.lock();
+        let owned: Vec<i32> = segments
+            .iter()
+            .filter(|(p, e)| state.epochs.get(p) == Some(e))
+            .map(|(p, _)| *p)
+            .collect();
+        state.in_flight.extend(owned.iter().copied());
+        owned
+    }
+
+    pub fn end_flush(&self, partitions: &[i32]) {
+        let mut state = self.lock();
+        for partition in partitions {
+            state.in_flight.remove(partition);
+        }
+        self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_assignment_is_a_new_epoch() {
+        let ownership = Ownership::default();
+        ownership.assign(&[0, 1]);
+        let first = ownership.epoch(0).unwrap();
+        assert!(ownership.owns(0, first));
+        ownership.revoke(&[0], Duration::ZERO);
+        assert_eq!(ownership.epoch(0), None);
+        ownership.assign(&[0]);
+        assert!(
+            !ownership.owns(0, first),
+            "a re-assignment invalidates what was read before"
+        );
+        assert_eq!(ownership.partitions(), vec![0, 1]);
+    }
+
+    #[test]
+    fn flushes_only_cover_owned_partitions() {
+        let ownership = Ownership::default();
+        ownership.assign(&[0, 1]);
+        let e0 = ownership.epoch(0).unwrap();
+        let e1 = ownership.epoch(1).unwrap();
+        ownership.revoke(&[1], Duration::ZERO);
+        assert_eq!(ownership.begin_flush(&[(0, e0), (1, e1), (2, 9)]), vec![0]);
+        ownership.end_flush(&[0]);
+    }
+
+    #[test]
+    fn revoke_waits_for_the_flush_of_its_partitions() {
+        let ownership = Arc::new(Ownership::default());
+        ownership.assign(&[0]);
+        let epoch = ownership.epoch(0).unwrap();
+        assert_eq!(ownership.begin_flush(&[(0, epoch)]), vec![0]);
+        let flusher = {
+            let ownership = ownership.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(
+                    ownership.owns(0, epoch),
+                    "still owned while the revoke waits"
+                );
+                ownership.end_flush(&[0]);
+            })
+        };
+        assert!(ownership.revoke(&[0], Duration::from_secs(10)));
+        assert_eq!(ownership.epoch(0), None);
+        flusher.join().unwrap();
+    }
+
+    #[test]
+    fn revoke_gives_up_after_its_bound() {
+        let ownership = Ownership::default();
+        ownership.assign(&[3]);
+        let epoch = ownership.epoch(3).unwrap();
+        ownership.begin_flush(&[(3, epoch)]);
+        assert!(!ownership.revoke(&[3], Duration::from_millis(20)));
+        assert!(!ownership.owns(3, epoch), "the late flush must not commit");
+    }
+}

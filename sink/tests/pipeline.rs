@@ -1,0 +1,196 @@
+//! End-to-end tests of the sink against the real broker and ClickHouse engine.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use clickstream_event::{Limits, RejectReason};
+use clickstream_sink::{Delivery, SinkError};
+use common::{Harness, event, messages, spawn_sink};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivers_100k_events_exactly_once_and_a_restart_adds_nothing() {
+    let h = Harness::new("it_e2e").await;
+    h.produce(&messages(0..100_000)).await;
+
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(100_000, Duration::from_secs(180)).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    h.assert_exactly_once(100_000).await;
+    let batches = h.count("SELECT uniqExact(inserted_at) FROM events").await;
+    assert!(
+        batches < 1_000,
+        "rows arrive in batches, not one by one: {batches} insert times"
+    );
+
+    // A restart replays from the committed offsets: nothing is added twice. Ten new events
+    // after the restart prove the new sink caught up with everything before them.
+    let (stop, sink) = spawn_sink(h.settings());
+    h.produce(&messages(100_000..100_010)).await;
+    h.wait_rows(100_010, Duration::from_secs(60)).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    h.assert_exactly_once(100_010).await;
+}
+
+/// Every kind of bad input, with the reason the dead-letter topic must carry.
+fn poison() -> Vec<(Vec<u8>, RejectReason)> {
+    let valid = |i| event(i, Utc::now());
+    let edit = |i, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&valid(i).to_json()).expect("json");
+        f(&mut json);
+        json.to_string().into_bytes()
+    };
+    vec![
+        (b"{not json".to_vec(), RejectReason::InvalidJson),
+        (
+            b"{\"user_id\": \"\xc3\x28\"}".to_vec(),
+            RejectReason::InvalidUtf8,
+        ),
+        (Vec::new(), RejectReason::EmptyPayload),
+        (
+            edit(1, &|j| {
+                drop(j.as_object_mut().expect("object").remove("session_id"))
+            }),
+            RejectReason::MissingField,
+        ),
+        (
+            edit(2, &|j| j["duration_ms"] = "long".into()),
+            RejectReason::WrongType,
+        ),
+        (
+            edit(3, &|j| j["event_type"] = "teleport".into()),
+            RejectReason::UnknownEventType,
+        ),
+        (
+            edit(4, &|j| j["duration_ms"] = 999_999_999_u64.into()),
+            RejectReason::OutOfRange,
+        ),
+        (
+            edit(5, &|j| {
+                j["timestamp"] = (Utc::now() + chrono::Duration::days(30))
+                    .to_rfc3339()
+                    .into()
+            }),
+            RejectReason::TimestampOutOfWindow,
+        ),
+        (
+            vec![b' '; Limits::default().max_message_bytes + 1],
+            RejectReason::Oversized,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_goes_to_the_dead_letter_topic_with_its_reason() {
+    let h = Harness::new("it_dlq").await;
+    let poison = poison();
+    let mut batch = messages(0..300);
+    for (n, (payload, _)) in poison.iter().enumerate() {
+        batch.insert(n * 30 + 7, (format!("poison_{n}"), payload.clone()));
+    }
+    h.produce(&batch).await;
+
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(300, Duration::from_secs(120)).await;
+    let letters = h.dead_letters(poison.len()).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    h.assert_exactly_once(300).await;
+
+    for (n, (payload, reason)) in poison.iter().enumerate() {
+        let key = format!("poison_{n}");
+        let letter = letters
+            .iter()
+            .find(|l| l.key.as_deref() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("no dead letter for {reason}"));
+        assert_eq!(letter.header("reason"), reason.as_str());
+        assert_eq!(
+            letter.payload.clone().unwrap_or_default(),
+            *payload,
+            "original payload kept"
+        );
+        assert_eq!(letter.header("source_topic"), h.topic);
+        assert!(!letter.header("error").is_empty());
+        letter
+            .header("source_partition")
+            .parse::<i32>()
+            .expect("partition");
+        letter
+            .header("source_offset")
+            .parse::<i64>()
+            .expect("offset");
+        letter.header("dead_lettered_at");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_the_engine_rejects_are_isolated_and_dead_lettered() {
+    let h = Harness::new("it_reject").await;
+    // A table constraint the decoder knows nothing about: prices from 10.00 on are refused.
+    h.client
+        .query("ALTER TABLE events ADD CONSTRAINT price_cap CHECK price IS NULL OR price < 10")
+        .execute()
+        .await
+        .unwrap();
+    let all = messages(0..2_000);
+    let refused: Vec<String> = (0..2_000u64)
+        .map(|i| event(i, Utc::now()))
+        .filter(|e| e.price.is_some_and(|p| p.cents() >= 1_000))
+        .map(|e| e.event_id.to_string())
+        .collect();
+    assert!(
+        refused.len() >= 5,
+        "the test needs some refused rows: {}",
+        refused.len()
+    );
+    h.produce(&all).await;
+
+    let (stop, sink) = spawn_sink(h.settings());
+    let expected = 2_000 - refused.len() as u64;
+    h.wait_rows(expected, Duration::from_secs(120)).await;
+    let letters = h.dead_letters(refused.len()).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    h.assert_exactly_once(expected).await;
+    for letter in &letters {
+        assert_eq!(letter.header("reason"), "rejected_by_clickhouse");
+        assert!(
+            letter.header("error").contains("469"),
+            "{}",
+            letter.header("error")
+        );
+        let event: serde_json::Value =
+            serde_json::from_slice(letter.payload.as_deref().unwrap()).unwrap();
+        assert!(refused.contains(&event["event_id"].as_str().unwrap().to_owned()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refuses_to_start_without_what_exactly_once_needs() {
+    let h = Harness::new("it_refuse").await;
+    h.client
+        .query("ALTER TABLE events MODIFY SETTING non_replicated_deduplication_window = 0")
+        .execute()
+        .await
+        .unwrap();
+    let (_, sink) = spawn_sink(h.settings());
+    let error = sink.await.unwrap().expect_err("must refuse");
+    assert!(matches!(error, SinkError::ClickHouse(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("non_replicated_deduplication_window"),
+        "{error}"
+    );
+
+    let mut at_least_once = h.settings();
+    at_least_once.delivery = Delivery::AtLeastOnce;
+    at_least_once.table = "no_such_table".into();
+    let (_, sink) = spawn_sink(at_least_once);
+    let error = sink.await.unwrap().expect_err("missing table");
+    assert!(error.to_string().contains("does not exist"), "{error}");
+}
