@@ -106,15 +106,21 @@ impl Harness {
 
     /// Waits until `SELECT count() FROM events` reaches `rows` (panics after `limit`).
     pub async fn wait_rows(&self, rows: u64, limit: Duration) {
+        self.wait_count("SELECT count() FROM events", rows, limit)
+            .await;
+    }
+
+    /// Waits until the single number `sql` returns reaches `at_least` (panics after `limit`).
+    pub async fn wait_count(&self, sql: &str, at_least: u64, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            let now = self.count("SELECT count() FROM events").await;
-            if now >= rows {
+            let now = self.count(sql).await;
+            if now >= at_least {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "only {now} of {rows} rows after {limit:?}"
+                "{sql}: only {now} of {at_least} after {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
