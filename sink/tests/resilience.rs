@@ -1,0 +1,185 @@
+//! The sink under failures and company: a ClickHouse outage, two sinks in one group, and the
+//! producer's own poison.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream_producer::simulator::{Generated, PoisonKind, Simulator, SimulatorConfig};
+use clickstream_sink::Settings;
+use clickstream_testkit::{Endpoint, TempDir, free_port};
+use common::{Harness, messages, metric, scrape, spawn_sink};
+
+/// ClickHouse goes away for 20 s while events keep arriving: the sink retries the same batch,
+/// pauses consumption once its buffer is full (memory bounded), and after the outage every
+/// event arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clickhouse_outage_of_20_s_stalls_the_sink_then_everything_arrives_once() {
+    let dir = TempDir::new("outage");
+    let mut endpoint = Endpoint::start(dir.path()).await;
+    let h = Harness::with_clickhouse("it_outage", &endpoint.url()).await;
+    let port = free_port();
+    let settings = Settings {
+        max_batch_bytes: 128 * 1024,
+        http_addr: format!("127.0.0.1:{port}"),
+        ..h.settings()
+    };
+    let max_batch_bytes = settings.max_batch_bytes;
+    let (stop, sink) = spawn_sink(settings);
+
+    h.produce(&messages(0..5_000)).await;
+    h.wait_rows(5_000, Duration::from_secs(120)).await;
+    // Let the last commit land so that the outage starts from a quiet sink.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = scrape(port).await;
+
+    endpoint.kill();
+    let during = messages(5_000..25_000);
+    let smallest = during.iter().map(|(_, p)| p.len()).min().expect("messages");
+    h.produce(&during).await;
+    let outage = Instant::now();
+    let (mut most_buffered, mut paused) = (0.0_f64, 0.0_f64);
+    while outage.elapsed() < Duration::from_secs(20) {
+        let now = scrape(port).await;
+        most_buffered = most_buffered.max(metric(&now, "clickstream_sink_buffered_rows"));
+        paused = paused.max(metric(&now, "clickstream_sink_paused_partitions"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after = scrape(port).await;
+    assert_eq!(
+        metric(&after, "clickstream_sink_inserted_rows_total"),
+        metric(&before, "clickstream_sink_inserted_rows_total"),
+        "nothing can be inserted while ClickHouse is down"
+    );
+    assert!(
+        metric(&after, "clickstream_sink_retries_total") > 0.0,
+        "the sink retries during the outage"
+    );
+    eprintln!(
+        "outage: {most_buffered} rows buffered at most (bound {}), {paused} partitions paused, {} insert retries",
+        max_batch_bytes / smallest + 1,
+        metric(&after, "clickstream_sink_retries_total")
+    );
+    assert!(paused > 0.0, "consumption pauses once the buffer is full");
+    // Bytes per buffered row are at least the payload's; the buffer stops at max_batch_bytes.
+    let bound = (max_batch_bytes / smallest + 1) as f64;
+    assert!(
+        most_buffered <= bound,
+        "buffer bounded: {most_buffered} rows buffered, bound {bound}"
+    );
+    assert!(
+        most_buffered > 0.0,
+        "the sink kept consuming into its buffer"
+    );
+
+    endpoint.restart().await;
+    h.wait_rows(25_000, Duration::from_secs(180)).await;
+    stop.cancel();
+    sink.await.expect("sink task").expect("clean shutdown");
+    h.assert_exactly_once(25_000).await;
+}
+
+/// Two sinks in one group share the partitions; when one leaves, the other takes over; every
+/// event is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sinks_in_one_group_share_the_work_and_write_every_event_once() {
+    let h = Harness::new("it_group").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let settings = |port: u16| Settings {
+        http_addr: format!("127.0.0.1:{port}"),
+        ..h.settings()
+    };
+    let (stop_a, sink_a) = spawn_sink(settings(port_a));
+    let (stop_b, sink_b) = spawn_sink(settings(port_b));
+
+    // Stream while both are members, so both get partitions and write.
+    for stage in 0..20 {
+        h.produce(&messages(stage * 1_000..(stage + 1) * 1_000))
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    h.wait_rows(20_000, Duration::from_secs(120)).await;
+    let a = metric(
+        &scrape(port_a).await,
+        "clickstream_sink_inserted_rows_total",
+    );
+    let b = metric(
+        &scrape(port_b).await,
+        "clickstream_sink_inserted_rows_total",
+    );
+    assert!(a > 0.0 && b > 0.0, "both sinks wrote: {a} and {b} rows");
+
+    // A leaves; B takes over its partitions.
+    stop_a.cancel();
+    sink_a.await.expect("sink task").expect("clean shutdown");
+    h.produce(&messages(20_000..30_000)).await;
+    h.wait_rows(30_000, Duration::from_secs(120)).await;
+    stop_b.cancel();
+    sink_b.await.expect("sink task").expect("clean shutdown");
+    h.assert_exactly_once(30_000).await;
+}
+
+/// Every kind of poison the producer's `--bad-ratio` injects is dead-lettered with the reason
+/// the producer expects, with its payload; every valid event reaches the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_producers_poison_of_every_kind_is_dead_lettered_with_its_reason() {
+    let h = Harness::new("it_poison").await;
+    let mut simulator = Simulator::new(SimulatorConfig {
+        seed: 7,
+        bad_ratio: 0.05,
+        late_ratio: 0.05,
+        ..SimulatorConfig::default()
+    });
+    let mut batch = Vec::new();
+    let mut expected: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut kinds = BTreeMap::new();
+    let mut valid = 0_u64;
+    while batch.len() < 2_000 || kinds.len() < PoisonKind::ALL.len() {
+        let generated = simulator.next(Utc::now());
+        match &generated {
+            Generated::Event(_) => valid += 1,
+            Generated::Poison { kind, payload, .. } => {
+                *kinds.entry(*kind).or_insert(0) += 1;
+                expected
+                    .entry(kind.expected_reason().as_str().to_owned())
+                    .or_default()
+                    .push(payload.clone());
+            }
+        }
+        batch.push(generated.into_key_and_payload());
+    }
+    h.produce(&batch).await;
+
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(valid, Duration::from_secs(120)).await;
+    let poison: usize = expected.values().map(Vec::len).sum();
+    let letters = h.dead_letters(poison).await;
+    stop.cancel();
+    sink.await.expect("sink task").expect("clean shutdown");
+    h.assert_exactly_once(valid).await;
+
+    let mut seen: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for letter in &letters {
+        seen.entry(letter.header("reason").to_owned())
+            .or_default()
+            .push(letter.payload.clone().unwrap_or_default());
+    }
+    for payloads in expected.values_mut().chain(seen.values_mut()) {
+        payloads.sort();
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "one reason per kind ({kinds:?})"
+    );
+    for (reason, payloads) in &expected {
+        assert!(
+            seen[reason] == *payloads,
+            "{reason}: {} dead letters, {} expected, payloads differ",
+            seen[reason].len(),
+            payloads.len()
+        );
+    }
+}
