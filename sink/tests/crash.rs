@@ -134,3 +134,70 @@ async fn negative_control_at_least_once_duplicates_under_the_same_crashes() {
         "without exactly-once the crashes duplicate rows: {rows} rows"
     );
 }
+
+/// SIGTERM with a batch still buffered: the sink flushes it, commits, leaves the group and
+/// exits 0 within its shutdown bound; the committed offsets cover every row, so a restart
+/// replays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
+    let h = Harness::new("it_sigterm").await;
+    h.produce(&messages(0..3_000)).await;
+    let port = clickstream_testkit::free_port();
+    let child = start(
+        &h,
+        &[
+            // Nothing is flushed before the signal: the whole run is one buffered batch.
+            ("CLICKSTREAM_SINK_FLUSH_INTERVAL_MS", "600000".to_owned()),
+            ("CLICKSTREAM_SINK_MAX_ROWS", "1000000".to_owned()),
+            ("CLICKSTREAM_SINK_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("CLICKSTREAM_SINK_SHUTDOWN_TIMEOUT_MS", "20000".to_owned()),
+        ],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumed = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(_) => common::metric(
+                &common::scrape(port).await,
+                "clickstream_sink_consumed_total",
+            ),
+            Err(_) => 0.0,
+        };
+        if consumed >= 3_000.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumed only {consumed} of 3000 in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        h.count("SELECT count() FROM events").await,
+        0,
+        "the batch is still buffered"
+    );
+
+    let signalled = std::time::Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let status = wait_exit(child, Duration::from_secs(30)).await;
+    assert!(status.success(), "exit code 0 after SIGTERM: {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(25),
+        "exits within the shutdown bound (20 s): took {:?}",
+        signalled.elapsed()
+    );
+    h.assert_exactly_once(3_000).await;
+
+    // Committed offsets = rows per partition (offsets start at 0): a restart replays nothing.
+    let per_partition = h.rows_per_partition().await;
+    let committed = h.committed_offsets();
+    assert_eq!(
+        committed, per_partition,
+        "committed offsets cover every row"
+    );
+}

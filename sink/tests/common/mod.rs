@@ -167,6 +167,52 @@ impl Harness {
         }
     }
 
+    /// Rows in the table per Kafka partition.
+    pub async fn rows_per_partition(&self) -> BTreeMap<i32, i64> {
+        #[derive(Debug, Deserialize, clickhouse::Row)]
+        struct PerPartition {
+            partition: i32,
+            rows: u64,
+        }
+        self.client
+            .query(
+                "SELECT kafka_partition AS partition, count() AS rows FROM events \
+                 GROUP BY partition ORDER BY partition",
+            )
+            .fetch_all::<PerPartition>()
+            .await
+            .expect("rows per partition")
+            .into_iter()
+            .map(|p| (p.partition, p.rows as i64))
+            .collect()
+    }
+
+    /// The group's committed offset per partition of the topic (partitions without one left out).
+    pub fn committed_offsets(&self) -> BTreeMap<i32, i64> {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_brokers())
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..3 {
+            wanted.add_partition(&self.topic, partition);
+        }
+        consumer
+            .committed_offsets(wanted, Duration::from_secs(10))
+            .expect("committed offsets")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Produces keyed payloads (key = user id) and waits for every delivery.
     pub async fn produce(&self, messages: &[(String, Vec<u8>)]) {
         let producer: FutureProducer = ClientConfig::new()
