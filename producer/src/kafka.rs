@@ -2,8 +2,8 @@
 //! delivery callback counts every outcome.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
 
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::outlet::{Deliveries, Outlet, SendError};
 use crate::settings::Settings;
 
@@ -82,12 +83,14 @@ pub async fn ensure_topic(settings: &Settings) -> Result<bool, Error> {
     }
 }
 
-/// Counts delivery reports (called on the producer's polling thread).
+/// Counts delivery reports (called on the producer's polling thread), for the summary and for
+/// the Prometheus counters.
 #[derive(Default)]
 pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
     per_partition: Mutex<BTreeMap<i32, u64>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for DeliveryCounter {}
@@ -99,6 +102,7 @@ impl ProducerContext for DeliveryCounter {
         match result {
             Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.delivered_to(message.partition());
                 let mut per_partition = self
                     .per_partition
                     .lock()
@@ -107,6 +111,7 @@ impl ProducerContext for DeliveryCounter {
             }
             Err((error, message)) => {
                 let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics.failed.inc();
                 // Every failure is counted; the first ten and then every 10,000th are logged.
                 if failed <= 10 || failed.is_multiple_of(10_000) {
                     warn!(
@@ -129,14 +134,21 @@ pub struct KafkaOutlet {
 
 impl KafkaOutlet {
     /// Creates the producer and waits (up to 30 s) until the topic's partitions are known, so a
-    /// wrong broker address or topic fails here, before the first event.
-    pub async fn connect(settings: &Settings) -> Result<(KafkaOutlet, usize), Error> {
+    /// wrong broker address or topic fails here, before the first event. Every outcome is also
+    /// counted in `metrics`.
+    pub async fn connect(
+        settings: &Settings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(KafkaOutlet, usize), Error> {
         let mut config = client_config(settings);
         for (key, value) in PRODUCER_DEFAULTS {
             config.set(*key, *value);
         }
         let producer: ThreadedProducer<DeliveryCounter> = with_overrides(config, settings)
-            .create_with_context(DeliveryCounter::default())
+            .create_with_context(DeliveryCounter {
+                metrics,
+                ..DeliveryCounter::default()
+            })
             .map_err(Error::CreateClient)?;
         let topic = settings.topic.clone();
         let partitions = {
@@ -186,12 +198,23 @@ fn partition_count(
 impl Outlet for KafkaOutlet {
     fn try_send(&self, key: &str, payload: &[u8]) -> Result<(), SendError> {
         let record = BaseRecord::to(&self.topic).key(key).payload(payload);
-        self.producer
-            .send(record)
-            .map_err(|(error, _)| match error.rdkafka_error_code() {
-                Some(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
-                _ => SendError::Rejected(error.to_string()),
-            })
+        let metrics = &self.producer.context().metrics;
+        let result =
+            self.producer
+                .send(record)
+                .map_err(|(error, _)| match error.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::QueueFull) => SendError::QueueFull,
+                    _ => SendError::Rejected(error.to_string()),
+                });
+        // Counted like the summary: a refused message is sent and failed; a full queue is not
+        // a send (the same message is tried again).
+        if !matches!(result, Err(SendError::QueueFull)) {
+            metrics.sent.inc();
+        }
+        if matches!(result, Err(SendError::Rejected(_))) {
+            metrics.failed.inc();
+        }
+        result
     }
 
     fn deliveries(&self) -> Deliveries {

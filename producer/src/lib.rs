@@ -14,6 +14,8 @@
 //! * [`pacer`] the deadline of event `n` at a rate (pure; tokio time, so tests pause it).
 //! * [`publisher`] the loop that drives both into an [`outlet::Outlet`], and the [`Summary`].
 //! * [`kafka`] topic creation and the real outlet; [`settings`] the typed settings and flags.
+//! * [`metrics`] Prometheus counters (sent, delivered by partition, failed) and the optional
+//!   `/metrics` + `/health` endpoint (`--metrics-addr`).
 //!
 //! Guarantees:
 //! * **No silent loss.** Every message is counted as delivered (acknowledged by all in-sync
@@ -28,6 +30,7 @@
 //!   messages are flushed and the summary is returned, as at the end of a count or duration.
 
 pub mod kafka;
+pub mod metrics;
 pub mod outlet;
 pub mod pacer;
 pub mod publisher;
@@ -35,6 +38,8 @@ pub mod settings;
 pub mod simulator;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
 use tracing::info;
@@ -62,13 +67,25 @@ pub enum Error {
         summary.failed + summary.undelivered, summary.sent, summary.failed, summary.undelivered
     )]
     Undelivered { summary: Box<Summary> },
+    #[error("cannot listen on {addr} (--metrics-addr)")]
+    MetricsEndpoint {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Creates the topic if missing, then publishes until `settings.count`, `settings.duration`
 /// or `shutdown`, and flushes. `Ok` only if every message was delivered.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<Summary, Error> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    // Bound first, so a busy address fails before anything is produced; stops when dropped.
+    let endpoint = match settings.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
     let created = kafka::ensure_topic(&settings).await?;
-    let (outlet, partitions) = kafka::KafkaOutlet::connect(&settings).await?;
+    let (outlet, partitions) = kafka::KafkaOutlet::connect(&settings, metrics.clone()).await?;
     info!(
         brokers = %settings.brokers,
         topic = %settings.topic,
@@ -81,8 +98,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         seed = settings.simulator.seed,
         bad_ratio = settings.simulator.bad_ratio,
         late_ratio = settings.simulator.late_ratio,
+        metrics_addr = endpoint.as_ref().map(|e| e.addr().to_string()),
         "producing"
     );
+    metrics.set_producing(true);
     let plan = Plan {
         rate: settings.rate,
         count: settings.count,
@@ -92,6 +111,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     };
     let simulator = simulator::Simulator::new(settings.simulator.clone());
     let summary = publisher::publish(&outlet, simulator, &plan, chrono::Utc::now, shutdown).await;
+    metrics.set_producing(false);
+    drop(endpoint);
     if summary.is_complete() {
         Ok(summary)
     } else {

@@ -1,6 +1,7 @@
 //! Typed settings, and the command line that fills them. Every value is checked when the flags
 //! are parsed, and a bad one fails at start with its flag named.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,6 +33,8 @@ pub struct Settings {
     pub progress_interval: Duration,
     /// How long to wait for outstanding deliveries at the end.
     pub flush_timeout: Duration,
+    /// Where to serve `/metrics` and `/health`; `None`: no endpoint.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub fn default_topic() -> String {
@@ -65,6 +68,7 @@ impl Settings {
             kafka_properties: Vec::new(),
             progress_interval: default_progress_interval(),
             flush_timeout: default_flush_timeout(),
+            metrics_addr: None,
         }
     }
 }
@@ -75,6 +79,8 @@ impl Settings {
 /// Runs until --count or --duration is reached, or until Ctrl-C / SIGTERM; then waits for
 /// outstanding deliveries, prints a JSON summary on stdout, and exits with 1 if any message
 /// could not be delivered.
+///
+/// Every flag can also be set in the environment (shown as [env: ...]); a flag wins over it.
 #[derive(Debug, Parser)]
 #[command(name = "clickstream-producer", version, max_term_width = 100)]
 pub struct Args {
@@ -83,51 +89,51 @@ pub struct Args {
     pub brokers: String,
 
     /// Topic to publish to; created when missing.
-    #[arg(long, default_value = "clickstream-events", value_parser = topic_name)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_TOPIC", default_value = "clickstream-events", value_parser = topic_name)]
     pub topic: String,
 
     /// Partitions of the topic when it is created (an existing topic is used as it is).
-    #[arg(long, allow_negative_numbers = true, default_value_t = default_partitions(), value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_PARTITIONS", allow_negative_numbers = true, default_value_t = default_partitions(), value_parser = clap::value_parser!(i32).range(1..=100_000))]
     pub partitions: i32,
 
     /// Replication factor of the topic when it is created.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_REPLICATION_FACTOR", allow_negative_numbers = true, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub replication_factor: i32,
 
     /// Events per second (fractions allowed, e.g. 0.5), or `max` for as fast as possible.
-    #[arg(long, default_value = "100")]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_RATE", default_value = "100")]
     pub rate: Rate,
 
     /// Stop after this many messages.
-    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_COUNT", allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// Stop after this long, e.g. 90s, 10m, 1h30m.
-    #[arg(long, value_parser = positive_duration)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_DURATION", value_parser = positive_duration)]
     pub duration: Option<Duration>,
 
     /// Number of simulated users (user_0000, user_0001, ...).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_USERS", allow_negative_numbers = true, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub users: u32,
 
     /// Seed of the simulated content; the same seed replays the same clicks (with new event
     /// ids and the current time). Default: a random seed, logged at start.
-    #[arg(long)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_SEED")]
     pub seed: Option<u64>,
 
     /// Share of messages replaced by poison of every kind (invalid JSON, invalid UTF-8, empty,
     /// missing fields, wrong types, unknown event type, out-of-range values, future timestamps,
     /// oversized), 0 to 1.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0, value_parser = ratio)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_BAD_RATIO", allow_negative_numbers = true, default_value_t = 0.0, value_parser = ratio)]
     pub bad_ratio: f64,
 
     /// Share of messages that are valid events with a timestamp 2 minutes to 6 hours in the
     /// past, 0 to 1.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0, value_parser = ratio)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_LATE_RATIO", allow_negative_numbers = true, default_value_t = 0.0, value_parser = ratio)]
     pub late_ratio: f64,
 
     /// A session without events for this long ends.
-    #[arg(long, default_value = "30m", value_parser = positive_duration)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_SESSION_TIMEOUT", default_value = "30m", value_parser = positive_duration)]
     pub session_timeout: Duration,
 
     /// A librdkafka property for the producer and the admin client, repeatable:
@@ -136,12 +142,21 @@ pub struct Args {
     pub properties: Vec<(String, String)>,
 
     /// How often to log a progress line.
-    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_PROGRESS_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub progress_interval: Duration,
 
     /// How long to wait for outstanding deliveries before giving up at the end.
-    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    #[arg(long, env = "CLICKSTREAM_PRODUCER_FLUSH_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub flush_timeout: Duration,
+
+    /// Serve Prometheus /metrics and /health on this address (IP:PORT, e.g. 0.0.0.0:9101).
+    /// Default: no endpoint.
+    #[arg(
+        long,
+        env = "CLICKSTREAM_PRODUCER_METRICS_ADDR",
+        value_name = "IP:PORT"
+    )]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Args {
@@ -180,6 +195,7 @@ impl Args {
             kafka_properties: self.properties,
             progress_interval: self.progress_interval,
             flush_timeout: self.flush_timeout,
+            metrics_addr: self.metrics_addr,
         })
     }
 }
@@ -279,6 +295,7 @@ mod tests {
             "-Xsasl.password=a=b",
             "--progress-interval=1s",
             "--flush-timeout=2m",
+            "--metrics-addr=0.0.0.0:9101",
         ])
         .unwrap()
         .into_settings(|| unreachable!("--seed given"))
@@ -306,6 +323,7 @@ mod tests {
                 ],
                 progress_interval: Duration::from_secs(1),
                 flush_timeout: Duration::from_secs(120),
+                metrics_addr: Some("0.0.0.0:9101".parse().unwrap()),
             }
         );
     }
@@ -327,6 +345,7 @@ mod tests {
             (&["--topic", "no spaces"], "--topic"),
             (&["-X", "novalue"], "-X"),
             (&["--seed", "x"], "--seed"),
+            (&["--metrics-addr", "localhost"], "--metrics-addr"),
         ] {
             let error = parse(args).expect_err(&format!("{args:?} accepted"));
             let message = error.to_string();
@@ -373,6 +392,8 @@ mod tests {
             "-X",
             "--progress-interval",
             "--flush-timeout",
+            "--metrics-addr",
+            "CLICKSTREAM_PRODUCER_RATE",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
         }

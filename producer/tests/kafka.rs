@@ -334,3 +334,93 @@ async fn sigterm_stops_flushes_and_exits_cleanly() {
     assert_eq!(summary["delivered"].as_u64(), Some(sent), "{summary}");
     assert_eq!(consume_all(&topic, sent as usize).await.len() as u64, sent);
 }
+
+/// `GET path` on `port` of 127.0.0.1: (status code, body), or `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some((status, body.to_owned()))
+}
+
+/// The value of one sample line (`name{labels} value`) of a Prometheus text exposition.
+fn sample(metrics: &str, series: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_what_the_summary_reports() {
+    let topic = unique_name("it_producer_metrics");
+    let port = clickstream_testkit::free_port();
+    let child = binary()
+        .args(["--topic", &topic, "--rate", "1000", "--seed", "3"])
+        .env(
+            "CLICKSTREAM_PRODUCER_METRICS_ADDR",
+            format!("127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the binary");
+    // Wait until the endpoint reports healthy and some messages were acknowledged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let scraped = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no healthy endpoint with deliveries on port {port} within 60 s"
+        );
+        if let (Some((200, _)), Some((200, metrics))) =
+            (http_get(port, "/health"), http_get(port, "/metrics"))
+            && sample(&metrics, "clickstream_producer_sent_total").is_some_and(|n| n >= 300)
+            && (0..3).any(|p| {
+                let series = format!("clickstream_producer_delivered_total{{partition=\"{p}\"}}");
+                sample(&metrics, &series).is_some_and(|n| n >= 50)
+            })
+        {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+
+    let sent = sample(&scraped, "clickstream_producer_sent_total").expect("sent");
+    assert!(sent <= summary["sent"].as_u64().expect("sent"), "{scraped}");
+    assert_eq!(
+        sample(&scraped, "clickstream_producer_failed_total"),
+        Some(0),
+        "{scraped}"
+    );
+    let mut delivered = 0;
+    for partition in 0..3 {
+        let series = format!("clickstream_producer_delivered_total{{partition=\"{partition}\"}}");
+        let count = sample(&scraped, &series).unwrap_or(0);
+        let total = summary["per_partition"][partition.to_string()]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            count <= total,
+            "{series} {count} > {total} delivered in the end"
+        );
+        delivered += count;
+    }
+    assert!(delivered > 0 && delivered <= sent, "{scraped}");
+    // The endpoint is gone with the process.
+    assert_eq!(http_get(port, "/health"), None);
+}
