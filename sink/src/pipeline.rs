@@ -108,8 +108,21 @@ impl Committer for KafkaCommitter {
 
 type Ack = <KafkaDeadLetters as DeadLetterSink>::Ack;
 
+/// Consumer properties the sink sets unless `kafka.<property>` overrides them.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+];
+
 fn consumer_config(settings: &Settings) -> ClientConfig {
     let mut config = settings.kafka_client_config();
+    // A crashed sink holds its partitions until its session times out; librdkafka's 45 s
+    // default makes every crash (and, on tansu, the first join) a long stall. Overridable.
+    for (key, value) in CONSUMER_DEFAULTS {
+        if !settings.kafka.contains_key(*key) {
+            config.set(*key, *value);
+        }
+    }
     config
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "false")
