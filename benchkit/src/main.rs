@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use clickstream_sink::pipeline::CONSUMER_DEFAULTS;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 
@@ -66,9 +67,13 @@ impl Tally {
     }
 }
 
-/// The sink's consumer settings (`consumer_config` in sink/src/pipeline.rs), then `-X`.
+/// The sink's consumer settings (`consumer_config` in sink/src/pipeline.rs, with its
+/// [`CONSUMER_DEFAULTS`]), then `-X`.
 fn consumer_config(args: &Args) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new();
+    for (key, value) in CONSUMER_DEFAULTS {
+        config.set(*key, *value);
+    }
     config
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", &args.group)
