@@ -1,0 +1,225 @@
+//! clickstream-faults: the fault-injection suite (`scripts/faults` runs it on a private local
+//! stack). Each scenario runs the real `clickstream-sink` binary through crashes, outages and
+//! rebalances and judges the end state offset by offset; see [`scenarios`].
+//!
+//! Writes `bench/results/faults.json` and the fault section of `bench/REPORT.md`. Exit code 0
+//! only if every scenario that ran passed.
+
+mod proxy;
+mod run;
+mod scenarios;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use clickstream_testkit::repo_root;
+use serde_json::json;
+
+/// Runs the fault-injection scenarios against KAFKA_BROKERS / CLICKHOUSE_URL.
+#[derive(Parser, Debug)]
+#[command(name = "clickstream-faults")]
+struct Cli {
+    /// Comma-separated scenarios to run (default: all): sigkill, sigterm, clickhouse-down,
+    /// clickhouse-slow, rebalance, broker-restart, poison, negative-control.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Results file.
+    #[arg(long, default_value = "bench/results/faults.json")]
+    out: PathBuf,
+    /// Report whose fault section (between marker comments) is replaced.
+    #[arg(long, default_value = "bench/REPORT.md")]
+    report: PathBuf,
+    /// The sink binary to run.
+    #[arg(long, env = "FAULTS_SINK_BIN")]
+    sink_bin: Option<PathBuf>,
+}
+
+const BEGIN: &str = "<!-- faults:begin (written by scripts/faults) -->";
+const END: &str = "<!-- faults:end -->";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = repo_root();
+    let names: Vec<String> = if cli.only.is_empty() {
+        scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        cli.only.clone()
+    };
+    for name in &names {
+        anyhow::ensure!(
+            scenarios::ALL.contains(&name.as_str()),
+            "unknown scenario {name}; known: {}",
+            scenarios::ALL.join(", ")
+        );
+    }
+    let storage = std::env::var("STACK_KAFKA_STORAGE").unwrap_or_default();
+    let stack = run::Stack {
+        brokers: std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS")?,
+        clickhouse_url: std::env::var("CLICKHOUSE_URL").context("CLICKHOUSE_URL")?,
+        sink_bin: cli
+            .sink_bin
+            .clone()
+            .unwrap_or_else(|| root.join("target/release/clickstream-sink")),
+        log_dir: root.join("target/faults-logs"),
+        durable_broker: !storage.is_empty() && !storage.starts_with("memory"),
+    };
+    anyhow::ensure!(
+        stack.sink_bin.exists(),
+        "{} not found: build it (cargo build --release -p clickstream-sink) or set FAULTS_SINK_BIN",
+        stack.sink_bin.display()
+    );
+
+    let mut outcomes = Vec::new();
+    for name in &names {
+        eprintln!("faults: {name} ...");
+        let outcome = scenarios::run(name, &stack).await;
+        eprintln!(
+            "faults: {name}: {} in {} s{}",
+            if outcome.skipped.is_some() {
+                "SKIPPED"
+            } else if outcome.passed {
+                "passed"
+            } else {
+                "FAILED"
+            },
+            outcome.seconds,
+            outcome
+                .error
+                .as_deref()
+                .or(outcome.skipped.as_deref())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        outcomes.push(outcome);
+    }
+
+    let all_passed = outcomes.iter().all(|o| o.passed || o.skipped.is_some());
+    let results = json!({
+        "generated_at": chrono::Utc::now().to_rfc3339(),
+        "git_commit": git_commit(),
+        "machine": {
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "memory_gb": memory_gb(),
+        },
+        "broker_storage": if storage.is_empty() { "memory".to_owned() } else { storage.clone() },
+        "all_passed": all_passed,
+        "scenarios": outcomes,
+    });
+    let out = root.join(&cli.out);
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
+    write_report(&root.join(&cli.report), &outcomes)?;
+    eprintln!(
+        "faults: wrote {} and {}",
+        cli.out.display(),
+        cli.report.display()
+    );
+    anyhow::ensure!(all_passed, "some scenarios failed (see above)");
+    Ok(())
+}
+
+fn write_report(path: &std::path::Path, outcomes: &[scenarios::Outcome]) -> anyhow::Result<()> {
+    let mut section = format!(
+        "{BEGIN}\n## Fault injection (`scripts/faults`, {}, commit {})\n\n\
+         Each scenario runs the real `clickstream-sink` binary on a fresh topic and database and \
+         judges the end state with an offset oracle: per partition, the offsets in ClickHouse \
+         plus the source offsets in the dead-letter topic must be exactly the produced ones (no \
+         gap, no repeat), and every rollup must equal the raw table. The negative control runs \
+         the kill scenario with `--delivery at-least-once` and passes only if the oracle finds \
+         duplicates. Raw results: `bench/results/faults.json`.\n\n\
+         | scenario | injected | produced | rows in ClickHouse | dead-lettered | duplicates | missing | rollups = raw | result |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        chrono::Utc::now().format("%Y-%m-%d"),
+        git_commit()
+    );
+    for o in outcomes {
+        let injected = o
+            .injected
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k != "sigkill_after_ms")
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+            .replace('|', "/");
+        let result = match (&o.skipped, &o.error, o.passed) {
+            (Some(reason), _, _) => format!("skipped: {reason}"),
+            (_, Some(error), _) => {
+                format!("FAILED: {}", error.replace('|', "/").replace('\n', " "))
+            }
+            (_, _, true) => "passed".to_owned(),
+            _ => "FAILED".to_owned(),
+        };
+        match &o.verdict {
+            Some(v) => section.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                o.scenario,
+                injected,
+                v.produced,
+                v.rows_in_clickhouse,
+                v.dead_lettered,
+                v.duplicates,
+                v.missing,
+                if v.rollups_equal { "yes" } else { "NO" },
+                result
+            )),
+            None => section.push_str(&format!(
+                "| {} | {} | | | | | | | {} |\n",
+                o.scenario, injected, result
+            )),
+        }
+    }
+    section.push_str(END);
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let updated = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(begin), Some(end)) if end > begin => {
+            format!(
+                "{}{}{}",
+                &existing[..begin],
+                section,
+                &existing[end + END.len()..]
+            )
+        }
+        _ if existing.is_empty() => {
+            format!("# Benchmark and fault-injection report\n\n{section}\n")
+        }
+        _ => format!("{}\n\n{section}\n", existing.trim_end()),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, updated)?;
+    Ok(())
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(repo_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn memory_gb() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<f64>().ok())
+                })
+        })
+        .map_or(0.0, |kb| (kb / 1024.0 / 1024.0 * 10.0).round() / 10.0)
+}

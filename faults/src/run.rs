@@ -1,0 +1,550 @@
+//! One scenario's world: its own topic, dead-letter topic, group and database on the stack,
+//! the events it produced (offsets from the broker's delivery reports), the sink processes it
+//! started, and the offset-based oracle that judges the end state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clickstream_producer::simulator::{Generated, Simulator, SimulatorConfig};
+use clickstream_testkit::{apply_schema, free_port, repo_root, unique_name};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde::{Deserialize, Serialize};
+
+/// Where the stack is and which sink binary to run.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub brokers: String,
+    pub clickhouse_url: String,
+    pub sink_bin: PathBuf,
+    pub log_dir: PathBuf,
+    /// The durable broker can be restarted without losing data (STACK_KAFKA_STORAGE).
+    pub durable_broker: bool,
+}
+
+/// A dead letter as read back from the dead-letter topic.
+#[derive(Clone, Debug)]
+pub struct Letter {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+pub struct Run {
+    pub name: String,
+    pub stack: Stack,
+    pub topic: String,
+    pub dlq: String,
+    pub group: String,
+    pub database: String,
+    pub client: clickhouse::Client,
+    producer: FutureProducer,
+    simulator: Mutex<Simulator>,
+    produced: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
+    letters: Arc<Mutex<Vec<Letter>>>,
+    reader: tokio::task::JoinHandle<()>,
+    sinks_started: Mutex<u32>,
+}
+
+/// A running sink process.
+pub struct SinkProcess {
+    pub child: Child,
+    pub http_port: u16,
+}
+
+impl SinkProcess {
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit status.
+    pub async fn terminate(mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("the sink did not exit within {limit:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the process to exit by itself (a failpoint), up to `limit`.
+    pub async fn wait_exit(mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("the sink did not reach its failpoint within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One metric family summed over its labels, from the sink's `/metrics` (None if down).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        scrape(self.http_port)
+            .await
+            .ok()
+            .map(|m| m.get(name).copied().unwrap_or(0.0))
+    }
+}
+
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+impl Run {
+    /// Creates the topics and the database (the real schema) for scenario `name`.
+    pub async fn new(name: &str, stack: &Stack, seed: u64, bad_ratio: f64) -> anyhow::Result<Run> {
+        let prefix = format!("faults_{}", name.replace('-', "_"));
+        let topic = unique_name(&prefix);
+        let dlq = format!("{topic}_dlq");
+        create_topic(&stack.brokers, &topic, 3).await?;
+        create_topic(&stack.brokers, &dlq, 1).await?;
+        let database = unique_name(&prefix);
+        let base = clickhouse::Client::default().with_url(&stack.clickhouse_url);
+        let client = apply_schema(&base, &database).await;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &stack.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.max.bytes", "2000000")
+            .create()?;
+        let letters = Arc::new(Mutex::new(Vec::new()));
+        let reader = tokio::spawn(read_dead_letters(
+            stack.brokers.clone(),
+            dlq.clone(),
+            letters.clone(),
+        ));
+        std::fs::create_dir_all(stack.log_dir.join(name))?;
+        Ok(Run {
+            name: name.to_owned(),
+            stack: stack.clone(),
+            group: format!("{topic}_group"),
+            topic,
+            dlq,
+            database,
+            client,
+            producer,
+            simulator: Mutex::new(Simulator::new(SimulatorConfig {
+                seed,
+                bad_ratio,
+                ..SimulatorConfig::default()
+            })),
+            produced: Mutex::new(BTreeMap::new()),
+            letters,
+            reader,
+            sinks_started: Mutex::new(0),
+        })
+    }
+
+    /// Produces `count` simulated messages and waits for every delivery report.
+    pub async fn produce(&self, count: usize) -> anyhow::Result<()> {
+        let messages: Vec<(String, Vec<u8>)> = {
+            let mut simulator = self.simulator.lock().expect("simulator lock");
+            (0..count)
+                .map(|_| Generated::into_key_and_payload(simulator.next(Utc::now())))
+                .collect()
+        };
+        self.produce_messages(messages).await
+    }
+
+    /// Produces these keyed payloads and records their offsets.
+    pub async fn produce_messages(&self, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for (key, payload) in &messages {
+            let delivery = self
+                .producer
+                .send_result(FutureRecord::to(&self.topic).key(key).payload(payload))
+                .map_err(|(e, _)| anyhow::anyhow!("enqueue: {e}"))?;
+            deliveries.push(delivery);
+        }
+        for delivery in deliveries {
+            let delivered = delivery
+                .await
+                .context("delivery future")?
+                .map_err(|(e, _)| anyhow::anyhow!("delivery failed: {e}"))?;
+            self.produced
+                .lock()
+                .expect("produced lock")
+                .entry(delivered.partition)
+                .or_default()
+                .insert(delivered.offset);
+        }
+        Ok(())
+    }
+
+    /// Produces `rate` messages per second for `seconds`, in 20 ms steps.
+    pub async fn stream(&self, rate: u64, seconds: u64) -> anyhow::Result<()> {
+        let step = Duration::from_millis(20);
+        let per_step = (rate / 50).max(1) as usize;
+        let start = tokio::time::Instant::now();
+        for n in 0..seconds * 50 {
+            tokio::time::sleep_until(start + step * n as u32).await;
+            self.produce(per_step).await?;
+        }
+        Ok(())
+    }
+
+    pub fn produced_total(&self) -> u64 {
+        self.produced
+            .lock()
+            .expect("produced lock")
+            .values()
+            .map(|s| s.len() as u64)
+            .sum()
+    }
+
+    /// Starts a sink process for this run (its log goes to the run's log folder).
+    pub fn start_sink(
+        &self,
+        extra_env: &[(&str, String)],
+        args: &[&str],
+    ) -> anyhow::Result<SinkProcess> {
+        let http_port = free_port();
+        let n = {
+            let mut started = self.sinks_started.lock().expect("sinks lock");
+            *started += 1;
+            *started
+        };
+        let log = File::create(
+            self.stack
+                .log_dir
+                .join(&self.name)
+                .join(format!("sink-{n:03}.log")),
+        )?;
+        let child = Command::new(&self.stack.sink_bin)
+            .args(args)
+            .env("KAFKA_BROKERS", &self.stack.brokers)
+            .env("CLICKHOUSE_URL", &self.stack.clickhouse_url)
+            .env("CLICKSTREAM_SINK_TOPIC", &self.topic)
+            .env("CLICKSTREAM_SINK_GROUP", &self.group)
+            .env("CLICKSTREAM_SINK_DLQ_TOPIC", &self.dlq)
+            .env("CLICKSTREAM_SINK_DATABASE", &self.database)
+            .env("CLICKSTREAM_SINK_FLUSH_INTERVAL_MS", "1000")
+            .env("CLICKSTREAM_SINK_RETRY_MAX_MS", "2000")
+            .env(
+                "CLICKSTREAM_SINK_HTTP_ADDR",
+                format!("127.0.0.1:{http_port}"),
+            )
+            .env("CLICKSTREAM_SINK_LOG_FORMAT", "json")
+            // A killed member holds its partitions until its session times out: keep it short.
+            .env("CLICKSTREAM_SINK_KAFKA__SESSION.TIMEOUT.MS", "4000")
+            .env("CLICKSTREAM_SINK_KAFKA__HEARTBEAT.INTERVAL.MS", "400")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.stack.sink_bin.display()))?;
+        Ok(SinkProcess { child, http_port })
+    }
+
+    /// Waits until ClickHouse and the dead-letter topic together account for every produced
+    /// offset (distinct), or `limit` passes.
+    pub async fn wait_accounted(&self, limit: Duration) -> anyhow::Result<()> {
+        let want = self.produced_total();
+        let deadline = Instant::now() + limit;
+        loop {
+            let stored: u64 = self
+                .client
+                .query("SELECT uniqExact(kafka_partition, kafka_offset) FROM events")
+                .fetch_one()
+                .await
+                .unwrap_or(0);
+            let letters = self.letters.lock().expect("letters lock").len() as u64;
+            if stored + letters >= want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "after {limit:?}: {stored} offsets in ClickHouse + {letters} dead letters < {want} produced"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The oracle: per partition, the offsets in ClickHouse plus those in the dead-letter topic
+    /// are exactly the produced ones (no gap, no repeat), and every rollup equals the raw table.
+    pub async fn verdict(&self) -> anyhow::Result<Verdict> {
+        // Give late dead-letter reads a moment.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        #[derive(Debug, Deserialize, clickhouse::Row)]
+        struct Stored {
+            kafka_partition: i32,
+            kafka_offset: i64,
+        }
+        let rows = self
+            .client
+            .query("SELECT kafka_partition, kafka_offset FROM events")
+            .fetch_all::<Stored>()
+            .await?;
+        let letters = self.letters.lock().expect("letters lock").clone();
+        let produced = self.produced.lock().expect("produced lock").clone();
+
+        let mut seen: BTreeMap<(i32, i64), u32> = BTreeMap::new();
+        for row in &rows {
+            *seen
+                .entry((row.kafka_partition, row.kafka_offset))
+                .or_default() += 1;
+        }
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for letter in &letters {
+            *seen.entry((letter.partition, letter.offset)).or_default() += 1;
+            *reasons.entry(letter.reason.clone()).or_default() += 1;
+        }
+        let duplicates: u64 = seen.values().map(|&n| u64::from(n.saturating_sub(1))).sum();
+        let produced_set: BTreeSet<(i32, i64)> = produced
+            .iter()
+            .flat_map(|(p, offsets)| offsets.iter().map(move |o| (*p, *o)))
+            .collect();
+        let missing = produced_set
+            .iter()
+            .filter(|k| !seen.contains_key(k))
+            .count() as u64;
+        let unexpected = seen.keys().filter(|k| !produced_set.contains(k)).count() as u64;
+        // Produced offsets form a contiguous range per partition (the topic is fresh).
+        let gaps_in_produced: u64 = produced
+            .values()
+            .map(|offsets| {
+                let span = offsets.last().map_or(0, |l| l + 1) as u64;
+                span - offsets.len() as u64
+            })
+            .sum();
+
+        let count = |sql: &'static str| async move {
+            self.client
+                .query(sql)
+                .fetch_one::<u64>()
+                .await
+                .with_context(|| sql.to_owned())
+        };
+        let raw = count("SELECT count() FROM events").await?;
+        let page_views = count("SELECT count() FROM events WHERE event_type = 'page_view'").await?;
+        let rollups = BTreeMap::from([
+            (
+                "events_1m".to_owned(),
+                (
+                    count("SELECT sum(events) FROM events_1m WHERE dimension = 'all'").await?,
+                    raw,
+                ),
+            ),
+            (
+                "sessions".to_owned(),
+                (count("SELECT sum(events) FROM sessions").await?, raw),
+            ),
+            (
+                "pages_5m".to_owned(),
+                (count("SELECT sum(views) FROM pages_5m").await?, page_views),
+            ),
+            (
+                "kafka_progress".to_owned(),
+                (count("SELECT sum(rows) FROM kafka_progress").await?, raw),
+            ),
+        ]);
+        let rollups_equal = rollups.values().all(|(got, want)| got == want);
+        Ok(Verdict {
+            produced: produced_set.len() as u64,
+            rows_in_clickhouse: rows.len() as u64,
+            dead_lettered: letters.len() as u64,
+            dead_letter_reasons: reasons,
+            duplicates,
+            missing,
+            unexpected,
+            gaps_in_produced,
+            rollups: rollups
+                .into_iter()
+                .map(|(name, (got, want))| {
+                    (
+                        name,
+                        RollupCheck {
+                            rollup: got,
+                            raw: want,
+                        },
+                    )
+                })
+                .collect(),
+            rollups_equal,
+            exact: duplicates == 0 && missing == 0 && unexpected == 0 && gaps_in_produced == 0,
+        })
+    }
+
+    /// Drops the scenario's database (topics stay: tansu cannot delete them cheaply).
+    pub async fn cleanup(self) {
+        self.reader.abort();
+        let _ = self
+            .client
+            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .execute()
+            .await;
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollupCheck {
+    pub rollup: u64,
+    pub raw: u64,
+}
+
+/// The end state of a scenario, judged offset by offset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub produced: u64,
+    pub rows_in_clickhouse: u64,
+    pub dead_lettered: u64,
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Offsets found more than once (in the table, the dead-letter topic, or both).
+    pub duplicates: u64,
+    /// Produced offsets found nowhere.
+    pub missing: u64,
+    /// Offsets found that were never produced.
+    pub unexpected: u64,
+    /// Holes in the produced offsets themselves (0 on a fresh topic).
+    pub gaps_in_produced: u64,
+    pub rollups: BTreeMap<String, RollupCheck>,
+    pub rollups_equal: bool,
+    /// Every produced offset exactly once in ClickHouse or the dead-letter topic.
+    pub exact: bool,
+}
+
+async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        result.map_err(|(topic, e)| anyhow::anyhow!("create topic {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn read_dead_letters(brokers: String, dlq: String, letters: Arc<Mutex<Vec<Letter>>>) {
+    let consumer: StreamConsumer = match ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique_name("faults_dlq_reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+    {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            eprintln!("faults: dead-letter reader: {e}");
+            return;
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[&dlq]) {
+        eprintln!("faults: dead-letter reader: {e}");
+        return;
+    }
+    loop {
+        let Ok(message) = consumer.recv().await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(hs) = message.headers() {
+            for h in hs.iter() {
+                headers.insert(
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        let letter = Letter {
+            partition: headers
+                .get("source_partition")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(-1),
+            offset: headers
+                .get("source_offset")
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(-1),
+            reason: headers.get("reason").cloned().unwrap_or_default(),
+        };
+        letters.lock().expect("letters lock").push(letter);
+    }
+}
+
+/// The sink's `/metrics`, each family summed over its labels.
+pub async fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let mut metrics = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, value)) = line.rsplit_once(' ')
+            && let Ok(value) = value.parse::<f64>()
+        {
+            let family = name.split('{').next().unwrap_or(name).to_owned();
+            *metrics.entry(family).or_default() += value;
+        }
+    }
+    Ok(metrics)
+}
+
+/// Restarts one service of the local stack: SIGKILL via its pid file, then `scripts/stack up`
+/// (which starts only what is not running). Returns how long it was down.
+pub async fn kill_stack_service(service: &str) -> anyhow::Result<()> {
+    let data_dir =
+        std::env::var("STACK_DATA_DIR").context("STACK_DATA_DIR (scripts/faults sets it)")?;
+    let pid_file = PathBuf::from(data_dir)
+        .join("run")
+        .join(format!("{service}.pid"));
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("read {}", pid_file.display()))?
+        .trim()
+        .to_owned();
+    // The stack starts services in their own process group (setsid).
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    Ok(())
+}
+
+pub async fn start_stack() -> anyhow::Result<()> {
+    let status = tokio::process::Command::new(repo_root().join("scripts/stack"))
+        .arg("up")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "scripts/stack up failed");
+    Ok(())
+}
