@@ -220,3 +220,29 @@ WHERE window_start >= {from:DateTime} - INTERVAL 5 MINUTE
   AND hop_start >= {from:DateTime}
   AND hop_start < {to:DateTime}
 GROUP BY hop_start, dimension, value;
+
+-- Exactly-once support (sink): progress per (topic, partition), fed by the same INSERT as the
+-- events on each shard; the sink reads it through the Distributed table on every assignment.
+-- For the deduplication token to protect a replay, the sink must insert into one shard's
+-- `events_local` (or with distributed_foreground_insert = 1): see the notes at the top.
+CREATE TABLE IF NOT EXISTS clickstream.kafka_progress_local ON CLUSTER '{cluster}'
+(
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    max_offset      SimpleAggregateFunction(max, Int64),
+    rows            SimpleAggregateFunction(sum, UInt64)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/kafka_progress', '{replica}')
+ORDER BY (kafka_topic, kafka_partition)
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_progress ON CLUSTER '{cluster}' AS clickstream.kafka_progress_local
+ENGINE = Distributed('{cluster}', clickstream, kafka_progress_local);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.kafka_progress_mv ON CLUSTER '{cluster}' TO clickstream.kafka_progress_local AS
+SELECT kafka_topic, kafka_partition, max(kafka_offset) AS max_offset, count() AS rows
+FROM clickstream.events_local
+GROUP BY kafka_topic, kafka_partition;
+
+ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
+    ADD INDEX IF NOT EXISTS kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1;

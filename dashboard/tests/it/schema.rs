@@ -3,7 +3,7 @@
 
 use clickstream_testkit::{apply_schema, clickhouse, repo_root, sql_statements, unique_name};
 
-const OBJECTS: [&str; 10] = [
+const OBJECTS: [&str; 12] = [
     "events",
     "events_1m",
     "events_1m_mv",
@@ -14,6 +14,8 @@ const OBJECTS: [&str; 10] = [
     "funnel_5m",
     "funnel_5m_mv",
     "events_10m_hop",
+    "kafka_progress",
+    "kafka_progress_mv",
 ];
 
 fn read(path: &str) -> String {
