@@ -242,13 +242,15 @@ async fn clickhouse_down(stack: &Stack) -> anyhow::Result<Done> {
     let injected = json!({
         "clickhouse_killed_for_s": 30,
         "insert_retries_during_outage": retries,
+        "rows_buffered_at_end_of_outage": buffered,
         "paused_partitions_at_end_of_outage": paused,
         "stream": "1,000 events/s for 60 s",
     });
     finish(run, sink, injected).await
 }
 
-/// ClickHouse answers slowly (every response chunk delayed 2 s) for 30 s mid-stream.
+/// ClickHouse answers slowly (every response chunk delayed 4 s, longer than the sink's 3 s
+/// insert timeout) for 30 s mid-stream: inserts time out and are retried with the same token.
 async fn clickhouse_slow(stack: &Stack) -> anyhow::Result<Done> {
     let upstream = stack
         .clickhouse_url
@@ -270,7 +272,7 @@ async fn clickhouse_slow(stack: &Stack) -> anyhow::Result<Done> {
         tokio::spawn(async move { run.stream(1_000, 50).await })
     };
     tokio::time::sleep(Duration::from_secs(10)).await;
-    proxy.set_delay(Duration::from_secs(2));
+    proxy.set_delay(Duration::from_secs(4));
     tokio::time::sleep(Duration::from_secs(30)).await;
     proxy.set_delay(Duration::ZERO);
     let retries = sink
@@ -279,7 +281,7 @@ async fn clickhouse_slow(stack: &Stack) -> anyhow::Result<Done> {
         .unwrap_or(0.0);
     streamer.await.context("streamer")??;
     let injected = json!({
-        "response_delay_ms": 2_000,
+        "response_delay_ms": 4_000,
         "slow_for_s": 30,
         "insert_timeout_ms": 3_000,
         "insert_retries": retries,
