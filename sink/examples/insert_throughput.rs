@@ -2,8 +2,9 @@
 //! own writer (official crate, RowBinary, LZ4, deduplication token) inserts simulated events in
 //! batches into a fresh database with the real schema (rollup views included).
 //!
-//! `cargo run --release -p clickstream-sink --example insert_throughput -- [ROWS] [BATCH]`
-//! (defaults 1,000,000 rows in batches of 100,000). Prints one JSON line.
+//! `cargo run --release -p clickstream-sink --example insert_throughput -- [ROWS] [BATCH] [bare]`
+//! (defaults 1,000,000 rows in batches of 100,000; `bare`: the events table alone, without the
+//! rollup views, to see the endpoint's own cost). Prints one JSON line.
 
 use std::time::Instant;
 
@@ -12,17 +13,36 @@ use clickstream_producer::simulator::{Generated, Simulator, SimulatorConfig};
 use clickstream_sink::Settings;
 use clickstream_sink::row::EventRow;
 use clickstream_sink::writer::{ClickHouseWriter, Writer};
-use clickstream_testkit::{apply_schema, clickhouse, clickhouse_url, unique_name};
+use clickstream_testkit::{
+    apply_schema, clickhouse, clickhouse_url, repo_root, sql_statements, unique_name,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let rows: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
     let batch: usize = args.next().map_or(Ok(100_000), |a| a.parse())?;
+    let bare = args.next().as_deref() == Some("bare");
     anyhow::ensure!(batch > 0, "BATCH must be positive");
 
     let database = unique_name("bench_insert");
-    apply_schema(&clickhouse(), &database).await;
+    if bare {
+        let schema = std::fs::read_to_string(repo_root().join("clickhouse/schema.sql"))?;
+        for statement in sql_statements(&schema).iter().filter(|s| {
+            s.starts_with("CREATE DATABASE")
+                || s.starts_with("CREATE TABLE IF NOT EXISTS clickstream.events\n")
+        }) {
+            let statement = statement
+                .replace(
+                    "DATABASE IF NOT EXISTS clickstream",
+                    &format!("DATABASE IF NOT EXISTS {database}"),
+                )
+                .replace("clickstream.", &format!("{database}."));
+            clickhouse().query(&statement).execute().await?;
+        }
+    } else {
+        apply_schema(&clickhouse(), &database).await;
+    }
     let settings = Settings {
         clickhouse_url: clickhouse_url(),
         database: database.clone(),
@@ -67,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             "clickhouse_url": clickhouse_url(),
             "rows": rows,
             "batch_rows": batch,
+            "rollup_views": !bare,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "rows_per_s": (rows as f64 / seconds).round(),
             "slowest_insert_s": (slowest * 1000.0).round() / 1000.0,
