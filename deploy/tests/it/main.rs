@@ -3,6 +3,7 @@
 //! local stack on free ports).
 
 mod compose;
+mod demo;
 mod dockerfile;
 mod scripts;
 

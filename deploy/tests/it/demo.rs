@@ -1,0 +1,235 @@
+//! scripts/demo: starts a private stack, producer and sink (debug binaries, free ports), rows
+//! reach ClickHouse, and Ctrl-C stops everything it started.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use clickstream_testkit::{TempDir, free_port, repo_root, unique_name};
+
+/// Every marked process still running: the demo passes its environment, marker included, to
+/// everything it starts (the stack's services too, though they run in their own sessions).
+fn marked_processes(marker: &str) -> Vec<String> {
+    let needle = format!("CLICKSTREAM_DEMO_TEST={marker}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+}
+
+/// Stops the demo if the test fails half-way, so that nothing outlives the test.
+struct Demo {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+        }
+    }
+}
+
+impl Demo {
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
+    let bin_dir = crate::bin_dir();
+    let data = TempDir::new("it_demo");
+    let marker = unique_name("demo");
+    let [kafka, clickhouse, sink, producer] = [free_port(), free_port(), free_port(), free_port()];
+    assert_eq!(
+        [kafka, clickhouse, sink, producer]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        4
+    );
+    let started = Instant::now();
+    let mut child = Command::new(repo_root().join("scripts/demo"))
+        .arg("--no-top")
+        .env("STACK_KAFKA_PORT", kafka.to_string())
+        .env("STACK_CLICKHOUSE_PORT", clickhouse.to_string())
+        .env("STACK_DATA_DIR", data.path())
+        .env("DEMO_SINK_PORT", sink.to_string())
+        .env("DEMO_PRODUCER_PORT", producer.to_string())
+        .env("DEMO_BIN_DIR", &bin_dir)
+        .env("DEMO_RATE", "200")
+        .env("CLICKSTREAM_DEMO_TEST", &marker)
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("CLICKHOUSE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start scripts/demo");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (ready, ready_rx) = mpsc::channel();
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Ctrl-C stops everything") {
+                    let _ = ready.send(());
+                }
+                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let mut demo = Demo { child, log };
+
+    // Up: stack, sink and producer ready.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready_rx.try_recv().is_err() {
+        assert!(
+            matches!(demo.child.try_wait(), Ok(None)),
+            "the demo exited at start:\n{}",
+            demo.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not ready in 120 s:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Rows arrive in ClickHouse, through the sink.
+    let client = clickhouse::Client::default().with_url(format!("http://127.0.0.1:{clickhouse}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows: u64 = client
+            .query("SELECT count() FROM clickstream.events")
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        if rows >= 100 {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {rows} rows in ClickHouse after 60 s:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(metric(sink, "clickstream_sink_inserted_rows_total").is_some_and(|n| n >= rows as f64));
+    assert!(metric(producer, "clickstream_producer_sent_total").is_some_and(|n| n > 0.0));
+    let running = marked_processes(&marker);
+    assert!(
+        running.len() >= 5,
+        "demo, stack, producer, sink: {running:#?}"
+    );
+
+    // Ctrl-C: everything stops, cleanly.
+    signal(demo.child.id(), "INT");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 90 s after Ctrl-C:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The reader thread sees the last lines once the pipe closes.
+    let log = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !demo.log().contains("logs are in") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        demo.log()
+    };
+    assert_eq!(status.code(), Some(0), "exit status after Ctrl-C:\n{log}");
+    for line in [
+        "stopped producer",
+        "stopped sink",
+        "stopped clickhouse",
+        "stopped kafka",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    let left = marked_processes(&marker);
+    assert!(
+        left.is_empty(),
+        "still running after Ctrl-C: {left:#?}\n{log}"
+    );
+    for port in [kafka, clickhouse, sink, producer] {
+        assert!(!port_open(port), "port {port} still open");
+    }
+    // The producer flushed: everything it sent was delivered.
+    let producer_log = std::fs::read_to_string(data.path().join("log/producer.log")).unwrap();
+    let summary: serde_json::Value = producer_log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
+    assert_eq!(summary["delivered"], summary["sent"], "{summary}");
+    assert!(!Path::new(&data.path().join("run/sink.pid")).exists());
+    assert!(
+        started.elapsed() < Duration::from_secs(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
