@@ -12,7 +12,7 @@
 --   events_10m_hop    10-minute hopping windows every 5 minutes (view over events_1m)
 --
 -- Users (insert-only sink, read-only reader) are in users.sql, the Replicated/Distributed variant
--- for a cluster in cluster.sql. What each rollup means and how to query it: dashboard/README.md.
+-- for a cluster in cluster.sql. What each rollup means and how to query it: README.md.
 
 CREATE DATABASE IF NOT EXISTS clickstream;
 
@@ -175,7 +175,7 @@ GROUP BY window_start, page_url;
 --
 -- Session windows: `session_id` is the client's session. Sessionizing by inactivity (a new
 -- session after 10 or 30 idle minutes) is a window-function query over a user's sessions
--- ordered by first_event (dashboard/README.md); "active" sessions are those whose last event is
+-- ordered by first_event (README.md, "Ad-hoc SQL"); "active" sessions are those whose last event is
 -- within the inactivity gap of now.
 CREATE TABLE IF NOT EXISTS clickstream.sessions
 (

@@ -15,7 +15,7 @@
 //! - [`top`]: settings, one snapshot of numbers, rendering, the redraw loop.
 //!
 //! The schema these queries read is `clickhouse/schema.sql`; the panels and rollups are
-//! described in `dashboard/README.md`.
+//! described in the top-level `README.md`.
 
 pub mod dashboards;
 pub mod macros;

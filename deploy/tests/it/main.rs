@@ -5,6 +5,7 @@
 mod compose;
 mod demo;
 mod dockerfile;
+mod readme;
 mod scripts;
 
 use std::path::{Path, PathBuf};
