@@ -84,7 +84,6 @@ fn is_fresh(path: &Path, package: &str) -> bool {
         root.join(dir).join("src"),
         root.join(dir).join("Cargo.toml"),
         root.join("event/src"),
-        root.join("Cargo.lock"),
     ];
     if package == "clickstream-dashboard" {
         // clickstream-top embeds the dashboards' SQL.
