@@ -233,6 +233,10 @@ async fn clickhouse_down(stack: &Stack) -> anyhow::Result<Done> {
         .metric("clickstream_sink_retries_total")
         .await
         .unwrap_or(0.0);
+    let buffered = sink
+        .metric("clickstream_sink_buffered_rows")
+        .await
+        .unwrap_or(0.0);
     let paused = sink
         .metric("clickstream_sink_paused_partitions")
         .await
