@@ -49,6 +49,8 @@ pub enum SinkError {
     Kafka(String),
     #[error("clickhouse: {0}")]
     ClickHouse(String),
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
     #[error("stopped before the work was done")]
     Stopped,
     #[error("internal: {0}")]

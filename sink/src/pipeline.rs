@@ -1,7 +1,7 @@
 //! The consume loop: read → decode → batch → flush (in a task, while reading goes on) →
 //! commit, with rebalances, back-pressure and an orderly shutdown.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,11 +133,18 @@ fn consumer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
+/// The one field a replayed message is checked by.
+#[derive(serde::Deserialize)]
+struct EventIdOnly {
+    event_id: uuid::Uuid,
+}
+
 /// Per-partition state of the consume loop.
 struct PartitionState {
     epoch: u64,
-    /// Offsets ClickHouse already holds (found when the partition was assigned).
-    stored: BTreeSet<i64>,
+    /// Offsets ClickHouse already holds (found when the partition was assigned), with the
+    /// event id stored at each.
+    stored: BTreeMap<i64, uuid::Uuid>,
 }
 
 /// Runs the sink until `shutdown` is cancelled (then drains in order) or a fatal error.
@@ -339,7 +346,7 @@ async fn on_message(
                 })
                 .await?
             }
-            Delivery::AtLeastOnce => BTreeSet::new(),
+            Delivery::AtLeastOnce => BTreeMap::new(),
         };
         tracing::info!(
             partition,
@@ -355,7 +362,29 @@ async fn on_message(
     let now = Instant::now();
     let payload = message.payload();
     let size = payload.map_or(0, <[u8]>::len) + 64;
-    if state.stored.remove(&offset) {
+    if let Some(stored_id) = state.stored.remove(&offset) {
+        // Skip it only if it is the event ClickHouse holds at this offset. Anything else means
+        // the offsets were reused (the topic was deleted and recreated, or the table holds
+        // another cluster's topic of that name): skipping would lose data, writing would mix
+        // two topics' offsets. Stop, commit nothing, say what to do.
+        let kafka_id = payload
+            .and_then(|p| serde_json::from_slice::<EventIdOnly>(p).ok())
+            .map(|e| e.event_id);
+        if kafka_id != Some(stored_id) {
+            return Err(SinkError::Inconsistent(format!(
+                "{topic}[{partition}] offset {offset}: ClickHouse ({database}.{table}) holds event \
+                 {stored_id} at this offset, but the message there is {found}. The topic was \
+                 probably deleted and recreated, so its offsets start again. Nothing was skipped \
+                 or committed. Remove the old rows (ALTER TABLE {database}.{table} DELETE WHERE \
+                 kafka_topic = '{topic}', and the same on {database}.kafka_progress) or use a new \
+                 database or topic name.",
+                topic = settings.topic,
+                database = settings.database,
+                table = settings.table,
+                found = kafka_id
+                    .map_or_else(|| "not that event".to_owned(), |id| format!("event {id}")),
+            )));
+        }
         metrics.replay_skipped.inc();
         batcher.push(partition, epoch, offset, Entry::AlreadyStored, 16, now);
         return Ok(());

@@ -6,7 +6,7 @@
 //!   backoff), [`Failure::BadData`] (the rows themselves are rejected: isolate and dead-letter
 //!   them) or [`Failure::Fatal`] (missing table, permissions, schema mismatch: stop).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use clickhouse::error::Error as ChError;
 
 use crate::row::EventRow;
 use crate::settings::{Delivery, Settings};
+use uuid::Uuid;
 
 /// How a failed write must be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,13 +112,22 @@ pub trait Writer: Send + Sync + 'static {
         token: Option<&str>,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Offsets of `partition` from `from` on that the table already holds (for replays).
+    /// Offsets of `partition` from `from` on that the table already holds, with the event id
+    /// stored at each (for replays: the sink skips them after checking the ids match).
     fn stored_offsets(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
-    ) -> impl Future<Output = Result<BTreeSet<i64>, Failure>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<i64, Uuid>, Failure>> + Send;
+}
+
+/// One stored offset and the event stored at it.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct StoredOffset {
+    kafka_offset: i64,
+    #[serde(with = "clickhouse::serde::uuid")]
+    event_id: Uuid,
 }
 
 /// Inserts into ClickHouse over HTTP (RowBinary, LZ4) with the official client.
@@ -245,7 +255,7 @@ impl Writer for ClickHouseWriter {
         topic: &str,
         partition: i32,
         from: i64,
-    ) -> Result<BTreeSet<i64>, Failure> {
+    ) -> Result<BTreeMap<i64, Uuid>, Failure> {
         // The progress view answers cheaply whether anything from `from` on is stored at all;
         // only then (after a crash between insert and commit) the offsets are read.
         let max: Option<i64> = self
@@ -263,19 +273,25 @@ impl Writer for ClickHouseWriter {
             Some(max) if max >= from => self
                 .client
                 .query(&format!(
-                    "SELECT DISTINCT kafka_offset FROM {} \
-                     WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset BETWEEN ? AND ?",
+                    "SELECT kafka_offset, any(event_id) AS event_id FROM {} \
+                     WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset BETWEEN ? AND ? \
+                     GROUP BY kafka_offset",
                     self.table
                 ))
                 .bind(topic)
                 .bind(partition)
                 .bind(from)
                 .bind(max)
-                .fetch_all::<i64>()
+                .fetch_all::<StoredOffset>()
                 .await
-                .map(|offsets| offsets.into_iter().collect())
+                .map(|stored| {
+                    stored
+                        .into_iter()
+                        .map(|s| (s.kafka_offset, s.event_id))
+                        .collect()
+                })
                 .map_err(|e| classify(&e)),
-            _ => Ok(BTreeSet::new()),
+            _ => Ok(BTreeMap::new()),
         }
     }
 }

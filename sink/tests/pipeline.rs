@@ -194,3 +194,40 @@ async fn refuses_to_start_without_what_exactly_once_needs() {
     let error = sink.await.unwrap().expect_err("missing table");
     assert!(error.to_string().contains("does not exist"), "{error}");
 }
+
+/// The topic was deleted and recreated (its offsets start again) but ClickHouse still holds the
+/// old topic's rows: the sink must neither skip the new events as "already stored" nor write
+/// them; it stops with a clear error and commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_offsets_of_a_recreated_topic_stop_the_sink_instead_of_skipping() {
+    let h = Harness::new("it_recreated").await;
+    // The "old topic's" rows: offsets 0..50 of every partition, other events.
+    h.client
+        .query(&format!(
+            "INSERT INTO events (event_id, event_time, user_id, session_id, event_type, page_url, \
+             kafka_topic, kafka_partition, kafka_offset) \
+             SELECT generateUUIDv4(), now64(3), 'user_0001', generateUUIDv4(), 'page_view', '/', \
+             '{}', intDiv(number, 50), number % 50 FROM numbers(150)",
+            h.topic
+        ))
+        .execute()
+        .await
+        .expect("seed the old rows");
+    h.produce(&messages(0..300)).await;
+
+    let (_stop, sink) = spawn_sink(h.settings());
+    let error = tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("the sink stops by itself")
+        .expect("sink task")
+        .expect_err("the sink refuses to go on");
+    let text = error.to_string();
+    assert!(text.contains("recreated"), "{text}");
+    assert!(text.contains(&h.topic), "{text}");
+    assert_eq!(
+        h.count("SELECT count() FROM events").await,
+        150,
+        "nothing written"
+    );
+    assert!(h.committed_offsets().is_empty(), "nothing committed");
+}
