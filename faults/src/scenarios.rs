@@ -29,6 +29,9 @@ pub const ALL: &[&str] = &[
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub scenario: String,
+    pub run_at: String,
+    pub git_commit: String,
+    pub broker_storage: String,
     pub passed: bool,
     pub skipped: Option<String>,
     pub seconds: f64,
@@ -53,6 +56,18 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         other => Err(anyhow::anyhow!("unknown scenario {other}")),
     };
     let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    let mut outcome = judge(name, result, seconds);
+    outcome.run_at = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+    outcome.git_commit = crate::git_commit();
+    outcome.broker_storage = if stack.durable_broker {
+        "durable (sqlite)".to_owned()
+    } else {
+        "memory".to_owned()
+    };
+    outcome
+}
+
+fn judge(name: &str, result: anyhow::Result<Done>, seconds: f64) -> Outcome {
     match result {
         Ok(Done::Judged(injected, verdict)) => {
             let passed = if name == "negative-control" {
@@ -62,6 +77,9 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
             };
             Outcome {
                 scenario: name.to_owned(),
+                run_at: String::new(),
+                git_commit: String::new(),
+                broker_storage: String::new(),
                 passed,
                 skipped: None,
                 seconds,
@@ -72,6 +90,9 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         }
         Ok(Done::Skipped(reason)) => Outcome {
             scenario: name.to_owned(),
+            run_at: String::new(),
+            git_commit: String::new(),
+            broker_storage: String::new(),
             passed: false,
             skipped: Some(reason),
             seconds,
@@ -81,6 +102,9 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         },
         Err(error) => Outcome {
             scenario: name.to_owned(),
+            run_at: String::new(),
+            git_commit: String::new(),
+            broker_storage: String::new(),
             passed: false,
             skipped: None,
             seconds,
