@@ -3,8 +3,9 @@
 //!
 //! Rules:
 //! - a batch is ready when it has `max_rows` rows, or when its oldest entry has waited
-//!   `flush_interval` — but never sooner than `min_flush_gap` after the previous flush, so
-//!   at high rates batches grow instead of the insert rate (ClickHouse wants few, big inserts);
+//!   `flush_interval` — but never sooner than `min_flush_gap` per INSERT of the previous
+//!   flush after it (a flush makes one INSERT per partition with rows), so at high rates
+//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts);
 //! - consumption should pause while the buffer holds `max_batch_bytes` or more;
 //! - entries are kept per Kafka partition as one contiguous offset range (a [`Segment`]), so
 //!   each partition's insert covers `first..=last` and its commit is `last + 1`.
@@ -20,6 +21,7 @@ pub struct Policy {
     pub max_rows: usize,
     pub flush_interval: Duration,
     pub max_batch_bytes: usize,
+    /// The least time per INSERT between flushes (1 / max_inserts_per_second).
     pub min_flush_gap: Duration,
 }
 
@@ -74,7 +76,8 @@ pub struct Batcher<R, A> {
     rows: usize,
     bytes: usize,
     oldest: Option<Instant>,
-    last_flush: Option<Instant>,
+    /// No flush before this (the previous flush's inserts times `min_flush_gap` after it).
+    next_flush_at: Option<Instant>,
 }
 
 impl<R, A> Batcher<R, A> {
@@ -85,7 +88,7 @@ impl<R, A> Batcher<R, A> {
             rows: 0,
             bytes: 0,
             oldest: None,
-            last_flush: None,
+            next_flush_at: None,
         }
     }
 
@@ -172,8 +175,8 @@ impl<R, A> Batcher<R, A> {
         } else {
             oldest + self.policy.flush_interval
         };
-        Some(match self.last_flush {
-            Some(last) => due.max(last + self.policy.min_flush_gap),
+        Some(match self.next_flush_at {
+            Some(next) => due.max(next),
             None => due,
         })
     }
@@ -181,7 +184,12 @@ impl<R, A> Batcher<R, A> {
     /// Takes the whole buffer as a batch and starts a new one.
     pub fn take(&mut self, now: Instant) -> Option<Batch<R, A>> {
         let oldest = self.oldest.take()?;
-        self.last_flush = Some(now);
+        let inserts = self
+            .segments
+            .values()
+            .filter(|s| !s.rows.is_empty())
+            .count();
+        self.next_flush_at = Some(now + self.policy.min_flush_gap * inserts.max(1) as u32);
         let batch = Batch {
             segments: std::mem::take(&mut self.segments).into_values().collect(),
             rows: self.rows,
@@ -270,7 +278,7 @@ mod tests {
         let mut flushes = 0;
         let mut sizes = Vec::new();
         // 100,000 events/s for 10 s: 10 rows every 100 µs.
-        for _ in 0..10_000 {
+        for _ in 0..100_000 {
             tokio::time::advance(Duration::from_micros(100)).await;
             for _ in 0..10 {
                 row(&mut batcher, 0, offset);
@@ -286,6 +294,29 @@ mod tests {
             "at most 2 flushes a second (+1), got {flushes}"
         );
         assert!(sizes[1..].iter().all(|&rows| rows >= 40_000), "{sizes:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inserts_per_second_stay_at_the_limit_across_partitions() {
+        let mut batcher = Batcher::new(policy());
+        let mut offsets = [0_i64; 3];
+        let mut inserts = 0;
+        // 90,000 events/s over 3 partitions for 10 s.
+        for step in 0..100_000_u32 {
+            tokio::time::advance(Duration::from_micros(100)).await;
+            for i in 0..9 {
+                let partition = ((step + i) % 3) as i32;
+                row(&mut batcher, partition, offsets[partition as usize]);
+                offsets[partition as usize] += 1;
+            }
+            if batcher.ready_at().is_some_and(|at| at <= Instant::now()) {
+                let batch = batcher.take(Instant::now()).unwrap();
+                inserts += batch.segments.iter().filter(|s| !s.rows.is_empty()).count();
+            }
+        }
+        // 2 inserts a second (min_flush_gap 500 ms per insert), +3 for the first flush.
+        assert!(inserts <= 23, "{inserts} inserts in 10 s");
+        assert!(inserts >= 15, "{inserts} inserts in 10 s");
     }
 
     #[tokio::test(start_paused = true)]
