@@ -69,23 +69,22 @@ impl SinkProcess {
     }
 
     /// SIGTERM, then waits up to `limit` for the exit status.
-    pub async fn terminate(mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn terminate(self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
         signal(self.child.id(), "TERM")?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                bail!("the sink did not exit within {limit:?} of SIGTERM");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.exit_within(limit, "exit after SIGTERM").await
     }
 
     /// Waits for the process to exit by itself (a failpoint), up to `limit`.
-    pub async fn wait_exit(mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.exit_within(limit, "reach its failpoint").await
+    }
+
+    /// The exit status once the process exits; killed, and an error, after `limit`.
+    async fn exit_within(
+        mut self,
+        limit: Duration,
+        what: &str,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -93,7 +92,7 @@ impl SinkProcess {
             }
             if Instant::now() > deadline {
                 self.kill();
-                bail!("the sink did not reach its failpoint within {limit:?}");
+                bail!("the sink did not {what} within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -498,24 +497,7 @@ async fn read_dead_letters(brokers: String, dlq: String, letters: Arc<Mutex<Vec<
 
 /// The sink's `/metrics`, each family summed over its labels.
 pub async fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let mut metrics = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        if let Some((name, value)) = line.rsplit_once(' ')
-            && let Ok(value) = value.parse::<f64>()
-        {
-            let family = name.split('{').next().unwrap_or(name).to_owned();
-            *metrics.entry(family).or_default() += value;
-        }
-    }
-    Ok(metrics)
+    Ok(clickstream_testkit::scrape_metrics(port).await?)
 }
 
 /// Restarts one service of the local stack: SIGKILL via its pid file, then `scripts/stack up`

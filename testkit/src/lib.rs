@@ -7,6 +7,7 @@
 //! [`Endpoint`] starts a private ClickHouse HTTP endpoint (the local stack's, on chDB) for tests
 //! that must restart or stop ClickHouse without disturbing the shared one.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,4 +273,30 @@ pub async fn apply_schema(client: &clickhouse::Client, database: &str) -> clickh
             .unwrap_or_else(|e| panic!("schema statement failed: {e}\n{statement}"));
     }
     client.clone().with_database(database)
+}
+
+/// Reads a Prometheus `/metrics` page on `127.0.0.1:port` and sums every sample of each
+/// metric family over its labels, e.g. `clickstream_sink_inserted_rows_total`.
+pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("GET /metrics: {head}")));
+    }
+    let mut metrics = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, value)) = line.rsplit_once(' ')
+            && let Ok(value) = value.parse::<f64>()
+        {
+            let family = name.split('{').next().unwrap_or(name).to_owned();
+            *metrics.entry(family).or_default() += value;
+        }
+    }
+    Ok(metrics)
 }

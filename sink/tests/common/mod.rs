@@ -346,38 +346,14 @@ pub fn base_client() -> clickhouse::Client {
     clickhouse()
 }
 
-/// Reads the sink's Prometheus `/metrics` on `127.0.0.1:port` and sums every sample of each
-/// metric family (labels dropped), e.g. `clickstream_sink_inserted_rows_total`.
-pub async fn scrape(port: u16) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+/// The sink's `/metrics` on `127.0.0.1:port`, each family summed over its labels.
+pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
+    clickstream_testkit::scrape_metrics(port)
         .await
-        .expect("connect to the sink's HTTP port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send GET /metrics");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("read /metrics");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut metrics = HashMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let family = name.split('{').next().unwrap_or(name).to_owned();
-        if let Ok(value) = value.parse::<f64>() {
-            *metrics.entry(family).or_default() += value;
-        }
-    }
-    metrics
+        .expect("GET the sink's /metrics")
 }
 
 /// One metric from a scrape (0 when the family has no sample yet).
-pub fn metric(metrics: &HashMap<String, f64>, name: &str) -> f64 {
+pub fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
     metrics.get(name).copied().unwrap_or(0.0)
 }
