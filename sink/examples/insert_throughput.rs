@@ -14,7 +14,7 @@ use clickstream_sink::Settings;
 use clickstream_sink::row::EventRow;
 use clickstream_sink::writer::{ClickHouseWriter, Writer};
 use clickstream_testkit::{
-    apply_schema, clickhouse, clickhouse_url, repo_root, sql_statements, unique_name,
+    apply_schema, clickhouse, clickhouse_url, schema_statements, unique_name,
 };
 
 #[tokio::main]
@@ -27,18 +27,12 @@ async fn main() -> anyhow::Result<()> {
 
     let database = unique_name("bench_insert");
     if bare {
-        let schema = std::fs::read_to_string(repo_root().join("clickhouse/schema.sql"))?;
-        for statement in sql_statements(&schema).iter().filter(|s| {
-            s.starts_with("CREATE DATABASE")
-                || s.starts_with("CREATE TABLE IF NOT EXISTS clickstream.events\n")
-        }) {
-            let statement = statement
-                .replace(
-                    "DATABASE IF NOT EXISTS clickstream",
-                    &format!("DATABASE IF NOT EXISTS {database}"),
-                )
-                .replace("clickstream.", &format!("{database}."));
-            clickhouse().query(&statement).execute().await?;
+        let events_table = format!("CREATE TABLE IF NOT EXISTS {database}.events\n");
+        for statement in schema_statements(&database)
+            .iter()
+            .filter(|s| s.starts_with("CREATE DATABASE") || s.starts_with(&events_table))
+        {
+            clickhouse().query(statement).execute().await?;
         }
     } else {
         apply_schema(&clickhouse(), &database).await;

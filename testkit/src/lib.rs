@@ -73,18 +73,26 @@ pub async fn temp_database(
 
 /// Creates a topic on the stack's broker (tansu does not auto-create topics).
 pub async fn create_topic(name: &str, partitions: i32) {
+    create_topic_on(&kafka_brokers(), name, partitions)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Creates a topic on `brokers`; the error names the topic.
+pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .create()
-        .expect("admin client");
+        .map_err(|e| format!("admin client: {e}"))?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let results = admin
         .create_topics([&topic], &AdminOptions::new())
         .await
-        .expect("create_topics request");
+        .map_err(|e| format!("create topic {name}: {e}"))?;
     for result in results {
-        result.unwrap_or_else(|(topic, code)| panic!("create topic {topic}: {code}"));
+        result.map_err(|(topic, code)| format!("create topic {topic}: {code}"))?;
     }
+    Ok(())
 }
 
 /// The repository's top folder.
@@ -254,18 +262,27 @@ pub fn sql_statements(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The statements of `clickhouse/schema.sql` with database `clickstream` renamed to `database`.
+pub fn schema_statements(database: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("clickhouse/schema.sql"))
+        .expect("read clickhouse/schema.sql");
+    sql_statements(&text)
+        .into_iter()
+        .map(|statement| {
+            statement
+                .replace(
+                    "DATABASE IF NOT EXISTS clickstream",
+                    &format!("DATABASE IF NOT EXISTS {database}"),
+                )
+                .replace("clickstream.", &format!("{database}."))
+        })
+        .collect()
+}
+
 /// Applies `clickhouse/schema.sql` with database `clickstream` renamed to `database`, so each
 /// test has the real schema (tables, views, settings) to itself. Returns a client scoped to it.
 pub async fn apply_schema(client: &clickhouse::Client, database: &str) -> clickhouse::Client {
-    let text = std::fs::read_to_string(repo_root().join("clickhouse/schema.sql"))
-        .expect("read clickhouse/schema.sql");
-    for statement in sql_statements(&text) {
-        let statement = statement
-            .replace(
-                "DATABASE IF NOT EXISTS clickstream",
-                &format!("DATABASE IF NOT EXISTS {database}"),
-            )
-            .replace("clickstream.", &format!("{database}."));
+    for statement in schema_statements(database) {
         client
             .query(&statement)
             .execute()
