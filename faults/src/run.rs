@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use clickstream_producer::simulator::{Generated, Simulator, SimulatorConfig};
-use clickstream_testkit::{apply_schema, free_port, repo_root, unique_name};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use clickstream_testkit::{apply_schema, create_topic_on, free_port, repo_root, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -98,12 +96,14 @@ impl SinkProcess {
         }
     }
 
-    /// One metric family summed over its labels, from the sink's `/metrics` (None if down).
-    pub async fn metric(&self, name: &str) -> Option<f64> {
+    /// One metric family summed over its labels, from the sink's `/metrics` (0 while the
+    /// sink does not answer yet, or before the family has a sample).
+    pub async fn metric(&self, name: &str) -> f64 {
         scrape(self.http_port)
             .await
             .ok()
-            .map(|m| m.get(name).copied().unwrap_or(0.0))
+            .and_then(|m| m.get(name).copied())
+            .unwrap_or(0.0)
     }
 }
 
@@ -121,8 +121,12 @@ impl Run {
         let prefix = format!("faults_{}", name.replace('-', "_"));
         let topic = unique_name(&prefix);
         let dlq = format!("{topic}_dlq");
-        create_topic(&stack.brokers, &topic, 3).await?;
-        create_topic(&stack.brokers, &dlq, 1).await?;
+        create_topic_on(&stack.brokers, &topic, 3)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        create_topic_on(&stack.brokers, &dlq, 1)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let database = unique_name(&prefix);
         let base = clickhouse::Client::default().with_url(&stack.clickhouse_url);
         let client = apply_schema(&base, &database).await;
@@ -431,22 +435,6 @@ pub struct Verdict {
     pub exact: bool,
 }
 
-async fn create_topic(brokers: &str, name: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for result in results {
-        result.map_err(|(topic, e)| anyhow::anyhow!("create topic {topic}: {e}"))?;
-    }
-    Ok(())
-}
-
 async fn read_dead_letters(brokers: String, dlq: String, letters: Arc<Mutex<Vec<Letter>>>) {
     let consumer: StreamConsumer = match ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -500,9 +488,9 @@ pub async fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
     Ok(clickstream_testkit::scrape_metrics(port).await?)
 }
 
-/// Restarts one service of the local stack: SIGKILL via its pid file, then `scripts/stack up`
-/// (which starts only what is not running). Returns how long it was down.
-pub async fn kill_stack_service(service: &str) -> anyhow::Result<()> {
+/// Kills one service of the local stack (SIGKILL to its process group, via its pid file);
+/// [`start_stack`] brings it back (`scripts/stack up` starts only what is not running).
+pub fn kill_stack_service(service: &str) -> anyhow::Result<()> {
     let data_dir =
         std::env::var("STACK_DATA_DIR").context("STACK_DATA_DIR (scripts/faults sets it)")?;
     let pid_file = PathBuf::from(data_dir)

@@ -3,7 +3,6 @@
 //! once (table or dead-letter topic) and the rollups equal the raw table; the negative control
 //! passes when the oracle finds the duplicates at-least-once delivery makes.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::proxy::SlowProxy;
-use crate::run::{Run, Stack, Verdict, kill_stack_service, start_stack};
+use crate::run::{Run, Stack, Verdict, kill_stack_service, scrape, start_stack};
 
 pub const ALL: &[&str] = &[
     "sigkill",
@@ -225,10 +224,11 @@ async fn sigterm(stack: &Stack) -> anyhow::Result<Done> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let replayed = second
-        .metric("clickstream_sink_consumed_total")
-        .await
-        .unwrap_or(f64::NAN)
+    let replayed = scrape(second.http_port)
+        .await?
+        .get("clickstream_sink_consumed_total")
+        .copied()
+        .unwrap_or(0.0)
         - 1.0;
     anyhow::ensure!(
         replayed == 0.0,
@@ -251,20 +251,11 @@ async fn clickhouse_down(stack: &Stack) -> anyhow::Result<Done> {
         tokio::spawn(async move { run.stream(1_000, 60).await })
     };
     tokio::time::sleep(Duration::from_secs(10)).await;
-    kill_stack_service("clickhouse").await?;
+    kill_stack_service("clickhouse")?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let retries = sink
-        .metric("clickstream_sink_retries_total")
-        .await
-        .unwrap_or(0.0);
-    let buffered = sink
-        .metric("clickstream_sink_buffered_rows")
-        .await
-        .unwrap_or(0.0);
-    let paused = sink
-        .metric("clickstream_sink_paused_partitions")
-        .await
-        .unwrap_or(0.0);
+    let retries = sink.metric("clickstream_sink_retries_total").await;
+    let buffered = sink.metric("clickstream_sink_buffered_rows").await;
+    let paused = sink.metric("clickstream_sink_paused_partitions").await;
     start_stack().await?;
     streamer.await.context("streamer")??;
     let injected = json!({
@@ -303,10 +294,7 @@ async fn clickhouse_slow(stack: &Stack) -> anyhow::Result<Done> {
     proxy.set_delay(Duration::from_secs(4));
     tokio::time::sleep(Duration::from_secs(30)).await;
     proxy.set_delay(Duration::ZERO);
-    let retries = sink
-        .metric("clickstream_sink_retries_total")
-        .await
-        .unwrap_or(0.0);
+    let retries = sink.metric("clickstream_sink_retries_total").await;
     streamer.await.context("streamer")??;
     let injected = json!({
         "response_delay_ms": 4_000,
@@ -334,18 +322,9 @@ async fn rebalance(stack: &Stack) -> anyhow::Result<Done> {
     let third = run.start_sink(&[], &[])?;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let inserted_by = [
-        first
-            .metric("clickstream_sink_inserted_rows_total")
-            .await
-            .unwrap_or(0.0),
-        second
-            .metric("clickstream_sink_inserted_rows_total")
-            .await
-            .unwrap_or(0.0),
-        third
-            .metric("clickstream_sink_inserted_rows_total")
-            .await
-            .unwrap_or(0.0),
+        first.metric("clickstream_sink_inserted_rows_total").await,
+        second.metric("clickstream_sink_inserted_rows_total").await,
+        third.metric("clickstream_sink_inserted_rows_total").await,
     ];
     let status = second.terminate(Duration::from_secs(60)).await?;
     anyhow::ensure!(status.success(), "second sink's SIGTERM exit: {status:?}");
@@ -375,7 +354,7 @@ async fn broker_restart(stack: &Stack) -> anyhow::Result<Done> {
         tokio::spawn(async move { run.stream(500, 50).await })
     };
     tokio::time::sleep(Duration::from_secs(15)).await;
-    kill_stack_service("kafka").await?;
+    kill_stack_service("kafka")?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     start_stack().await?;
     streamer.await.context("streamer")??;
@@ -406,9 +385,12 @@ async fn poison(stack: &Stack) -> anyhow::Result<Done> {
     });
     let done = finish(run, sink, injected).await?;
     if let Done::Judged(_, verdict) = &done {
-        let kinds: BTreeMap<&String, &u64> = verdict.dead_letter_reasons.iter().collect();
-        if kinds.len() < 9 {
-            bail!("only {} dead-letter reasons seen: {kinds:?}", kinds.len());
+        let reasons = &verdict.dead_letter_reasons;
+        if reasons.len() < 9 {
+            bail!(
+                "only {} dead-letter reasons seen: {reasons:?}",
+                reasons.len()
+            );
         }
     }
     Ok(done)
@@ -422,7 +404,7 @@ async fn wait_metric(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let value = sink.metric(name).await.unwrap_or(0.0);
+        let value = sink.metric(name).await;
         if value >= at_least {
             return Ok(());
         }
