@@ -82,7 +82,7 @@ async fn crash_repeatedly(h: &Harness, args: &[&str]) -> u64 {
         let status = wait_exit(child, Duration::from_secs(120)).await;
         assert_eq!(
             status.signal(),
-            Some(libc_sigabrt()),
+            Some(SIGABRT),
             "the failpoint aborts the sink: {status:?}"
         );
     }
@@ -110,9 +110,7 @@ async fn crash_repeatedly(h: &Harness, args: &[&str]) -> u64 {
 }
 
 /// SIGABRT on Linux.
-fn libc_sigabrt() -> i32 {
-    6
-}
+const SIGABRT: i32 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crashes_at_random_moments_and_between_insert_and_commit_lose_and_duplicate_nothing() {
@@ -156,13 +154,12 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let consumed = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(_) => common::metric(
-                &common::scrape(port).await,
-                "clickstream_sink_consumed_total",
-            ),
-            Err(_) => 0.0,
-        };
+        // Not answering yet counts as nothing consumed.
+        let consumed = clickstream_testkit::scrape_metrics(port)
+            .await
+            .map_or(0.0, |m| {
+                common::metric(&m, "clickstream_sink_consumed_total")
+            });
         if consumed >= 3_000.0 {
             break;
         }
