@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use clickstream_event::{ClickEvent, EventType, Price};
 use clickstream_sink::Settings;
-use clickstream_testkit::{
-    apply_schema, clickhouse, clickhouse_url, create_topic, kafka_brokers, unique_name,
-};
+use clickstream_testkit::{apply_schema, clickhouse_url, create_topic, kafka_brokers, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -334,16 +332,6 @@ pub fn spawn_sink(
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(clickstream_sink::run(settings, shutdown.clone()));
     (shutdown, handle)
-}
-
-#[derive(Debug, Deserialize, clickhouse::Row)]
-pub struct Counted {
-    pub key: String,
-    pub n: u64,
-}
-
-pub fn base_client() -> clickhouse::Client {
-    clickhouse()
 }
 
 /// The sink's `/metrics` on `127.0.0.1:port`, each family summed over its labels.
