@@ -58,8 +58,9 @@ async fn main() -> anyhow::Result<()> {
     for (n, chunk) in events.chunks(batch).enumerate() {
         let token = format!("bench:0:{}-{}", n * batch, n * batch + chunk.len() - 1);
         let one = Instant::now();
+        let rows: Vec<&EventRow> = chunk.iter().collect();
         writer
-            .insert(chunk, Some(&token))
+            .insert(&rows, Some(&token))
             .await
             .map_err(|e| anyhow::anyhow!("insert: {e:?}"))?;
         slowest = slowest.max(one.elapsed().as_secs_f64());

@@ -4,20 +4,36 @@
 //!
 //! A dead letter is enqueued at once ([`DeadLetterSink::send`]) so consumption goes on; its
 //! offset counts as done only after [`DeadLetterSink::confirm`] returned (acknowledged by the
-//! broker, re-sent as often as needed).
+//! broker, re-sent by the retry policy as often as needed).
+//!
+//! Dead letters always fit: at start the sink reads the dead-letter topic's
+//! `max.message.bytes` and sizes its producer to it; a letter that would not fit keeps its
+//! headers and source coordinates but carries only a prefix of its payload, with
+//! `payload_truncated=true`, `payload_length` and `payload_sha256` headers. A letter the
+//! broker refuses for good (too large, not authorized, no such topic) stops the sink with
+//! that error instead of re-sending it forever.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use sha2::{Digest, Sha256};
 
 use crate::SinkError;
+use crate::retry::{Operation, RetryPolicy};
 use crate::settings::Settings;
 use crate::writer::Failure;
+
+/// Kafka's default `max.message.bytes` for a topic (used when the broker does not say).
+pub const KAFKA_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+/// Room left for the record and batch framing around key, value and headers.
+const FRAMING_BYTES: usize = 512;
 
 /// One message for the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +51,47 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Bytes of the record's key, value and headers.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .record_headers()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 10)
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len) + headers
+    }
+
+    /// The letter cut to at most `limit` bytes (record framing included): the payload keeps
+    /// a prefix, and headers say how long it was and its SHA-256. Returns whether it was cut.
+    pub fn fit(mut self, limit: usize) -> (DeadLetter, bool) {
+        let budget = limit.saturating_sub(FRAMING_BYTES);
+        if self.size() <= budget {
+            return (self, false);
+        }
+        let payload = self.payload.take().unwrap_or_default();
+        let digest = Sha256::digest(&payload);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self.headers.extend([
+            ("payload_truncated".to_owned(), b"true".to_vec()),
+            (
+                "payload_length".to_owned(),
+                payload.len().to_string().into_bytes(),
+            ),
+            ("payload_sha256".to_owned(), hex.into_bytes()),
+        ]);
+        // The error text can be long (ClickHouse quotes the data): keep its start.
+        if self.error.len() > 4_096 {
+            let mut end = 4_096;
+            while !self.error.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.error.truncate(end);
+        }
+        let room = budget.saturating_sub(self.size());
+        self.payload = Some(payload[..room.min(payload.len())].to_vec());
+        (self, true)
+    }
+
     /// All headers of the dead-letter record: the original ones, then the sink's.
     pub fn record_headers(&self) -> Vec<(String, Vec<u8>)> {
         let mut headers = self.headers.clone();
@@ -69,8 +126,9 @@ pub trait DeadLetterSink: Send + Sync + 'static {
     type Ack: Send + 'static;
     /// Enqueues without waiting for the broker.
     fn send(&self, letter: DeadLetter) -> Self::Ack;
-    /// Returns once the letter is acknowledged, re-sending it as needed; fails only when
-    /// the sink is shutting down.
+    /// Returns once the letter is acknowledged, re-sending it as needed. Fails with
+    /// [`Failure::Fatal`] when the broker refuses it for good, and otherwise only when the
+    /// sink is shutting down.
     fn confirm(&self, ack: Self::Ack) -> impl Future<Output = Result<(), Failure>> + Send;
 }
 
@@ -79,39 +137,89 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 pub struct KafkaDeadLetters {
     producer: FutureProducer,
     topic: String,
-    cancel: CancellationToken,
+    /// The largest record the topic takes.
+    limit: usize,
+    retry: RetryPolicy,
 }
 
-/// A dead letter on its way: the letter (for re-sends) and its delivery, if enqueued.
+/// A dead letter on its way: the letter (for re-sends) and its delivery, or why it was not
+/// enqueued.
 pub struct KafkaAck {
     letter: Arc<DeadLetter>,
-    delivery: Option<DeliveryFuture>,
+    delivery: Result<DeliveryFuture, KafkaError>,
+}
+
+/// Broker answers that re-sending cannot change.
+fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | TransactionalIdAuthorizationFailed
+                | UnknownTopic
+                | UnknownTopicOrPartition
+                | InvalidTopic
+                | InvalidRequiredAcks
+        )
+    )
 }
 
 impl KafkaDeadLetters {
-    /// `cancel` ends re-send loops at shutdown (the message is replayed after a restart).
-    pub fn new(
+    /// Checks that the dead-letter topic exists, reads its `max.message.bytes` and sizes the
+    /// producer to it. `retry.cancel` ends re-sends at shutdown (the message is replayed).
+    pub async fn connect(
         settings: &Settings,
-        cancel: CancellationToken,
+        retry: RetryPolicy,
     ) -> Result<KafkaDeadLetters, SinkError> {
+        let limit = topic_max_message_bytes(settings).await?;
         let mut config = settings.kafka_client_config();
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
-        let producer = config
+            .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", limit.max(1_000).to_string());
+        let producer: FutureProducer = config
             .create()
-            .map_err(|e| SinkError::Kafka(format!("dead-letter producer: {e}")))?;
+            .map_err(SinkError::kafka("create the dead-letter producer"))?;
+        let topic = settings.dlq_topic.clone();
+        let probe = producer.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            probe
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| SinkError::Internal(e.to_string()))?
+        .map_err(SinkError::kafka("read the dead-letter topic's metadata"))?;
+        let exists = metadata.topics().iter().any(|t| {
+            t.name() == settings.dlq_topic && t.error().is_none() && !t.partitions().is_empty()
+        });
+        if !exists {
+            return Err(SinkError::DeadLetter(format!(
+                "the dead-letter topic {} does not exist: create it (for example \
+                 kafka-topics.sh --create --topic {} --partitions 1), or set dlq_topic",
+                settings.dlq_topic, settings.dlq_topic
+            )));
+        }
+        tracing::info!(topic = %settings.dlq_topic, max_message_bytes = limit, "dead-letter topic checked");
         Ok(KafkaDeadLetters {
             producer,
             topic: settings.dlq_topic.clone(),
-            cancel,
+            limit,
+            retry,
         })
     }
 
-    fn enqueue(&self, letter: &DeadLetter) -> Option<DeliveryFuture> {
+    fn enqueue(&self, letter: &DeadLetter) -> Result<DeliveryFuture, KafkaError> {
         let mut headers = OwnedHeaders::new();
         for (key, value) in letter.record_headers() {
             headers = headers.insert(Header {
@@ -127,20 +235,59 @@ impl KafkaDeadLetters {
         if let Some(payload) = &letter.payload {
             record = record.payload(payload.as_slice());
         }
-        match self.producer.send_result(record) {
-            Ok(delivery) => Some(delivery),
-            Err((error, _)) => {
-                tracing::warn!(error = %error, offset = letter.source_offset, "dead letter not queued yet; will retry");
-                None
-            }
-        }
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error)
     }
+}
+
+/// The dead-letter topic's `max.message.bytes` (Kafka's default where the broker does not
+/// answer DescribeConfigs).
+async fn topic_max_message_bytes(settings: &Settings) -> Result<usize, SinkError> {
+    let admin: AdminClient<DefaultClientContext> = settings
+        .kafka_client_config()
+        .create()
+        .map_err(SinkError::kafka("create an admin client"))?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(&settings.dlq_topic)], &options)
+        .await;
+    let value = described.ok().and_then(|results| {
+        results
+            .into_iter()
+            .next()?
+            .ok()?
+            .get("max.message.bytes")?
+            .value
+            .clone()
+    });
+    Ok(match value.and_then(|v| v.parse::<usize>().ok()) {
+        Some(limit) => limit,
+        None => {
+            tracing::warn!(
+                topic = %settings.dlq_topic,
+                assumed = KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+                "the broker did not report the dead-letter topic's max.message.bytes; assuming Kafka's default"
+            );
+            KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+        }
+    })
 }
 
 impl DeadLetterSink for KafkaDeadLetters {
     type Ack = KafkaAck;
 
     fn send(&self, letter: DeadLetter) -> KafkaAck {
+        let (letter, truncated) = letter.fit(self.limit);
+        if truncated {
+            self.retry.metrics.dead_letters_truncated.inc();
+            tracing::warn!(
+                partition = letter.source_partition,
+                offset = letter.source_offset,
+                limit = self.limit,
+                "dead letter larger than the dead-letter topic takes: its payload is cut (length and SHA-256 in its headers)"
+            );
+        }
         let delivery = self.enqueue(&letter);
         KafkaAck {
             letter: Arc::new(letter),
@@ -153,28 +300,121 @@ impl DeadLetterSink for KafkaDeadLetters {
             letter,
             mut delivery,
         } = ack;
-        let mut backoff = Duration::from_millis(100);
+        let mut retry = self.retry.start(Operation::DeadLetter);
         loop {
-            if let Some(pending) = delivery.take() {
-                match pending.await {
+            let error = match delivery {
+                Ok(pending) => match pending.await {
                     Ok(Ok(_)) => return Ok(()),
-                    Ok(Err((error, _))) => {
-                        tracing::warn!(error = %error, offset = letter.source_offset, "dead letter not delivered; re-sending")
-                    }
-                    Err(_) => tracing::warn!(
-                        offset = letter.source_offset,
-                        "dead letter delivery cancelled; re-sending"
-                    ),
-                }
+                    Ok(Err((error, _))) => error,
+                    Err(_) => KafkaError::Canceled,
+                },
+                Err(error) => error,
+            };
+            let message = format!(
+                "dead letter for {}[{}] offset {} ({} bytes) to {}: {error}",
+                letter.source_topic,
+                letter.source_partition,
+                letter.source_offset,
+                letter.size(),
+                self.topic
+            );
+            if is_permanent(&error) {
+                return Err(Failure::Fatal(format!(
+                    "{message}. The broker refuses it for good: check the dead-letter topic \
+                     (exists, writable by this user, max.message.bytes); nothing was committed"
+                )));
             }
-            tokio::select! {
-                _ = self.cancel.cancelled() => {
-                    return Err(Failure::Transient("shutting down before the dead letter was acknowledged".into()));
-                }
-                _ = tokio::time::sleep(backoff) => {}
+            if retry
+                .wait(Some(letter.source_partition), "transient", &message)
+                .await
+                .is_err()
+            {
+                return Err(Failure::Transient(
+                    "shutting down before the dead letter was acknowledged".into(),
+                ));
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
             delivery = self.enqueue(&letter);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(payload: usize) -> DeadLetter {
+        DeadLetter {
+            key: Some(b"user_1".to_vec()),
+            payload: Some(vec![b'x'; payload]),
+            headers: vec![("trace".into(), b"abc".to_vec())],
+            reason: "oversized".into(),
+            error: "message of 1040000 bytes exceeds max_message_bytes".into(),
+            source_topic: "clickstream-events".into(),
+            source_partition: 2,
+            source_offset: 77,
+        }
+    }
+
+    #[test]
+    fn a_letter_that_fits_is_untouched() {
+        let original = letter(10_000);
+        let (fitted, cut) = original.clone().fit(KAFKA_DEFAULT_MAX_MESSAGE_BYTES);
+        assert!(!cut);
+        assert_eq!(fitted, original);
+    }
+
+    #[test]
+    fn a_letter_near_kafkas_limit_keeps_headers_and_a_prefix() {
+        let original = letter(1_040_000);
+        let (fitted, cut) = original.clone().fit(1_000_000);
+        assert!(cut);
+        assert!(
+            fitted.size() <= 1_000_000 - FRAMING_BYTES,
+            "{}",
+            fitted.size()
+        );
+        let payload = fitted.payload.as_ref().unwrap();
+        assert!(
+            payload.len() > 990_000,
+            "keeps most of it: {}",
+            payload.len()
+        );
+        assert_eq!(
+            payload[..],
+            original.payload.as_ref().unwrap()[..payload.len()]
+        );
+        let headers = fitted.record_headers();
+        let header = |key: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| panic!("header {key}"))
+        };
+        assert_eq!(header("payload_truncated"), "true");
+        assert_eq!(header("payload_length"), "1040000");
+        let digest = Sha256::digest(original.payload.as_ref().unwrap());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(header("payload_sha256"), hex);
+        assert_eq!(header("trace"), "abc");
+        assert_eq!(header("source_offset"), "77");
+    }
+
+    #[test]
+    fn permanent_broker_answers_are_told_from_passing_ones() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        assert!(is_permanent(&KafkaError::MessageProduction(
+            Code::MessageSizeTooLarge
+        )));
+        assert!(is_permanent(&KafkaError::MessageProduction(
+            Code::TopicAuthorizationFailed
+        )));
+        assert!(!is_permanent(&KafkaError::MessageProduction(
+            Code::MessageTimedOut
+        )));
+        assert!(!is_permanent(&KafkaError::MessageProduction(
+            Code::QueueFull
+        )));
+        assert!(!is_permanent(&KafkaError::Canceled));
     }
 }

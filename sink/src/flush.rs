@@ -1,27 +1,34 @@
-//! Writing one batch: for each partition segment, confirm its dead letters, insert its rows
-//! (isolating rows ClickHouse rejects), and only then commit `last offset + 1`.
+//! Writing one batch: for each partition segment, confirm its dead letters, insert its rows,
+//! and only then commit `last offset + 1`.
 //!
-//! Transient failures are retried here with capped exponential backoff and jitter, the same
-//! rows and the same deduplication token each time, until they succeed, the partition is
-//! revoked, or the sink is stopped. Nothing is committed for a segment that was not written.
+//! - Transient failures are retried by the [`crate::retry`] policy with the same rows and the
+//!   same deduplication token, until they succeed, the partition is revoked, or the sink stops.
+//! - Rows too many for one INSERT (partitions per block, memory) are split; rows ClickHouse
+//!   rejects are isolated by bisection and dead-lettered; a changed table is followed. Every
+//!   part has a deterministic token, so a retry after a crash still deduplicates.
+//! - The first insert of each new assignment first asks ClickHouse again what it holds of
+//!   that range: an insert of the previous owner that landed late is skipped, not repeated.
+//! - Nothing is committed for a segment that was not written; a commit the group
+//!   coordinator refuses ends this sink's claim on those partitions until it is reassigned.
 
+use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::SinkError;
 use crate::batch::{Batch, Segment};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::retry::{Operation, RetryPolicy};
 use crate::row::EventRow;
 use crate::settings::{Delivery, Settings};
-use crate::writer::{Failure, Writer};
+use crate::writer::{Failure, Split, Writer};
 
 /// A row waiting for its insert, with what the dead-letter topic needs if ClickHouse rejects it.
 #[derive(Debug, Clone)]
@@ -34,25 +41,20 @@ pub struct Buffered {
 
 /// Commits consumer offsets (the next offset to read, per partition).
 pub trait Committer: Send + Sync + 'static {
-    fn commit(&self, offsets: &[(i32, i64)]) -> impl Future<Output = Result<(), String>> + Send;
+    fn commit(
+        &self,
+        offsets: &[(i32, i64)],
+    ) -> impl Future<Output = Result<(), CommitError>> + Send;
 }
 
-/// Capped exponential backoff with jitter.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// Delay before retry number `attempt` (0-based): initial * 2^attempt, capped, ±25 %.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1 << attempt.min(20))
-            .min(self.max);
-        base.mul_f64(0.75 + rand::random::<f64>() * 0.5)
-    }
+/// Why a commit failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitError {
+    /// The group coordinator refused it: this member no longer owns the partitions (a
+    /// rebalance is under way or the session was lost).
+    Fenced(String),
+    /// Anything else (broker away, timeout): retried.
+    Failed(String),
 }
 
 /// What a flush did, for the log line and the metrics.
@@ -107,19 +109,62 @@ pub struct Flusher<W, D, C> {
     pub committer: C,
     pub ownership: Arc<Ownership>,
     pub metrics: Arc<Metrics>,
-    pub backoff: Backoff,
+    /// The retry policy; its cancel token ends the flush (shutdown deadline).
+    pub retry: RetryPolicy,
     pub topic: String,
     pub delivery: Delivery,
-    /// Cancelled when the sink must stop retrying (shutdown deadline).
-    pub cancel: CancellationToken,
     pub failpoint: Failpoint,
+    /// (partition, epoch) whose range was checked against ClickHouse before its first insert.
+    fenced: Mutex<HashSet<(i32, u64)>>,
 }
 
 enum Stop {
     BadData(String),
-    Fatal(String),
+    TooBig(Split, String),
+    Fatal(SinkError),
     Cancelled,
     Revoked,
+}
+
+/// Some of a segment's rows (indices into it), inserted as one INSERT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Part {
+    rows: Vec<usize>,
+    /// A run of consecutive rows of the segment (its token is its offset range); otherwise a
+    /// set (its token names its content).
+    run: bool,
+}
+
+impl Part {
+    fn halves(mut self) -> (Part, Part) {
+        let second = self.rows.split_off(self.rows.len() / 2);
+        (
+            self.clone(),
+            Part {
+                rows: second,
+                run: self.run,
+            },
+        )
+    }
+
+    /// Halves in event-time order (each half in offset order again).
+    fn time_halves(mut self, rows: &[(i64, Buffered)]) -> (Part, Part) {
+        self.rows
+            .sort_by_key(|&i| (rows[i].1.row.event_time, rows[i].0));
+        let mut second = self.rows.split_off(self.rows.len() / 2);
+        self.rows.sort_unstable();
+        second.sort_unstable();
+        (
+            Part {
+                rows: self.rows,
+                run: false,
+            },
+            Part {
+                rows: second,
+                run: false,
+            },
+        )
+    }
 }
 
 impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
@@ -129,23 +174,19 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         dead_letters: D,
         committer: C,
         ownership: Arc<Ownership>,
-        metrics: Arc<Metrics>,
-        cancel: CancellationToken,
+        retry: RetryPolicy,
     ) -> Self {
         Flusher {
             writer,
             dead_letters,
             committer,
             ownership,
-            metrics,
-            backoff: Backoff {
-                initial: Duration::from_millis(settings.retry_initial_ms),
-                max: Duration::from_millis(settings.retry_max_ms),
-            },
+            metrics: retry.metrics.clone(),
+            retry,
             topic: settings.topic.clone(),
             delivery: settings.delivery,
-            cancel,
             failpoint: Failpoint::from_env(),
+            fenced: Mutex::default(),
         }
     }
 
@@ -186,22 +227,15 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                 Ok(commit) => report.committed.push(commit),
                 Err(Stop::Revoked) => {}
                 Err(Stop::Cancelled) => return Err(SinkError::Stopped),
-                Err(Stop::Fatal(message)) => return Err(SinkError::ClickHouse(message)),
-                Err(Stop::BadData(message)) => return Err(SinkError::ClickHouse(message)),
+                Err(Stop::Fatal(error)) => return Err(error),
+                Err(Stop::BadData(message) | Stop::TooBig(_, message)) => {
+                    return Err(SinkError::Internal(format!(
+                        "unhandled rejection escaped the segment: {message}"
+                    )));
+                }
             }
         }
-        // Commit only partitions still owned under the epoch their rows were read in.
-        report.committed.retain(|&(partition, _)| {
-            keys.iter()
-                .any(|&(p, e)| p == partition && self.ownership.owns(p, e))
-        });
-        if !report.committed.is_empty()
-            && let Err(error) = self.committer.commit(&report.committed).await
-        {
-            // Not fatal: the rows are in ClickHouse and a replay skips them.
-            self.metrics.commit_failures.inc();
-            tracing::warn!(error = %error, "offset commit failed; the range will be replayed and skipped");
-        }
+        self.commit(&keys, &mut report.committed).await;
         let elapsed = started.elapsed();
         let oldest_age_ms = oldest_event.map(|t| (Utc::now() - t).num_milliseconds());
         tracing::info!(
@@ -221,6 +255,48 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         Ok(report)
     }
 
+    /// Commits the partitions still owned under the epoch their rows were read in; keeps in
+    /// `committed` only what was committed.
+    async fn commit(&self, keys: &[(i32, u64)], committed: &mut Vec<(i32, i64)>) {
+        let owned = |committed: &mut Vec<(i32, i64)>| {
+            committed.retain(|&(partition, _)| {
+                keys.iter()
+                    .any(|&(p, e)| p == partition && self.ownership.owns(p, e))
+            });
+        };
+        let mut retry = self.retry.start(Operation::Commit);
+        loop {
+            owned(committed);
+            if committed.is_empty() {
+                return;
+            }
+            match self.committer.commit(committed).await {
+                Ok(()) => {
+                    self.retry.stall.progress();
+                    return;
+                }
+                Err(CommitError::Fenced(error)) => {
+                    // Not ours any more: insert and commit nothing more of these partitions
+                    // until the group assigns them again (then they are replayed from the
+                    // committed offset and the rows written here are skipped).
+                    let partitions: Vec<i32> = committed.iter().map(|&(p, _)| p).collect();
+                    self.ownership.lose(&partitions);
+                    self.metrics.commits_fenced.inc_by(partitions.len() as u64);
+                    tracing::warn!(?partitions, error = %error, "the group coordinator refused the commit: these partitions are no longer ours; their rows are in ClickHouse and their next owner skips them");
+                    committed.clear();
+                    return;
+                }
+                Err(CommitError::Failed(error)) => {
+                    if retry.wait(None, "transient", &error).await.is_err() {
+                        // Stopping: the rows are in ClickHouse; the replay skips them.
+                        committed.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Dead letters, rows, in that order; returns the commit for the segment.
     async fn write_segment(
         &self,
@@ -236,33 +312,51 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         } = segment;
         let commit = (partition, segment.last_offset + 1);
         for ack in dead_letters {
-            self.dead_letters
-                .confirm(ack)
-                .await
-                .map_err(|_| Stop::Cancelled)?;
+            self.confirm(ack).await?;
             report.dead_lettered += 1;
         }
-        // Bisect on rejected data: halves are inserted (each with its own token), a single
-        // rejected row is dead-lettered. Depth-first so rows go in offset order.
-        let mut pending = vec![(0, rows.len())];
-        while let Some((lo, hi)) = pending.pop() {
-            if lo == hi {
+        let rows = self.fence(partition, epoch, rows, report).await?;
+        // Depth-first, so rows go in offset order (in time order after a split by time).
+        let mut pending = vec![Part {
+            rows: (0..rows.len()).collect(),
+            run: true,
+        }];
+        while let Some(part) = pending.pop() {
+            if part.rows.is_empty() {
                 continue;
             }
-            let part = &rows[lo..hi];
-            match self.insert_with_retry(partition, epoch, part).await {
+            match self.insert_with_retry(partition, epoch, &rows, &part).await {
                 Ok(()) => {
-                    report.inserted += part.len();
+                    report.inserted += part.rows.len();
                     report.inserts += 1;
                 }
-                Err(Stop::BadData(message)) if part.len() > 1 => {
-                    tracing::warn!(partition, rows = part.len(), error = %message, "ClickHouse rejected a batch; isolating the bad rows");
-                    let mid = lo + part.len() / 2;
-                    pending.push((mid, hi));
-                    pending.push((lo, mid));
+                Err(Stop::TooBig(split, message)) => {
+                    tracing::warn!(partition, rows = part.rows.len(), ?split, error = %message, "ClickHouse refused an insert as too big; splitting it");
+                    self.metrics
+                        .insert_splits
+                        .get_or_create(&Metrics::label(
+                            "reason",
+                            match split {
+                                Split::ByTime => "partitions",
+                                Split::InHalves => "memory",
+                            },
+                        ))
+                        .inc();
+                    let (first, second) = match split {
+                        Split::ByTime => part.time_halves(&rows),
+                        Split::InHalves => part.halves(),
+                    };
+                    pending.push(second);
+                    pending.push(first);
+                }
+                Err(Stop::BadData(message)) if part.rows.len() > 1 => {
+                    tracing::warn!(partition, rows = part.rows.len(), error = %message, "ClickHouse rejected a batch; isolating the bad rows");
+                    let (first, second) = part.halves();
+                    pending.push(second);
+                    pending.push(first);
                 }
                 Err(Stop::BadData(message)) => {
-                    let (offset, buffered) = &part[0];
+                    let (offset, buffered) = &rows[part.rows[0]];
                     let ack = self.dead_letters.send(DeadLetter {
                         key: buffered.key.clone(),
                         payload: Some(buffered.payload.clone()),
@@ -273,10 +367,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                         source_partition: partition,
                         source_offset: *offset,
                     });
-                    self.dead_letters
-                        .confirm(ack)
-                        .await
-                        .map_err(|_| Stop::Cancelled)?;
+                    self.confirm(ack).await?;
                     self.metrics
                         .dead_lettered
                         .get_or_create(&Metrics::label("reason", "rejected_by_clickhouse"))
@@ -289,56 +380,168 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         Ok(commit)
     }
 
+    async fn confirm(&self, ack: D::Ack) -> Result<(), Stop> {
+        match self.dead_letters.confirm(ack).await {
+            Ok(()) => {
+                self.retry.stall.progress();
+                Ok(())
+            }
+            Err(Failure::Fatal(message)) => Err(Stop::Fatal(SinkError::DeadLetter(message))),
+            Err(_) => Err(Stop::Cancelled),
+        }
+    }
+
+    /// Before the first insert of an assignment: drops the rows ClickHouse already holds
+    /// (a previous owner's insert may have landed after this sink looked at assignment).
+    async fn fence(
+        &self,
+        partition: i32,
+        epoch: u64,
+        rows: Vec<(i64, Buffered)>,
+        report: &mut FlushReport,
+    ) -> Result<Vec<(i64, Buffered)>, Stop> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(rows);
+        };
+        if self.delivery != Delivery::ExactlyOnce
+            || !self
+                .fenced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((partition, epoch))
+        {
+            return Ok(rows);
+        }
+        let (from, to) = (first.0, last.0);
+        let mut retry = self.retry.start(Operation::StoredOffsetsLookup);
+        let stored = loop {
+            match self
+                .writer
+                .stored_offsets(&self.topic, partition, from, to)
+                .await
+            {
+                Ok(stored) => break stored,
+                Err(Failure::Fatal(message)) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse("stored offsets lookup")(
+                        Failure::Fatal(message),
+                    )));
+                }
+                Err(failure) => retry
+                    .wait(Some(partition), failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        };
+        if stored.is_empty() {
+            return Ok(rows);
+        }
+        let before = rows.len();
+        let mut kept = Vec::with_capacity(before);
+        for (offset, buffered) in rows {
+            match stored.get(&offset) {
+                None => kept.push((offset, buffered)),
+                Some(id) if *id == buffered.row.event_id => {}
+                Some(id) => {
+                    return Err(Stop::Fatal(SinkError::Inconsistent(format!(
+                        "{}[{partition}] offset {offset}: ClickHouse holds event {id} there, \
+                         but the message is event {}: the topic's offsets were reused (deleted \
+                         and recreated?); nothing was written or committed",
+                        self.topic, buffered.row.event_id
+                    ))));
+                }
+            }
+        }
+        let skipped = before - kept.len();
+        if skipped > 0 {
+            tracing::info!(
+                partition,
+                epoch,
+                skipped,
+                "rows written meanwhile by the previous owner are skipped"
+            );
+        }
+        self.metrics.replay_skipped.inc_by(skipped as u64);
+        report.already_stored += skipped;
+        Ok(kept)
+    }
+
+    /// The deduplication token of `part`: the same rows always get the same token.
+    fn token(&self, partition: i32, rows: &[(i64, Buffered)], part: &Part) -> Option<String> {
+        if self.delivery != Delivery::ExactlyOnce {
+            return None;
+        }
+        let first = rows[part.rows[0]].0;
+        let last = rows[part.rows[part.rows.len() - 1]].0;
+        let mut token = format!("{}:{partition}:{first}-{last}", self.topic);
+        if !part.run {
+            // FNV-1a over the offsets: a set of offsets, named by its content.
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for &i in &part.rows {
+                for byte in rows[i].0.to_le_bytes() {
+                    hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            let _ = write!(token, ":{}x{hash:016x}", part.rows.len());
+        }
+        Some(token)
+    }
+
     /// One INSERT of `part`, retried while the failure is transient.
     async fn insert_with_retry(
         &self,
         partition: i32,
         epoch: u64,
-        part: &[(i64, Buffered)],
+        rows: &[(i64, Buffered)],
+        part: &Part,
     ) -> Result<(), Stop> {
-        let (first, last) = (part[0].0, part[part.len() - 1].0);
-        let token = (self.delivery == Delivery::ExactlyOnce)
-            .then(|| format!("{}:{partition}:{first}-{last}", self.topic));
-        let rows: Vec<EventRow> = part.iter().map(|(_, b)| b.row.clone()).collect();
-        let mut attempt = 0;
+        let token = self.token(partition, rows, part);
+        let refs: Vec<&EventRow> = part.rows.iter().map(|&i| &rows[i].1.row).collect();
+        let mut retry = self.retry.start(Operation::Insert);
+        let mut schema_changes = 0;
         loop {
             if !self.ownership.owns(partition, epoch) {
                 return Err(Stop::Revoked);
             }
             let started = Instant::now();
-            match self.writer.insert(&rows, token.as_deref()).await {
+            let failure = match self.writer.insert(&refs, token.as_deref()).await {
                 Ok(()) => {
                     self.metrics
                         .insert_duration_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.inserts.inc();
-                    self.metrics.inserted_rows.inc_by(rows.len() as u64);
+                    self.metrics.inserted_rows.inc_by(refs.len() as u64);
                     let now = Utc::now();
-                    for row in &rows {
+                    for row in &refs {
                         let age = (now - row.event_time).num_milliseconds().max(0) as f64 / 1000.0;
                         self.metrics.event_to_insert_seconds.observe(age);
                     }
+                    self.retry.stall.progress();
                     self.failpoint.after_insert();
                     return Ok(());
                 }
-                Err(Failure::Transient(message)) => {
-                    self.metrics
-                        .retries
-                        .get_or_create(&vec![
-                            ("operation".to_owned(), "insert".to_owned()),
-                            ("error".to_owned(), "transient".to_owned()),
-                        ])
-                        .inc();
-                    let delay = self.backoff.delay(attempt);
-                    tracing::warn!(partition, first, last, attempt, retry_in_ms = delay.as_millis() as u64, error = %message, "insert failed; retrying the same rows");
-                    attempt += 1;
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return Err(Stop::Cancelled),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                Err(failure) => failure,
+            };
+            match failure {
+                // Follow the new structure at once (a table altered again and again is retried
+                // like any transient failure).
+                Failure::SchemaChanged(_) if schema_changes < 3 => {
+                    schema_changes += 1;
+                    self.metrics.schema_changes.inc();
+                    continue;
                 }
-                Err(Failure::BadData(message)) => return Err(Stop::BadData(message)),
-                Err(Failure::Fatal(message)) => return Err(Stop::Fatal(message)),
+                Failure::TooBig { split, message } if refs.len() > 1 => {
+                    return Err(Stop::TooBig(split, message));
+                }
+                Failure::BadData(message) => return Err(Stop::BadData(message)),
+                Failure::Fatal(message) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse("insert")(
+                        Failure::Fatal(message),
+                    )));
+                }
+                failure => retry
+                    .wait(Some(partition), failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
             }
         }
     }

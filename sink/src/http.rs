@@ -1,5 +1,5 @@
-//! `/metrics` (Prometheus text), `/health` (the process runs) and `/ready` (checked ClickHouse
-//! and consuming) on `http_addr`.
+//! `/metrics` (Prometheus text), `/health` (the process runs) and `/ready` (checked ClickHouse,
+//! consuming, and not stalled) on `http_addr`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SinkError;
 use crate::metrics::Metrics;
+use crate::stall::Stall;
 
 /// What the endpoint reports.
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
     pub metrics: Arc<Metrics>,
+    pub stall: Arc<Stall>,
 }
 
 impl Health {
@@ -26,8 +28,9 @@ impl Health {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Consuming and not stalled.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.stall.is_stalled()
     }
 }
 
@@ -55,9 +58,15 @@ pub async fn serve(
             "/ready",
             get(|State(h): State<Arc<Health>>| async move {
                 if h.is_ready() {
-                    (StatusCode::OK, "ready\n")
+                    (StatusCode::OK, "ready\n".to_owned())
+                } else if h.stall.is_stalled() {
+                    let cause = h.stall.cause().unwrap_or_default();
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("stalled: {cause}\n"),
+                    )
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
                 }
             }),
         )

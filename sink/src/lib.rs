@@ -28,11 +28,15 @@ pub mod batch;
 pub mod dead_letter;
 pub mod flush;
 pub mod http;
+pub mod intake;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
+pub mod retry;
 pub mod row;
+pub mod schema;
 pub mod settings;
+pub mod stall;
 pub mod writer;
 
 use std::sync::Arc;
@@ -40,15 +44,25 @@ use std::sync::Arc;
 pub use settings::{Delivery, Settings};
 use tokio_util::sync::CancellationToken;
 
-/// The sink's errors; every one stops it.
+/// The sink's errors, named after what failed; every one stops it (exit code 1).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("settings: {0}")]
     Settings(String),
-    #[error("kafka: {0}")]
-    Kafka(String),
-    #[error("clickhouse: {0}")]
-    ClickHouse(String),
+    #[error("kafka {operation}: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("clickhouse {operation}: {source}")]
+    ClickHouse {
+        operation: &'static str,
+        #[source]
+        source: writer::Failure,
+    },
+    #[error("dead-letter topic: {0}")]
+    DeadLetter(String),
     #[error("inconsistent: {0}")]
     Inconsistent(String),
     #[error("stopped before the work was done")]
@@ -60,6 +74,16 @@ pub enum SinkError {
 impl SinkError {
     fn settings(error: config::ConfigError) -> SinkError {
         SinkError::Settings(error.to_string())
+    }
+
+    pub(crate) fn kafka(
+        operation: &'static str,
+    ) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkError {
+        move |source| SinkError::Kafka { operation, source }
+    }
+
+    pub(crate) fn clickhouse(operation: &'static str) -> impl FnOnce(writer::Failure) -> SinkError {
+        move |source| SinkError::ClickHouse { operation, source }
     }
 }
 

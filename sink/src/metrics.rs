@@ -32,6 +32,21 @@ pub struct Metrics {
     pub consumer_lag: Family<Labels, Gauge>,
     pub buffered_rows: Gauge,
     pub paused_partitions: Gauge,
+    /// 1 while the sink has work but made no progress for `stall_timeout_ms`.
+    pub stalled: Gauge,
+    /// INSERTs split because ClickHouse refused them as too big, by reason.
+    pub insert_splits: Family<Labels, Counter>,
+    /// Times the table's structure changed under the sink and was followed.
+    pub schema_changes: Counter,
+    /// Partitions whose commit the group coordinator refused (the assignment was lost).
+    pub commits_fenced: Counter,
+    /// Dead letters whose payload was cut to fit the dead-letter topic.
+    pub dead_letters_truncated: Counter,
+    /// Dead letters written again on a replay (the topic holds an earlier copy: key them by
+    /// source topic, partition and offset).
+    pub dead_letters_repeated: Counter,
+    /// Rows whose event id was seen at another offset of the partition shortly before.
+    pub duplicate_event_ids: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +72,13 @@ impl Metrics {
             consumer_lag: Family::default(),
             buffered_rows: Gauge::default(),
             paused_partitions: Gauge::default(),
+            stalled: Gauge::default(),
+            insert_splits: Family::default(),
+            schema_changes: Counter::default(),
+            commits_fenced: Counter::default(),
+            dead_letters_truncated: Counter::default(),
+            dead_letters_repeated: Counter::default(),
+            duplicate_event_ids: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +145,41 @@ impl Metrics {
             "paused_partitions",
             "Partitions paused because the buffer is full",
             metrics.paused_partitions.clone(),
+        );
+        registry.register(
+            "stalled",
+            "1 while there is work but no progress for stall_timeout_ms",
+            metrics.stalled.clone(),
+        );
+        registry.register(
+            "insert_splits",
+            "INSERTs split because they were too big, by reason",
+            metrics.insert_splits.clone(),
+        );
+        registry.register(
+            "schema_changes",
+            "Changes of the table structure the sink followed",
+            metrics.schema_changes.clone(),
+        );
+        registry.register(
+            "commits_fenced",
+            "Commits refused by the group coordinator (assignment lost)",
+            metrics.commits_fenced.clone(),
+        );
+        registry.register(
+            "dead_letters_truncated",
+            "Dead letters whose payload was cut to fit the topic",
+            metrics.dead_letters_truncated.clone(),
+        );
+        registry.register(
+            "dead_letters_repeated",
+            "Dead letters written again on a replay",
+            metrics.dead_letters_repeated.clone(),
+        );
+        registry.register(
+            "duplicate_event_ids",
+            "Rows whose event id was seen at another offset shortly before (both stored)",
+            metrics.duplicate_event_ids.clone(),
         );
         Metrics {
             registry,

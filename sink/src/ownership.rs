@@ -66,6 +66,15 @@ impl Ownership {
         finished
     }
 
+    /// Partitions this sink lost without a revoke (the group coordinator refused a commit):
+    /// nothing more is inserted or committed for them until they are assigned again.
+    pub fn lose(&self, partitions: &[i32]) {
+        let mut state = self.lock();
+        for partition in partitions {
+            state.epochs.remove(partition);
+        }
+    }
+
     /// The current epoch of `partition`, if this sink owns it.
     pub fn epoch(&self, partition: i32) -> Option<u64> {
         self.lock().epochs.get(&partition).copied()
@@ -157,6 +166,18 @@ mod tests {
         assert!(ownership.revoke(&[0], Duration::from_secs(10)));
         assert_eq!(ownership.epoch(0), None);
         flusher.join().unwrap();
+    }
+
+    #[test]
+    fn a_lost_partition_is_neither_written_nor_committed_until_reassigned() {
+        let ownership = Ownership::default();
+        ownership.assign(&[0, 1]);
+        let epoch = ownership.epoch(1).unwrap();
+        ownership.lose(&[1]);
+        assert!(!ownership.owns(1, epoch));
+        assert_eq!(ownership.begin_flush(&[(1, epoch)]), Vec::<i32>::new());
+        ownership.assign(&[1]);
+        assert!(ownership.epoch(1).is_some_and(|e| e != epoch));
     }
 
     #[test]

@@ -1,41 +1,42 @@
-//! The consume loop: read → decode → batch → flush (in a task, while reading goes on) →
-//! commit, with rebalances, back-pressure and an orderly shutdown.
+//! The consume loop: consumer → intake → batch → flush (a task, while reading goes on) →
+//! commit, with rebalances, back-pressure, the stall watch and an orderly shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use clickstream_event::Limits;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SinkError;
-use crate::batch::{Batcher, Entry, Policy};
-use crate::dead_letter::{DeadLetter, DeadLetterSink, KafkaDeadLetters};
-use crate::flush::{Buffered, Committer, FlushReport, Flusher};
+use crate::batch::{Batcher, Policy};
+use crate::dead_letter::{DeadLetterSink, KafkaDeadLetters};
+use crate::flush::{Buffered, CommitError, Committer, FlushReport, Flusher};
 use crate::http::Health;
+use crate::intake::{Intake, Step};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
-use crate::row::EventRow;
-use crate::settings::{Delivery, Settings};
-use crate::writer::{ClickHouseWriter, Failure, Writer};
-
-/// How long a revoke waits for an in-flight insert of its partitions.
-const REVOKE_WAIT: Duration = Duration::from_secs(60);
+use crate::retry::{Backoff, Operation, RetryPolicy};
+use crate::settings::Settings;
+use crate::stall::Change;
+use crate::writer::{ClickHouseWriter, Failure};
 
 /// Rebalance and statistics callbacks.
 pub struct SinkContext {
     ownership: Arc<Ownership>,
     metrics: Arc<Metrics>,
     topic: String,
+    /// How long a revoke waits for an in-flight insert of its partitions: longer than one
+    /// insert may take, so that a revoked partition's insert has ended (landed or failed)
+    /// before its next owner starts.
+    revoke_wait: Duration,
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
@@ -61,7 +62,7 @@ impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list);
-            let finished = self.ownership.revoke(&partitions, REVOKE_WAIT);
+            let finished = self.ownership.revoke(&partitions, self.revoke_wait);
             tracing::info!(
                 ?partitions,
                 in_flight_finished = finished,
@@ -92,17 +93,35 @@ pub struct KafkaCommitter {
 }
 
 impl Committer for KafkaCommitter {
-    async fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), String> {
+    async fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), CommitError> {
         let mut list = TopicPartitionList::new();
         for &(partition, offset) in offsets {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| CommitError::Failed(e.to_string()))?;
         }
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| CommitError::Failed(e.to_string()))?;
+        result.map_err(|error| {
+            use RDKafkaErrorCode::*;
+            let fenced = matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RebalanceInProgress
+                        | IllegalGeneration
+                        | UnknownMemberId
+                        | FencedInstanceId
+                        | StaleMemberEpoch
+                        | AssignmentLost
+                )
+            );
+            if fenced {
+                CommitError::Fenced(error.to_string())
+            } else {
+                CommitError::Failed(error.to_string())
+            }
+        })
     }
 }
 
@@ -133,20 +152,6 @@ fn consumer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-/// The one field a replayed message is checked by.
-#[derive(serde::Deserialize)]
-struct EventIdOnly {
-    event_id: uuid::Uuid,
-}
-
-/// Per-partition state of the consume loop.
-struct PartitionState {
-    epoch: u64,
-    /// Offsets ClickHouse already holds (found when the partition was assigned), with the
-    /// event id stored at each.
-    stored: BTreeMap<i64, uuid::Uuid>,
-}
-
 /// Runs the sink until `shutdown` is cancelled (then drains in order) or a fatal error.
 pub async fn run(
     settings: Settings,
@@ -154,52 +159,71 @@ pub async fn run(
     health: Arc<Health>,
 ) -> Result<(), SinkError> {
     let metrics = health.metrics.clone();
-    let writer = ClickHouseWriter::new(&settings);
+    let writer = Arc::new(ClickHouseWriter::new(&settings));
     let hard_stop = CancellationToken::new();
-    let backoff = crate::flush::Backoff {
+    let backoff = Backoff {
         initial: Duration::from_millis(settings.retry_initial_ms),
         max: Duration::from_millis(settings.retry_max_ms),
     };
+    let policy = |cancel: &CancellationToken| RetryPolicy {
+        backoff,
+        metrics: metrics.clone(),
+        stall: health.stall.clone(),
+        cancel: cancel.clone(),
+    };
     // ClickHouse may still be starting: wait for it, but stop on a configuration problem.
-    retry_transient("start-up check", backoff, &shutdown, &metrics, || {
-        writer.check_startup()
-    })
-    .await?;
+    let startup = policy(&shutdown);
+    let mut retry = startup.start(Operation::StartupCheck);
+    loop {
+        match writer.check_startup().await {
+            Ok(()) => break,
+            Err(Failure::Fatal(message)) => {
+                return Err(SinkError::clickhouse("start-up check")(Failure::Fatal(
+                    message,
+                )));
+            }
+            Err(failure) => retry
+                .wait(None, failure.kind(), failure.message())
+                .await
+                .map_err(|_| SinkError::Stopped)?,
+        }
+    }
     tracing::info!(
         clickhouse = %settings.clickhouse_url,
         table = %format!("{}.{}", settings.database, settings.table),
         delivery = ?settings.delivery,
         "ClickHouse checked"
     );
+    let dead_letters = KafkaDeadLetters::connect(&settings, policy(&hard_stop)).await?;
 
     let ownership = Arc::new(Ownership::default());
     let context = SinkContext {
         ownership: ownership.clone(),
         metrics: metrics.clone(),
         topic: settings.topic.clone(),
+        revoke_wait: Duration::from_millis(settings.insert_timeout_ms) + Duration::from_secs(5),
     };
     let consumer: Arc<SinkConsumer> = Arc::new(
         consumer_config(&settings)
             .create_with_context(context)
-            .map_err(|e| SinkError::Kafka(format!("consumer: {e}")))?,
+            .map_err(SinkError::kafka("create the consumer"))?,
     );
     consumer
         .subscribe(&[&settings.topic])
-        .map_err(|e| SinkError::Kafka(format!("subscribe to {}: {e}", settings.topic)))?;
-    let dead_letters = KafkaDeadLetters::new(&settings, hard_stop.clone())?;
+        .map_err(SinkError::kafka("subscribe"))?;
     let committer = KafkaCommitter {
         consumer: consumer.clone(),
         topic: settings.topic.clone(),
     };
     let flusher = Arc::new(Flusher::new(
         &settings,
-        writer.clone(),
+        (*writer).clone(),
         dead_letters.clone(),
         committer,
         ownership.clone(),
-        metrics.clone(),
-        hard_stop.clone(),
+        policy(&hard_stop),
     ));
+    let mut intake = Intake::new(&settings, writer, dead_letters, policy(&shutdown));
     health.set_ready(true);
     tracing::info!(topic = %settings.topic, group = %settings.group, brokers = %settings.brokers, "consuming");
 
@@ -209,17 +233,14 @@ pub async fn run(
         max_batch_bytes: settings.max_batch_bytes,
         min_flush_gap: settings.min_flush_gap(),
     });
-    let limits = settings.limits();
-    let mut partitions: HashMap<i32, PartitionState> = HashMap::new();
+    let stall_timeout = Duration::from_millis(settings.stall_timeout_ms);
+    let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
+    stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut in_flight: Option<JoinHandle<Result<FlushReport, SinkError>>> = None;
     let mut paused = false;
 
     let outcome: Result<(), SinkError> = loop {
-        let ready_at = if in_flight.is_none() {
-            batcher.ready_at()
-        } else {
-            None
-        };
+        let ready_at = in_flight.is_none().then(|| batcher.ready_at()).flatten();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
@@ -229,41 +250,46 @@ pub async fn run(
                     break Err(error);
                 }
             }
+            done = intake.next_lookup(), if intake.has_lookups() => {
+                match intake.finish_lookup(done, &ownership, &mut batcher) {
+                    Ok(Some(partition)) if !paused => set_paused(&consumer, &settings.topic, &[partition], false),
+                    Ok(_) => {}
+                    Err(error) => break Err(error),
+                }
+            }
             _ = tokio::time::sleep_until(ready_at.unwrap_or_else(Instant::now)), if ready_at.is_some() => {
                 if let Some(batch) = batcher.take(Instant::now()) {
                     let flusher = flusher.clone();
                     in_flight = Some(tokio::spawn(async move { flusher.write_batch(batch).await }));
                 }
             }
+            _ = stall_tick.tick() => {
+                let has_work = !batcher.is_empty() || in_flight.is_some() || intake.has_lookups();
+                report_stall(health.stall.check(has_work, stall_timeout), &metrics, batcher.rows());
+            }
             message = consumer.recv() => match message {
-                Ok(message) => {
-                    let step = on_message(
-                        &message, &settings, &limits, &writer, &dead_letters, &ownership,
-                        &metrics, &mut partitions, &mut batcher, backoff, &shutdown,
-                    ).await;
-                    if let Err(error) = step {
-                        break Err(error);
-                    }
-                }
+                Ok(message) => match intake.handle(&message, &ownership, &mut batcher) {
+                    Ok(Step::Pause(partition)) => set_paused(&consumer, &settings.topic, &[partition], true),
+                    Ok(Step::Continue) => {}
+                    Err(error) => break Err(error),
+                },
                 // librdkafka reconnects by itself; nothing is lost while the broker is away.
-                Err(error) => tracing::warn!(error = %error, "Kafka error"),
+                Err(error) => {
+                    health.stall.failing(None, format!("Kafka: {error}"));
+                    tracing::warn!(error = %error, "Kafka error");
+                }
             }
         }
         metrics.buffered_rows.set(batcher.rows() as i64);
         let full = batcher.should_pause();
         if full != paused {
-            let assigned = consumer.assignment().unwrap_or_default();
-            let result = if full {
-                consumer.pause(&assigned)
-            } else {
-                consumer.resume(&assigned)
-            };
-            if let Err(error) = result {
-                tracing::warn!(error = %error, "pause/resume failed");
-            }
-            metrics
-                .paused_partitions
-                .set(if full { assigned.count() as i64 } else { 0 });
+            back_pressure(
+                &consumer,
+                &settings.topic,
+                full,
+                &intake.waiting(),
+                &metrics,
+            );
             tracing::debug!(
                 paused = full,
                 buffered_bytes = batcher.bytes(),
@@ -315,171 +341,61 @@ fn flush_result(
     }
 }
 
-/// Decodes one message into the batch.
-#[allow(clippy::too_many_arguments)]
-async fn on_message(
-    message: &BorrowedMessage<'_>,
-    settings: &Settings,
-    limits: &Limits,
-    writer: &ClickHouseWriter,
-    dead_letters: &KafkaDeadLetters,
-    ownership: &Ownership,
-    metrics: &Metrics,
-    partitions: &mut HashMap<i32, PartitionState>,
-    batcher: &mut Batcher<Buffered, Ack>,
-    backoff: crate::flush::Backoff,
-    shutdown: &CancellationToken,
-) -> Result<(), SinkError> {
-    metrics.consumed.inc();
-    let partition = message.partition();
-    let offset = message.offset();
-    let Some(epoch) = ownership.epoch(partition) else {
-        return Ok(()); // revoked meanwhile: its next owner reads it
+fn set_paused(consumer: &SinkConsumer, topic: &str, partitions: &[i32], pause: bool) {
+    let mut list = TopicPartitionList::new();
+    for &partition in partitions {
+        list.add_partition(topic, partition);
+    }
+    let result = if pause {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
     };
-    if partitions.get(&partition).map(|s| s.epoch) != Some(epoch) {
-        // (Re)assigned: anything buffered under the old epoch will be replayed.
-        let dropped = batcher.drop_partition(partition);
-        let stored = match settings.delivery {
-            Delivery::ExactlyOnce => {
-                retry_transient("stored offsets lookup", backoff, shutdown, metrics, || {
-                    writer.stored_offsets(&settings.topic, partition, offset)
-                })
-                .await?
-            }
-            Delivery::AtLeastOnce => BTreeMap::new(),
-        };
-        tracing::info!(
-            partition,
-            epoch,
-            from_offset = offset,
-            already_stored = stored.len(),
-            dropped_buffered = dropped,
-            "reading partition"
-        );
-        partitions.insert(partition, PartitionState { epoch, stored });
+    if let Err(error) = result {
+        tracing::warn!(error = %error, ?partitions, pause, "pause/resume failed");
     }
-    let state = partitions.get_mut(&partition).expect("inserted above");
-    let now = Instant::now();
-    let payload = message.payload();
-    let size = payload.map_or(0, <[u8]>::len) + 64;
-    if let Some(stored_id) = state.stored.remove(&offset) {
-        // Skip it only if it is the event ClickHouse holds at this offset. Anything else means
-        // the offsets were reused (the topic was deleted and recreated, or the table holds
-        // another cluster's topic of that name): skipping would lose data, writing would mix
-        // two topics' offsets. Stop, commit nothing, say what to do.
-        let kafka_id = payload
-            .and_then(|p| serde_json::from_slice::<EventIdOnly>(p).ok())
-            .map(|e| e.event_id);
-        if kafka_id != Some(stored_id) {
-            return Err(SinkError::Inconsistent(format!(
-                "{topic}[{partition}] offset {offset}: ClickHouse ({database}.{table}) holds event \
-                 {stored_id} at this offset, but the message there is {found}. The topic was \
-                 probably deleted and recreated, so its offsets start again. Nothing was skipped \
-                 or committed. Remove the old rows (ALTER TABLE {database}.{table} DELETE WHERE \
-                 kafka_topic = '{topic}', and the same on {database}.kafka_progress) or use a new \
-                 database or topic name.",
-                topic = settings.topic,
-                database = settings.database,
-                table = settings.table,
-                found = kafka_id
-                    .map_or_else(|| "not that event".to_owned(), |id| format!("event {id}")),
-            )));
-        }
-        metrics.replay_skipped.inc();
-        batcher.push(partition, epoch, offset, Entry::AlreadyStored, 16, now);
-        return Ok(());
-    }
-    // Validate against the message's own timestamp, so a replay decides the same way.
-    let at = message
-        .timestamp()
-        .to_millis()
-        .and_then(DateTime::from_timestamp_millis)
-        .unwrap_or_else(Utc::now);
-    let headers = original_headers(message);
-    match clickstream_event::decode(payload, limits, at) {
-        Ok(event) => {
-            let row = EventRow::new(event, &settings.topic, partition, offset);
-            let bytes = size + row.encoded_len();
-            let buffered = Buffered {
-                row,
-                key: message.key().map(<[u8]>::to_vec),
-                payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
-                headers,
-            };
-            batcher.push(partition, epoch, offset, Entry::Row(buffered), bytes, now);
-        }
-        Err(rejection) => {
-            metrics
-                .dead_lettered
-                .get_or_create(&Metrics::label("reason", rejection.reason.as_str()))
-                .inc();
-            tracing::debug!(partition, offset, reason = %rejection.reason, "dead-lettering");
-            let ack = dead_letters.send(DeadLetter {
-                key: message.key().map(<[u8]>::to_vec),
-                payload: payload.map(<[u8]>::to_vec),
-                headers,
-                reason: rejection.reason.as_str().to_owned(),
-                error: rejection.detail,
-                source_topic: settings.topic.clone(),
-                source_partition: partition,
-                source_offset: offset,
-            });
-            batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), size, now);
-        }
-    }
-    Ok(())
 }
 
-fn original_headers(message: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Retries `operation` while it fails transiently; fatal failures stop the sink.
-async fn retry_transient<T, F, Fut>(
-    what: &str,
-    backoff: crate::flush::Backoff,
-    shutdown: &CancellationToken,
+/// Pauses every assigned partition, or resumes those not waiting for a lookup.
+fn back_pressure(
+    consumer: &SinkConsumer,
+    topic: &str,
+    full: bool,
+    waiting: &HashSet<i32>,
     metrics: &Metrics,
-    mut operation: F,
-) -> Result<T, SinkError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Failure>>,
-{
-    let mut attempt = 0;
-    loop {
-        match operation().await {
-            Ok(value) => return Ok(value),
-            Err(Failure::Transient(message)) => {
-                metrics
-                    .retries
-                    .get_or_create(&vec![
-                        ("operation".to_owned(), what.replace(' ', "_")),
-                        ("error".to_owned(), "transient".to_owned()),
-                    ])
-                    .inc();
-                let delay = backoff.delay(attempt);
-                tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %message, "{what} failed; retrying");
-                attempt += 1;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(SinkError::Stopped),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(failure) => return Err(SinkError::ClickHouse(format!("{what}: {failure}"))),
+) {
+    let assigned: Vec<i32> = consumer
+        .assignment()
+        .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    let partitions: Vec<i32> = assigned
+        .iter()
+        .copied()
+        .filter(|p| full || !waiting.contains(p))
+        .collect();
+    set_paused(consumer, topic, &partitions, full);
+    metrics
+        .paused_partitions
+        .set(if full { assigned.len() as i64 } else { 0 });
+}
+
+fn report_stall(change: Option<Change>, metrics: &Metrics, buffered_rows: usize) {
+    match change {
+        Some(Change::Stalled { for_ms, cause }) => {
+            metrics.stalled.set(1);
+            tracing::error!(
+                no_progress_ms = for_ms,
+                buffered_rows,
+                cause = %cause,
+                "the sink is stalled: nothing was written for stall_timeout_ms while work waits. \
+                 It keeps retrying and nothing is lost, but fix the cause: /ready answers 503 \
+                 until it makes progress (see clickstream_sink_retries_total by operation)"
+            );
         }
+        Some(Change::Recovered { after_ms }) => {
+            metrics.stalled.set(0);
+            tracing::info!(after_ms, "the sink makes progress again");
+        }
+        None => {}
     }
 }

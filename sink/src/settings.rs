@@ -90,6 +90,14 @@ pub struct Settings {
     /// what is not committed is replayed).
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// With work waiting but no progress for this long, the sink reports itself stalled
+    /// (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the cause).
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+    /// An event id seen again within this many events of its partition is dead-lettered as
+    /// `duplicate_event_id` (a producer retry without idempotence); 0 turns that off.
+    #[serde(default = "default_dedup_window_events")]
+    pub dedup_window_events: usize,
     /// Address of the `/metrics`, `/health` and `/ready` endpoint ("off" to disable).
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
@@ -160,6 +168,12 @@ fn default_insert_timeout_ms() -> u64 {
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
 }
+fn default_stall_timeout_ms() -> u64 {
+    60_000
+}
+fn default_dedup_window_events() -> usize {
+    10_000
+}
 fn default_http_addr() -> String {
     "0.0.0.0:9100".into()
 }
@@ -191,6 +205,8 @@ impl Default for Settings {
             retry_max_ms: default_retry_max_ms(),
             insert_timeout_ms: default_insert_timeout_ms(),
             shutdown_timeout_ms: default_shutdown_timeout_ms(),
+            stall_timeout_ms: default_stall_timeout_ms(),
+            dedup_window_events: default_dedup_window_events(),
             http_addr: default_http_addr(),
             log_format: default_log_format(),
             kafka: BTreeMap::new(),
@@ -338,6 +354,9 @@ impl Settings {
         }
         if self.insert_timeout_ms == 0 {
             return bad("insert_timeout_ms", "must be at least 1");
+        }
+        if self.stall_timeout_ms < 1_000 {
+            return bad("stall_timeout_ms", "must be at least 1000");
         }
         if self.http_addr != "off" && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
             return bad("http_addr", "must be HOST:PORT (an IP address) or \"off\"");
@@ -490,6 +509,7 @@ mod tests {
                 "max_inserts_per_second",
             ),
             (&[("http_addr", "nowhere")], &[], "http_addr"),
+            (&[("stall_timeout_ms", "10")], &[], "stall_timeout_ms"),
             (&[("delivery", "maybe-once")], &[], "delivery"),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
         ];

@@ -2,25 +2,27 @@
 //!
 //! - [`Writer`] is the seam the pipeline depends on (a fake in unit tests, [`ClickHouseWriter`]
 //!   in production).
-//! - [`classify`] turns every error into [`Failure::Transient`] (retry the same rows with
-//!   backoff), [`Failure::BadData`] (the rows themselves are rejected: isolate and dead-letter
-//!   them) or [`Failure::Fatal`] (missing table, permissions, schema mismatch: stop).
+//! - [`classify`] turns every error into one [`Failure`]: retry the same rows later, split
+//!   them into smaller inserts, follow a changed table, isolate rejected rows, or stop.
+//! - Rows are encoded by [`crate::schema::Layout`] for the table's structure as it is now.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clickhouse::Client;
 use clickhouse::error::Error as ChError;
 
 use crate::row::EventRow;
+use crate::schema::{Column, Layout};
 use crate::settings::{Delivery, Settings};
 use uuid::Uuid;
 
 /// How a failed write must be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
-    /// Retry the same rows later: network, timeouts, overload, 5xx.
+    /// Retry the same rows later: network, timeouts, overload, disk full, 5xx, unknown codes.
     #[error("transient: {0}")]
     Transient(String),
     /// The data is rejected: retrying the same rows cannot succeed.
@@ -29,6 +31,23 @@ pub enum Failure {
     /// Configuration or schema problem: stop the sink.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// Valid rows, too many for one INSERT: insert them in parts.
+    #[error("too big for one insert: {message}")]
+    TooBig { split: Split, message: String },
+    /// The table's structure changed; the writer follows it from now on: retry at once.
+    #[error("table structure changed: {0}")]
+    SchemaChanged(String),
+}
+
+/// How rows that are too many for one INSERT are divided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// They span more partitions than `max_partitions_per_insert_block`: halves in event-time
+    /// order (the partition key of a clickstream is a function of time; any key still ends
+    /// at one row per part).
+    ByTime,
+    /// Memory limit: halves in offset order.
+    InHalves,
 }
 
 impl Failure {
@@ -38,45 +57,55 @@ impl Failure {
             Failure::Transient(_) => "transient",
             Failure::BadData(_) => "bad_data",
             Failure::Fatal(_) => "fatal",
+            Failure::TooBig { .. } => "too_big",
+            Failure::SchemaChanged(_) => "schema_changed",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Transient(m)
+            | Failure::BadData(m)
+            | Failure::Fatal(m)
+            | Failure::SchemaChanged(m)
+            | Failure::TooBig { message: m, .. } => m,
         }
     }
 }
 
-/// ClickHouse error codes whose meaning is "these rows are bad".
-const BAD_DATA_CODES: &[u32] = &[
-    6,   // CANNOT_PARSE_TEXT
-    26,  // CANNOT_PARSE_QUOTED_STRING
-    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    33,  // CANNOT_READ_ALL_DATA
-    38,  // CANNOT_PARSE_DATE
-    41,  // CANNOT_PARSE_DATETIME
-    53,  // TYPE_MISMATCH
-    69,  // ARGUMENT_OUT_OF_BOUND
-    70,  // CANNOT_CONVERT_TYPE
-    72,  // CANNOT_PARSE_NUMBER
-    117, // INCORRECT_DATA
-    131, // TOO_LARGE_STRING_SIZE
-    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-    349, // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-    376, // CANNOT_PARSE_UUID
-    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
-    469, // VIOLATED_CONSTRAINT
-];
+/// What a ClickHouse error code means for the rows of an INSERT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Transient,
+    BadData,
+    Fatal,
+    /// The request did not match the table: reload its structure, then decide.
+    Structure,
+    TooBig(Split),
+}
 
-/// ClickHouse error codes that mean "the sink is misconfigured or the schema is wrong".
-const FATAL_CODES: &[u32] = &[
-    16,  // NO_SUCH_COLUMN_IN_TABLE
-    47,  // UNKNOWN_IDENTIFIER
-    62,  // SYNTAX_ERROR (of the sink's own INSERT: a bug or a schema problem)
-    60,  // UNKNOWN_TABLE
-    81,  // UNKNOWN_DATABASE
-    164, // READONLY
-    192, // UNKNOWN_USER
-    193, // WRONG_PASSWORD
-    194, // REQUIRED_PASSWORD
-    497, // ACCESS_DENIED
-    516, // AUTHENTICATION_FAILED
-];
+/// Every ClickHouse error code the sink knows; anything else is [`Class::Transient`] (retrying
+/// is safe with deduplication tokens; a retry that never succeeds shows as a stall).
+pub fn class_of(code: u32, message: &str) -> Class {
+    match code {
+        // Too many parts (wait for merges) vs too many partitions in one block (split).
+        252 if message.contains("partitions for single INSERT block") => {
+            Class::TooBig(Split::ByTime)
+        }
+        252 => Class::Transient,
+        241 | 173 => Class::TooBig(Split::InHalves), // MEMORY_LIMIT_EXCEEDED, CANNOT_ALLOCATE_MEMORY
+        // Timeouts, network, overload, disk, read-only replica, unknown insert status,
+        // Keeper, system errors: the same rows can succeed later.
+        3 | 159 | 160 | 202 | 209 | 210 | 242 | 243 | 319 | 425 | 999 | 1000 => Class::Transient,
+        // The request and the table disagree: after an ALTER, or a truly bad value.
+        6 | 8 | 10 | 16 | 27 | 32 | 33 | 47 | 53 | 117 => Class::Structure,
+        // Values the table (a constraint, a view's throwIf) rejects.
+        26 | 38 | 41 | 69 | 70 | 72 | 131 | 321 | 349 | 376 | 395 | 469 => Class::BadData,
+        // Configuration: wrong database/table, no rights, read-only user, bad credentials.
+        60 | 62 | 81 | 164 | 192 | 193 | 194 | 497 | 516 => Class::Fatal,
+        _ => Class::Transient,
+    }
+}
 
 /// The code in a ClickHouse error message (`Code: 252. DB::Exception: ...`).
 pub fn error_code(message: &str) -> Option<u32> {
@@ -85,21 +114,27 @@ pub fn error_code(message: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Classifies a ClickHouse client error. Unknown server errors are transient: retrying is
-/// safe (deduplication tokens make a repeated insert harmless) and never loses data.
-pub fn classify(error: &ChError) -> Failure {
+/// Classifies a ClickHouse client error ([`Class::Structure`] is resolved by the writer).
+pub fn classify(error: &ChError) -> (Class, String) {
     let text = error.to_string();
-    match error {
-        ChError::BadResponse(message) => match error_code(message) {
-            Some(code) if BAD_DATA_CODES.contains(&code) => Failure::BadData(text),
-            Some(code) if FATAL_CODES.contains(&code) => Failure::Fatal(text),
-            _ => Failure::Transient(text),
-        },
+    let class = match error {
+        ChError::BadResponse(message) => {
+            error_code(message).map_or(Class::Transient, |code| class_of(code, message))
+        }
         ChError::SchemaMismatch(_) | ChError::InvalidParams(_) | ChError::Unsupported(_) => {
-            Failure::Fatal(text)
+            Class::Fatal
         }
         // Network, timeouts, (de)compression of a response, anything else: try again.
-        _ => Failure::Transient(text),
+        _ => Class::Transient,
+    };
+    (class, text)
+}
+
+/// A failure of a query other than the insert (no rows to split or isolate).
+fn query_failure(error: &ChError) -> Failure {
+    match classify(error) {
+        (Class::Fatal, text) => Failure::Fatal(text),
+        (_, text) => Failure::Transient(text),
     }
 }
 
@@ -108,17 +143,25 @@ pub trait Writer: Send + Sync + 'static {
     /// Inserts `rows`; with a `token`, an insert repeating an earlier token is a no-op.
     fn insert(
         &self,
-        rows: &[EventRow],
+        rows: &[&EventRow],
         token: Option<&str>,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Offsets of `partition` from `from` on that the table already holds, with the event id
-    /// stored at each (for replays: the sink skips them after checking the ids match).
+    /// The highest offset of `partition` the table holds, if any (from the progress table).
+    fn max_stored_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Result<Option<i64>, Failure>> + Send;
+
+    /// Offsets of `partition` in `from..=to` that the table holds, with the event id stored
+    /// at each (for replays: the sink skips them after checking the ids match).
     fn stored_offsets(
         &self,
         topic: &str,
         partition: i32,
         from: i64,
+        to: i64,
     ) -> impl Future<Output = Result<BTreeMap<i64, Uuid>, Failure>> + Send;
 }
 
@@ -130,7 +173,8 @@ struct StoredOffset {
     event_id: Uuid,
 }
 
-/// Inserts into ClickHouse over HTTP (RowBinary, LZ4) with the official client.
+/// Inserts into ClickHouse over HTTP (RowBinaryWithNamesAndTypes, LZ4) with the official
+/// client, encoding rows for the table's current structure.
 #[derive(Clone)]
 pub struct ClickHouseWriter {
     client: Client,
@@ -139,6 +183,7 @@ pub struct ClickHouseWriter {
     database: String,
     delivery: Delivery,
     insert_timeout: Duration,
+    layout: Arc<RwLock<Option<Arc<Layout>>>>,
 }
 
 /// The progress table fed by a materialized view from the events table (schema.sql).
@@ -160,26 +205,76 @@ impl ClickHouseWriter {
             database: settings.database.clone(),
             delivery: settings.delivery,
             insert_timeout: Duration::from_millis(settings.insert_timeout_ms),
+            layout: Arc::default(),
         }
     }
 
-    /// Refuses to start when the table is missing or the settings exactly-once relies on
-    /// are off. Transient failures (ClickHouse not up yet) are returned as such.
+    /// A query bounded by the insert timeout (a hung ClickHouse is a transient failure).
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = Result<T, ChError>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.insert_timeout, work).await {
+            Ok(result) => result.map_err(|e| query_failure(&e)),
+            Err(_) => Err(Failure::Transient(format!(
+                "{what} did not finish within insert_timeout_ms = {}",
+                self.insert_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Reads the table's structure and plans inserts for it; a table that cannot hold the
+    /// event contract is fatal, with the column named.
+    pub async fn load_layout(&self) -> Result<Arc<Layout>, Failure> {
+        let columns: Vec<Column> = self
+            .bounded(
+                "reading the table structure",
+                self.client
+                    .query(
+                        "SELECT name, type, default_kind FROM system.columns \
+                         WHERE database = ? AND table = ? ORDER BY position",
+                    )
+                    .bind(&self.database)
+                    .bind(&self.table)
+                    .fetch_all(),
+            )
+            .await?;
+        let layout = Layout::new(&self.database, &self.table, &columns)
+            .map_err(|incompatible| Failure::Fatal(incompatible.to_string()))?;
+        let layout = Arc::new(layout);
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some(layout.clone());
+        Ok(layout)
+    }
+
+    fn current_layout(&self) -> Option<Arc<Layout>> {
+        self.layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Refuses to start when the table is missing or cannot hold the event contract, or the
+    /// settings exactly-once relies on are off. Transient failures (ClickHouse not up yet)
+    /// are returned as such.
     pub async fn check_startup(&self) -> Result<(), Failure> {
         let engine: Option<String> = self
-            .client
-            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
-            .bind(&self.database)
-            .bind(&self.table)
-            .fetch_optional()
-            .await
-            .map_err(|e| classify(&e))?;
+            .bounded(
+                "start-up check",
+                self.client
+                    .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.database)
+                    .bind(&self.table)
+                    .fetch_optional(),
+            )
+            .await?;
         let Some(engine) = engine else {
             return Err(Failure::Fatal(format!(
                 "table {}.{} does not exist: apply clickhouse/schema.sql",
                 self.database, self.table
             )));
         };
+        self.load_layout().await?;
         if self.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
@@ -204,13 +299,15 @@ impl ClickHouseWriter {
             }
         }
         let progress: u64 = self
-            .client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
-            .bind(&self.database)
-            .bind(&self.progress_table)
-            .fetch_one()
-            .await
-            .map_err(|e| classify(&e))?;
+            .bounded(
+                "start-up check",
+                self.client
+                    .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.database)
+                    .bind(&self.progress_table)
+                    .fetch_one(),
+            )
+            .await?;
         if progress == 0 {
             return Err(Failure::Fatal(format!(
                 "exactly-once needs the progress table {}.{} (clickhouse/schema.sql, section \
@@ -220,10 +317,13 @@ impl ClickHouseWriter {
         }
         Ok(())
     }
-}
 
-impl Writer for ClickHouseWriter {
-    async fn insert(&self, rows: &[EventRow], token: Option<&str>) -> Result<(), Failure> {
+    async fn send(
+        &self,
+        layout: &Layout,
+        rows: &[&EventRow],
+        token: Option<&str>,
+    ) -> Result<(), ChError> {
         let client = match token {
             Some(token) => self
                 .client
@@ -234,20 +334,71 @@ impl Writer for ClickHouseWriter {
             // legitimately identical batches; at-least-once means no deduplication at all.
             None => self.client.clone().with_setting("insert_deduplicate", "0"),
         };
-        let work = async {
-            let mut insert = client.insert::<EventRow>(&self.table).await?;
-            for row in rows {
-                insert.write(row).await?;
-            }
-            insert.end().await
-        };
-        match tokio::time::timeout(self.insert_timeout, work).await {
-            Ok(result) => result.map_err(|e| classify(&e)),
-            Err(_) => Err(Failure::Transient(format!(
-                "insert did not finish within insert_timeout_ms = {}",
-                self.insert_timeout.as_millis()
-            ))),
+        let mut body = Vec::with_capacity(layout.header.len() + rows.len() * 256);
+        body.extend_from_slice(&layout.header);
+        for row in rows {
+            layout.encode(row, &mut body);
         }
+        let mut insert = client.insert_formatted_with(layout.statement.clone());
+        insert.send(body.into()).await?;
+        insert.end().await
+    }
+}
+
+impl Writer for ClickHouseWriter {
+    async fn insert(&self, rows: &[&EventRow], token: Option<&str>) -> Result<(), Failure> {
+        let layout = match self.current_layout() {
+            Some(layout) => layout,
+            None => self.load_layout().await?,
+        };
+        let error = match tokio::time::timeout(self.insert_timeout, self.send(&layout, rows, token))
+            .await
+        {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => {
+                return Err(Failure::Transient(format!(
+                    "insert did not finish within insert_timeout_ms = {}",
+                    self.insert_timeout.as_millis()
+                )));
+            }
+        };
+        match classify(&error) {
+            (Class::Transient, message) => Err(Failure::Transient(message)),
+            (Class::BadData, message) => Err(Failure::BadData(message)),
+            (Class::Fatal, message) => Err(Failure::Fatal(message)),
+            (Class::TooBig(split), message) => Err(Failure::TooBig { split, message }),
+            // Did the table change under us? Then follow it; if not, the rows are bad.
+            (Class::Structure, message) => {
+                let reloaded = self.load_layout().await?;
+                if reloaded.columns != layout.columns {
+                    tracing::warn!(
+                        table = %format!("{}.{}", self.database, self.table),
+                        error = %message,
+                        "the table's structure changed; inserting with the new structure"
+                    );
+                    Err(Failure::SchemaChanged(message))
+                } else {
+                    Err(Failure::BadData(message))
+                }
+            }
+        }
+    }
+
+    async fn max_stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Failure> {
+        // The progress view answers cheaply what is stored at all.
+        self.bounded(
+            "progress lookup",
+            self.client
+                .query(&format!(
+                    "SELECT maxOrNull(max_offset) FROM {} WHERE kafka_topic = ? AND kafka_partition = ?",
+                    self.progress_table
+                ))
+                .bind(topic)
+                .bind(partition)
+                .fetch_one(),
+        )
+        .await
     }
 
     async fn stored_offsets(
@@ -255,44 +406,29 @@ impl Writer for ClickHouseWriter {
         topic: &str,
         partition: i32,
         from: i64,
+        to: i64,
     ) -> Result<BTreeMap<i64, Uuid>, Failure> {
-        // The progress view answers cheaply whether anything from `from` on is stored at all;
-        // only then (after a crash between insert and commit) the offsets are read.
-        let max: Option<i64> = self
-            .client
-            .query(&format!(
-                "SELECT maxOrNull(max_offset) FROM {} WHERE kafka_topic = ? AND kafka_partition = ?",
-                self.progress_table
-            ))
-            .bind(topic)
-            .bind(partition)
-            .fetch_one()
-            .await
-            .map_err(|e| classify(&e))?;
-        match max {
-            Some(max) if max >= from => self
-                .client
-                .query(&format!(
-                    "SELECT kafka_offset, any(event_id) AS event_id FROM {} \
-                     WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset BETWEEN ? AND ? \
-                     GROUP BY kafka_offset",
-                    self.table
-                ))
-                .bind(topic)
-                .bind(partition)
-                .bind(from)
-                .bind(max)
-                .fetch_all::<StoredOffset>()
-                .await
-                .map(|stored| {
-                    stored
-                        .into_iter()
-                        .map(|s| (s.kafka_offset, s.event_id))
-                        .collect()
-                })
-                .map_err(|e| classify(&e)),
-            _ => Ok(BTreeMap::new()),
-        }
+        let stored: Vec<StoredOffset> = self
+            .bounded(
+                "stored offsets lookup",
+                self.client
+                    .query(&format!(
+                        "SELECT kafka_offset, any(event_id) AS event_id FROM {} \
+                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset BETWEEN ? AND ? \
+                         GROUP BY kafka_offset",
+                        self.table
+                    ))
+                    .bind(topic)
+                    .bind(partition)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(),
+            )
+            .await?;
+        Ok(stored
+            .into_iter()
+            .map(|s| (s.kafka_offset, s.event_id))
+            .collect())
     }
 }
 
@@ -304,70 +440,132 @@ mod tests {
         ChError::BadResponse(message.to_owned())
     }
 
+    /// Every code the issue tracker and operators have met, with what the sink must do.
     #[test]
     fn clickhouse_errors_are_classified() {
+        use Class::*;
         let cases = [
             (
-                "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)",
-                "transient",
+                "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts. (TOO_MANY_PARTS)",
+                Transient,
             ),
             (
-                "Code: 241. DB::Exception: Memory limit exceeded. (MEMORY_LIMIT_EXCEEDED)",
-                "transient",
+                "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). (TOO_MANY_PARTS)",
+                TooBig(Split::ByTime),
             ),
             (
-                "Code: 159. DB::Exception: Timeout exceeded. (TIMEOUT_EXCEEDED)",
-                "transient",
+                "Code: 241. DB::Exception: Memory limit (for query) exceeded: would use 9.31 GiB. (MEMORY_LIMIT_EXCEEDED)",
+                TooBig(Split::InHalves),
+            ),
+            (
+                "Code: 173. DB::Exception: Cannot allocate memory. (CANNOT_ALLOCATE_MEMORY)",
+                TooBig(Split::InHalves),
+            ),
+            (
+                "Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)",
+                Transient,
+            ),
+            (
+                "Code: 159. DB::Exception: Timeout exceeded: elapsed 30 seconds. (TIMEOUT_EXCEEDED)",
+                Transient,
+            ),
+            (
+                "Code: 209. DB::NetException: Timeout exceeded while reading from socket. (SOCKET_TIMEOUT)",
+                Transient,
+            ),
+            (
+                "Code: 210. DB::NetException: Connection reset by peer. (NETWORK_ERROR)",
+                Transient,
             ),
             (
                 "Code: 202. DB::Exception: Too many simultaneous queries. (TOO_MANY_SIMULTANEOUS_QUERIES)",
-                "transient",
+                Transient,
             ),
-            ("503 Service Unavailable", "transient"),
             (
-                "Code: 27. DB::Exception: Cannot parse input. (CANNOT_PARSE_INPUT_ASSERTION_FAILED)",
-                "bad_data",
+                "Code: 242. DB::Exception: Table is in readonly mode. (TABLE_IS_READ_ONLY)",
+                Transient,
+            ),
+            (
+                "Code: 319. DB::Exception: Unknown status, client must retry. (UNKNOWN_STATUS_OF_INSERT)",
+                Transient,
+            ),
+            (
+                "Code: 425. DB::Exception: System error. (SYSTEM_ERROR)",
+                Transient,
+            ),
+            (
+                "Code: 999. Coordination::Exception: Connection loss. (KEEPER_EXCEPTION)",
+                Transient,
+            ),
+            (
+                "Code: 4242. DB::Exception: something new. (FUTURE_ERROR)",
+                Transient,
+            ),
+            ("503 Service Unavailable", Transient),
+            (
+                "Code: 117. DB::Exception: Type of 'duration_ms' must be UInt64, not UInt32. (INCORRECT_DATA)",
+                Structure,
             ),
             (
                 "Code: 53. DB::Exception: Type mismatch. (TYPE_MISMATCH)",
-                "bad_data",
+                Structure,
             ),
             (
-                "Code: 117. DB::Exception: Incorrect data. (INCORRECT_DATA)",
-                "bad_data",
+                "Code: 16. DB::Exception: No such column duration_ms in table. (NO_SUCH_COLUMN_IN_TABLE)",
+                Structure,
+            ),
+            (
+                "Code: 33. DB::Exception: Cannot read all data. (CANNOT_READ_ALL_DATA)",
+                Structure,
+            ),
+            (
+                "Code: 27. DB::Exception: Cannot parse input. (CANNOT_PARSE_INPUT_ASSERTION_FAILED)",
+                Structure,
             ),
             (
                 "Code: 469. DB::Exception: Constraint `price` is violated. (VIOLATED_CONSTRAINT)",
-                "bad_data",
+                BadData,
+            ),
+            (
+                "Code: 395. DB::Exception: Value passed to 'throwIf' is non-zero. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)",
+                BadData,
+            ),
+            (
+                "Code: 321. DB::Exception: Out of range. (VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE)",
+                BadData,
             ),
             (
                 "Code: 60. DB::Exception: Table clickstream.events does not exist. (UNKNOWN_TABLE)",
-                "fatal",
+                Fatal,
             ),
             (
                 "Code: 81. DB::Exception: Database nope does not exist. (UNKNOWN_DATABASE)",
-                "fatal",
+                Fatal,
+            ),
+            (
+                "Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)",
+                Fatal,
             ),
             (
                 "Code: 497. DB::Exception: Not enough privileges. (ACCESS_DENIED)",
-                "fatal",
+                Fatal,
             ),
             (
                 "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)",
-                "fatal",
+                Fatal,
             ),
         ];
-        for (message, kind) in cases {
-            assert_eq!(classify(&response(message)).kind(), kind, "{message}");
+        for (message, class) in cases {
+            assert_eq!(classify(&response(message)).0, class, "{message}");
         }
-        assert_eq!(classify(&ChError::TimedOut).kind(), "transient");
+        assert_eq!(classify(&ChError::TimedOut).0, Transient);
         assert_eq!(
-            classify(&ChError::Network("connection refused".into())).kind(),
-            "transient"
+            classify(&ChError::Network("connection refused".into())).0,
+            Transient
         );
         assert_eq!(
-            classify(&ChError::SchemaMismatch("column x".into())).kind(),
-            "fatal"
+            classify(&ChError::SchemaMismatch("column x".into())).0,
+            Fatal
         );
     }
 

@@ -179,7 +179,7 @@ async fn refuses_to_start_without_what_exactly_once_needs() {
         .unwrap();
     let (_, sink) = spawn_sink(h.settings());
     let error = sink.await.unwrap().expect_err("must refuse");
-    assert!(matches!(error, SinkError::ClickHouse(_)), "{error}");
+    assert!(matches!(error, SinkError::ClickHouse { .. }), "{error}");
     assert!(
         error
             .to_string()

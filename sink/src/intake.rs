@@ -1,0 +1,528 @@
+//! Intake: what each consumed message becomes — a row, a dead letter, or "already stored" —
+//! and the per-partition state that decides it.
+//!
+//! Exactly-once replays: when a partition is assigned, ClickHouse is asked what it already
+//! holds from the first offset read on (the progress table's maximum, then the stored
+//! offsets of one window of at most [`LOOKUP_WINDOW_OFFSETS`] offsets, with the event id at
+//! each). Further windows are read as consumption reaches them, so memory does not grow
+//! with the partition's history. Lookups run as tasks with a timeout and the retry policy:
+//! meanwhile the partition is paused and its messages wait in order, while the consumer
+//! keeps polling (the group never sees a stuck member).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clickstream_event::Limits;
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::SinkError;
+use crate::batch::{Batcher, Entry};
+use crate::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::flush::Buffered;
+use crate::metrics::Metrics;
+use crate::ownership::Ownership;
+use crate::retry::{Operation, RetryPolicy};
+use crate::row::EventRow;
+use crate::settings::{Delivery, Settings};
+use crate::writer::{Failure, Writer};
+
+/// Offsets per stored-offsets lookup: bounds the replay bookkeeping per partition (about
+/// 4 MB at most) whatever the history to re-read.
+pub const LOOKUP_WINDOW_OFFSETS: i64 = 100_000;
+
+/// What the pipeline must do with the consumer after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// Pause this partition: a lookup runs; its messages wait in the intake.
+    Pause(i32),
+}
+
+/// A message that can be kept while its partition waits for a lookup.
+pub trait Keep: Message {
+    fn keep(&self) -> OwnedMessage;
+}
+
+impl Keep for BorrowedMessage<'_> {
+    fn keep(&self) -> OwnedMessage {
+        self.detach()
+    }
+}
+
+impl Keep for OwnedMessage {
+    fn keep(&self) -> OwnedMessage {
+        self.clone()
+    }
+}
+
+/// The one field a replayed message is checked by.
+#[derive(serde::Deserialize)]
+struct EventIdOnly {
+    event_id: Uuid,
+}
+
+/// Stored offsets of `from..=to` with the event id at each.
+#[derive(Debug, Default)]
+struct Window {
+    to: i64,
+    stored: BTreeMap<i64, Uuid>,
+}
+
+/// The event ids of a partition's last `capacity` rows, to count ids seen again.
+#[derive(Debug, Default)]
+struct RecentIds {
+    capacity: usize,
+    order: VecDeque<(Uuid, i64)>,
+    offsets: HashMap<Uuid, i64>,
+}
+
+impl RecentIds {
+    /// Remembers `id` at `offset`; returns the earlier offset if the id was seen at another.
+    fn note(&mut self, id: Uuid, offset: i64) -> Option<i64> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let earlier = self.offsets.insert(id, offset).filter(|&o| o != offset);
+        self.order.push_back((id, offset));
+        if self.order.len() > self.capacity
+            && let Some((old, at)) = self.order.pop_front()
+            && self.offsets.get(&old) == Some(&at)
+        {
+            self.offsets.remove(&old);
+        }
+        earlier
+    }
+}
+
+struct PartitionState {
+    epoch: u64,
+    /// The highest offset ClickHouse held when the partition was assigned.
+    max_stored: Option<i64>,
+    window: Window,
+    /// While a lookup runs: the messages that arrived meanwhile, in offset order.
+    waiting: Option<VecDeque<OwnedMessage>>,
+    recent: RecentIds,
+}
+
+/// A finished lookup.
+pub struct LookupDone {
+    partition: i32,
+    epoch: u64,
+    result: Result<(Option<i64>, Window), SinkError>,
+}
+
+/// What every message is judged with (shared, read-only).
+struct Context<W, D> {
+    topic: String,
+    database: String,
+    table: String,
+    delivery: Delivery,
+    limits: Limits,
+    dedup_window: usize,
+    writer: Arc<W>,
+    dead_letters: D,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+}
+
+pub struct Intake<W, D> {
+    context: Context<W, D>,
+    partitions: HashMap<i32, PartitionState>,
+    lookups: JoinSet<LookupDone>,
+}
+
+impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
+    pub fn new(settings: &Settings, writer: Arc<W>, dead_letters: D, retry: RetryPolicy) -> Self {
+        Intake {
+            context: Context {
+                topic: settings.topic.clone(),
+                database: settings.database.clone(),
+                table: settings.table.clone(),
+                delivery: settings.delivery,
+                limits: settings.limits(),
+                dedup_window: settings.dedup_window_events,
+                writer,
+                dead_letters,
+                metrics: retry.metrics.clone(),
+                retry,
+            },
+            partitions: HashMap::new(),
+            lookups: JoinSet::new(),
+        }
+    }
+
+    /// Lookups are running (there is work in flight).
+    pub fn has_lookups(&self) -> bool {
+        !self.lookups.is_empty()
+    }
+
+    /// Partitions paused for a lookup (not to be resumed by back-pressure).
+    pub fn waiting(&self) -> HashSet<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, s)| s.waiting.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The next finished lookup (pending forever while none runs: guard with
+    /// [`Intake::has_lookups`]).
+    pub async fn next_lookup(&mut self) -> LookupDone {
+        match self.lookups.join_next().await {
+            Some(Ok(done)) => done,
+            Some(Err(join)) => LookupDone {
+                partition: -1,
+                epoch: 0,
+                result: Err(SinkError::Internal(format!("lookup task failed: {join}"))),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes one message from the consumer.
+    pub fn handle<M: Keep>(
+        &mut self,
+        message: &M,
+        ownership: &Ownership,
+        batcher: &mut Batcher<Buffered, D::Ack>,
+    ) -> Result<Step, SinkError> {
+        self.context.metrics.consumed.inc();
+        let partition = message.partition();
+        let offset = message.offset();
+        let Some(epoch) = ownership.epoch(partition) else {
+            return Ok(Step::Continue); // revoked meanwhile: its next owner reads it
+        };
+        if self.partitions.get(&partition).map(|s| s.epoch) != Some(epoch) {
+            // (Re)assigned: anything buffered under the old epoch will be replayed.
+            let dropped = batcher.drop_partition(partition);
+            let lookup = self.context.delivery == Delivery::ExactlyOnce;
+            tracing::info!(
+                partition,
+                epoch,
+                from_offset = offset,
+                dropped_buffered = dropped,
+                "reading partition"
+            );
+            self.partitions.insert(
+                partition,
+                PartitionState {
+                    epoch,
+                    max_stored: None,
+                    window: Window {
+                        to: i64::MAX,
+                        stored: BTreeMap::new(),
+                    },
+                    waiting: lookup.then(VecDeque::new),
+                    recent: RecentIds {
+                        capacity: self.context.dedup_window,
+                        ..RecentIds::default()
+                    },
+                },
+            );
+            if lookup {
+                self.spawn_lookup(partition, epoch, offset, None);
+            }
+        }
+        let state = self.partitions.get_mut(&partition).expect("inserted above");
+        if let Some(queue) = &mut state.waiting {
+            queue.push_back(message.keep());
+            return Ok(if queue.len() == 1 {
+                Step::Pause(partition)
+            } else {
+                Step::Continue
+            });
+        }
+        if let Some(to) = next_window(state, offset) {
+            state.waiting = Some(VecDeque::from([message.keep()]));
+            self.spawn_lookup(partition, epoch, offset, Some(to));
+            return Ok(Step::Pause(partition));
+        }
+        self.context
+            .process(message, state, batcher, Instant::now())
+            .map(|()| Step::Continue)
+    }
+
+    /// Applies a finished lookup and processes the messages that waited for it; returns the
+    /// partition to resume, if it no longer waits.
+    pub fn finish_lookup(
+        &mut self,
+        done: LookupDone,
+        ownership: &Ownership,
+        batcher: &mut Batcher<Buffered, D::Ack>,
+    ) -> Result<Option<i32>, SinkError> {
+        let LookupDone {
+            partition,
+            epoch,
+            result,
+        } = done;
+        let (max_stored, window) = result?;
+        let Some(state) = self
+            .partitions
+            .get_mut(&partition)
+            .filter(|s| s.epoch == epoch && ownership.owns(partition, epoch))
+        else {
+            return Ok(None); // revoked or reassigned meanwhile: replayed under the new epoch
+        };
+        if max_stored.is_some() {
+            state.max_stored = max_stored;
+        }
+        let stored = window.stored.len();
+        state.window = window;
+        let mut queue = state.waiting.take().unwrap_or_default();
+        tracing::debug!(
+            partition,
+            stored,
+            waiting = queue.len(),
+            "stored offsets looked up"
+        );
+        while let Some(message) = queue.pop_front() {
+            if let Some(to) = next_window(state, message.offset()) {
+                let from = message.offset();
+                queue.push_front(message);
+                state.waiting = Some(queue);
+                self.spawn_lookup(partition, epoch, from, Some(to));
+                return Ok(None);
+            }
+            self.context
+                .process(&message, state, batcher, Instant::now())?;
+        }
+        Ok(Some(partition))
+    }
+
+    /// Starts a lookup of `from..=to` (`to` None: first ask the progress table how far the
+    /// stored offsets go).
+    fn spawn_lookup(&mut self, partition: i32, epoch: u64, from: i64, to: Option<i64>) {
+        let writer = self.context.writer.clone();
+        let retry = self.context.retry.clone();
+        let topic = self.context.topic.clone();
+        self.lookups.spawn(async move {
+            let result = lookup(&*writer, &retry, &topic, partition, from, to).await;
+            LookupDone {
+                partition,
+                epoch,
+                result,
+            }
+        });
+    }
+}
+
+/// The end of the next window to look up, if `offset` needs one.
+fn next_window(state: &PartitionState, offset: i64) -> Option<i64> {
+    let max = state.max_stored?;
+    (offset <= max && offset > state.window.to).then(|| max.min(offset + LOOKUP_WINDOW_OFFSETS - 1))
+}
+
+async fn lookup<W: Writer>(
+    writer: &W,
+    retry: &RetryPolicy,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: Option<i64>,
+) -> Result<(Option<i64>, Window), SinkError> {
+    let mut attempts = retry.start(Operation::StoredOffsetsLookup);
+    loop {
+        let result = async {
+            let (max, to) = match to {
+                Some(to) => (None, to),
+                None => match writer.max_stored_offset(topic, partition).await? {
+                    Some(max) if max >= from => {
+                        (Some(max), max.min(from + LOOKUP_WINDOW_OFFSETS - 1))
+                    }
+                    // Nothing stored from here on: no window to read, ever.
+                    max => {
+                        return Ok((
+                            max.or(Some(-1)),
+                            Window {
+                                to: i64::MAX,
+                                stored: BTreeMap::new(),
+                            },
+                        ));
+                    }
+                },
+            };
+            let stored = writer.stored_offsets(topic, partition, from, to).await?;
+            Ok::<_, Failure>((max, Window { to, stored }))
+        }
+        .await;
+        match result {
+            Ok(found) => return Ok(found),
+            Err(Failure::Fatal(message)) => {
+                return Err(SinkError::clickhouse("stored offsets lookup")(
+                    Failure::Fatal(message),
+                ));
+            }
+            Err(failure) => attempts
+                .wait(Some(partition), failure.kind(), failure.message())
+                .await
+                .map_err(|_| SinkError::Stopped)?,
+        }
+    }
+}
+
+impl<W: Writer, D: DeadLetterSink> Context<W, D> {
+    /// Decodes one message into the batch.
+    fn process<M: Message>(
+        &self,
+        message: &M,
+        state: &mut PartitionState,
+        batcher: &mut Batcher<Buffered, D::Ack>,
+        now: Instant,
+    ) -> Result<(), SinkError> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let epoch = state.epoch;
+        let payload = message.payload();
+        let size = payload.map_or(0, <[u8]>::len) + 64;
+        if let Some(stored_id) = state.window.stored.remove(&offset) {
+            // Skip it only if it is the event ClickHouse holds at this offset. Anything else
+            // means the offsets were reused (the topic was deleted and recreated, or the table
+            // holds another cluster's topic of that name): skipping would lose data, writing
+            // would mix two topics' offsets. Stop, commit nothing, say what to do.
+            let kafka_id = payload
+                .and_then(|p| serde_json::from_slice::<EventIdOnly>(p).ok())
+                .map(|e| e.event_id);
+            if kafka_id != Some(stored_id) {
+                return Err(SinkError::Inconsistent(format!(
+                    "{topic}[{partition}] offset {offset}: ClickHouse ({database}.{table}) holds \
+                     event {stored_id} at this offset, but the message there is {found}. The \
+                     topic was probably deleted and recreated, so its offsets start again. \
+                     Nothing was skipped or committed. Remove the old rows (ALTER TABLE \
+                     {database}.{table} DELETE WHERE kafka_topic = '{topic}', and the same on \
+                     {database}.kafka_progress) or use a new database or topic name.",
+                    topic = self.topic,
+                    database = self.database,
+                    table = self.table,
+                    found = kafka_id
+                        .map_or_else(|| "not that event".to_owned(), |id| format!("event {id}")),
+                )));
+            }
+            state.recent.note(stored_id, offset);
+            self.metrics.replay_skipped.inc();
+            batcher.push(partition, epoch, offset, Entry::AlreadyStored, 16, now);
+            return Ok(());
+        }
+        // Validate against the message's own timestamp, so a replay decides the same way.
+        let at = message
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let headers = original_headers(message);
+        match clickstream_event::decode(payload, &self.limits, at) {
+            Ok(event) => {
+                if let Some(earlier) = state.recent.note(event.event_id, offset) {
+                    // Two Kafka records, one event (a producer retry without idempotence):
+                    // both are stored, each once; counted so that it is never silent.
+                    self.metrics.duplicate_event_ids.inc();
+                    tracing::debug!(partition, offset, earlier, event_id = %event.event_id, "event id seen again");
+                }
+                let row = EventRow::new(event, &self.topic, partition, offset);
+                let bytes = size + row.encoded_len();
+                let buffered = Buffered {
+                    row,
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers,
+                };
+                batcher.push(partition, epoch, offset, Entry::Row(buffered), bytes, now);
+            }
+            Err(rejection) => {
+                self.metrics
+                    .dead_lettered
+                    .get_or_create(&Metrics::label("reason", rejection.reason.as_str()))
+                    .inc();
+                if state.max_stored.is_some_and(|max| offset <= max) {
+                    // Read again after a crash or rebalance: the topic has it already.
+                    self.metrics.dead_letters_repeated.inc();
+                }
+                tracing::debug!(partition, offset, reason = %rejection.reason, "dead-lettering");
+                let ack = self.dead_letters.send(DeadLetter {
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: payload.map(<[u8]>::to_vec),
+                    headers,
+                    reason: rejection.reason.as_str().to_owned(),
+                    error: rejection.detail,
+                    source_topic: self.topic.clone(),
+                    source_partition: partition,
+                    source_offset: offset,
+                });
+                batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), size, now);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_seen_again_at_another_offset_are_reported_within_the_window() {
+        let mut recent = RecentIds {
+            capacity: 3,
+            ..RecentIds::default()
+        };
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(recent.note(a, 10), None);
+        assert_eq!(recent.note(a, 10), None, "a replay of the same offset");
+        assert_eq!(recent.note(b, 11), None);
+        assert_eq!(recent.note(a, 12), Some(10));
+        for offset in 13..20 {
+            recent.note(Uuid::from_u128(offset as u128 + 100), offset);
+        }
+        assert_eq!(recent.note(b, 20), None, "out of the window");
+        assert!(
+            recent.offsets.len() <= 4,
+            "bounded: {}",
+            recent.offsets.len()
+        );
+    }
+
+    #[test]
+    fn windows_are_read_only_where_stored_offsets_can_be() {
+        let mut state = PartitionState {
+            epoch: 1,
+            max_stored: Some(250_000),
+            window: Window {
+                to: 99_999,
+                stored: BTreeMap::new(),
+            },
+            waiting: None,
+            recent: RecentIds::default(),
+        };
+        assert_eq!(next_window(&state, 50_000), None, "inside the window");
+        assert_eq!(next_window(&state, 100_000), Some(199_999));
+        state.window.to = 199_999;
+        assert_eq!(
+            next_window(&state, 200_000),
+            Some(250_000),
+            "up to the last stored"
+        );
+        state.window.to = 250_000;
+        assert_eq!(next_window(&state, 250_001), None, "past everything stored");
+    }
+}
