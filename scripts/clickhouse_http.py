@@ -19,6 +19,14 @@ carries requests, data and errors the way ClickHouse's HTTP interface does:
 - Errors: ClickHouse's status code for the exception, body
   `Code: N. DB::Exception: ...`, header `X-ClickHouse-Exception-Code: N`.
 
+Fault injection, for the sink's fault tests only (nothing happens unless a test asks):
+POST /_faults with a JSON rule {"match": "db.events", "settings": {"max_memory_usage": "8000000"},
+"error_code": 243, "error_name": "NOT_ENOUGH_SPACE", "count": 5}: INSERTs whose statement
+contains `match` run with those settings (the engine then fails as ClickHouse would), and the
+next `count` of them (-1: all) fail with that error instead. With "queries": true the rule
+applies to any other statement containing `match` (and, if given, sent for "database"), and
+"delay_ms" holds its answer back (a hanging server). DELETE /_faults?match=... clears.
+
 Usage: clickhouse_http.py --port 8123 --data-dir DIR [--host 127.0.0.1]
 """
 
@@ -225,6 +233,8 @@ class Engine:
         self.anchor = state.connect(path)
         self.sessions = {}
         self.sessions_lock = threading.Lock()
+        self.faults = {}  # match -> rule (see the module docstring)
+        self.faults_lock = threading.Lock()
         self.spool_dir = os.path.join(path, "http_spool")
         os.makedirs(self.spool_dir, exist_ok=True)
         rows = self.anchor.query(
@@ -236,6 +246,28 @@ class Engine:
             self.codes[name]: status
             for status, names in STATUS_BY_ERROR_NAME.items() for name in names if name in self.codes
         }
+
+    def fault_for(self, statement, database=None, insert=True):
+        """The injected settings and error (or None) for a statement; sleeps its delay."""
+        with self.faults_lock:
+            rules = list(self.faults.items())
+        for match, rule in rules:
+            if insert == bool(rule.get("queries")) or match not in statement:
+                continue
+            if rule.get("database") and rule["database"] != database:
+                continue
+            if rule.get("delay_ms"):
+                time.sleep(int(rule["delay_ms"]) / 1000)
+            error = None
+            with self.faults_lock:
+                if rule.get("error_code") and rule.get("count", 0) != 0:
+                    if rule["count"] > 0:
+                        rule["count"] -= 1
+                    code = int(rule["error_code"])
+                    name = rule.get("error_name", "INJECTED_FAULT")
+                    error = ClickHouseError(code, f"Code: {code}. DB::Exception: injected fault for {match}. ({name})")
+            return rule.get("settings") or {}, error
+        return {}, None
 
     def spool(self, data):
         """Writes INSERT data to a file the engine reads with FROM INFILE; returns its path."""
@@ -317,9 +349,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self):
         self.send(200, b"")
 
+    def do_DELETE(self):
+        url = urllib.parse.urlsplit(self.path)
+        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        if url.path != "/_faults":
+            self.send(404, b"not found\n")
+            return
+        with self.engine.faults_lock:
+            self.engine.faults.pop(params.get("match", ""), None)
+        self.send(200, b"Ok.\n")
+
     def do_POST(self):
         url = urllib.parse.urlsplit(self.path)
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        if url.path == "/_faults":
+            rule = json.loads(self.read_body() or b"{}")
+            with self.engine.faults_lock:
+                self.engine.faults[rule["match"]] = rule
+            self.send(200, b"Ok.\n")
+            return
         try:
             body = decode_content_encoding(self.read_body(), self.headers.get("Content-Encoding"), self.engine.codes)
         except ClickHouseError as error:
@@ -408,6 +456,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # reporting them written; the query path raises the error as ClickHouse does.
             parts = re.split(r"\sSETTINGS\s", head, maxsplit=1, flags=re.IGNORECASE)
             table_part, settings_part = parts[0], (parts[1] if len(parts) > 1 else "")
+            fault_settings, fault = self.engine.fault_for(table_part)
+            if fault:
+                raise fault
+            for key, value in fault_settings.items():
+                conn.query(f"SET {key} = {sql_literal(value)}")
             path = self.engine.spool(data)
             try:
                 sql = f"{table_part} FROM INFILE '{path}'"
@@ -424,6 +477,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sql = text.decode("utf-8")
         if not sql.strip():
             raise make_error(self.engine.codes, "SYNTAX_ERROR", "Empty query")
+        if self.engine.faults:
+            _, fault = self.engine.fault_for(sql, params.get("database"), insert=False)
+            if fault:
+                raise fault
         explicit = TRAILING_FORMAT.search(sql)
         fmt = explicit.group(1) if explicit else params.get("default_format") or "TabSeparated"
         result = conn.query(sql, fmt, params=query_params) if query_params else conn.query(sql, fmt)

@@ -5,14 +5,11 @@
 //! Writes `bench/results/faults.json` and the fault section of `bench/REPORT.md`. Exit code 0
 //! only if every scenario that ran passed.
 
-mod proxy;
-mod run;
-mod scenarios;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use clickstream_faults::{git_commit, run, scenarios};
 use clickstream_testkit::repo_root;
 use serde_json::json;
 
@@ -30,6 +27,9 @@ struct Cli {
     /// Report whose fault section (between marker comments) is replaced.
     #[arg(long, default_value = "bench/REPORT.md")]
     report: PathBuf,
+    /// Quick sizes (as scripts/test runs them) instead of the full ones.
+    #[arg(long)]
+    quick: bool,
     /// The sink binary to run.
     #[arg(long, env = "FAULTS_SINK_BIN")]
     sink_bin: Option<PathBuf>,
@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| root.join("target/release/clickstream-sink")),
         log_dir: root.join("target/faults-logs"),
         durable_broker: !storage.is_empty() && !storage.starts_with("memory"),
+        full: !cli.quick,
     };
     anyhow::ensure!(
         stack.sink_bin.exists(),
@@ -221,16 +222,6 @@ fn write_report(path: &std::path::Path, outcomes: &[serde_json::Value]) -> anyho
     }
     std::fs::write(path, updated)?;
     Ok(())
-}
-
-pub fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(repo_root())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn memory_gb() -> f64 {

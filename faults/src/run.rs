@@ -28,6 +28,8 @@ pub struct Stack {
     pub log_dir: PathBuf,
     /// The durable broker can be restarted without losing data (STACK_KAFKA_STORAGE).
     pub durable_broker: bool,
+    /// The full sizes (scripts/faults) rather than the quick ones (scripts/test).
+    pub full: bool,
 }
 
 /// A dead letter as read back from the dead-letter topic.
@@ -36,6 +38,8 @@ pub struct Letter {
     pub partition: i32,
     pub offset: i64,
     pub reason: String,
+    pub headers: BTreeMap<String, String>,
+    pub payload_len: usize,
 }
 
 pub struct Run {
@@ -58,9 +62,45 @@ pub struct Run {
 pub struct SinkProcess {
     pub child: Child,
     pub http_port: u16,
+    pub log: PathBuf,
 }
 
 impl SinkProcess {
+    /// What the sink logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory so far (VmHWM), in MB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+    }
+
+    /// The HTTP status of `/ready` (0 while the sink does not answer).
+    pub async fn ready_status(&self) -> u16 {
+        http_request(
+            &format!("127.0.0.1:{}", self.http_port),
+            "GET",
+            "/ready",
+            b"",
+        )
+        .await
+        .map_or(0, |(status, _)| status)
+    }
+
+    /// Sends a signal (STOP, CONT, ...) to the process.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        signal(self.child.id(), name)
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -178,11 +218,24 @@ impl Run {
 
     /// Produces these keyed payloads and records their offsets.
     pub async fn produce_messages(&self, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        self.produce_timed(messages.into_iter().map(|(k, p)| (k, p, None)).collect())
+            .await
+    }
+
+    /// Produces keyed payloads with their Kafka timestamps (milliseconds; None: now).
+    pub async fn produce_timed(
+        &self,
+        messages: Vec<(String, Vec<u8>, Option<i64>)>,
+    ) -> anyhow::Result<()> {
         let mut deliveries = Vec::with_capacity(messages.len());
-        for (key, payload) in &messages {
+        for (key, payload, timestamp) in &messages {
+            let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
+            if let Some(timestamp) = timestamp {
+                record = record.timestamp(*timestamp);
+            }
             let delivery = self
                 .producer
-                .send_result(FutureRecord::to(&self.topic).key(key).payload(payload))
+                .send_result(record)
                 .map_err(|(e, _)| anyhow::anyhow!("enqueue: {e}"))?;
             deliveries.push(delivery);
         }
@@ -201,6 +254,22 @@ impl Run {
         Ok(())
     }
 
+    /// Simulated events that happened at `times` (keyed, JSON), each with a Kafka timestamp one
+    /// second after its event time, as a producer backfilling history would send them.
+    pub fn events_at(
+        &self,
+        times: &[chrono::DateTime<Utc>],
+    ) -> Vec<(String, Vec<u8>, Option<i64>)> {
+        let mut simulator = self.simulator.lock().expect("simulator lock");
+        times
+            .iter()
+            .map(|&at| {
+                let (key, payload) = Generated::into_key_and_payload(simulator.next(at));
+                (key, payload, Some(at.timestamp_millis() + 1_000))
+            })
+            .collect()
+    }
+
     /// Produces `rate` messages per second for `seconds`, in 20 ms steps.
     pub async fn stream(&self, rate: u64, seconds: u64) -> anyhow::Result<()> {
         let step = Duration::from_millis(20);
@@ -211,6 +280,59 @@ impl Run {
             self.produce(per_step).await?;
         }
         Ok(())
+    }
+
+    /// Runs one statement on the run's database.
+    pub async fn sql(&self, statement: &str) -> anyhow::Result<()> {
+        self.client
+            .query(statement)
+            .execute()
+            .await
+            .with_context(|| statement.to_owned())
+    }
+
+    /// Injects a fault for INSERTs into this run's events table (see
+    /// scripts/clickhouse_http.py): `rule` without `match`, e.g. {"error_code": 243, "count": -1}.
+    pub async fn inject(&self, mut rule: serde_json::Value) -> anyhow::Result<()> {
+        if rule.get("match").is_none() {
+            rule["match"] = format!("{}.events", self.database).into();
+        }
+        let address = self
+            .stack
+            .clickhouse_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let (status, body) =
+            http_request(address, "POST", "/_faults", rule.to_string().as_bytes()).await?;
+        anyhow::ensure!(status == 200, "fault injection refused ({status}): {body}");
+        Ok(())
+    }
+
+    /// Removes this run's injected fault for its events table.
+    pub async fn clear_fault(&self) -> anyhow::Result<()> {
+        self.clear_fault_matching(&format!("{}.events", self.database))
+            .await
+    }
+
+    /// Removes an injected fault by its `match`.
+    pub async fn clear_fault_matching(&self, matching: &str) -> anyhow::Result<()> {
+        let address = self
+            .stack
+            .clickhouse_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let path = format!("/_faults?match={matching}");
+        let (status, body) = http_request(address, "DELETE", &path, b"").await?;
+        anyhow::ensure!(
+            status == 200,
+            "clearing the fault failed ({status}): {body}"
+        );
+        Ok(())
+    }
+
+    /// The dead letters read back so far.
+    pub fn letters(&self) -> Vec<Letter> {
+        self.letters.lock().expect("letters lock").clone()
     }
 
     pub fn produced_total(&self) -> u64 {
@@ -234,12 +356,12 @@ impl Run {
             *started += 1;
             *started
         };
-        let log = File::create(
-            self.stack
-                .log_dir
-                .join(&self.name)
-                .join(format!("sink-{n:03}.log")),
-        )?;
+        let log_path = self
+            .stack
+            .log_dir
+            .join(&self.name)
+            .join(format!("sink-{n:03}.log"));
+        let log = File::create(&log_path)?;
         let child = Command::new(&self.stack.sink_bin)
             .args(args)
             .env("KAFKA_BROKERS", &self.stack.brokers)
@@ -264,7 +386,11 @@ impl Run {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", self.stack.sink_bin.display()))?;
-        Ok(SinkProcess { child, http_port })
+        Ok(SinkProcess {
+            child,
+            http_port,
+            log: log_path,
+        })
     }
 
     /// Waits until ClickHouse and the dead-letter topic together account for every produced
@@ -279,7 +405,14 @@ impl Run {
                 .fetch_one()
                 .await
                 .unwrap_or(0);
-            let letters = self.letters.lock().expect("letters lock").len() as u64;
+            let letters = self
+                .letters
+                .lock()
+                .expect("letters lock")
+                .iter()
+                .map(|l| (l.partition, l.offset))
+                .collect::<BTreeSet<_>>()
+                .len() as u64;
             if stored + letters >= want {
                 return Ok(());
             }
@@ -316,8 +449,16 @@ impl Run {
                 .entry((row.kafka_partition, row.kafka_offset))
                 .or_default() += 1;
         }
+        // The dead-letter topic is keyed by source partition and offset: a letter written
+        // again on a replay is a repeat (counted), not a second copy of the event.
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        let mut lettered: BTreeSet<(i32, i64)> = BTreeSet::new();
+        let mut dead_letter_repeats = 0;
         for letter in &letters {
+            if !lettered.insert((letter.partition, letter.offset)) {
+                dead_letter_repeats += 1;
+                continue;
+            }
             *seen.entry((letter.partition, letter.offset)).or_default() += 1;
             *reasons.entry(letter.reason.clone()).or_default() += 1;
         }
@@ -374,7 +515,8 @@ impl Run {
         Ok(Verdict {
             produced: produced_set.len() as u64,
             rows_in_clickhouse: rows.len() as u64,
-            dead_lettered: letters.len() as u64,
+            dead_lettered: lettered.len() as u64,
+            dead_letter_repeats,
             dead_letter_reasons: reasons,
             duplicates,
             missing,
@@ -419,9 +561,13 @@ pub struct RollupCheck {
 pub struct Verdict {
     pub produced: u64,
     pub rows_in_clickhouse: u64,
+    /// Distinct source offsets in the dead-letter topic.
     pub dead_lettered: u64,
+    /// Letters written again for an offset already there (replays; keyed, so harmless).
+    pub dead_letter_repeats: u64,
     pub dead_letter_reasons: BTreeMap<String, u64>,
-    /// Offsets found more than once (in the table, the dead-letter topic, or both).
+    /// Offsets found more than once (in the table, or both in the table and the dead-letter
+    /// topic).
     pub duplicates: u64,
     /// Produced offsets found nowhere.
     pub missing: u64,
@@ -478,6 +624,8 @@ async fn read_dead_letters(brokers: String, dlq: String, letters: Arc<Mutex<Vec<
                 .and_then(|o| o.parse().ok())
                 .unwrap_or(-1),
             reason: headers.get("reason").cloned().unwrap_or_default(),
+            payload_len: message.payload().map_or(0, <[u8]>::len),
+            headers,
         };
         letters.lock().expect("letters lock").push(letter);
     }
@@ -517,4 +665,38 @@ pub async fn start_stack() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(status.success(), "scripts/stack up failed");
     Ok(())
+}
+
+/// One HTTP/1.0 request to `address` (host:port); returns the status and the body.
+pub async fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .context("connect timed out")??;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .context("response timed out")??;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
 }

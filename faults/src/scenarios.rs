@@ -23,6 +23,34 @@ pub const ALL: &[&str] = &[
     "broker-restart",
     "poison",
     "negative-control",
+    "oversized-poison",
+    "backfill-150-days",
+    "alter-modify-column",
+    "add-column-restart",
+    "incompatible-alter",
+    "group-reset",
+    "clickhouse-hang-on-assignment",
+    "memory-limit",
+    "disk-full",
+    "unknown-error",
+    "source-duplicates",
+    "poison-kills-rebalance",
+    "zombie",
+];
+
+/// The scenarios `scripts/test` runs (about 5 minutes; none stops a shared service).
+pub const FAST: &[&str] = &[
+    "oversized-poison",
+    "backfill-150-days",
+    "alter-modify-column",
+    "add-column-restart",
+    "incompatible-alter",
+    "group-reset",
+    "clickhouse-hang-on-assignment",
+    "memory-limit",
+    "disk-full",
+    "unknown-error",
+    "source-duplicates",
 ];
 
 #[derive(Debug, Serialize)]
@@ -52,6 +80,19 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "rebalance" => rebalance(stack).await,
         "broker-restart" => broker_restart(stack).await,
         "poison" => poison(stack).await,
+        "oversized-poison" => oversized_poison(stack).await,
+        "backfill-150-days" => backfill(stack).await,
+        "alter-modify-column" => alter_modify_column(stack).await,
+        "add-column-restart" => add_column_restart(stack).await,
+        "incompatible-alter" => incompatible_alter(stack).await,
+        "group-reset" => group_reset(stack).await,
+        "clickhouse-hang-on-assignment" => clickhouse_hang(stack).await,
+        "memory-limit" => memory_limit(stack).await,
+        "disk-full" => disk_full(stack).await,
+        "unknown-error" => unknown_error(stack).await,
+        "source-duplicates" => source_duplicates(stack).await,
+        "poison-kills-rebalance" => poison_kills_rebalance(stack).await,
+        "zombie" => zombie(stack).await,
         other => Err(anyhow::anyhow!("unknown scenario {other}")),
     };
     let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -413,4 +454,468 @@ async fn wait_metric(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Streams `rate` events/s for `seconds` in the background.
+fn stream(run: &Arc<Run>, rate: u64, seconds: u64) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let run = run.clone();
+    tokio::spawn(async move { run.stream(rate, seconds).await })
+}
+
+/// Fails when the judged scenario's end state is not what `check` expects.
+fn also(done: &Done, check: impl FnOnce(&Verdict) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    match done {
+        Done::Judged(_, verdict) => check(verdict),
+        Done::Skipped(_) => Ok(()),
+    }
+}
+
+/// A message just under Kafka's size limit among valid events: the sink goes on, the letter
+/// arrives (whole where it fits the dead-letter topic, cut with its length and SHA-256 where
+/// it does not).
+async fn oversized_poison(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("oversized-poison", stack, 21, 0.0).await?);
+    run.produce(1_000).await?;
+    run.produce_messages(vec![
+        ("user_big".to_owned(), vec![b'x'; 1_040_000]),
+        ("user_bigger".to_owned(), vec![b'y'; 1_048_000]),
+    ])
+    .await?;
+    run.produce(2_000).await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let letters = run.letters();
+    let whole = letters.iter().find(|l| l.payload_len == 1_040_000);
+    let cut = letters
+        .iter()
+        .find(|l| l.headers.get("payload_truncated").map(String::as_str) == Some("true"));
+    anyhow::ensure!(
+        whole.is_some(),
+        "the 1,040,000-byte letter did not arrive whole"
+    );
+    let cut = cut.context("the 1,048,000-byte letter did not arrive cut")?;
+    anyhow::ensure!(
+        cut.headers.get("payload_length").map(String::as_str) == Some("1048000")
+            && cut
+                .headers
+                .get("payload_sha256")
+                .is_some_and(|h| h.len() == 64)
+            && cut.headers.contains_key("source_offset"),
+        "the cut letter lacks its length, digest or source: {:?}",
+        cut.headers
+    );
+    let injected = json!({
+        "events": 3_000,
+        "oversized_bytes": [1_040_000, 1_048_000],
+        "letter_bytes": [1_040_000, cut.payload_len],
+        "truncated_letters": sink.metric("clickstream_sink_dead_letters_truncated_total").await,
+    });
+    finish(run, sink, injected).await
+}
+
+/// A backfill whose events span 150 days: one INSERT would touch more than 100 daily
+/// partitions; the sink splits it by time and stores everything. (The raw table keeps 90
+/// days: an operator backfilling older history raises its TTL first, as done here.)
+async fn backfill(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("backfill-150-days", stack, 22, 0.0).await?);
+    run.sql("ALTER TABLE events MODIFY TTL toDateTime(event_time) + INTERVAL 400 DAY")
+        .await?;
+    let start = chrono::Utc::now() - chrono::Duration::days(150);
+    let times: Vec<_> = (0..900)
+        .map(|i| start + chrono::Duration::hours(4 * i))
+        .collect();
+    run.produce_timed(run.events_at(&times)).await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let splits = sink.metric("clickstream_sink_insert_splits_total").await;
+    let days: u64 = run
+        .client
+        .query("SELECT uniqExact(toDate(event_time)) FROM events")
+        .fetch_one()
+        .await?;
+    let injected = json!({
+        "events": 900,
+        "event_days": days,
+        "insert_splits": splits,
+    });
+    let done = finish(run, sink, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(
+            v.dead_lettered == 0,
+            "{} events dead-lettered",
+            v.dead_lettered
+        );
+        anyhow::ensure!(splits > 0.0, "no insert was split: the limit was never hit");
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// `MODIFY COLUMN duration_ms UInt64` while events stream in: the sink follows the new
+/// structure; nothing is dead-lettered.
+async fn alter_modify_column(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("alter-modify-column", stack, 23, 0.0).await?);
+    let sink = run.start_sink(&[], &[])?;
+    let streamer = stream(&run, 1_000, 20);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    run.sql("ALTER TABLE events MODIFY COLUMN duration_ms UInt64")
+        .await?;
+    streamer.await.context("streamer")??;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let changes = sink.metric("clickstream_sink_schema_changes_total").await;
+    let injected = json!({
+        "alter": "MODIFY COLUMN duration_ms UInt64 after 8 s",
+        "schema_changes_followed": changes,
+        "stream": "1,000 events/s for 20 s",
+    });
+    let done = finish(run, sink, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(
+            v.dead_lettered == 0,
+            "{} valid events dead-lettered",
+            v.dead_lettered
+        );
+        anyhow::ensure!(changes >= 1.0, "the change was not followed");
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// `ADD COLUMN ... DEFAULT` live, then a restart: new rows get the default, nothing is lost
+/// or repeated.
+async fn add_column_restart(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("add-column-restart", stack, 24, 0.0).await?);
+    let first = run.start_sink(&[], &[])?;
+    let streamer = stream(&run, 1_000, 15);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    run.sql("ALTER TABLE events ADD COLUMN campaign LowCardinality(String) DEFAULT 'none'")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = first.terminate(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "SIGTERM exit: {status:?}");
+    let second = run.start_sink(&[], &[])?;
+    streamer.await.context("streamer")??;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let defaulted: u64 = run
+        .client
+        .query("SELECT countIf(campaign = 'none') FROM events")
+        .fetch_one()
+        .await?;
+    let injected = json!({
+        "alter": "ADD COLUMN campaign DEFAULT 'none' after 5 s; SIGTERM and restart after 9 s",
+        "rows_with_the_default": defaulted,
+        "stream": "1,000 events/s for 15 s",
+    });
+    let done = finish(run, second, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(
+            defaulted == v.rows_in_clickhouse,
+            "{defaulted} of {} rows have the default",
+            v.rows_in_clickhouse
+        );
+        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// A column retyped so that it cannot hold every valid event (`duration_ms UInt16`): the sink
+/// stops with exit code 1 naming the column, commits nothing more; after the ALTER is undone
+/// a restart delivers everything exactly once.
+async fn incompatible_alter(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("incompatible-alter", stack, 25, 0.0).await?);
+    run.produce(2_000).await?;
+    let first = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    run.sql("ALTER TABLE events MODIFY COLUMN duration_ms UInt16")
+        .await?;
+    run.produce(2_000).await?;
+    let log_path = first.log.clone();
+    let status = first.wait_exit(Duration::from_secs(60)).await?.code();
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    anyhow::ensure!(status == Some(1), "the sink exited with {status:?}, not 1");
+    let named = log
+        .lines()
+        .any(|l| l.contains("duration_ms") && l.contains("UInt16"));
+    anyhow::ensure!(named, "the error does not name duration_ms and its type");
+    run.sql("ALTER TABLE events MODIFY COLUMN duration_ms UInt32")
+        .await?;
+    let second = run.start_sink(&[], &[])?;
+    let injected = json!({
+        "alter": "MODIFY COLUMN duration_ms UInt16 with the sink running, then back to UInt32",
+        "first_sink_exit_code": status,
+        "error_names_the_column": named,
+    });
+    finish(run, second, injected).await
+}
+
+/// A consumer group reset (a new group name): the sink re-reads the whole topic, skips every
+/// stored offset, and its memory does not grow with the history (peak RSS recorded).
+async fn group_reset(stack: &Stack) -> anyhow::Result<Done> {
+    let events = if stack.full { 1_000_000 } else { 60_000 };
+    let run = Arc::new(Run::new("group-reset", stack, 26, 0.0).await?);
+    for _ in 0..events / 20_000 {
+        run.produce(20_000).await?;
+    }
+    let first = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(600)).await?;
+    let first_rss = first.peak_rss_mb();
+    let status = first.terminate(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "first sink: {status:?}");
+    let reset = [("CLICKSTREAM_SINK_GROUP", format!("{}_reset", run.group))];
+    let second = run.start_sink(&reset, &[])?;
+    let started = Instant::now();
+    wait_metric(
+        &second,
+        "clickstream_sink_replay_skipped_total",
+        events as f64,
+        Duration::from_secs(600),
+    )
+    .await?;
+    let reread_s = started.elapsed().as_secs_f64();
+    let inserted = second.metric("clickstream_sink_inserted_rows_total").await;
+    let rss = second.peak_rss_mb();
+    anyhow::ensure!(
+        inserted == 0.0,
+        "the reset group inserted {inserted} rows again"
+    );
+    let injected = json!({
+        "events": events,
+        "reset": "a new consumer group re-reads the topic from the start",
+        "reread_seconds": (reread_s * 10.0).round() / 10.0,
+        "peak_rss_mb_first_sink": first_rss,
+        "peak_rss_mb_rereading_sink": rss,
+    });
+    finish(run, second, injected).await
+}
+
+/// ClickHouse hangs (20 s) on the stored-offset lookup of an assignment: the lookup times out
+/// and is retried while the consumer keeps polling (no rebalance), the sink reports itself
+/// stalled meanwhile, and then delivers everything once.
+async fn clickhouse_hang(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("clickhouse-hang-on-assignment", stack, 27, 0.0).await?);
+    run.produce(3_000).await?;
+    let hang = json!({"queries": true, "match": "kafka_progress", "database": run.database, "delay_ms": 20_000});
+    run.inject(hang.clone()).await?;
+    let sink = run.start_sink(
+        &[
+            ("CLICKSTREAM_SINK_INSERT_TIMEOUT_MS", "3000".to_owned()),
+            ("CLICKSTREAM_SINK_STALL_TIMEOUT_MS", "5000".to_owned()),
+        ],
+        &[],
+    )?;
+    let began = Instant::now();
+    let mut not_ready = 0;
+    while began.elapsed() < Duration::from_secs(20) {
+        if sink.ready_status().await == 503 {
+            not_ready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The endpoint matches on the rule's `match` key to clear it.
+    run.clear_fault_matching("kafka_progress").await?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let log = sink.log_text();
+    let assignments = log.matches("partitions assigned").count();
+    let revokes = log.matches("partitions revoked").count();
+    anyhow::ensure!(
+        not_ready > 0,
+        "/ready never said 503 while the lookups hung"
+    );
+    anyhow::ensure!(
+        assignments == 1 && revokes == 0,
+        "the group rebalanced during the hang ({assignments} assignments, {revokes} revokes)"
+    );
+    let injected = json!({
+        "hang": "stored-offset lookups answer after 20 s (insert_timeout_ms 3000) for 20 s",
+        "ready_503_samples": not_ready,
+        "assignments": assignments,
+        "lookup_retries": sink.metric("clickstream_sink_retries_total").await,
+    });
+    finish(run, sink, injected).await
+}
+
+/// The engine's own memory limit, set low for this table's inserts: big inserts fail with
+/// Code 241 and are split until they fit; nothing is dead-lettered.
+async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("memory-limit", stack, 28, 0.0).await?);
+    run.produce(30_000).await?;
+    run.inject(json!({"settings": {"max_memory_usage": MEMORY_LIMIT_BYTES.to_string()}}))
+        .await?;
+    let sink = run.start_sink(&[("CLICKSTREAM_SINK_MAX_ROWS", "100000".to_owned())], &[])?;
+    run.wait_accounted(Duration::from_secs(180)).await?;
+    let splits = sink.metric("clickstream_sink_insert_splits_total").await;
+    let removed = sink
+        .metric("clickstream_sink_partial_rows_removed_total")
+        .await;
+    run.clear_fault().await?;
+    let injected = json!({
+        "max_memory_usage": MEMORY_LIMIT_BYTES,
+        "events": 30_000,
+        "max_rows": 100_000,
+        "insert_splits": splits,
+        "rows_left_by_refused_inserts_removed": removed,
+    });
+    let done = finish(run, sink, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(splits > 0.0, "no insert hit the memory limit");
+        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// Low enough that an insert of 10,000 events with the rollups exceeds it, high enough for a
+/// few thousand.
+const MEMORY_LIMIT_BYTES: u64 = 12_000_000;
+
+/// Disk full (Code 243) for 15 s while events stream in: inserts are retried, the sink
+/// reports itself stalled within stall_timeout_ms (5 s here) and recovers by itself.
+async fn disk_full(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("disk-full", stack, 29, 0.0).await?);
+    let sink = run.start_sink(
+        &[("CLICKSTREAM_SINK_STALL_TIMEOUT_MS", "5000".to_owned())],
+        &[],
+    )?;
+    let streamer = stream(&run, 500, 35);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    run.inject(json!({"error_code": 243, "error_name": "NOT_ENOUGH_SPACE", "count": -1}))
+        .await?;
+    let began = Instant::now();
+    let mut detected_ms = None;
+    while began.elapsed() < Duration::from_secs(15) {
+        if detected_ms.is_none() && sink.ready_status().await == 503 {
+            detected_ms = Some(began.elapsed().as_millis() as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stalled = sink.metric("clickstream_sink_stalled").await;
+    run.clear_fault().await?;
+    let cleared = Instant::now();
+    let mut recovered_ms = None;
+    while cleared.elapsed() < Duration::from_secs(30) {
+        if sink.ready_status().await == 200 {
+            recovered_ms = Some(cleared.elapsed().as_millis() as u64);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    streamer.await.context("streamer")??;
+    let logged = sink.log_text().contains("the sink is stalled");
+    anyhow::ensure!(
+        detected_ms.is_some() && stalled == 1.0,
+        "the stall was not reported"
+    );
+    anyhow::ensure!(logged, "no ERROR log for the stall");
+    anyhow::ensure!(recovered_ms.is_some(), "/ready did not recover");
+    let injected = json!({
+        "fault": "every insert fails with Code 243 NOT_ENOUGH_SPACE for 15 s",
+        "stall_timeout_ms": 5_000,
+        "stall_detected_after_ms": detected_ms,
+        "ready_again_after_ms": recovered_ms,
+        "stream": "500 events/s for 35 s",
+    });
+    finish(run, sink, injected).await
+}
+
+/// An error code the sink has never heard of: retried (and counted) like any transient
+/// failure, then everything once.
+async fn unknown_error(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("unknown-error", stack, 30, 0.0).await?);
+    run.inject(json!({"error_code": 4242, "error_name": "SOMETHING_NEW", "count": 6}))
+        .await?;
+    run.produce(5_000).await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let retries = sink.metric("clickstream_sink_retries_total").await;
+    run.clear_fault().await?;
+    anyhow::ensure!(
+        retries >= 6.0,
+        "only {retries} retries for 6 injected failures"
+    );
+    let injected = json!({
+        "fault": "6 inserts fail with Code 4242 (unknown to the sink)",
+        "retries": retries,
+    });
+    finish(run, sink, injected).await
+}
+
+/// The same events produced twice at other offsets (a producer retry without idempotence):
+/// every offset is stored once, and the repeats are counted.
+async fn source_duplicates(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("source-duplicates", stack, 31, 0.0).await?);
+    let times = vec![chrono::Utc::now(); 2_000];
+    let events = run.events_at(&times);
+    let repeats: Vec<_> = events.iter().step_by(10).cloned().collect();
+    run.produce_timed(events).await?;
+    run.produce_timed(repeats.clone()).await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let counted = sink
+        .metric("clickstream_sink_duplicate_event_ids_total")
+        .await;
+    let unique: u64 = run
+        .client
+        .query("SELECT uniqExact(event_id) FROM events")
+        .fetch_one()
+        .await?;
+    anyhow::ensure!(
+        counted == repeats.len() as f64,
+        "{counted} repeats counted, {} produced",
+        repeats.len()
+    );
+    let injected = json!({
+        "events": 2_000,
+        "produced_again_at_new_offsets": repeats.len(),
+        "duplicate_event_ids_counted": counted,
+        "unique_event_ids_in_clickhouse": unique,
+    });
+    finish(run, sink, injected).await
+}
+
+/// Poison of every kind, SIGKILLs at random moments and a second member joining and
+/// leaving: every offset once in ClickHouse or the dead-letter topic (letters written again
+/// on a replay are keyed by source offset and counted as repeats).
+async fn poison_kills_rebalance(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("poison-kills-rebalance", stack, 32, 0.05).await?);
+    let steady = run.start_sink(&[], &[])?;
+    let streamer = stream(&run, 1_000, 40);
+    let began = Instant::now();
+    let mut kills = 0;
+    while !streamer.is_finished() && began.elapsed() < Duration::from_secs(90) {
+        let other = run.start_sink(&[], &[])?;
+        tokio::time::sleep(Duration::from_millis(2_000 + rand::random::<u64>() % 4_000)).await;
+        other.kill();
+        kills += 1;
+    }
+    streamer.await.context("streamer")??;
+    let injected = json!({
+        "poison_ratio": 0.05,
+        "second_member_sigkilled": kills,
+        "stream": "1,000 events/s for 40 s",
+    });
+    finish(run, steady, injected).await
+}
+
+/// A member frozen (SIGSTOP) past its session timeout while it may be writing, three times:
+/// the group moves its partitions; when it wakes it must neither insert nor commit for them.
+async fn zombie(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("zombie", stack, 33, 0.0).await?);
+    let frozen = run.start_sink(&[], &[])?;
+    let other = run.start_sink(&[], &[])?;
+    let streamer = stream(&run, 1_000, 45);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        frozen.signal("STOP")?;
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        frozen.signal("CONT")?;
+    }
+    streamer.await.context("streamer")??;
+    let status = frozen.terminate(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "the woken sink exited with {status:?}");
+    let injected = json!({
+        "freezes": "3 × SIGSTOP for 7 s (session timeout 4 s) of one of two members",
+        "stream": "1,000 events/s for 45 s",
+    });
+    finish(run, other, injected).await
 }

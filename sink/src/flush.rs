@@ -332,6 +332,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                 }
                 Err(Stop::TooBig(split, message)) => {
                     tracing::warn!(partition, rows = part.rows.len(), ?split, error = %message, "ClickHouse refused an insert as too big; splitting it");
+                    self.undo_partial(partition, &rows, &part).await?;
                     self.metrics
                         .insert_splits
                         .get_or_create(&Metrics::label(
@@ -351,11 +352,13 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                 }
                 Err(Stop::BadData(message)) if part.rows.len() > 1 => {
                     tracing::warn!(partition, rows = part.rows.len(), error = %message, "ClickHouse rejected a batch; isolating the bad rows");
+                    self.undo_partial(partition, &rows, &part).await?;
                     let (first, second) = part.halves();
                     pending.push(second);
                     pending.push(first);
                 }
                 Err(Stop::BadData(message)) => {
+                    self.undo_partial(partition, &rows, &part).await?;
                     let (offset, buffered) = &rows[part.rows[0]];
                     let ack = self.dead_letters.send(DeadLetter {
                         key: buffered.key.clone(),
@@ -391,6 +394,84 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         }
     }
 
+    /// The stored offsets of `from..=to`, retried while the lookup fails transiently.
+    async fn stored(
+        &self,
+        partition: i32,
+        from: i64,
+        to: i64,
+    ) -> Result<std::collections::BTreeMap<i64, uuid::Uuid>, Stop> {
+        let mut retry = self.retry.start(Operation::StoredOffsetsLookup);
+        loop {
+            match self
+                .writer
+                .stored_offsets(&self.topic, partition, from, to)
+                .await
+            {
+                Ok(stored) => return Ok(stored),
+                Err(Failure::Fatal(message)) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse("stored offsets lookup")(
+                        Failure::Fatal(message),
+                    )));
+                }
+                Err(failure) => retry
+                    .wait(Some(partition), failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        }
+    }
+
+    /// A refused INSERT may have written its rows to the events table before a materialized
+    /// view failed (ClickHouse does not roll that back: raw rows without their rollups).
+    /// Before the rows go in again as parts (new tokens) or to the dead-letter topic, those
+    /// leftovers are deleted, so that the table and the rollups hold each row once.
+    async fn undo_partial(
+        &self,
+        partition: i32,
+        rows: &[(i64, Buffered)],
+        part: &Part,
+    ) -> Result<(), Stop> {
+        let from = rows[part.rows[0]].0;
+        let to = rows[part.rows[part.rows.len() - 1]].0;
+        let stored = self.stored(partition, from, to).await?;
+        let left: Vec<i64> = part
+            .rows
+            .iter()
+            .map(|&i| rows[i].0)
+            .filter(|offset| stored.contains_key(offset))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            partition,
+            rows = left.len(),
+            "the refused insert left rows in the table without their rollups; deleting them before inserting again"
+        );
+        let mut retry = self.retry.start(Operation::Insert);
+        loop {
+            match self
+                .writer
+                .delete_offsets(&self.topic, partition, &left)
+                .await
+            {
+                Ok(()) => break,
+                Err(Failure::Fatal(message)) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse(
+                        "removing a partly written insert (the sink user needs ALTER DELETE on the events table)",
+                    )(Failure::Fatal(message))));
+                }
+                Err(failure) => retry
+                    .wait(Some(partition), failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        }
+        self.metrics.partial_rows_removed.inc_by(left.len() as u64);
+        Ok(())
+    }
+
     /// Before the first insert of an assignment: drops the rows ClickHouse already holds
     /// (a previous owner's insert may have landed after this sink looked at assignment).
     async fn fence(
@@ -413,25 +494,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             return Ok(rows);
         }
         let (from, to) = (first.0, last.0);
-        let mut retry = self.retry.start(Operation::StoredOffsetsLookup);
-        let stored = loop {
-            match self
-                .writer
-                .stored_offsets(&self.topic, partition, from, to)
-                .await
-            {
-                Ok(stored) => break stored,
-                Err(Failure::Fatal(message)) => {
-                    return Err(Stop::Fatal(SinkError::clickhouse("stored offsets lookup")(
-                        Failure::Fatal(message),
-                    )));
-                }
-                Err(failure) => retry
-                    .wait(Some(partition), failure.kind(), failure.message())
-                    .await
-                    .map_err(|_| Stop::Cancelled)?,
-            }
-        };
+        let stored = self.stored(partition, from, to).await?;
         if stored.is_empty() {
             return Ok(rows);
         }
@@ -556,5 +619,488 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.ownership.end_flush(&self.partitions);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The flush stage against fakes of its three seams.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use chrono::{DateTime, TimeZone};
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::batch::{Batcher, Entry, Policy};
+    use crate::retry::Backoff;
+    use crate::stall::Stall;
+
+    type Rule = Box<dyn Fn(&[&EventRow]) -> Result<(), Failure> + Send + Sync>;
+    /// The offsets of one INSERT attempt, its token, and whether it succeeded.
+    type Attempt = (Vec<i64>, Option<String>, bool);
+
+    /// Inserts are judged by a rule; every attempt is recorded (offsets, token, success).
+    /// `stored` is the table: a successful insert adds its rows, and so does a failed one
+    /// when `partial` says a view failed after the table was written.
+    struct FakeWriter {
+        rule: Rule,
+        partial: bool,
+        attempts: Mutex<Vec<Attempt>>,
+        stored: Mutex<BTreeMap<i64, Uuid>>,
+        deleted: Mutex<Vec<i64>>,
+    }
+
+    impl FakeWriter {
+        fn new(rule: impl Fn(&[&EventRow]) -> Result<(), Failure> + Send + Sync + 'static) -> Self {
+            FakeWriter {
+                rule: Box::new(rule),
+                partial: false,
+                attempts: Mutex::default(),
+                stored: Mutex::default(),
+                deleted: Mutex::default(),
+            }
+        }
+
+        fn inserted(&self) -> Vec<Vec<i64>> {
+            let attempts = self.attempts.lock().unwrap();
+            attempts
+                .iter()
+                .filter(|a| a.2)
+                .map(|a| a.0.clone())
+                .collect()
+        }
+
+        fn tokens(&self) -> Vec<String> {
+            let attempts = self.attempts.lock().unwrap();
+            attempts
+                .iter()
+                .filter(|a| a.2)
+                .filter_map(|a| a.1.clone())
+                .collect()
+        }
+    }
+
+    impl Writer for FakeWriter {
+        async fn insert(&self, rows: &[&EventRow], token: Option<&str>) -> Result<(), Failure> {
+            let result = (self.rule)(rows);
+            if result.is_ok() || self.partial {
+                let mut stored = self.stored.lock().unwrap();
+                for row in rows {
+                    stored.insert(row.kafka_offset, row.event_id);
+                }
+            }
+            self.attempts.lock().unwrap().push((
+                rows.iter().map(|r| r.kafka_offset).collect(),
+                token.map(str::to_owned),
+                result.is_ok(),
+            ));
+            result
+        }
+
+        async fn max_stored_offset(&self, _: &str, _: i32) -> Result<Option<i64>, Failure> {
+            Ok(self.stored.lock().unwrap().keys().last().copied())
+        }
+
+        async fn delete_offsets(&self, _: &str, _: i32, offsets: &[i64]) -> Result<(), Failure> {
+            let mut stored = self.stored.lock().unwrap();
+            for offset in offsets {
+                stored.remove(offset);
+            }
+            self.deleted.lock().unwrap().extend_from_slice(offsets);
+            Ok(())
+        }
+
+        async fn stored_offsets(
+            &self,
+            _: &str,
+            _: i32,
+            from: i64,
+            to: i64,
+        ) -> Result<BTreeMap<i64, Uuid>, Failure> {
+            let stored = self.stored.lock().unwrap();
+            Ok(stored.range(from..=to).map(|(o, id)| (*o, *id)).collect())
+        }
+    }
+
+    /// Dead letters are acknowledged at once and remembered.
+    #[derive(Default)]
+    struct FakeDeadLetters {
+        confirmed: Mutex<Vec<DeadLetter>>,
+    }
+
+    impl DeadLetterSink for FakeDeadLetters {
+        type Ack = DeadLetter;
+        fn send(&self, letter: DeadLetter) -> DeadLetter {
+            letter
+        }
+        async fn confirm(&self, ack: DeadLetter) -> Result<(), Failure> {
+            self.confirmed.lock().unwrap().push(ack);
+            Ok(())
+        }
+    }
+
+    /// Commits are remembered; the answer is scripted.
+    #[derive(Default)]
+    struct FakeCommitter {
+        refuse: Option<CommitError>,
+        commits: Mutex<Vec<Vec<(i32, i64)>>>,
+    }
+
+    impl Committer for FakeCommitter {
+        async fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), CommitError> {
+            if let Some(error) = &self.refuse {
+                return Err(error.clone());
+            }
+            self.commits.lock().unwrap().push(offsets.to_vec());
+            Ok(())
+        }
+    }
+
+    fn row(offset: i64, day: i64) -> EventRow {
+        EventRow {
+            event_id: Uuid::from_u128(offset as u128 + 1),
+            event_time: Utc.timestamp_opt(1_700_000_000 + day * 86_400, 0).unwrap(),
+            user_id: "u".into(),
+            session_id: Uuid::nil(),
+            event_type: "page_view".into(),
+            page_url: "/".into(),
+            page_category: "home".into(),
+            referrer: "direct".into(),
+            device_type: "desktop".into(),
+            browser: "firefox".into(),
+            country: "DE".into(),
+            duration_ms: 1,
+            product_id: None,
+            price: None,
+            quantity: None,
+            kafka_topic: "t".into(),
+            kafka_partition: 0,
+            kafka_offset: offset,
+        }
+    }
+
+    fn new_flusher(
+        writer: FakeWriter,
+        committer: FakeCommitter,
+    ) -> (Flusher<FakeWriter, FakeDeadLetters, FakeCommitter>, u64) {
+        let ownership = Arc::new(Ownership::default());
+        ownership.assign(&[0]);
+        let epoch = ownership.epoch(0).unwrap();
+        let settings = Settings {
+            topic: "t".into(),
+            ..Settings::default()
+        };
+        let retry = RetryPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(1),
+            },
+            metrics: Arc::new(Metrics::new()),
+            stall: Arc::new(Stall::default()),
+            cancel: CancellationToken::new(),
+        };
+        let flusher = Flusher::new(
+            &settings,
+            writer,
+            FakeDeadLetters::default(),
+            committer,
+            ownership,
+            retry,
+        );
+        (flusher, epoch)
+    }
+
+    /// One partition-0 batch of `rows` (offset, day of event time).
+    fn batch(epoch: u64, rows: &[(i64, i64)]) -> Batch<Buffered, DeadLetter> {
+        let mut batcher = Batcher::new(Policy {
+            max_rows: 1_000_000,
+            flush_interval: Duration::from_secs(1),
+            max_batch_bytes: usize::MAX,
+            min_flush_gap: Duration::ZERO,
+        });
+        let now = Instant::now();
+        for &(offset, day) in rows {
+            let buffered = Buffered {
+                row: row(offset, day),
+                key: None,
+                payload: format!("payload {offset}").into_bytes(),
+                headers: Vec::new(),
+            };
+            batcher.push(0, epoch, offset, Entry::Row(buffered), 100, now);
+        }
+        batcher.take(now).expect("a batch")
+    }
+
+    fn days(rows: &[&EventRow]) -> usize {
+        let days: HashSet<DateTime<Utc>> = rows
+            .iter()
+            .map(|r| {
+                r.event_time
+                    .date_naive()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap()
+                    .and_utc()
+            })
+            .collect();
+        days.len()
+    }
+
+    #[tokio::test]
+    async fn nothing_is_committed_without_a_write() {
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(|_| Err(Failure::Fatal("Code: 60. no table".into()))),
+            FakeCommitter::default(),
+        );
+        let error = flusher
+            .write_batch(batch(epoch, &[(0, 0), (1, 0)]))
+            .await
+            .expect_err("fatal");
+        assert!(matches!(error, SinkError::ClickHouse { .. }), "{error}");
+        assert!(flusher.committer.commits.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bisection_dead_letters_only_the_bad_row() {
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(|rows| {
+                if rows.iter().any(|r| r.kafka_offset == 5) {
+                    Err(Failure::BadData("Code: 469. constraint".into()))
+                } else {
+                    Ok(())
+                }
+            }),
+            FakeCommitter::default(),
+        );
+        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
+        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!((report.inserted, report.rejected), (9, 1));
+        let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
+        inserted.sort_unstable();
+        assert_eq!(inserted, vec![0, 1, 2, 3, 4, 6, 7, 8, 9]);
+        let letters = flusher.dead_letters.confirmed.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].source_offset, letters[0].reason.as_str()),
+            (5, "rejected_by_clickhouse")
+        );
+        assert_eq!(
+            *flusher.committer.commits.lock().unwrap(),
+            vec![vec![(0, 10)]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backfill_over_too_many_partitions_is_split_by_time_and_nothing_is_dead_lettered() {
+        let max_days = 3;
+        let rule = move |rows: &[&EventRow]| {
+            if days(rows) > max_days {
+                Err(Failure::TooBig {
+                    split: Split::ByTime,
+                    message: "Code: 252. Too many partitions for single INSERT block".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        // 40 offsets whose event times hop over 20 days (out of order, as a backfill does).
+        let rows: Vec<(i64, i64)> = (0..40).map(|o| (o, (o * 7) % 20)).collect();
+        let (flusher, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
+        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!((report.inserted, report.rejected), (40, 0));
+        let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
+        inserted.sort_unstable();
+        assert_eq!(inserted, (0..40).collect::<Vec<_>>(), "every row once");
+        assert!(flusher.dead_letters.confirmed.lock().unwrap().is_empty());
+        let tokens = flusher.writer.tokens();
+        assert_eq!(
+            tokens.iter().collect::<HashSet<_>>().len(),
+            tokens.len(),
+            "each part has its own token: {tokens:?}"
+        );
+        assert_eq!(
+            *flusher.committer.commits.lock().unwrap(),
+            vec![vec![(0, 40)]]
+        );
+
+        // The same rows again (a retry after a crash) split the same way, with the same tokens.
+        let (again, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
+        again.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!(again.writer.tokens(), tokens);
+    }
+
+    #[tokio::test]
+    async fn a_memory_limit_splits_the_insert_in_halves() {
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(|rows| {
+                if rows.len() > 4 {
+                    Err(Failure::TooBig {
+                        split: Split::InHalves,
+                        message: "Code: 241. Memory limit exceeded".into(),
+                    })
+                } else {
+                    Ok(())
+                }
+            }),
+            FakeCommitter::default(),
+        );
+        let rows: Vec<(i64, i64)> = (0..16).map(|o| (o, 0)).collect();
+        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!(
+            (report.inserted, report.inserts, report.rejected),
+            (16, 4, 0)
+        );
+        assert_eq!(
+            flusher.writer.tokens(),
+            vec!["t:0:0-3", "t:0:4-7", "t:0:8-11", "t:0:12-15"],
+            "halves of a run keep offset-range tokens"
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_a_refused_insert_left_behind_are_removed_before_the_parts_go_in() {
+        // The table is written, then a view runs out of memory: the rows stay without rollups.
+        let mut writer = FakeWriter::new(|rows| {
+            if rows.len() > 4 {
+                Err(Failure::TooBig {
+                    split: Split::InHalves,
+                    message: "Code: 241. while pushing to view events_1m_mv".into(),
+                })
+            } else {
+                Ok(())
+            }
+        });
+        writer.partial = true;
+        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..8).map(|o| (o, 0)).collect();
+        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!(report.inserted, 8);
+        let mut deleted = flusher.writer.deleted.lock().unwrap().clone();
+        deleted.sort_unstable();
+        assert_eq!(
+            deleted,
+            (0..8).collect::<Vec<_>>(),
+            "the leftovers, each once"
+        );
+        assert_eq!(flusher.writer.stored.lock().unwrap().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_changed_table_is_followed_at_once_without_dead_letters() {
+        let calls = Arc::new(Mutex::new(0));
+        let seen = calls.clone();
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(move |_| {
+                let mut calls = seen.lock().unwrap();
+                *calls += 1;
+                if *calls == 1 {
+                    Err(Failure::SchemaChanged(
+                        "Code: 117. Type of 'duration_ms' must be UInt64".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }),
+            FakeCommitter::default(),
+        );
+        let report = flusher
+            .write_batch(batch(epoch, &[(0, 0), (1, 0)]))
+            .await
+            .unwrap();
+        assert_eq!((report.inserted, report.rejected), (2, 0));
+        assert_eq!(*calls.lock().unwrap(), 2);
+        assert!(
+            flusher
+                .metrics
+                .render()
+                .contains("clickstream_sink_schema_changes_total 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_error_is_retried_and_reported_as_the_stall_cause() {
+        let calls = Arc::new(Mutex::new(0));
+        let seen = calls.clone();
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(move |_| {
+                let mut calls = seen.lock().unwrap();
+                *calls += 1;
+                if *calls < 4 {
+                    Err(Failure::Transient("Code: 4242. something new".into()))
+                } else {
+                    Ok(())
+                }
+            }),
+            FakeCommitter::default(),
+        );
+        flusher.retry.stall.failing(None, "stale".into());
+        let report = flusher.write_batch(batch(epoch, &[(0, 0)])).await.unwrap();
+        assert_eq!(report.inserted, 1);
+        assert!(flusher.metrics.render().contains(
+            "clickstream_sink_retries_total{operation=\"insert\",error=\"transient\"} 3"
+        ));
+        assert_eq!(
+            flusher.retry.stall.cause(),
+            None,
+            "progress clears the cause"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_partition_is_neither_written_nor_committed() {
+        let (flusher, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let batch = batch(epoch, &[(0, 0), (1, 0)]);
+        flusher.ownership.revoke(&[0], Duration::ZERO);
+        let report = flusher.write_batch(batch).await.unwrap();
+        assert_eq!((report.inserted, report.dropped_revoked), (0, 2));
+        assert!(flusher.writer.inserted().is_empty());
+        assert!(flusher.committer.commits.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_commit_the_coordinator_refuses_gives_up_the_partition() {
+        let (flusher, epoch) = new_flusher(
+            FakeWriter::new(|_| Ok(())),
+            FakeCommitter {
+                refuse: Some(CommitError::Fenced(
+                    "Broker: Specified group generation id is not valid".into(),
+                )),
+                ..FakeCommitter::default()
+            },
+        );
+        let report = flusher.write_batch(batch(epoch, &[(0, 0)])).await.unwrap();
+        assert!(report.committed.is_empty());
+        assert!(!flusher.ownership.owns(0, epoch), "no more inserts for it");
+        assert!(
+            flusher
+                .metrics
+                .render()
+                .contains("clickstream_sink_commits_fenced_total 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_insert_of_an_assignment_skips_what_a_previous_owner_wrote_meanwhile() {
+        let writer = FakeWriter::new(|_| Ok(()));
+        // A zombie's insert of offsets 0..=2 landed after this sink looked at assignment.
+        for offset in 0..3 {
+            writer
+                .stored
+                .lock()
+                .unwrap()
+                .insert(offset, Uuid::from_u128(offset as u128 + 1));
+        }
+        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..5).map(|o| (o, 0)).collect();
+        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        assert_eq!((report.inserted, report.already_stored), (2, 3));
+        assert_eq!(flusher.writer.inserted(), vec![vec![3, 4]]);
+        assert_eq!(
+            *flusher.committer.commits.lock().unwrap(),
+            vec![vec![(0, 5)]]
+        );
     }
 }

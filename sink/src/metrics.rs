@@ -47,6 +47,9 @@ pub struct Metrics {
     pub dead_letters_repeated: Counter,
     /// Rows whose event id was seen at another offset of the partition shortly before.
     pub duplicate_event_ids: Counter,
+    /// Rows a refused insert left in the table without their rollups, deleted before
+    /// inserting them again.
+    pub partial_rows_removed: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +82,7 @@ impl Metrics {
             dead_letters_truncated: Counter::default(),
             dead_letters_repeated: Counter::default(),
             duplicate_event_ids: Counter::default(),
+            partial_rows_removed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -180,6 +184,11 @@ impl Metrics {
             "duplicate_event_ids",
             "Rows whose event id was seen at another offset shortly before (both stored)",
             metrics.duplicate_event_ids.clone(),
+        );
+        registry.register(
+            "partial_rows_removed",
+            "Rows a refused insert left without rollups, deleted before inserting again",
+            metrics.partial_rows_removed.clone(),
         );
         Metrics {
             registry,

@@ -154,6 +154,15 @@ pub trait Writer: Send + Sync + 'static {
         partition: i32,
     ) -> impl Future<Output = Result<Option<i64>, Failure>> + Send;
 
+    /// Deletes the rows of these offsets of `partition` (left by an insert that failed in a
+    /// materialized view after the table was written).
+    fn delete_offsets(
+        &self,
+        topic: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
     /// Offsets of `partition` in `from..=to` that the table holds, with the event id stored
     /// at each (for replays: the sink skips them after checking the ids match).
     fn stored_offsets(
@@ -397,6 +406,40 @@ impl Writer for ClickHouseWriter {
                 .bind(topic)
                 .bind(partition)
                 .fetch_one(),
+        )
+        .await
+    }
+
+    async fn delete_offsets(
+        &self,
+        topic: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> Result<(), Failure> {
+        // Runs of consecutive offsets, so that the statement stays short.
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        for &offset in offsets {
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == offset => *last = offset,
+                _ => ranges.push((offset, offset)),
+            }
+        }
+        let condition = ranges
+            .iter()
+            .map(|(a, b)| format!("kafka_offset BETWEEN {a} AND {b}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        self.bounded(
+            "deleting a partly written insert",
+            self.client
+                .query(&format!(
+                    "DELETE FROM {} WHERE kafka_topic = ? AND kafka_partition = ? AND ({condition})",
+                    self.table
+                ))
+                .bind(topic)
+                .bind(partition)
+                .with_setting("lightweight_deletes_sync", "2")
+                .execute(),
         )
         .await
     }
