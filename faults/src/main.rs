@@ -17,8 +17,7 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(name = "clickstream-faults")]
 struct Cli {
-    /// Comma-separated scenarios to run (default: all): sigkill, sigterm, clickhouse-down,
-    /// clickhouse-slow, rebalance, broker-restart, poison, negative-control.
+    /// Comma-separated scenarios to run (default: all; `--list` prints them).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Results file.
@@ -27,6 +26,9 @@ struct Cli {
     /// Report whose fault section (between marker comments) is replaced.
     #[arg(long, default_value = "bench/REPORT.md")]
     report: PathBuf,
+    /// Print the scenarios, one a line, and exit.
+    #[arg(long)]
+    list: bool,
     /// Quick sizes (as scripts/test runs them) instead of the full ones.
     #[arg(long)]
     quick: bool,
@@ -41,6 +43,12 @@ const END: &str = "<!-- faults:end -->";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.list {
+        for name in scenarios::ALL {
+            println!("{name}");
+        }
+        return Ok(());
+    }
     let root = repo_root();
     let names: Vec<String> = if cli.only.is_empty() {
         scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()

@@ -38,7 +38,7 @@ pub const ALL: &[&str] = &[
     "zombie",
 ];
 
-/// The scenarios `scripts/test` runs (about 5 minutes; none stops a shared service).
+/// The scenarios `scripts/test` runs (about 6 minutes; none stops a shared service).
 pub const FAST: &[&str] = &[
     "oversized-poison",
     "backfill-150-days",
@@ -51,6 +51,7 @@ pub const FAST: &[&str] = &[
     "disk-full",
     "unknown-error",
     "source-duplicates",
+    "zombie",
 ];
 
 #[derive(Debug, Serialize)]

@@ -11,11 +11,10 @@
 //! - Nothing is committed for a segment that was not written; a commit the group
 //!   coordinator refuses ends this sink's claim on those partitions until it is reassigned.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use tokio::time::Instant;
@@ -114,8 +113,6 @@ pub struct Flusher<W, D, C> {
     pub topic: String,
     pub delivery: Delivery,
     pub failpoint: Failpoint,
-    /// (partition, epoch) whose range was checked against ClickHouse before its first insert.
-    fenced: Mutex<HashSet<(i32, u64)>>,
 }
 
 enum Stop {
@@ -186,7 +183,6 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             topic: settings.topic.clone(),
             delivery: settings.delivery,
             failpoint: Failpoint::from_env(),
-            fenced: Mutex::default(),
         }
     }
 
@@ -287,6 +283,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                     return;
                 }
                 Err(CommitError::Failed(error)) => {
+                    self.metrics.commit_failures.inc();
                     if retry.wait(None, "transient", &error).await.is_err() {
                         // Stopping: the rows are in ClickHouse; the replay skips them.
                         committed.clear();
@@ -472,8 +469,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         Ok(())
     }
 
-    /// Before the first insert of an assignment: drops the rows ClickHouse already holds
-    /// (a previous owner's insert may have landed after this sink looked at assignment).
+    /// Before a segment's insert: drops the rows ClickHouse already holds. Another member's
+    /// insert of these offsets may have landed: a previous owner's that finished late, or one
+    /// of a member that lost the partition without knowing yet. One small query per segment.
     async fn fence(
         &self,
         partition: i32,
@@ -484,13 +482,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(rows);
         };
-        if self.delivery != Delivery::ExactlyOnce
-            || !self
-                .fenced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((partition, epoch))
-        {
+        if self.delivery != Delivery::ExactlyOnce {
             return Ok(rows);
         }
         let (from, to) = (first.0, last.0);
@@ -562,6 +554,13 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         let mut retry = self.retry.start(Operation::Insert);
         let mut schema_changes = 0;
         loop {
+            // After a freeze, wait until a lost assignment would have been revoked.
+            while !self.ownership.may_write() && self.ownership.owns(partition, epoch) {
+                tokio::select! {
+                    _ = self.retry.cancel.cancelled() => return Err(Stop::Cancelled),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                }
+            }
             if !self.ownership.owns(partition, epoch) {
                 return Err(Stop::Revoked);
             }
@@ -626,7 +625,7 @@ impl Drop for InFlight<'_> {
 mod tests {
     //! The flush stage against fakes of its three seams.
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashSet};
     use std::sync::Mutex;
     use std::time::Duration;
 

@@ -1,28 +1,34 @@
-//! clickstream-sink: Kafka → ClickHouse, micro-batched, exactly once, nothing lost.
+//! clickstream-sink: Kafka → ClickHouse, micro-batched, exactly once, nothing lost, never
+//! stuck silently.
 //!
 //! ```text
-//!  Kafka ──recv──▶ decode (clickstream-event) ──▶ Batcher ──flush task──▶ ClickHouse INSERT
-//!                     │ invalid                    (per partition         │ then
-//!                     ▼                             segments)             ▼
-//!              dead-letter topic ◀── rows ClickHouse rejects        commit last+1
+//!  Kafka ─recv─▶ intake ──────────────▶ Batcher ──flush task──▶ ClickHouse INSERT ──▶ commit
+//!               (decode, already-stored  (per partition          (encoded for the      last+1
+//!                check in windows)        segments)               table's structure;
+//!                  │ invalid                                       split, bisect)
+//!                  ▼                                                  │ rejected rows
+//!           dead-letter topic ◀───────────────────────────────────────┘
 //! ```
 //!
 //! Guarantees:
 //! - **Offsets travel with the rows**: a partition's offsets are committed only after every
 //!   offset up to it was inserted or dead-lettered (acknowledged).
-//! - **Exactly once** (default): each INSERT carries `insert_deduplication_token =
-//!   topic:partition:first-last` (a retried insert is dropped by ClickHouse), and when a
-//!   partition is assigned the sink asks ClickHouse which offsets from there on it already
-//!   holds (`kafka_progress` view, then the offsets) and skips them. A crash between insert
-//!   and commit, or a replay with other batch boundaries, adds no duplicate. A revoke waits
-//!   for the in-flight insert of its partitions, so two owners never race.
-//! - **Nothing lost**: transient failures are retried (same rows, capped backoff with
-//!   jitter); data ClickHouse rejects is isolated by bisection and dead-lettered; a fatal
-//!   failure stops the sink without committing.
+//! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
+//!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
+//!   already holds when a partition is assigned (looked up in windows as it reads) and again
+//!   before the first insert of an assignment. Crashes, replays with other batch boundaries,
+//!   rebalances and group resets add no duplicate.
+//! - **Nothing lost, nothing stuck silently**: every failure is classified in one place
+//!   ([`writer::class_of`]) and retried by one policy ([`retry`]), split, followed (a changed
+//!   table) or isolated (rejected rows); what cannot resolve itself stops the sink with an
+//!   error that says what to do; no progress for `stall_timeout_ms` makes it report itself
+//!   stalled ([`stall`]).
 //!
-//! Layout: [`settings`] · [`row`] · [`batch`] (pure policy) · [`ownership`] (rebalances) ·
-//! [`writer`] (ClickHouse + failure classification) · [`dead_letter`] · [`flush`] (write +
-//! commit) · [`pipeline`] (the loop) · [`metrics`] · [`http`].
+//! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop and the drain) ·
+//! [`intake`] (decode, replay check, dead-letter routing) · [`batch`] (pure policy) ·
+//! [`flush`] (write + commit) · [`schema`] (row encoding for the live table) · [`writer`]
+//! (ClickHouse, failure classes) · [`dead_letter`] · [`ownership`] (rebalances, fencing) ·
+//! [`retry`] · [`stall`] · [`metrics`] · [`http`].
 
 pub mod batch;
 pub mod dead_letter;

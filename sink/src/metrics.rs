@@ -23,7 +23,7 @@ pub struct Metrics {
     pub retries: Family<Labels, Counter>,
     /// Offsets skipped on replay because ClickHouse already held their rows.
     pub replay_skipped: Counter,
-    /// Offset commits that failed (the range is replayed and skipped later).
+    /// Offset commits that failed (retried; a range not committed is replayed and skipped).
     pub commit_failures: Counter,
     pub batch_rows: Histogram,
     pub insert_duration_seconds: Histogram,

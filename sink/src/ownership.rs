@@ -7,15 +7,29 @@
 //! - A revoke waits (bounded) until no flush is writing the revoked partitions, so their rows
 //!   are written and committed by this sink, or not at all; the next owner then starts from
 //!   the committed offset and never races an insert of ours.
+//! - A process that was frozen (a GC or VM pause, SIGSTOP) longer than half the session
+//!   timeout may have lost its assignment without knowing yet: the group may already have
+//!   given its partitions to another member, and librdkafka reports the loss only after its
+//!   next heartbeat. So after such a gap no insert starts until one session timeout has
+//!   passed: by then a lost assignment has been revoked here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ownership {
     state: Mutex<State>,
     changed: Condvar,
+    /// The consume loop's last sign of life, and until when inserts wait after a freeze.
+    alive: Mutex<(Instant, Option<Instant>)>,
+    session_timeout: Duration,
+}
+
+impl Default for Ownership {
+    fn default() -> Ownership {
+        Ownership::new(Duration::from_secs(10))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +40,37 @@ struct State {
 }
 
 impl Ownership {
+    /// For a consumer with this `session.timeout.ms`.
+    pub fn new(session_timeout: Duration) -> Ownership {
+        Ownership {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            alive: Mutex::new((Instant::now(), None)),
+            session_timeout,
+        }
+    }
+
+    /// The consume loop is running. Returns how long it was away if that was longer than half
+    /// the session timeout (a freeze): inserts then wait one session timeout.
+    pub fn beat(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        let gap = now.duration_since(alive.0);
+        alive.0 = now;
+        (gap > self.session_timeout / 2).then(|| {
+            alive.1 = Some(now + self.session_timeout);
+            gap
+        })
+    }
+
+    /// Whether an insert may start now (not frozen, not waiting after a freeze).
+    pub fn may_write(&self) -> bool {
+        let now = Instant::now();
+        let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        now.duration_since(alive.0) <= self.session_timeout / 2
+            && alive.1.is_none_or(|until| now >= until)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -178,6 +223,25 @@ mod tests {
         assert_eq!(ownership.begin_flush(&[(1, epoch)]), Vec::<i32>::new());
         ownership.assign(&[1]);
         assert!(ownership.epoch(1).is_some_and(|e| e != epoch));
+    }
+
+    #[test]
+    fn after_a_freeze_inserts_wait_one_session_timeout() {
+        let ownership = Ownership::new(Duration::from_millis(200));
+        assert_eq!(ownership.beat(), None);
+        assert!(ownership.may_write());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            !ownership.may_write(),
+            "the loop has not beaten for half the timeout"
+        );
+        assert!(ownership.beat().is_some(), "a freeze");
+        assert!(!ownership.may_write(), "holding after the freeze");
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(60));
+            ownership.beat();
+        }
+        assert!(ownership.may_write(), "one session timeout later");
     }
 
     #[test]

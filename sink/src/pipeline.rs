@@ -196,7 +196,12 @@ pub async fn run(
     );
     let dead_letters = KafkaDeadLetters::connect(&settings, policy(&hard_stop)).await?;
 
-    let ownership = Arc::new(Ownership::default());
+    let config = consumer_config(&settings);
+    let session_timeout_ms: u64 = config
+        .get("session.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let ownership = Arc::new(Ownership::new(Duration::from_millis(session_timeout_ms)));
     let context = SinkContext {
         ownership: ownership.clone(),
         metrics: metrics.clone(),
@@ -204,7 +209,7 @@ pub async fn run(
         revoke_wait: Duration::from_millis(settings.insert_timeout_ms) + Duration::from_secs(5),
     };
     let consumer: Arc<SinkConsumer> = Arc::new(
-        consumer_config(&settings)
+        config
             .create_with_context(context)
             .map_err(SinkError::kafka("create the consumer"))?,
     );
@@ -240,6 +245,13 @@ pub async fn run(
     let mut paused = false;
 
     let outcome: Result<(), SinkError> = loop {
+        if let Some(gap) = ownership.beat() {
+            tracing::warn!(
+                frozen_ms = gap.as_millis() as u64,
+                session_timeout_ms,
+                "the sink was frozen longer than half the session timeout: its assignment may be lost; inserts wait one session timeout for the group to settle"
+            );
+        }
         let ready_at = in_flight.is_none().then(|| batcher.ready_at()).flatten();
         tokio::select! {
             biased;

@@ -72,4 +72,5 @@ fast! {
     disk_full => "disk-full",
     unknown_error => "unknown-error",
     source_duplicates => "source-duplicates",
+    zombie => "zombie",
 }
