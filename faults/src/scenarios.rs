@@ -36,6 +36,7 @@ pub const ALL: &[&str] = &[
     "source-duplicates",
     "poison-kills-rebalance",
     "zombie",
+    "clock-jump",
 ];
 
 /// The scenarios `scripts/test` runs (about 6 minutes; none stops a shared service).
@@ -94,6 +95,7 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "source-duplicates" => source_duplicates(stack).await,
         "poison-kills-rebalance" => poison_kills_rebalance(stack).await,
         "zombie" => zombie(stack).await,
+        "clock-jump" => clock_jump(stack).await,
         other => Err(anyhow::anyhow!("unknown scenario {other}")),
     };
     let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -919,4 +921,50 @@ async fn zombie(stack: &Stack) -> anyhow::Result<Done> {
         "stream": "1,000 events/s for 45 s",
     });
     finish(run, other, injected).await
+}
+
+/// Where Debian's libfaketime puts its preload library (`apt-get install libfaketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The sink's wall clock jumps 1 h forward, then 1 h back (an NTP step), while events stream
+/// in: batching runs on the monotonic clock and validation on the messages' own timestamps,
+/// so nothing is lost, repeated or wrongly dead-lettered.
+async fn clock_jump(stack: &Stack) -> anyhow::Result<Done> {
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        return Ok(Done::Skipped(format!(
+            "{LIBFAKETIME} is missing (apt-get install libfaketime; scripts/faults does this)"
+        )));
+    }
+    let run = Arc::new(Run::new("clock-jump", stack, 34, 0.0).await?);
+    let clock = stack.log_dir.join("clock-jump").join("faketime");
+    std::fs::write(&clock, "+0\n")?;
+    let sink = run.start_sink(
+        &[
+            ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+            ("FAKETIME_TIMESTAMP_FILE", clock.display().to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+            ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+        ],
+        &[],
+    )?;
+    let streamer = stream(&run, 1_000, 40);
+    let mut jumps = Vec::new();
+    for (after_s, offset) in [(10, "+1h"), (10, "-1h"), (10, "+0")] {
+        tokio::time::sleep(Duration::from_secs(after_s)).await;
+        std::fs::write(&clock, format!("{offset}\n"))?;
+        jumps.push(offset);
+    }
+    streamer.await.context("streamer")??;
+    run.wait_accounted(Duration::from_secs(120)).await?;
+    let injected = json!({
+        "wall_clock": jumps,
+        "every_s": 10,
+        "stream": "1,000 events/s for 40 s",
+    });
+    let done = finish(run, sink, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
+        Ok(())
+    })?;
+    Ok(done)
 }
