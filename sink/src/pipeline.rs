@@ -338,9 +338,31 @@ pub async fn run(
     };
     hard_stop.cancel();
     consumer.unsubscribe();
-    drop(flusher);
+    close_within((intake, flusher, consumer), CLOSE_LIMIT);
     tracing::info!("stopped");
     outcome.and(drained)
+}
+
+/// How long closing the Kafka clients may take at exit.
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Drops the Kafka clients on a thread of their own and waits at most `limit`. librdkafka's
+/// close can hang: a broker that went away, or a wall clock stepped back (its timed waits run
+/// on the realtime clock: after a 1 h step back, the dead-letter producer's polling thread
+/// sleeps an hour). Everything is flushed and committed by now, so the process may exit
+/// without them.
+fn close_within<T: Send + 'static>(clients: T, limit: Duration) {
+    let (closed, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(clients);
+        let _ = closed.send(());
+    });
+    if done.recv_timeout(limit).is_err() {
+        tracing::warn!(
+            limit_ms = limit.as_millis() as u64,
+            "the Kafka clients did not close in time; exiting without waiting for them (everything is flushed and committed)"
+        );
+    }
 }
 
 fn flush_result(
