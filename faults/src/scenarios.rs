@@ -465,6 +465,16 @@ fn stream(run: &Arc<Run>, rate: u64, seconds: u64) -> tokio::task::JoinHandle<an
     tokio::spawn(async move { run.stream(rate, seconds).await })
 }
 
+/// Valid events only: nothing may have been dead-lettered.
+fn none_dead_lettered(v: &Verdict) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        v.dead_lettered == 0,
+        "{} valid events dead-lettered",
+        v.dead_lettered
+    );
+    Ok(())
+}
+
 /// Fails when the judged scenario's end state is not what `check` expects.
 fn also(done: &Done, check: impl FnOnce(&Verdict) -> anyhow::Result<()>) -> anyhow::Result<()> {
     match done {
@@ -543,11 +553,7 @@ async fn backfill(stack: &Stack) -> anyhow::Result<Done> {
     });
     let done = finish(run, sink, injected).await?;
     also(&done, |v| {
-        anyhow::ensure!(
-            v.dead_lettered == 0,
-            "{} events dead-lettered",
-            v.dead_lettered
-        );
+        none_dead_lettered(v)?;
         anyhow::ensure!(splits > 0.0, "no insert was split: the limit was never hit");
         Ok(())
     })?;
@@ -573,11 +579,7 @@ async fn alter_modify_column(stack: &Stack) -> anyhow::Result<Done> {
     });
     let done = finish(run, sink, injected).await?;
     also(&done, |v| {
-        anyhow::ensure!(
-            v.dead_lettered == 0,
-            "{} valid events dead-lettered",
-            v.dead_lettered
-        );
+        none_dead_lettered(v)?;
         anyhow::ensure!(changes >= 1.0, "the change was not followed");
         Ok(())
     })?;
@@ -616,7 +618,7 @@ async fn add_column_restart(stack: &Stack) -> anyhow::Result<Done> {
             "{defaulted} of {} rows have the default",
             v.rows_in_clickhouse
         );
-        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
+        none_dead_lettered(v)?;
         Ok(())
     })?;
     Ok(done)
@@ -762,7 +764,7 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     let done = finish(run, sink, injected).await?;
     also(&done, |v| {
         anyhow::ensure!(splits > 0.0, "no insert hit the memory limit");
-        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
+        none_dead_lettered(v)?;
         Ok(())
     })?;
     Ok(done)
@@ -962,9 +964,6 @@ async fn clock_jump(stack: &Stack) -> anyhow::Result<Done> {
         "stream": "1,000 events/s for 40 s",
     });
     let done = finish(run, sink, injected).await?;
-    also(&done, |v| {
-        anyhow::ensure!(v.dead_lettered == 0, "{} dead-lettered", v.dead_lettered);
-        Ok(())
-    })?;
+    also(&done, none_dead_lettered)?;
     Ok(done)
 }

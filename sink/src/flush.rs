@@ -630,13 +630,10 @@ mod tests {
     use std::time::Duration;
 
     use chrono::{DateTime, TimeZone};
-    use tokio_util::sync::CancellationToken;
     use uuid::Uuid;
 
     use super::*;
     use crate::batch::{Batcher, Entry, Policy};
-    use crate::retry::Backoff;
-    use crate::stall::Stall;
 
     type Rule = Box<dyn Fn(&[&EventRow]) -> Result<(), Failure> + Send + Sync>;
     /// The offsets of one INSERT attempt, its token, and whether it succeeded.
@@ -793,15 +790,7 @@ mod tests {
             topic: "t".into(),
             ..Settings::default()
         };
-        let retry = RetryPolicy {
-            backoff: Backoff {
-                initial: Duration::from_millis(1),
-                max: Duration::from_millis(1),
-            },
-            metrics: Arc::new(Metrics::new()),
-            stall: Arc::new(Stall::default()),
-            cancel: CancellationToken::new(),
-        };
+        let retry = RetryPolicy::immediate();
         let flusher = Flusher::new(
             &settings,
             writer,
@@ -931,19 +920,25 @@ mod tests {
         assert_eq!(again.writer.tokens(), tokens);
     }
 
+    /// ClickHouse's memory limit, hit by inserts of more than `rows` rows.
+    fn memory_limit_above(rows: usize) -> impl Fn(&[&EventRow]) -> Result<(), Failure> {
+        move |batch| {
+            if batch.len() > rows {
+                Err(Failure::TooBig {
+                    split: Split::InHalves,
+                    message: "Code: 241. Memory limit exceeded: while pushing to view events_1m_mv"
+                        .into(),
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_memory_limit_splits_the_insert_in_halves() {
         let (flusher, epoch) = new_flusher(
-            FakeWriter::new(|rows| {
-                if rows.len() > 4 {
-                    Err(Failure::TooBig {
-                        split: Split::InHalves,
-                        message: "Code: 241. Memory limit exceeded".into(),
-                    })
-                } else {
-                    Ok(())
-                }
-            }),
+            FakeWriter::new(memory_limit_above(4)),
             FakeCommitter::default(),
         );
         let rows: Vec<(i64, i64)> = (0..16).map(|o| (o, 0)).collect();
@@ -962,16 +957,7 @@ mod tests {
     #[tokio::test]
     async fn rows_a_refused_insert_left_behind_are_removed_before_the_parts_go_in() {
         // The table is written, then a view runs out of memory: the rows stay without rollups.
-        let mut writer = FakeWriter::new(|rows| {
-            if rows.len() > 4 {
-                Err(Failure::TooBig {
-                    split: Split::InHalves,
-                    message: "Code: 241. while pushing to view events_1m_mv".into(),
-                })
-            } else {
-                Ok(())
-            }
-        });
+        let mut writer = FakeWriter::new(memory_limit_above(4));
         writer.partial = true;
         let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
         let rows: Vec<(i64, i64)> = (0..8).map(|o| (o, 0)).collect();

@@ -67,6 +67,20 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// For tests: 1 ms between attempts, fresh metrics and stall watch.
+    #[cfg(test)]
+    pub fn immediate() -> RetryPolicy {
+        RetryPolicy {
+            backoff: Backoff {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(1),
+            },
+            metrics: Arc::new(Metrics::new()),
+            stall: Arc::new(Stall::default()),
+            cancel: CancellationToken::new(),
+        }
+    }
+
     /// One retry loop of `operation` (attempts count from 0).
     pub fn start(&self, operation: Operation) -> Retry<'_> {
         Retry {
@@ -147,15 +161,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_retry_is_counted_and_reported_to_the_stall_watch() {
-        let policy = RetryPolicy {
-            backoff: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(10),
-            },
-            metrics: Arc::new(Metrics::new()),
-            stall: Arc::new(Stall::default()),
-            cancel: CancellationToken::new(),
-        };
+        let policy = RetryPolicy::immediate();
         let mut retry = policy.start(Operation::Insert);
         retry.wait(Some(2), "transient", "boom").await.unwrap();
         retry.wait(Some(2), "transient", "boom").await.unwrap();
