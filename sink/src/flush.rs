@@ -312,6 +312,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             self.confirm(ack).await?;
             report.dead_lettered += 1;
         }
+        // Wait out a freeze first: what ClickHouse holds is checked right before writing.
+        self.wait_writable(partition, epoch).await?;
         let rows = self.fence(partition, epoch, rows, report).await?;
         // Depth-first, so rows go in offset order (in time order after a split by time).
         let mut pending = vec![Part {
@@ -388,6 +390,22 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             }
             Err(Failure::Fatal(message)) => Err(Stop::Fatal(SinkError::DeadLetter(message))),
             Err(_) => Err(Stop::Cancelled),
+        }
+    }
+
+    /// Returns once this sink may write `partition` (after a freeze, once a lost assignment
+    /// would have been revoked), or `Revoked` if it lost it meanwhile.
+    async fn wait_writable(&self, partition: i32, epoch: u64) -> Result<(), Stop> {
+        while !self.ownership.may_write() && self.ownership.owns(partition, epoch) {
+            tokio::select! {
+                _ = self.retry.cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+        if self.ownership.owns(partition, epoch) {
+            Ok(())
+        } else {
+            Err(Stop::Revoked)
         }
     }
 
@@ -554,16 +572,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         let mut retry = self.retry.start(Operation::Insert);
         let mut schema_changes = 0;
         loop {
-            // After a freeze, wait until a lost assignment would have been revoked.
-            while !self.ownership.may_write() && self.ownership.owns(partition, epoch) {
-                tokio::select! {
-                    _ = self.retry.cancel.cancelled() => return Err(Stop::Cancelled),
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-                }
-            }
-            if !self.ownership.owns(partition, epoch) {
-                return Err(Stop::Revoked);
-            }
+            self.wait_writable(partition, epoch).await?;
             let started = Instant::now();
             let failure = match self.writer.insert(&refs, token.as_deref()).await {
                 Ok(()) => {

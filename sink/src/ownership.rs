@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub struct Ownership {
     state: Mutex<State>,
     changed: Condvar,
-    /// The consume loop's last sign of life, and until when inserts wait after a freeze.
+    /// The heartbeat's last sign of life, and until when inserts wait after a freeze.
     alive: Mutex<(Instant, Option<Instant>)>,
     session_timeout: Duration,
 }
@@ -50,8 +50,9 @@ impl Ownership {
         }
     }
 
-    /// The consume loop is running. Returns how long it was away if that was longer than half
-    /// the session timeout (a freeze): inserts then wait one session timeout.
+    /// The process is running (a heartbeat task calls this a few times a second). Returns how
+    /// long it was away if that was longer than half the session timeout (a freeze): inserts
+    /// then wait one session timeout.
     pub fn beat(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());

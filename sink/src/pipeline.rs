@@ -241,17 +241,11 @@ pub async fn run(
     let stall_timeout = Duration::from_millis(settings.stall_timeout_ms);
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
     stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
     let mut in_flight: Option<JoinHandle<Result<FlushReport, SinkError>>> = None;
     let mut paused = false;
 
     let outcome: Result<(), SinkError> = loop {
-        if let Some(gap) = ownership.beat() {
-            tracing::warn!(
-                frozen_ms = gap.as_millis() as u64,
-                session_timeout_ms,
-                "the sink was frozen longer than half the session timeout: its assignment may be lost; inserts wait one session timeout for the group to settle"
-            );
-        }
         let ready_at = in_flight.is_none().then(|| batcher.ready_at()).flatten();
         tokio::select! {
             biased;
@@ -338,9 +332,29 @@ pub async fn run(
     };
     hard_stop.cancel();
     consumer.unsubscribe();
+    heartbeat.abort();
     close_within((intake, flusher, consumer), CLOSE_LIMIT);
     tracing::info!("stopped");
     outcome.and(drained)
+}
+
+/// Beats the ownership's liveness clock four times a second for the sink's whole life (the
+/// drain included), so that a freeze of the process shows as a gap (see [`Ownership::beat`]).
+fn spawn_heartbeat(ownership: Arc<Ownership>, session_timeout_ms: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if let Some(gap) = ownership.beat() {
+                tracing::warn!(
+                    frozen_ms = gap.as_millis() as u64,
+                    session_timeout_ms,
+                    "the sink was frozen longer than half the session timeout: its assignment may be lost; inserts wait one session timeout for the group to settle"
+                );
+            }
+        }
+    })
 }
 
 /// How long closing the Kafka clients may take at exit.
