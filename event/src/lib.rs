@@ -10,6 +10,7 @@
 //! Kafka payload into an event: it parses *and* validates, and every way a payload can be bad
 //! has its own [`RejectReason`], which becomes the dead-letter header.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
@@ -121,6 +122,81 @@ pub struct ClickEvent {
     pub product_id: Option<String>,
     pub price: Option<Price>,
     pub quantity: Option<u16>,
+}
+
+/// A decoded event that borrows its text from the payload: what the sink encodes from, with
+/// no copy of any string unless the JSON escapes it. [`decode_ref`] makes it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClickEventRef<'a> {
+    pub event_id: Uuid,
+    #[serde(with = "rfc3339_millis")]
+    pub timestamp: DateTime<Utc>,
+    #[serde(borrow)]
+    pub user_id: Cow<'a, str>,
+    pub session_id: Uuid,
+    pub event_type: EventType,
+    #[serde(borrow)]
+    pub page_url: Cow<'a, str>,
+    #[serde(borrow)]
+    pub page_category: Cow<'a, str>,
+    #[serde(borrow)]
+    pub referrer: Cow<'a, str>,
+    #[serde(borrow)]
+    pub device_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub browser: Cow<'a, str>,
+    #[serde(borrow)]
+    pub country: Cow<'a, str>,
+    pub duration_ms: u32,
+    #[serde(borrow)]
+    pub product_id: Option<Cow<'a, str>>,
+    pub price: Option<Price>,
+    pub quantity: Option<u16>,
+}
+
+impl ClickEventRef<'_> {
+    pub fn into_owned(self) -> ClickEvent {
+        ClickEvent {
+            event_id: self.event_id,
+            timestamp: self.timestamp,
+            user_id: self.user_id.into_owned(),
+            session_id: self.session_id,
+            event_type: self.event_type,
+            page_url: self.page_url.into_owned(),
+            page_category: self.page_category.into_owned(),
+            referrer: self.referrer.into_owned(),
+            device_type: self.device_type.into_owned(),
+            browser: self.browser.into_owned(),
+            country: self.country.into_owned(),
+            duration_ms: self.duration_ms,
+            product_id: self.product_id.map(Cow::into_owned),
+            price: self.price,
+            quantity: self.quantity,
+        }
+    }
+}
+
+impl ClickEvent {
+    /// The same event as a borrowed view.
+    pub fn as_ref(&self) -> ClickEventRef<'_> {
+        ClickEventRef {
+            event_id: self.event_id,
+            timestamp: self.timestamp,
+            user_id: Cow::Borrowed(&self.user_id),
+            session_id: self.session_id,
+            event_type: self.event_type,
+            page_url: Cow::Borrowed(&self.page_url),
+            page_category: Cow::Borrowed(&self.page_category),
+            referrer: Cow::Borrowed(&self.referrer),
+            device_type: Cow::Borrowed(&self.device_type),
+            browser: Cow::Borrowed(&self.browser),
+            country: Cow::Borrowed(&self.country),
+            duration_ms: self.duration_ms,
+            product_id: self.product_id.as_deref().map(Cow::Borrowed),
+            price: self.price,
+            quantity: self.quantity,
+        }
+    }
 }
 
 mod rfc3339_millis {
@@ -246,6 +322,15 @@ pub fn decode(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<ClickEvent, Rejection> {
+    decode_ref(payload, limits, now).map(ClickEventRef::into_owned)
+}
+
+/// [`decode`] without copying the event's text out of the payload.
+pub fn decode_ref<'a>(
+    payload: Option<&'a [u8]>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<ClickEventRef<'a>, Rejection> {
     let bytes = match payload {
         None | Some([]) => {
             return Err(Rejection::new(
@@ -267,7 +352,7 @@ pub fn decode(
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Rejection::new(RejectReason::InvalidUtf8, e.to_string()))?;
-    let event: ClickEvent = serde_json::from_str(text).map_err(classify_json_error)?;
+    let event: ClickEventRef<'a> = serde_json::from_str(text).map_err(classify_json_error)?;
     event.validate(limits, now)?;
     Ok(event)
 }
@@ -287,6 +372,13 @@ fn classify_json_error(error: serde_json::Error) -> Rejection {
 }
 
 impl ClickEvent {
+    /// Checks what types alone cannot: ranges, required fields per event type, time window.
+    pub fn validate(&self, limits: &Limits, now: DateTime<Utc>) -> Result<(), Rejection> {
+        self.as_ref().validate(limits, now)
+    }
+}
+
+impl ClickEventRef<'_> {
     /// Checks what types alone cannot: ranges, required fields per event type, time window.
     pub fn validate(&self, limits: &Limits, now: DateTime<Utc>) -> Result<(), Rejection> {
         let out_of_range = |detail: String| Err(Rejection::new(RejectReason::OutOfRange, detail));

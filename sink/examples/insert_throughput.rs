@@ -12,6 +12,7 @@ use chrono::Utc;
 use clickstream_producer::simulator::{Generated, Simulator, SimulatorConfig};
 use clickstream_sink::Settings;
 use clickstream_sink::row::EventRow;
+use clickstream_sink::rows::Rows;
 use clickstream_sink::writer::{ClickHouseWriter, Writer};
 use clickstream_testkit::{
     apply_schema, clickhouse, clickhouse_url, schema_statements, unique_name,
@@ -43,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let writer = ClickHouseWriter::new(&settings);
+    let layout = writer
+        .load_layout()
+        .await
+        .map_err(|e| anyhow::anyhow!("table structure: {e:?}"))?;
 
     let mut simulator = Simulator::new(SimulatorConfig::default());
     let now = Utc::now();
@@ -58,9 +63,14 @@ async fn main() -> anyhow::Result<()> {
     for (n, chunk) in events.chunks(batch).enumerate() {
         let token = format!("bench:0:{}-{}", n * batch, n * batch + chunk.len() - 1);
         let one = Instant::now();
-        let rows: Vec<&EventRow> = chunk.iter().collect();
+        let mut rows = Rows::default();
+        for row in chunk {
+            rows.push(|| layout.clone(), &row.as_row_ref());
+        }
+        let rows = rows.seal().expect("a non-empty chunk");
+        let all: Vec<usize> = (0..rows.len()).collect();
         writer
-            .insert(&rows, Some(&token))
+            .insert(&rows, &all, Some(&token))
             .await
             .map_err(|e| anyhow::anyhow!("insert: {e:?}"))?;
         slowest = slowest.max(one.elapsed().as_secs_f64());

@@ -2,13 +2,18 @@
 //! it `select!`s on that instant and calls [`Batcher::take`]. No timers live here.
 //!
 //! Rules:
-//! - a batch is ready when it has `max_rows` rows, or when its oldest entry has waited
-//!   `flush_interval` — but never sooner than `min_flush_gap` per INSERT of the previous
-//!   flush after it (a flush makes one INSERT per partition with rows), so at high rates
-//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts);
-//! - consumption should pause while the buffer holds `max_batch_bytes` or more;
 //! - entries are kept per Kafka partition as one contiguous offset range (a [`Segment`]), so
-//!   each partition's insert covers `first..=last` and its commit is `last + 1`.
+//!   each partition's insert covers `first..=last` and its commit is `last + 1`;
+//! - a partition's segment is due when it has `max_rows` rows, or when its oldest entry has
+//!   waited `flush_interval`, or at once while memory is full;
+//! - partitions are written in parallel, one insert in flight per partition: a partition the
+//!   pipeline reports busy is not taken (its rows wait for its insert to end);
+//! - when one segment is due, every partition that is not busy is taken with it (one flush),
+//!   and the next flush waits `min_flush_gap` per INSERT it made: at high rates batches grow
+//!   instead of the insert rate (ClickHouse wants few, big inserts). Segments without rows
+//!   (only dead letters or rows already stored) make no insert and are never held back;
+//! - consumption should pause while the rows buffered and being inserted hold
+//!   `max_batch_bytes` or more.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,18 +30,26 @@ pub struct Policy {
     pub min_flush_gap: Duration,
 }
 
-/// What one Kafka offset became.
+/// Where a segment's rows accumulate (encoded rows in the sink; anything in tests).
+pub trait RowBuffer: Default {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Memory held.
+    fn bytes(&self) -> usize;
+}
+
+/// What one Kafka offset became, besides a row.
 #[derive(Debug)]
-pub enum Entry<R, A> {
-    /// A row to insert.
-    Row(R),
+pub enum Entry<A> {
     /// A message sent to the dead-letter topic; `A` is its pending acknowledgement.
     DeadLetter(A),
     /// A message whose row ClickHouse already holds (found on replay).
     AlreadyStored,
 }
 
-/// One partition's part of a batch: every offset from `first_offset` to `last_offset`.
+/// One partition's batch: every offset from `first_offset` to `last_offset`.
 #[derive(Debug)]
 pub struct Segment<R, A> {
     pub partition: i32,
@@ -44,11 +57,13 @@ pub struct Segment<R, A> {
     pub epoch: u64,
     pub first_offset: i64,
     pub last_offset: i64,
-    pub rows: Vec<(i64, R)>,
+    pub rows: R,
     pub dead_letters: Vec<A>,
     pub already_stored: usize,
-    /// Memory the entries take (as reported to [`Batcher::push`]).
+    /// Memory the entries take (counted in [`Batcher::in_flight_bytes`] until released).
     pub bytes: usize,
+    /// When the first entry was pushed.
+    pub oldest: Instant,
 }
 
 impl<R, A> Segment<R, A> {
@@ -58,16 +73,6 @@ impl<R, A> Segment<R, A> {
     }
 }
 
-/// A batch taken for writing.
-#[derive(Debug)]
-pub struct Batch<R, A> {
-    pub segments: Vec<Segment<R, A>>,
-    pub rows: usize,
-    pub bytes: usize,
-    /// When the oldest entry was pushed.
-    pub oldest: Instant,
-}
-
 /// Accumulates entries until the policy says flush.
 #[derive(Debug)]
 pub struct Batcher<R, A> {
@@ -75,62 +80,84 @@ pub struct Batcher<R, A> {
     segments: BTreeMap<i32, Segment<R, A>>,
     rows: usize,
     bytes: usize,
-    oldest: Option<Instant>,
-    /// No flush before this (the previous flush's inserts times `min_flush_gap` after it).
+    /// Memory of segments taken and not yet released (their inserts run).
+    in_flight_bytes: usize,
+    /// No flush with rows before this (the previous flush's inserts times `min_flush_gap`).
     next_flush_at: Option<Instant>,
 }
 
-impl<R, A> Batcher<R, A> {
+/// Bytes counted for an entry that is not a row (a pending dead letter, a skipped offset).
+pub const ENTRY_BYTES: usize = 64;
+
+impl<R: RowBuffer, A> Batcher<R, A> {
     pub fn new(policy: Policy) -> Batcher<R, A> {
         Batcher {
             policy,
             segments: BTreeMap::new(),
             rows: 0,
             bytes: 0,
-            oldest: None,
+            in_flight_bytes: 0,
             next_flush_at: None,
         }
     }
 
-    /// Adds the entry for `offset` of `partition`, taking `bytes` of memory.
-    ///
-    /// Offsets of one partition arrive in increasing order; gaps (compacted or transaction
-    /// markers) are fine, the segment's range simply spans them.
-    pub fn push(
+    fn segment(
         &mut self,
         partition: i32,
         epoch: u64,
         offset: i64,
-        entry: Entry<R, A>,
-        bytes: usize,
         now: Instant,
-    ) {
+    ) -> &mut Segment<R, A> {
         let segment = self.segments.entry(partition).or_insert_with(|| Segment {
             partition,
             epoch,
             first_offset: offset,
             last_offset: offset,
-            rows: Vec::new(),
+            rows: R::default(),
             dead_letters: Vec::new(),
             already_stored: 0,
             bytes: 0,
+            oldest: now,
         });
         debug_assert!(
             offset >= segment.last_offset,
             "offsets of a partition arrive in order"
         );
         segment.last_offset = offset;
+        segment
+    }
+
+    /// Adds the row at `offset` of `partition`: `fill` appends it to the segment's rows.
+    ///
+    /// Offsets of one partition arrive in increasing order; gaps (compacted or transaction
+    /// markers) are fine, the segment's range simply spans them.
+    pub fn push_row(
+        &mut self,
+        partition: i32,
+        epoch: u64,
+        offset: i64,
+        now: Instant,
+        fill: impl FnOnce(&mut R),
+    ) {
+        let segment = self.segment(partition, epoch, offset, now);
+        let (rows, bytes) = (segment.rows.len(), segment.rows.bytes());
+        fill(&mut segment.rows);
+        let added_rows = segment.rows.len() - rows;
+        let added_bytes = segment.rows.bytes().saturating_sub(bytes);
+        segment.bytes += added_bytes;
+        self.rows += added_rows;
+        self.bytes += added_bytes;
+    }
+
+    /// Adds an offset that is not a row.
+    pub fn push(&mut self, partition: i32, epoch: u64, offset: i64, entry: Entry<A>, now: Instant) {
+        let segment = self.segment(partition, epoch, offset, now);
         match entry {
-            Entry::Row(row) => {
-                segment.rows.push((offset, row));
-                self.rows += 1;
-            }
             Entry::DeadLetter(ack) => segment.dead_letters.push(ack),
             Entry::AlreadyStored => segment.already_stored += 1,
         }
-        segment.bytes += bytes;
-        self.bytes += bytes;
-        self.oldest.get_or_insert(now);
+        segment.bytes += ENTRY_BYTES;
+        self.bytes += ENTRY_BYTES;
     }
 
     /// Drops everything buffered for `partition` (revoked, or re-assigned: it is replayed).
@@ -140,9 +167,6 @@ impl<R, A> Batcher<R, A> {
         };
         self.rows -= segment.rows.len();
         self.bytes -= segment.bytes;
-        if self.segments.is_empty() {
-            self.oldest = None;
-        }
         segment.rows.len()
     }
 
@@ -150,61 +174,131 @@ impl<R, A> Batcher<R, A> {
         self.segments.is_empty()
     }
 
+    /// Rows buffered (not counting those being inserted).
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Memory buffered (not counting what is being inserted).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Memory of segments taken and not yet released.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
     }
 
     pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
         self.segments.keys().copied()
     }
 
-    /// Whether consumption should pause until the next flush.
+    /// Whether consumption should pause until inserts end.
     pub fn should_pause(&self) -> bool {
-        self.bytes >= self.policy.max_batch_bytes
+        self.bytes + self.in_flight_bytes >= self.policy.max_batch_bytes
     }
 
-    /// When the batch should be flushed, or `None` while it is empty.
-    pub fn ready_at(&self) -> Option<Instant> {
-        let oldest = self.oldest?;
-        let due = if self.rows >= self.policy.max_rows || self.should_pause() {
-            oldest
+    fn due(&self, segment: &Segment<R, A>) -> Instant {
+        if segment.rows.len() >= self.policy.max_rows || self.should_pause() {
+            segment.oldest
         } else {
-            oldest + self.policy.flush_interval
-        };
-        Some(match self.next_flush_at {
-            Some(next) => due.max(next),
-            None => due,
-        })
+            segment.oldest + self.policy.flush_interval
+        }
     }
 
-    /// Takes the whole buffer as a batch and starts a new one.
-    pub fn take(&mut self, now: Instant) -> Option<Batch<R, A>> {
-        let oldest = self.oldest.take()?;
-        let inserts = self
+    /// When a segment may be taken: when due, and for one with rows not before the rate
+    /// limit allows.
+    fn ready(&self, segment: &Segment<R, A>) -> Instant {
+        let due = self.due(segment);
+        match self.next_flush_at {
+            Some(next) if !segment.rows.is_empty() => due.max(next),
+            _ => due,
+        }
+    }
+
+    /// When the next flush should happen, or `None` while nothing but `busy` partitions
+    /// have entries.
+    pub fn ready_at(&self, busy: impl Fn(i32) -> bool) -> Option<Instant> {
+        self.segments
+            .values()
+            .filter(|s| !busy(s.partition))
+            .map(|s| self.ready(s))
+            .min()
+    }
+
+    /// Takes, once a segment is ready, every segment of a partition that is not `busy` (only
+    /// those without rows while the rate limit holds the others back). Their memory counts
+    /// as in flight until [`Batcher::release`].
+    ///
+    /// At most `max` segments are taken, those ready first.
+    pub fn take(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(i32) -> bool,
+        max: usize,
+    ) -> Vec<Segment<R, A>> {
+        if self.ready_at(&busy).is_none_or(|at| at > now) {
+            return Vec::new();
+        }
+        let open = self.next_flush_at.is_none_or(|next| next <= now);
+        let mut eligible: Vec<(Instant, i32)> = self
             .segments
             .values()
-            .filter(|s| !s.rows.is_empty())
-            .count();
-        self.next_flush_at = Some(now + self.policy.min_flush_gap * inserts.max(1) as u32);
-        let batch = Batch {
-            segments: std::mem::take(&mut self.segments).into_values().collect(),
-            rows: self.rows,
-            bytes: self.bytes,
-            oldest,
-        };
-        self.rows = 0;
-        self.bytes = 0;
-        Some(batch)
+            .filter(|s| !busy(s.partition) && (open || s.rows.is_empty()))
+            .map(|s| (self.ready(s), s.partition))
+            .collect();
+        eligible.sort_unstable();
+        eligible.truncate(max);
+        let mut partitions: Vec<i32> = eligible.into_iter().map(|(_, p)| p).collect();
+        partitions.sort_unstable();
+        self.take_partitions(now, &partitions)
+    }
+
+    /// Takes everything (the drain at shutdown, when nothing is in flight).
+    pub fn take_all(&mut self, now: Instant) -> Vec<Segment<R, A>> {
+        let partitions: Vec<i32> = self.segments.keys().copied().collect();
+        self.take_partitions(now, &partitions)
+    }
+
+    fn take_partitions(&mut self, now: Instant, partitions: &[i32]) -> Vec<Segment<R, A>> {
+        let taken: Vec<Segment<R, A>> = partitions
+            .iter()
+            .filter_map(|p| self.segments.remove(p))
+            .collect();
+        let inserts = taken.iter().filter(|s| !s.rows.is_empty()).count();
+        if inserts > 0 {
+            self.next_flush_at = Some(now + self.policy.min_flush_gap * inserts as u32);
+        }
+        for segment in &taken {
+            self.rows -= segment.rows.len();
+            self.bytes -= segment.bytes;
+            self.in_flight_bytes += segment.bytes;
+        }
+        taken
+    }
+
+    /// A taken segment's insert ended: its memory is free.
+    pub fn release(&mut self, bytes: usize) {
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows as their offsets, 100 bytes each.
+    #[derive(Debug, Default, PartialEq)]
+    struct Offsets(Vec<i64>);
+
+    impl RowBuffer for Offsets {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn bytes(&self) -> usize {
+            self.0.len() * 100
+        }
+    }
 
     fn policy() -> Policy {
         Policy {
@@ -215,33 +309,40 @@ mod tests {
         }
     }
 
-    fn row(batcher: &mut Batcher<u32, ()>, partition: i32, offset: i64) {
-        batcher.push(
-            partition,
-            1,
-            offset,
-            Entry::Row(offset as u32),
-            100,
-            Instant::now(),
-        );
+    fn idle(_: i32) -> bool {
+        false
+    }
+
+    fn row(batcher: &mut Batcher<Offsets, ()>, partition: i32, offset: i64) {
+        batcher.push_row(partition, 1, offset, Instant::now(), |rows| {
+            rows.0.push(offset)
+        });
+    }
+
+    fn rows(segments: &[Segment<Offsets, ()>]) -> usize {
+        segments.iter().map(|s| s.rows.len()).sum()
     }
 
     #[tokio::test(start_paused = true)]
     async fn at_100_events_per_second_flushes_every_5_seconds() {
         let mut batcher = Batcher::new(policy());
-        assert_eq!(batcher.ready_at(), None, "an empty batch never flushes");
+        assert_eq!(batcher.ready_at(idle), None, "an empty batch never flushes");
         let start = Instant::now();
         let mut flushed = Vec::new();
         for i in 0..1_600 {
             tokio::time::advance(Duration::from_millis(10)).await;
             row(&mut batcher, (i % 3) as i32, i / 3);
-            if batcher.ready_at().is_some_and(|at| at <= Instant::now()) {
-                let batch = batcher.take(Instant::now()).unwrap();
-                flushed.push((Instant::now() - start, batch.rows));
+            if batcher
+                .ready_at(idle)
+                .is_some_and(|at| at <= Instant::now())
+            {
+                let segments = batcher.take(Instant::now(), idle, usize::MAX);
+                flushed.push((Instant::now() - start, segments.len(), rows(&segments)));
             }
         }
         assert_eq!(flushed.len(), 3, "{flushed:?}");
-        for (_, rows) in &flushed {
+        for (_, partitions, rows) in &flushed {
+            assert_eq!(*partitions, 3, "{flushed:?}");
             assert!((499..=501).contains(rows), "{flushed:?}");
         }
         assert_eq!(
@@ -252,23 +353,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_batch_is_ready_at_once() {
+    async fn a_full_segment_is_ready_at_once() {
         let mut batcher = Batcher::new(policy());
         for offset in 0..1_000 {
             row(&mut batcher, 0, offset);
         }
-        assert_eq!(batcher.ready_at(), Some(Instant::now()));
-        let batch = batcher.take(Instant::now()).unwrap();
-        assert_eq!(batch.rows, 1_000);
-        assert_eq!(batch.segments.len(), 1);
+        assert_eq!(batcher.ready_at(idle), Some(Instant::now()));
+        let segments = batcher.take(Instant::now(), idle, usize::MAX);
+        assert_eq!(segments.len(), 1);
+        assert_eq!(rows(&segments), 1_000);
         assert_eq!(
-            (
-                batch.segments[0].first_offset,
-                batch.segments[0].commit_offset()
-            ),
+            (segments[0].first_offset, segments[0].commit_offset()),
             (0, 1_000)
         );
         assert!(batcher.is_empty());
+        assert_eq!(batcher.in_flight_bytes(), 100_000);
+        batcher.release(100_000);
+        assert_eq!(batcher.in_flight_bytes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,8 +385,13 @@ mod tests {
                 row(&mut batcher, 0, offset);
                 offset += 1;
             }
-            if batcher.ready_at().is_some_and(|at| at <= Instant::now()) {
-                sizes.push(batcher.take(Instant::now()).unwrap().rows);
+            if batcher
+                .ready_at(idle)
+                .is_some_and(|at| at <= Instant::now())
+            {
+                let taken = batcher.take(Instant::now(), idle, usize::MAX);
+                batcher.release(taken.iter().map(|s| s.bytes).sum());
+                sizes.push(rows(&taken));
                 flushes += 1;
             }
         }
@@ -297,21 +403,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn inserts_per_second_stay_at_the_limit_across_partitions() {
+    async fn inserts_per_second_stay_at_the_limit_with_partitions_in_flight() {
         let mut batcher = Batcher::new(policy());
         let mut offsets = [0_i64; 3];
         let mut inserts = 0;
+        // Each insert takes 700 ms; partitions are busy meanwhile.
+        let mut busy_until = [Instant::now(); 3];
         // 90,000 events/s over 3 partitions for 10 s.
         for step in 0..100_000_u32 {
             tokio::time::advance(Duration::from_micros(100)).await;
+            let now = Instant::now();
             for i in 0..9 {
                 let partition = ((step + i) % 3) as i32;
                 row(&mut batcher, partition, offsets[partition as usize]);
                 offsets[partition as usize] += 1;
             }
-            if batcher.ready_at().is_some_and(|at| at <= Instant::now()) {
-                let batch = batcher.take(Instant::now()).unwrap();
-                inserts += batch.segments.iter().filter(|s| !s.rows.is_empty()).count();
+            let busy = |p: i32| busy_until[p as usize] > now;
+            if batcher.ready_at(busy).is_some_and(|at| at <= now) {
+                for segment in batcher.take(now, busy, usize::MAX) {
+                    assert!(
+                        busy_until[segment.partition as usize] <= now,
+                        "one insert per partition"
+                    );
+                    busy_until[segment.partition as usize] = now + Duration::from_millis(700);
+                    batcher.release(segment.bytes);
+                    inserts += 1;
+                }
             }
         }
         // 2 inserts a second (min_flush_gap 500 ms per insert), +3 for the first flush.
@@ -320,7 +437,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn pauses_at_max_batch_bytes_and_flushes_then() {
+    async fn a_busy_partition_waits_while_the_others_are_taken() {
+        let mut batcher = Batcher::new(Policy {
+            min_flush_gap: Duration::ZERO,
+            ..policy()
+        });
+        for offset in 0..1_000 {
+            row(&mut batcher, 0, offset);
+            row(&mut batcher, 1, offset);
+        }
+        let busy = |p: i32| p == 0;
+        let taken = batcher.take(Instant::now(), busy, usize::MAX);
+        assert_eq!(
+            taken.iter().map(|s| s.partition).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(
+            batcher.ready_at(busy),
+            None,
+            "only the busy partition is left"
+        );
+        row(&mut batcher, 0, 1_000);
+        assert_eq!(batcher.rows(), 1_001, "its rows keep accumulating");
+        let taken = batcher.take(Instant::now(), idle, usize::MAX);
+        assert_eq!(
+            (taken[0].first_offset, taken[0].commit_offset()),
+            (0, 1_001)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_at_max_batch_bytes_in_flight_included_and_flushes_then() {
         let mut batcher = Batcher::new(Policy {
             max_batch_bytes: 10_000,
             max_rows: 1_000_000,
@@ -330,43 +477,67 @@ mod tests {
             row(&mut batcher, 0, offset);
         }
         assert!(!batcher.should_pause());
-        assert!(batcher.ready_at().unwrap() > Instant::now());
+        assert!(batcher.ready_at(idle).unwrap() > Instant::now());
         row(&mut batcher, 0, 99);
         assert!(batcher.should_pause());
         assert_eq!(
-            batcher.ready_at(),
+            batcher.ready_at(idle),
             Some(Instant::now()),
             "a full buffer flushes at once"
         );
+        let taken = batcher.take(Instant::now(), idle, usize::MAX);
+        assert!(batcher.should_pause(), "still full while the insert runs");
+        batcher.release(taken[0].bytes);
+        assert!(!batcher.should_pause());
     }
 
     #[tokio::test(start_paused = true)]
     async fn segments_cover_every_offset_including_dead_letters() {
-        let mut batcher: Batcher<u32, &str> = Batcher::new(policy());
+        let mut batcher: Batcher<Offsets, &str> = Batcher::new(policy());
         let now = Instant::now();
-        batcher.push(2, 7, 10, Entry::Row(10), 1, now);
-        batcher.push(2, 7, 11, Entry::DeadLetter("bad"), 1, now);
-        batcher.push(2, 7, 12, Entry::AlreadyStored, 1, now);
-        batcher.push(2, 7, 14, Entry::Row(14), 1, now);
-        batcher.push(0, 3, 5, Entry::DeadLetter("worse"), 1, now);
-        let batch = batcher.take(now).unwrap();
-        assert_eq!(batch.rows, 2);
-        let p0 = &batch.segments[0];
+        batcher.push_row(2, 7, 10, now, |r| r.0.push(10));
+        batcher.push(2, 7, 11, Entry::DeadLetter("bad"), now);
+        batcher.push(2, 7, 12, Entry::AlreadyStored, now);
+        batcher.push_row(2, 7, 14, now, |r| r.0.push(14));
+        batcher.push(0, 3, 5, Entry::DeadLetter("worse"), now);
+        let segments = batcher.take_all(now);
+        let p0 = &segments[0];
         assert_eq!(
             (p0.partition, p0.epoch, p0.first_offset, p0.commit_offset()),
             (0, 3, 5, 6)
         );
-        assert!(p0.rows.is_empty());
-        let p2 = &batch.segments[1];
+        assert_eq!(p0.rows.len(), 0);
+        let p2 = &segments[1];
         assert_eq!(
             (p2.first_offset, p2.commit_offset(), p2.already_stored),
             (10, 15, 1)
         );
-        assert_eq!(
-            p2.rows.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![10, 14]
-        );
+        assert_eq!(p2.rows, Offsets(vec![10, 14]));
         assert_eq!(p2.dead_letters, vec!["bad"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn segments_without_rows_are_not_held_back_by_the_rate_limit() {
+        let mut batcher: Batcher<Offsets, ()> = Batcher::new(Policy {
+            min_flush_gap: Duration::from_secs(10),
+            ..policy()
+        });
+        let t0 = Instant::now();
+        row(&mut batcher, 0, 0);
+        batcher.push(1, 1, 0, Entry::AlreadyStored, t0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(batcher.take(Instant::now(), idle, usize::MAX).len(), 2);
+        // One insert made: the next one not before t0 + 15 s.
+        row(&mut batcher, 0, 1);
+        batcher.push(1, 1, 1, Entry::AlreadyStored, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let taken = batcher.take(Instant::now(), idle, usize::MAX);
+        assert_eq!(
+            taken.iter().map(|s| s.partition).collect::<Vec<_>>(),
+            vec![1],
+            "skipped offsets need no insert: committed when due"
+        );
+        assert_eq!(batcher.ready_at(idle), Some(t0 + Duration::from_secs(15)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,6 +550,6 @@ mod tests {
         assert_eq!(batcher.partitions().collect::<Vec<_>>(), vec![0]);
         assert_eq!(batcher.drop_partition(0), 1);
         assert!(batcher.is_empty());
-        assert_eq!(batcher.ready_at(), None);
+        assert_eq!(batcher.ready_at(idle), None);
     }
 }

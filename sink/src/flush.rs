@@ -1,42 +1,38 @@
-//! Writing one batch: for each partition segment, confirm its dead letters, insert its rows,
-//! and only then commit `last offset + 1`.
+//! Writing one partition's segment: confirm its dead letters, insert its rows, and only then
+//! commit `last offset + 1`. The pipeline runs one such write per partition at a time, for
+//! several partitions at once.
 //!
 //! - Transient failures are retried by the [`crate::retry`] policy with the same rows and the
 //!   same deduplication token, until they succeed, the partition is revoked, or the sink stops.
 //! - Rows too many for one INSERT (partitions per block, memory) are split; rows ClickHouse
-//!   rejects are isolated by bisection and dead-lettered; a changed table is followed. Every
+//!   rejects are isolated by bisection and dead-lettered (their messages read back from
+//!   Kafka); a changed table is followed (the rows encoded again from their messages). Every
 //!   part has a deterministic token, so a retry after a crash still deduplicates.
-//! - The first insert of each new assignment first asks ClickHouse again what it holds of
-//!   that range: an insert of the previous owner that landed late is skipped, not repeated.
+//! - Before each segment's insert, ClickHouse is asked what it holds of that range: an insert
+//!   of a previous owner that landed late is skipped, not repeated.
 //! - Nothing is committed for a segment that was not written; a commit the group
-//!   coordinator refuses ends this sink's claim on those partitions until it is reassigned.
+//!   coordinator refuses ends this sink's claim on the partition until it is reassigned.
 
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use clickstream_event::Limits;
 use tokio::time::Instant;
 
 use crate::SinkError;
-use crate::batch::{Batch, Segment};
+use crate::batch::Segment;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::refetch::Refetch;
 use crate::retry::{Operation, RetryPolicy};
-use crate::row::EventRow;
+use crate::row::RowRef;
+use crate::rows::{Rows, Sealed};
 use crate::settings::{Delivery, Settings};
 use crate::writer::{Failure, Split, Writer};
-
-/// A row waiting for its insert, with what the dead-letter topic needs if ClickHouse rejects it.
-#[derive(Debug, Clone)]
-pub struct Buffered {
-    pub row: EventRow,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
 
 /// Commits consumer offsets (the next offset to read, per partition).
 pub trait Committer: Send + Sync + 'static {
@@ -56,9 +52,10 @@ pub enum CommitError {
     Failed(String),
 }
 
-/// What a flush did, for the log line and the metrics.
+/// What writing one segment did, for the log line and the metrics.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FlushReport {
+    pub partition: i32,
     pub rows: usize,
     pub inserted: usize,
     pub inserts: usize,
@@ -66,9 +63,8 @@ pub struct FlushReport {
     pub rejected: usize,
     pub already_stored: usize,
     pub dropped_revoked: usize,
-    pub partitions: usize,
     pub bytes: usize,
-    pub committed: Vec<(i32, i64)>,
+    pub committed: Option<i64>,
 }
 
 /// Fault injection for tests of crash recovery (environment `CLICKSTREAM_FAILPOINT`):
@@ -101,17 +97,19 @@ impl Failpoint {
     }
 }
 
-/// Everything a flush needs; shared by the consume loop and the flush tasks.
-pub struct Flusher<W, D, C> {
-    pub writer: W,
+/// Everything a write needs; shared by the consume loop and the write tasks.
+pub struct Flusher<W, D, C, F> {
+    pub writer: Arc<W>,
     pub dead_letters: D,
     pub committer: C,
+    pub refetch: F,
     pub ownership: Arc<Ownership>,
     pub metrics: Arc<Metrics>,
-    /// The retry policy; its cancel token ends the flush (shutdown deadline).
+    /// The retry policy; its cancel token ends the write (shutdown deadline).
     pub retry: RetryPolicy,
     pub topic: String,
     pub delivery: Delivery,
+    pub limits: Limits,
     pub failpoint: Failpoint,
 }
 
@@ -122,6 +120,9 @@ enum Stop {
     Cancelled,
     Revoked,
 }
+
+/// Offsets read back from Kafka at a time when rows are encoded again.
+const REFETCH_CHUNK: usize = 10_000;
 
 /// Some of a segment's rows (indices into it), inserted as one INSERT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,9 +146,9 @@ impl Part {
     }
 
     /// Halves in event-time order (each half in offset order again).
-    fn time_halves(mut self, rows: &[(i64, Buffered)]) -> (Part, Part) {
+    fn time_halves(mut self, rows: &Sealed) -> (Part, Part) {
         self.rows
-            .sort_by_key(|&i| (rows[i].1.row.event_time, rows[i].0));
+            .sort_by_key(|&i| (rows.id_and_time(i).1, rows.offset(i)));
         let mut second = self.rows.split_off(self.rows.len() / 2);
         self.rows.sort_unstable();
         second.sort_unstable();
@@ -164,12 +165,13 @@ impl Part {
     }
 }
 
-impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
+impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F> {
     pub fn new(
         settings: &Settings,
-        writer: W,
+        writer: Arc<W>,
         dead_letters: D,
         committer: C,
+        refetch: F,
         ownership: Arc<Ownership>,
         retry: RetryPolicy,
     ) -> Self {
@@ -177,129 +179,112 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             writer,
             dead_letters,
             committer,
+            refetch,
             ownership,
             metrics: retry.metrics.clone(),
             retry,
             topic: settings.topic.clone(),
             delivery: settings.delivery,
+            limits: settings.limits(),
             failpoint: Failpoint::from_env(),
         }
     }
 
-    /// Writes `batch` and commits what was written. Errors are fatal (or shutdown).
-    pub async fn write_batch(
-        &self,
-        batch: Batch<Buffered, D::Ack>,
-    ) -> Result<FlushReport, SinkError> {
+    /// Writes one partition's `segment` and commits it. Errors are fatal (or shutdown).
+    pub async fn write(&self, segment: Segment<Rows, D::Ack>) -> Result<FlushReport, SinkError> {
         let started = Instant::now();
-        let keys: Vec<(i32, u64)> = batch
-            .segments
-            .iter()
-            .map(|s| (s.partition, s.epoch))
-            .collect();
-        let owned = self.ownership.begin_flush(&keys);
+        let (partition, epoch) = (segment.partition, segment.epoch);
+        let mut report = FlushReport {
+            partition,
+            rows: segment.rows.len(),
+            bytes: segment.bytes,
+            ..FlushReport::default()
+        };
+        let owned = self.ownership.begin_flush(&[(partition, epoch)]);
         let _in_flight = InFlight {
             ownership: &self.ownership,
             partitions: owned.clone(),
         };
-        let mut report = FlushReport {
-            rows: batch.rows,
-            bytes: batch.bytes,
-            ..FlushReport::default()
-        };
-        let oldest_event = batch
-            .segments
-            .iter()
-            .flat_map(|s| s.rows.iter().map(|(_, b)| b.row.event_time))
-            .min();
-        for segment in batch.segments {
-            if !owned.contains(&segment.partition) {
-                report.dropped_revoked += segment.rows.len();
-                continue;
-            }
-            report.partitions += 1;
-            report.already_stored += segment.already_stored;
-            match self.write_segment(segment, &mut report).await {
-                Ok(commit) => report.committed.push(commit),
-                Err(Stop::Revoked) => {}
-                Err(Stop::Cancelled) => return Err(SinkError::Stopped),
-                Err(Stop::Fatal(error)) => return Err(error),
-                Err(Stop::BadData(message) | Stop::TooBig(_, message)) => {
-                    return Err(SinkError::Internal(format!(
-                        "unhandled rejection escaped the segment: {message}"
-                    )));
+        if owned.is_empty() {
+            report.dropped_revoked = report.rows;
+            return Ok(report);
+        }
+        report.already_stored = segment.already_stored;
+        match self.write_segment(segment, &mut report).await {
+            Ok(offset) => {
+                if self.commit(partition, epoch, offset).await {
+                    report.committed = Some(offset);
                 }
             }
+            Err(Stop::Revoked) => {}
+            Err(Stop::Cancelled) => return Err(SinkError::Stopped),
+            Err(Stop::Fatal(error)) => return Err(error),
+            Err(Stop::BadData(message) | Stop::TooBig(_, message)) => {
+                return Err(SinkError::Internal(format!(
+                    "unhandled rejection escaped the segment: {message}"
+                )));
+            }
         }
-        self.commit(&keys, &mut report.committed).await;
-        let elapsed = started.elapsed();
-        let oldest_age_ms = oldest_event.map(|t| (Utc::now() - t).num_milliseconds());
         tracing::info!(
+            partition,
             rows = report.rows,
             inserted = report.inserted,
             dead_lettered = report.dead_lettered,
             rejected = report.rejected,
             already_stored = report.already_stored,
             bytes = report.bytes,
-            partitions = report.partitions,
             inserts = report.inserts,
-            insert_ms = elapsed.as_millis() as u64,
-            oldest_event_age_ms = oldest_age_ms,
+            committed = report.committed,
+            write_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );
         self.metrics.batch_rows.observe(report.rows as f64);
         Ok(report)
     }
 
-    /// Commits the partitions still owned under the epoch their rows were read in; keeps in
-    /// `committed` only what was committed.
-    async fn commit(&self, keys: &[(i32, u64)], committed: &mut Vec<(i32, i64)>) {
-        let owned = |committed: &mut Vec<(i32, i64)>| {
-            committed.retain(|&(partition, _)| {
-                keys.iter()
-                    .any(|&(p, e)| p == partition && self.ownership.owns(p, e))
-            });
-        };
+    /// Commits `offset` for `partition` if it is still owned under `epoch`; whether it was.
+    async fn commit(&self, partition: i32, epoch: u64, offset: i64) -> bool {
         let mut retry = self.retry.start(Operation::Commit);
         loop {
-            owned(committed);
-            if committed.is_empty() {
-                return;
+            if !self.ownership.owns(partition, epoch) {
+                return false;
             }
-            match self.committer.commit(committed).await {
+            match self.committer.commit(&[(partition, offset)]).await {
                 Ok(()) => {
                     self.retry.stall.progress();
-                    return;
+                    return true;
                 }
                 Err(CommitError::Fenced(error)) => {
-                    // Not ours any more: insert and commit nothing more of these partitions
-                    // until the group assigns them again (then they are replayed from the
+                    // Not ours any more: insert and commit nothing more of this partition
+                    // until the group assigns it again (then it is replayed from the
                     // committed offset and the rows written here are skipped).
-                    let partitions: Vec<i32> = committed.iter().map(|&(p, _)| p).collect();
-                    self.ownership.lose(&partitions);
-                    self.metrics.commits_fenced.inc_by(partitions.len() as u64);
-                    tracing::warn!(?partitions, error = %error, "the group coordinator refused the commit: these partitions are no longer ours; their rows are in ClickHouse and their next owner skips them");
-                    committed.clear();
-                    return;
+                    self.ownership.lose(&[partition]);
+                    self.metrics.commits_fenced.inc();
+                    tracing::warn!(partition, error = %error, "the group coordinator refused the commit: this partition is no longer ours; its rows are in ClickHouse and its next owner skips them");
+                    return false;
                 }
                 Err(CommitError::Failed(error)) => {
                     self.metrics.commit_failures.inc();
-                    if retry.wait(None, "transient", &error).await.is_err() {
+                    if retry
+                        .wait(Some(partition), "transient", &error)
+                        .await
+                        .is_err()
+                    {
                         // Stopping: the rows are in ClickHouse; the replay skips them.
-                        committed.clear();
-                        return;
+                        return false;
                     }
                 }
             }
         }
     }
 
-    /// Dead letters, rows, in that order; returns the commit for the segment.
+    /// Dead letters, rows, in that order; returns the offset to commit.
     async fn write_segment(
         &self,
-        segment: Segment<Buffered, D::Ack>,
+        segment: Segment<Rows, D::Ack>,
         report: &mut FlushReport,
-    ) -> Result<(i32, i64), Stop> {
+    ) -> Result<i64, Stop> {
+        let commit = segment.commit_offset();
         let Segment {
             partition,
             epoch,
@@ -307,14 +292,16 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             dead_letters,
             ..
         } = segment;
-        let commit = (partition, segment.last_offset + 1);
         for ack in dead_letters {
             self.confirm(ack).await?;
             report.dead_lettered += 1;
         }
+        let Some(rows) = rows.seal() else {
+            return Ok(commit);
+        };
         // Wait out a freeze first: what ClickHouse holds is checked right before writing.
         self.wait_writable(partition, epoch).await?;
-        let rows = self.fence(partition, epoch, rows, report).await?;
+        let mut rows = self.fence(partition, rows, report).await?;
         // Depth-first, so rows go in offset order (in time order after a split by time).
         let mut pending = vec![Part {
             rows: (0..rows.len()).collect(),
@@ -324,7 +311,10 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             if part.rows.is_empty() {
                 continue;
             }
-            match self.insert_with_retry(partition, epoch, &rows, &part).await {
+            match self
+                .insert_with_retry(partition, epoch, &mut rows, &part)
+                .await
+            {
                 Ok(()) => {
                     report.inserted += part.rows.len();
                     report.inserts += 1;
@@ -358,28 +348,122 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
                 }
                 Err(Stop::BadData(message)) => {
                     self.undo_partial(partition, &rows, &part).await?;
-                    let (offset, buffered) = &rows[part.rows[0]];
-                    let ack = self.dead_letters.send(DeadLetter {
-                        key: buffered.key.clone(),
-                        payload: Some(buffered.payload.clone()),
-                        headers: buffered.headers.clone(),
-                        reason: "rejected_by_clickhouse".into(),
-                        error: message,
-                        source_topic: self.topic.clone(),
-                        source_partition: partition,
-                        source_offset: *offset,
-                    });
-                    self.confirm(ack).await?;
-                    self.metrics
-                        .dead_lettered
-                        .get_or_create(&Metrics::label("reason", "rejected_by_clickhouse"))
-                        .inc();
+                    let offset = rows.offset(part.rows[0]);
+                    self.reject(partition, offset, message).await?;
                     report.rejected += 1;
                 }
                 Err(stop) => return Err(stop),
             }
         }
         Ok(commit)
+    }
+
+    /// Dead-letters the message at `offset`, which ClickHouse rejected, as Kafka holds it.
+    async fn reject(&self, partition: i32, offset: i64, error: String) -> Result<(), Stop> {
+        let message = self
+            .read_back(partition, &[offset])
+            .await?
+            .into_iter()
+            .next();
+        let letter = match message {
+            Some(message) => DeadLetter {
+                key: message.key,
+                payload: message.payload,
+                headers: message.headers,
+                reason: "rejected_by_clickhouse".into(),
+                error,
+                source_topic: self.topic.clone(),
+                source_partition: partition,
+                source_offset: offset,
+            },
+            None => DeadLetter {
+                key: None,
+                payload: None,
+                headers: Vec::new(),
+                reason: "rejected_by_clickhouse".into(),
+                error: format!(
+                    "{error} (the message itself was already deleted from the topic by its retention)"
+                ),
+                source_topic: self.topic.clone(),
+                source_partition: partition,
+                source_offset: offset,
+            },
+        };
+        let ack = self.dead_letters.send(letter);
+        self.confirm(ack).await?;
+        self.metrics
+            .dead_lettered
+            .get_or_create(&Metrics::label("reason", "rejected_by_clickhouse"))
+            .inc();
+        Ok(())
+    }
+
+    /// Messages of `partition` read back from Kafka, retried while that fails transiently.
+    async fn read_back(
+        &self,
+        partition: i32,
+        offsets: &[i64],
+    ) -> Result<Vec<crate::refetch::Fetched>, Stop> {
+        let mut retry = self.retry.start(Operation::ReadBack);
+        loop {
+            match self.refetch.fetch(partition, offsets).await {
+                Ok(messages) => return Ok(messages),
+                Err(Failure::Fatal(message)) => {
+                    return Err(Stop::Fatal(SinkError::Inconsistent(message)));
+                }
+                Err(failure) => retry
+                    .wait(Some(partition), failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        }
+    }
+
+    /// The rows encoded again for the table's new structure, from their messages.
+    async fn reencode(&self, partition: i32, rows: &Sealed) -> Result<Sealed, Stop> {
+        let Some(layout) = self.writer.layout() else {
+            return Err(Stop::Fatal(SinkError::Internal(
+                "no table structure after a reload".into(),
+            )));
+        };
+        let offsets: Vec<i64> = rows.offsets().collect();
+        let mut again = Rows::default();
+        for chunk in offsets.chunks(REFETCH_CHUNK) {
+            let messages = self.read_back(partition, chunk).await?;
+            if messages.len() != chunk.len() {
+                let missing: Vec<i64> = chunk
+                    .iter()
+                    .filter(|o| !messages.iter().any(|m| m.offset == **o))
+                    .take(5)
+                    .copied()
+                    .collect();
+                return Err(Stop::Fatal(SinkError::Inconsistent(format!(
+                    "{}[{partition}]: the table's structure changed and the buffered rows must \
+                     be encoded again, but offsets {missing:?}... are no longer in the topic \
+                     (deleted by retention before they were written). Nothing was committed \
+                     for them; raise the topic's retention above the sink's worst outage",
+                    self.topic
+                ))));
+            }
+            for message in &messages {
+                let at = message
+                    .timestamp_ms
+                    .and_then(DateTime::from_timestamp_millis)
+                    .unwrap_or_else(Utc::now);
+                let event = clickstream_event::decode_ref(message.payload.as_deref(), &self.limits, at)
+                    .map_err(|rejection| {
+                        Stop::Fatal(SinkError::Inconsistent(format!(
+                            "{}[{partition}] offset {}: the event was valid when read and is not now ({rejection})",
+                            self.topic, message.offset
+                        )))
+                    })?;
+                again.push(
+                    || layout.clone(),
+                    &RowRef::of_event(&event, &self.topic, partition, message.offset),
+                );
+            }
+        }
+        Ok(again.seal().unwrap_or_else(|| Sealed::encode(layout, &[])))
     }
 
     async fn confirm(&self, ack: D::Ack) -> Result<(), Stop> {
@@ -441,19 +525,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
     /// view failed (ClickHouse does not roll that back: raw rows without their rollups).
     /// Before the rows go in again as parts (new tokens) or to the dead-letter topic, those
     /// leftovers are deleted, so that the table and the rollups hold each row once.
-    async fn undo_partial(
-        &self,
-        partition: i32,
-        rows: &[(i64, Buffered)],
-        part: &Part,
-    ) -> Result<(), Stop> {
-        let from = rows[part.rows[0]].0;
-        let to = rows[part.rows[part.rows.len() - 1]].0;
+    async fn undo_partial(&self, partition: i32, rows: &Sealed, part: &Part) -> Result<(), Stop> {
+        let from = rows.offset(part.rows[0]);
+        let to = rows.offset(part.rows[part.rows.len() - 1]);
         let stored = self.stored(partition, from, to).await?;
         let left: Vec<i64> = part
             .rows
             .iter()
-            .map(|&i| rows[i].0)
+            .map(|&i| rows.offset(i))
             .filter(|offset| stored.contains_key(offset))
             .collect();
         if left.is_empty() {
@@ -493,42 +572,40 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
     async fn fence(
         &self,
         partition: i32,
-        epoch: u64,
-        rows: Vec<(i64, Buffered)>,
+        rows: Sealed,
         report: &mut FlushReport,
-    ) -> Result<Vec<(i64, Buffered)>, Stop> {
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-            return Ok(rows);
-        };
-        if self.delivery != Delivery::ExactlyOnce {
+    ) -> Result<Sealed, Stop> {
+        if self.delivery != Delivery::ExactlyOnce || rows.is_empty() {
             return Ok(rows);
         }
-        let (from, to) = (first.0, last.0);
+        let (from, to) = (rows.offset(0), rows.offset(rows.len() - 1));
         let stored = self.stored(partition, from, to).await?;
         if stored.is_empty() {
             return Ok(rows);
         }
-        let before = rows.len();
-        let mut kept = Vec::with_capacity(before);
-        for (offset, buffered) in rows {
-            match stored.get(&offset) {
-                None => kept.push((offset, buffered)),
-                Some(id) if *id == buffered.row.event_id => {}
-                Some(id) => {
-                    return Err(Stop::Fatal(SinkError::Inconsistent(format!(
-                        "{}[{partition}] offset {offset}: ClickHouse holds event {id} there, \
-                         but the message is event {}: the topic's offsets were reused (deleted \
-                         and recreated?); nothing was written or committed",
-                        self.topic, buffered.row.event_id
-                    ))));
-                }
+        for i in 0..rows.len() {
+            let offset = rows.offset(i);
+            let (id, _) = rows.id_and_time(i);
+            if let Some(held) = stored.get(&offset)
+                && *held != id
+            {
+                return Err(Stop::Fatal(SinkError::Inconsistent(format!(
+                    "{}[{partition}] offset {offset}: ClickHouse holds event {held} there, \
+                     but the message is event {id}: the topic's offsets were reused (deleted \
+                     and recreated?); nothing was written or committed",
+                    self.topic
+                ))));
             }
         }
+        let before = rows.len();
+        let kept = {
+            let offsets: Vec<i64> = rows.offsets().collect();
+            rows.retain(|i| !stored.contains_key(&offsets[i]))
+        };
         let skipped = before - kept.len();
         if skipped > 0 {
             tracing::info!(
                 partition,
-                epoch,
                 skipped,
                 "rows written meanwhile by the previous owner are skipped"
             );
@@ -539,18 +616,18 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
     }
 
     /// The deduplication token of `part`: the same rows always get the same token.
-    fn token(&self, partition: i32, rows: &[(i64, Buffered)], part: &Part) -> Option<String> {
+    fn token(&self, partition: i32, rows: &Sealed, part: &Part) -> Option<String> {
         if self.delivery != Delivery::ExactlyOnce {
             return None;
         }
-        let first = rows[part.rows[0]].0;
-        let last = rows[part.rows[part.rows.len() - 1]].0;
+        let first = rows.offset(part.rows[0]);
+        let last = rows.offset(part.rows[part.rows.len() - 1]);
         let mut token = format!("{}:{partition}:{first}-{last}", self.topic);
         if !part.run {
             // FNV-1a over the offsets: a set of offsets, named by its content.
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
             for &i in &part.rows {
-                for byte in rows[i].0.to_le_bytes() {
+                for byte in rows.offset(i).to_le_bytes() {
                     hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
                 }
             }
@@ -559,31 +636,31 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
         Some(token)
     }
 
-    /// One INSERT of `part`, retried while the failure is transient.
+    /// One INSERT of `part`, retried while the failure is transient; after the table changed,
+    /// the rows are encoded again (all of them: later parts need the new encoding too).
     async fn insert_with_retry(
         &self,
         partition: i32,
         epoch: u64,
-        rows: &[(i64, Buffered)],
+        rows: &mut Sealed,
         part: &Part,
     ) -> Result<(), Stop> {
         let token = self.token(partition, rows, part);
-        let refs: Vec<&EventRow> = part.rows.iter().map(|&i| &rows[i].1.row).collect();
         let mut retry = self.retry.start(Operation::Insert);
         let mut schema_changes = 0;
         loop {
             self.wait_writable(partition, epoch).await?;
             let started = Instant::now();
-            let failure = match self.writer.insert(&refs, token.as_deref()).await {
+            let failure = match self.writer.insert(rows, &part.rows, token.as_deref()).await {
                 Ok(()) => {
                     self.metrics
                         .insert_duration_seconds
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.inserts.inc();
-                    self.metrics.inserted_rows.inc_by(refs.len() as u64);
-                    let now = Utc::now();
-                    for row in &refs {
-                        let age = (now - row.event_time).num_milliseconds().max(0) as f64 / 1000.0;
+                    self.metrics.inserted_rows.inc_by(part.rows.len() as u64);
+                    let now = Utc::now().timestamp_millis();
+                    for &i in &part.rows {
+                        let age = (now - rows.id_and_time(i).1).max(0) as f64 / 1000.0;
                         self.metrics.event_to_insert_seconds.observe(age);
                     }
                     self.retry.stall.progress();
@@ -595,12 +672,18 @@ impl<W: Writer, D: DeadLetterSink, C: Committer> Flusher<W, D, C> {
             match failure {
                 // Follow the new structure at once (a table altered again and again is retried
                 // like any transient failure).
-                Failure::SchemaChanged(_) if schema_changes < 3 => {
+                Failure::SchemaChanged(message) => {
                     schema_changes += 1;
                     self.metrics.schema_changes.inc();
-                    continue;
+                    *rows = self.reencode(partition, rows).await?;
+                    if schema_changes > 3 {
+                        retry
+                            .wait(Some(partition), "schema_changed", &message)
+                            .await
+                            .map_err(|_| Stop::Cancelled)?;
+                    }
                 }
-                Failure::TooBig { split, message } if refs.len() > 1 => {
+                Failure::TooBig { split, message } if part.rows.len() > 1 => {
                     return Err(Stop::TooBig(split, message));
                 }
                 Failure::BadData(message) => return Err(Stop::BadData(message)),
@@ -638,13 +721,18 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use chrono::{DateTime, TimeZone};
+    use chrono::TimeZone;
+    use clickstream_event::{ClickEvent, EventType};
     use uuid::Uuid;
 
     use super::*;
-    use crate::batch::{Batcher, Entry, Policy};
+    use crate::batch::{Batcher, Policy};
+    use crate::refetch::Fetched;
+    use crate::refetch::tests::FakeTopic;
+    use crate::schema::{Layout, test_columns};
 
-    type Rule = Box<dyn Fn(&[&EventRow]) -> Result<(), Failure> + Send + Sync>;
+    /// What a rule sees of each row of an INSERT: (offset, event time in ms).
+    type Rule = Box<dyn Fn(&[(i64, i64)]) -> Result<(), Failure> + Send + Sync>;
     /// The offsets of one INSERT attempt, its token, and whether it succeeded.
     type Attempt = (Vec<i64>, Option<String>, bool);
 
@@ -654,16 +742,22 @@ mod tests {
     struct FakeWriter {
         rule: Rule,
         partial: bool,
+        layout: Mutex<Arc<Layout>>,
         attempts: Mutex<Vec<Attempt>>,
         stored: Mutex<BTreeMap<i64, Uuid>>,
         deleted: Mutex<Vec<i64>>,
     }
 
     impl FakeWriter {
-        fn new(rule: impl Fn(&[&EventRow]) -> Result<(), Failure> + Send + Sync + 'static) -> Self {
+        fn new(
+            rule: impl Fn(&[(i64, i64)]) -> Result<(), Failure> + Send + Sync + 'static,
+        ) -> Self {
             FakeWriter {
                 rule: Box::new(rule),
                 partial: false,
+                layout: Mutex::new(Arc::new(
+                    Layout::new("db", "events", &test_columns(&[])).unwrap(),
+                )),
                 attempts: Mutex::default(),
                 stored: Mutex::default(),
                 deleted: Mutex::default(),
@@ -690,16 +784,36 @@ mod tests {
     }
 
     impl Writer for FakeWriter {
-        async fn insert(&self, rows: &[&EventRow], token: Option<&str>) -> Result<(), Failure> {
-            let result = (self.rule)(rows);
+        fn layout(&self) -> Option<Arc<Layout>> {
+            Some(self.layout.lock().unwrap().clone())
+        }
+
+        async fn insert(
+            &self,
+            rows: &Sealed,
+            part: &[usize],
+            token: Option<&str>,
+        ) -> Result<(), Failure> {
+            let current = self.layout.lock().unwrap().clone();
+            let result = if rows.layout.columns != current.columns {
+                Err(Failure::SchemaChanged(
+                    "encoded for another structure".into(),
+                ))
+            } else {
+                let seen: Vec<(i64, i64)> = part
+                    .iter()
+                    .map(|&i| (rows.offset(i), rows.id_and_time(i).1))
+                    .collect();
+                (self.rule)(&seen)
+            };
             if result.is_ok() || self.partial {
                 let mut stored = self.stored.lock().unwrap();
-                for row in rows {
-                    stored.insert(row.kafka_offset, row.event_id);
+                for &i in part {
+                    stored.insert(rows.offset(i), rows.id_and_time(i).0);
                 }
             }
             self.attempts.lock().unwrap().push((
-                rows.iter().map(|r| r.kafka_offset).collect(),
+                part.iter().map(|&i| rows.offset(i)).collect(),
                 token.map(str::to_owned),
                 result.is_ok(),
             ));
@@ -765,13 +879,16 @@ mod tests {
         }
     }
 
-    fn row(offset: i64, day: i64) -> EventRow {
-        EventRow {
+    type TestFlusher = Flusher<FakeWriter, FakeDeadLetters, FakeCommitter, FakeTopic>;
+
+    /// The event at `offset`, `day` days after a fixed start.
+    fn event(offset: i64, day: i64) -> ClickEvent {
+        ClickEvent {
             event_id: Uuid::from_u128(offset as u128 + 1),
-            event_time: Utc.timestamp_opt(1_700_000_000 + day * 86_400, 0).unwrap(),
+            timestamp: Utc.timestamp_opt(1_700_000_000 + day * 86_400, 0).unwrap(),
             user_id: "u".into(),
             session_id: Uuid::nil(),
-            event_type: "page_view".into(),
+            event_type: EventType::PageView,
             page_url: "/".into(),
             page_category: "home".into(),
             referrer: "direct".into(),
@@ -782,16 +899,10 @@ mod tests {
             product_id: None,
             price: None,
             quantity: None,
-            kafka_topic: "t".into(),
-            kafka_partition: 0,
-            kafka_offset: offset,
         }
     }
 
-    fn new_flusher(
-        writer: FakeWriter,
-        committer: FakeCommitter,
-    ) -> (Flusher<FakeWriter, FakeDeadLetters, FakeCommitter>, u64) {
+    fn new_flusher(writer: FakeWriter, committer: FakeCommitter) -> (TestFlusher, u64) {
         let ownership = Arc::new(Ownership::default());
         ownership.assign(&[0]);
         let epoch = ownership.epoch(0).unwrap();
@@ -802,46 +913,51 @@ mod tests {
         let retry = RetryPolicy::immediate();
         let flusher = Flusher::new(
             &settings,
-            writer,
+            Arc::new(writer),
             FakeDeadLetters::default(),
             committer,
+            FakeTopic::default(),
             ownership,
             retry,
         );
         (flusher, epoch)
     }
 
-    /// One partition-0 batch of `rows` (offset, day of event time).
-    fn batch(epoch: u64, rows: &[(i64, i64)]) -> Batch<Buffered, DeadLetter> {
-        let mut batcher = Batcher::new(Policy {
+    /// One partition-0 segment of `rows` (offset, day of event time), encoded as intake
+    /// does; the fake topic holds their messages.
+    fn batch(flusher: &TestFlusher, epoch: u64, rows: &[(i64, i64)]) -> Segment<Rows, DeadLetter> {
+        let mut batcher: Batcher<Rows, DeadLetter> = Batcher::new(Policy {
             max_rows: 1_000_000,
             flush_interval: Duration::from_secs(1),
             max_batch_bytes: usize::MAX,
             min_flush_gap: Duration::ZERO,
         });
         let now = Instant::now();
+        let layout = flusher.writer.layout().unwrap();
+        let mut topic = flusher.refetch.messages.lock().unwrap();
         for &(offset, day) in rows {
-            let buffered = Buffered {
-                row: row(offset, day),
-                key: None,
-                payload: format!("payload {offset}").into_bytes(),
-                headers: Vec::new(),
-            };
-            batcher.push(0, epoch, offset, Entry::Row(buffered), 100, now);
+            let event = event(offset, day);
+            topic.insert(
+                offset,
+                Fetched {
+                    offset,
+                    key: Some(b"u".to_vec()),
+                    payload: Some(event.to_json()),
+                    headers: Vec::new(),
+                    timestamp_ms: Some(event.timestamp.timestamp_millis()),
+                },
+            );
+            let view = event.as_ref();
+            let row = RowRef::of_event(&view, "t", 0, offset);
+            batcher.push_row(0, epoch, offset, now, |r| r.push(|| layout.clone(), &row));
         }
-        batcher.take(now).expect("a batch")
+        batcher.take_all(now).pop().expect("a segment")
     }
 
-    fn days(rows: &[&EventRow]) -> usize {
-        let days: HashSet<DateTime<Utc>> = rows
+    fn days(rows: &[(i64, i64)]) -> usize {
+        let days: HashSet<i64> = rows
             .iter()
-            .map(|r| {
-                r.event_time
-                    .date_naive()
-                    .and_hms_opt(0, 0, 0)
-                    .unwrap()
-                    .and_utc()
-            })
+            .map(|(_, ms)| ms.div_euclid(86_400_000))
             .collect();
         days.len()
     }
@@ -853,7 +969,7 @@ mod tests {
             FakeCommitter::default(),
         );
         let error = flusher
-            .write_batch(batch(epoch, &[(0, 0), (1, 0)]))
+            .write(batch(&flusher, epoch, &[(0, 0), (1, 0)]))
             .await
             .expect_err("fatal");
         assert!(matches!(error, SinkError::ClickHouse { .. }), "{error}");
@@ -864,7 +980,7 @@ mod tests {
     async fn bisection_dead_letters_only_the_bad_row() {
         let (flusher, epoch) = new_flusher(
             FakeWriter::new(|rows| {
-                if rows.iter().any(|r| r.kafka_offset == 5) {
+                if rows.iter().any(|r| r.0 == 5) {
                     Err(Failure::BadData("Code: 469. constraint".into()))
                 } else {
                     Ok(())
@@ -873,7 +989,7 @@ mod tests {
             FakeCommitter::default(),
         );
         let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
-        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
         assert_eq!((report.inserted, report.rejected), (9, 1));
         let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
         inserted.sort_unstable();
@@ -885,6 +1001,11 @@ mod tests {
             (5, "rejected_by_clickhouse")
         );
         assert_eq!(
+            letters[0].payload,
+            Some(event(5, 0).to_json()),
+            "the original message, read back from Kafka"
+        );
+        assert_eq!(
             *flusher.committer.commits.lock().unwrap(),
             vec![vec![(0, 10)]]
         );
@@ -893,7 +1014,7 @@ mod tests {
     #[tokio::test]
     async fn a_backfill_over_too_many_partitions_is_split_by_time_and_nothing_is_dead_lettered() {
         let max_days = 3;
-        let rule = move |rows: &[&EventRow]| {
+        let rule = move |rows: &[(i64, i64)]| {
             if days(rows) > max_days {
                 Err(Failure::TooBig {
                     split: Split::ByTime,
@@ -906,7 +1027,7 @@ mod tests {
         // 40 offsets whose event times hop over 20 days (out of order, as a backfill does).
         let rows: Vec<(i64, i64)> = (0..40).map(|o| (o, (o * 7) % 20)).collect();
         let (flusher, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
-        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
         assert_eq!((report.inserted, report.rejected), (40, 0));
         let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
         inserted.sort_unstable();
@@ -925,12 +1046,12 @@ mod tests {
 
         // The same rows again (a retry after a crash) split the same way, with the same tokens.
         let (again, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
-        again.write_batch(batch(epoch, &rows)).await.unwrap();
+        again.write(batch(&again, epoch, &rows)).await.unwrap();
         assert_eq!(again.writer.tokens(), tokens);
     }
 
     /// ClickHouse's memory limit, hit by inserts of more than `rows` rows.
-    fn memory_limit_above(rows: usize) -> impl Fn(&[&EventRow]) -> Result<(), Failure> {
+    fn memory_limit_above(rows: usize) -> impl Fn(&[(i64, i64)]) -> Result<(), Failure> {
         move |batch| {
             if batch.len() > rows {
                 Err(Failure::TooBig {
@@ -951,7 +1072,7 @@ mod tests {
             FakeCommitter::default(),
         );
         let rows: Vec<(i64, i64)> = (0..16).map(|o| (o, 0)).collect();
-        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
         assert_eq!(
             (report.inserted, report.inserts, report.rejected),
             (16, 4, 0)
@@ -970,7 +1091,7 @@ mod tests {
         writer.partial = true;
         let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
         let rows: Vec<(i64, i64)> = (0..8).map(|o| (o, 0)).collect();
-        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
         assert_eq!(report.inserted, 8);
         let mut deleted = flusher.writer.deleted.lock().unwrap().clone();
         deleted.sort_unstable();
@@ -983,35 +1104,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_changed_table_is_followed_at_once_without_dead_letters() {
-        let calls = Arc::new(Mutex::new(0));
-        let seen = calls.clone();
-        let (flusher, epoch) = new_flusher(
-            FakeWriter::new(move |_| {
-                let mut calls = seen.lock().unwrap();
-                *calls += 1;
-                if *calls == 1 {
-                    Err(Failure::SchemaChanged(
-                        "Code: 117. Type of 'duration_ms' must be UInt64".into(),
-                    ))
-                } else {
-                    Ok(())
-                }
-            }),
-            FakeCommitter::default(),
-        );
-        let report = flusher
-            .write_batch(batch(epoch, &[(0, 0), (1, 0)]))
-            .await
-            .unwrap();
-        assert_eq!((report.inserted, report.rejected), (2, 0));
-        assert_eq!(*calls.lock().unwrap(), 2);
+    async fn a_changed_table_is_followed_at_once_by_encoding_the_rows_again_from_kafka() {
+        let (flusher, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let segment = batch(&flusher, epoch, &[(0, 0), (1, 0), (2, 1)]);
+        // ALTER TABLE ... MODIFY COLUMN duration_ms UInt64, after the rows were encoded.
+        let wider =
+            Layout::new("db", "events", &test_columns(&[("duration_ms", "UInt64")])).unwrap();
+        *flusher.writer.layout.lock().unwrap() = Arc::new(wider);
+        let report = flusher.write(segment).await.unwrap();
+        assert_eq!((report.inserted, report.rejected), (3, 0));
+        assert_eq!(flusher.writer.inserted(), vec![vec![0, 1, 2]]);
+        assert_eq!(*flusher.refetch.reads.lock().unwrap(), 1, "read back once");
+        assert!(flusher.dead_letters.confirmed.lock().unwrap().is_empty());
         assert!(
             flusher
                 .metrics
                 .render()
                 .contains("clickstream_sink_schema_changes_total 1")
         );
+    }
+
+    #[tokio::test]
+    async fn rows_that_cannot_be_read_back_stop_the_sink_instead_of_being_lost() {
+        let (flusher, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let segment = batch(&flusher, epoch, &[(0, 0), (1, 0)]);
+        flusher.refetch.messages.lock().unwrap().remove(&1);
+        let wider =
+            Layout::new("db", "events", &test_columns(&[("duration_ms", "UInt64")])).unwrap();
+        *flusher.writer.layout.lock().unwrap() = Arc::new(wider);
+        let error = flusher.write(segment).await.expect_err("offset 1 is gone");
+        assert!(error.to_string().contains("retention"), "{error}");
+        assert!(flusher.committer.commits.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -1031,7 +1154,10 @@ mod tests {
             FakeCommitter::default(),
         );
         flusher.retry.stall.failing(None, "stale".into());
-        let report = flusher.write_batch(batch(epoch, &[(0, 0)])).await.unwrap();
+        let report = flusher
+            .write(batch(&flusher, epoch, &[(0, 0)]))
+            .await
+            .unwrap();
         assert_eq!(report.inserted, 1);
         assert!(flusher.metrics.render().contains(
             "clickstream_sink_retries_total{operation=\"insert\",error=\"transient\"} 3"
@@ -1046,9 +1172,9 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_partition_is_neither_written_nor_committed() {
         let (flusher, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
-        let batch = batch(epoch, &[(0, 0), (1, 0)]);
+        let segment = batch(&flusher, epoch, &[(0, 0), (1, 0)]);
         flusher.ownership.revoke(&[0], Duration::ZERO);
-        let report = flusher.write_batch(batch).await.unwrap();
+        let report = flusher.write(segment).await.unwrap();
         assert_eq!((report.inserted, report.dropped_revoked), (0, 2));
         assert!(flusher.writer.inserted().is_empty());
         assert!(flusher.committer.commits.lock().unwrap().is_empty());
@@ -1065,8 +1191,11 @@ mod tests {
                 ..FakeCommitter::default()
             },
         );
-        let report = flusher.write_batch(batch(epoch, &[(0, 0)])).await.unwrap();
-        assert!(report.committed.is_empty());
+        let report = flusher
+            .write(batch(&flusher, epoch, &[(0, 0)]))
+            .await
+            .unwrap();
+        assert_eq!(report.committed, None);
         assert!(!flusher.ownership.owns(0, epoch), "no more inserts for it");
         assert!(
             flusher
@@ -1089,7 +1218,7 @@ mod tests {
         }
         let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
         let rows: Vec<(i64, i64)> = (0..5).map(|o| (o, 0)).collect();
-        let report = flusher.write_batch(batch(epoch, &rows)).await.unwrap();
+        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
         assert_eq!((report.inserted, report.already_stored), (2, 3));
         assert_eq!(flusher.writer.inserted(), vec![vec![3, 4]]);
         assert_eq!(

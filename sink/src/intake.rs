@@ -23,11 +23,11 @@ use uuid::Uuid;
 use crate::SinkError;
 use crate::batch::{Batcher, Entry};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
-use crate::flush::Buffered;
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::retry::{Operation, RetryPolicy};
-use crate::row::EventRow;
+use crate::row::RowRef;
+use crate::rows::Rows;
 use crate::settings::{Delivery, Settings};
 use crate::writer::{Failure, Writer};
 
@@ -189,7 +189,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
         &mut self,
         message: &M,
         ownership: &Ownership,
-        batcher: &mut Batcher<Buffered, D::Ack>,
+        batcher: &mut Batcher<Rows, D::Ack>,
     ) -> Result<Step, SinkError> {
         self.context.metrics.consumed.inc();
         let partition = message.partition();
@@ -253,7 +253,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
         &mut self,
         done: LookupDone,
         ownership: &Ownership,
-        batcher: &mut Batcher<Buffered, D::Ack>,
+        batcher: &mut Batcher<Rows, D::Ack>,
     ) -> Result<Option<i32>, SinkError> {
         let LookupDone {
             partition,
@@ -371,14 +371,13 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
         &self,
         message: &M,
         state: &mut PartitionState,
-        batcher: &mut Batcher<Buffered, D::Ack>,
+        batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
     ) -> Result<(), SinkError> {
         let partition = message.partition();
         let offset = message.offset();
         let epoch = state.epoch;
         let payload = message.payload();
-        let size = payload.map_or(0, <[u8]>::len) + 64;
         if let Some(stored_id) = state.window.stored.remove(&offset) {
             // Skip it only if it is the event ClickHouse holds at this offset. Anything else
             // means the offsets were reused (the topic was deleted and recreated, or the table
@@ -404,7 +403,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
             }
             state.recent.note(stored_id, offset);
             self.metrics.replay_skipped.inc();
-            batcher.push(partition, epoch, offset, Entry::AlreadyStored, 16, now);
+            batcher.push(partition, epoch, offset, Entry::AlreadyStored, now);
             return Ok(());
         }
         // Validate against the message's own timestamp, so a replay decides the same way.
@@ -413,8 +412,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
             .to_millis()
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
-        let headers = original_headers(message);
-        match clickstream_event::decode(payload, &self.limits, at) {
+        match clickstream_event::decode_ref(payload, &self.limits, at) {
             Ok(event) => {
                 if let Some(earlier) = state.recent.note(event.event_id, offset) {
                     // Two Kafka records, one event (a producer retry without idempotence):
@@ -422,15 +420,19 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     self.metrics.duplicate_event_ids.inc();
                     tracing::debug!(partition, offset, earlier, event_id = %event.event_id, "event id seen again");
                 }
-                let row = EventRow::new(event, &self.topic, partition, offset);
-                let bytes = size + row.encoded_len();
-                let buffered = Buffered {
-                    row,
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers,
-                };
-                batcher.push(partition, epoch, offset, Entry::Row(buffered), bytes, now);
+                // Encoded once, here, into the partition's insert buffer.
+                let row = RowRef::of_event(&event, &self.topic, partition, offset);
+                let writer = &self.writer;
+                batcher.push_row(partition, epoch, offset, now, |rows| {
+                    rows.push(
+                        || {
+                            writer
+                                .layout()
+                                .expect("the table's structure is read at start")
+                        },
+                        &row,
+                    )
+                });
             }
             Err(rejection) => {
                 self.metrics
@@ -445,14 +447,14 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                 let ack = self.dead_letters.send(DeadLetter {
                     key: message.key().map(<[u8]>::to_vec),
                     payload: payload.map(<[u8]>::to_vec),
-                    headers,
+                    headers: original_headers(message),
                     reason: rejection.reason.as_str().to_owned(),
                     error: rejection.detail,
                     source_topic: self.topic.clone(),
                     source_partition: partition,
                     source_offset: offset,
                 });
-                batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), size, now);
+                batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), now);
             }
         }
         Ok(())

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub event_to_insert_seconds: Histogram,
     pub consumer_lag: Family<Labels, Gauge>,
     pub buffered_rows: Gauge,
+    /// Memory of the rows waiting to be inserted (their encoding and index).
+    pub buffered_bytes: Gauge,
+    /// INSERTs running now (one per partition at most).
+    pub inserts_in_flight: Gauge,
+    /// Memory of the rows being inserted.
+    pub in_flight_bytes: Gauge,
     pub paused_partitions: Gauge,
     /// 1 while the sink has work but made no progress for `stall_timeout_ms`.
     pub stalled: Gauge,
@@ -74,6 +80,9 @@ impl Metrics {
             event_to_insert_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
             consumer_lag: Family::default(),
             buffered_rows: Gauge::default(),
+            buffered_bytes: Gauge::default(),
+            inserts_in_flight: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
             paused_partitions: Gauge::default(),
             stalled: Gauge::default(),
             insert_splits: Family::default(),
@@ -144,6 +153,21 @@ impl Metrics {
             "buffered_rows",
             "Rows waiting to be inserted",
             metrics.buffered_rows.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Memory of the rows waiting to be inserted",
+            metrics.buffered_bytes.clone(),
+        );
+        registry.register(
+            "inserts_in_flight",
+            "INSERTs running now (at most one per partition)",
+            metrics.inserts_in_flight.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Memory of the rows being inserted",
+            metrics.in_flight_bytes.clone(),
         );
         registry.register(
             "paused_partitions",

@@ -1,5 +1,6 @@
-//! The consume loop: consumer → intake → batch → flush (a task, while reading goes on) →
-//! commit, with rebalances, back-pressure, the stall watch and an orderly shutdown.
+//! The consume loop: consumer → intake → batch → write (a task per partition, several at
+//! once, while reading goes on) → commit, with rebalances, back-pressure, the stall watch and
+//! an orderly shutdown.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,19 +12,21 @@ use rdkafka::consumer::{
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SinkError;
 use crate::batch::{Batcher, Policy};
 use crate::dead_letter::{DeadLetterSink, KafkaDeadLetters};
-use crate::flush::{Buffered, CommitError, Committer, FlushReport, Flusher};
+use crate::flush::{CommitError, Committer, FlushReport, Flusher};
 use crate::http::Health;
 use crate::intake::{Intake, Step};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::refetch::KafkaRefetch;
 use crate::retry::{Backoff, Operation, RetryPolicy};
+use crate::rows::Rows;
 use crate::settings::Settings;
 use crate::stall::Change;
 use crate::writer::{ClickHouseWriter, Failure};
@@ -222,9 +225,10 @@ pub async fn run(
     };
     let flusher = Arc::new(Flusher::new(
         &settings,
-        (*writer).clone(),
+        writer.clone(),
         dead_letters.clone(),
         committer,
+        KafkaRefetch::new(&settings)?,
         ownership.clone(),
         policy(&hard_stop),
     ));
@@ -232,7 +236,7 @@ pub async fn run(
     health.set_ready(true);
     tracing::info!(topic = %settings.topic, group = %settings.group, brokers = %settings.brokers, "consuming");
 
-    let mut batcher: Batcher<Buffered, Ack> = Batcher::new(Policy {
+    let mut batcher: Batcher<Rows, Ack> = Batcher::new(Policy {
         max_rows: settings.max_rows,
         flush_interval: settings.flush_interval(),
         max_batch_bytes: settings.max_batch_bytes,
@@ -242,17 +246,18 @@ pub async fn run(
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
     stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
-    let mut in_flight: Option<JoinHandle<Result<FlushReport, SinkError>>> = None;
+    let mut writes = Writes::default();
     let mut paused = false;
 
     let outcome: Result<(), SinkError> = loop {
-        let ready_at = in_flight.is_none().then(|| batcher.ready_at()).flatten();
+        let ready_at = (writes.running() < settings.max_parallel_inserts)
+            .then(|| batcher.ready_at(|p| writes.busy(p)))
+            .flatten();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            joined = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
-                in_flight = None;
-                if let Err(error) = flush_result(joined) {
+            Some(joined) = writes.tasks.join_next(), if writes.running() > 0 => {
+                if let Err(error) = writes.finished(joined, &mut batcher) {
                     break Err(error);
                 }
             }
@@ -264,13 +269,13 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(ready_at.unwrap_or_else(Instant::now)), if ready_at.is_some() => {
-                if let Some(batch) = batcher.take(Instant::now()) {
-                    let flusher = flusher.clone();
-                    in_flight = Some(tokio::spawn(async move { flusher.write_batch(batch).await }));
+                let room = settings.max_parallel_inserts - writes.running();
+                for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
+                    writes.start(&flusher, segment);
                 }
             }
             _ = stall_tick.tick() => {
-                let has_work = !batcher.is_empty() || in_flight.is_some() || intake.has_lookups();
+                let has_work = !batcher.is_empty() || writes.running() > 0 || intake.has_lookups();
                 report_stall(health.stall.check(has_work, stall_timeout), &metrics, batcher.rows());
             }
             message = consumer.recv() => match message {
@@ -287,6 +292,11 @@ pub async fn run(
             }
         }
         metrics.buffered_rows.set(batcher.rows() as i64);
+        metrics.buffered_bytes.set(batcher.bytes() as i64);
+        metrics
+            .in_flight_bytes
+            .set(batcher.in_flight_bytes() as i64);
+        metrics.inserts_in_flight.set(writes.running() as i64);
         let full = batcher.should_pause();
         if full != paused {
             back_pressure(
@@ -299,24 +309,24 @@ pub async fn run(
             tracing::debug!(
                 paused = full,
                 buffered_bytes = batcher.bytes(),
+                in_flight_bytes = batcher.in_flight_bytes(),
                 "back-pressure"
             );
             paused = full;
         }
     };
 
-    // Drain in order: stop consuming, finish the insert in flight, flush the rest, commit.
+    // Drain in order: stop consuming, finish the inserts in flight, write the rest, commit.
     health.set_ready(false);
     let drain = async {
-        if let Some(handle) = in_flight.take() {
-            flush_result(handle.await)?;
+        let mut result = writes.wait_all(&mut batcher).await;
+        if outcome.is_ok() && result.is_ok() {
+            for segment in batcher.take_all(Instant::now()) {
+                writes.start(&flusher, segment);
+            }
+            result = writes.wait_all(&mut batcher).await;
         }
-        if outcome.is_ok()
-            && let Some(batch) = batcher.take(Instant::now())
-        {
-            flusher.write_batch(batch).await?;
-        }
-        Ok::<(), SinkError>(())
+        result
     };
     let deadline = Duration::from_millis(settings.shutdown_timeout_ms);
     let drained = match tokio::time::timeout(deadline, drain).await {
@@ -336,6 +346,62 @@ pub async fn run(
     close_within((intake, flusher, consumer), CLOSE_LIMIT);
     tracing::info!("stopped");
     outcome.and(drained)
+}
+
+type SinkFlusher = Flusher<ClickHouseWriter, KafkaDeadLetters, KafkaCommitter, KafkaRefetch>;
+type Written = (i32, usize, Result<FlushReport, SinkError>);
+
+/// The write stage's tasks: at most one per partition, each writing and committing one
+/// segment.
+#[derive(Default)]
+struct Writes {
+    tasks: JoinSet<Written>,
+    partitions: HashSet<i32>,
+}
+
+impl Writes {
+    fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn busy(&self, partition: i32) -> bool {
+        self.partitions.contains(&partition)
+    }
+
+    fn start(&mut self, flusher: &Arc<SinkFlusher>, segment: crate::batch::Segment<Rows, Ack>) {
+        let flusher = flusher.clone();
+        let (partition, bytes) = (segment.partition, segment.bytes);
+        self.partitions.insert(partition);
+        self.tasks
+            .spawn(async move { (partition, bytes, flusher.write(segment).await) });
+    }
+
+    fn finished(
+        &mut self,
+        joined: Result<Written, tokio::task::JoinError>,
+        batcher: &mut Batcher<Rows, Ack>,
+    ) -> Result<(), SinkError> {
+        let (partition, bytes, result) =
+            joined.map_err(|join| SinkError::Internal(format!("write task failed: {join}")))?;
+        self.partitions.remove(&partition);
+        batcher.release(bytes);
+        match result {
+            Ok(_) | Err(SinkError::Stopped) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits for every write; the first error, if any.
+    async fn wait_all(&mut self, batcher: &mut Batcher<Rows, Ack>) -> Result<(), SinkError> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let finished = self.finished(joined, batcher);
+            if result.is_ok() {
+                result = finished;
+            }
+        }
+        result
+    }
 }
 
 /// Beats the ownership's liveness clock four times a second for the sink's whole life (the
@@ -376,16 +442,6 @@ fn close_within<T: Send + 'static>(clients: T, limit: Duration) {
             limit_ms = limit.as_millis() as u64,
             "the Kafka clients did not close in time; exiting without waiting for them (everything is flushed and committed)"
         );
-    }
-}
-
-fn flush_result(
-    joined: Result<Result<FlushReport, SinkError>, tokio::task::JoinError>,
-) -> Result<(), SinkError> {
-    match joined {
-        Ok(Ok(_)) | Ok(Err(SinkError::Stopped)) => Ok(()),
-        Ok(Err(error)) => Err(error),
-        Err(join) => Err(SinkError::Internal(format!("flush task failed: {join}"))),
     }
 }
 

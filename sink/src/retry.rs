@@ -38,6 +38,8 @@ pub enum Operation {
     Insert,
     DeadLetter,
     Commit,
+    /// Reading messages back from Kafka (a rejected row's original, rows to encode again).
+    ReadBack,
 }
 
 impl Operation {
@@ -48,6 +50,7 @@ impl Operation {
             Operation::Insert => "insert",
             Operation::DeadLetter => "dead_letter",
             Operation::Commit => "commit",
+            Operation::ReadBack => "read_back",
         }
     }
 }

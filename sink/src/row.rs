@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
-use clickstream_event::ClickEvent;
+use clickstream_event::{ClickEvent, ClickEventRef};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -77,5 +77,85 @@ impl EventRow {
             + self.kafka_topic.len();
         // fixed-width columns + one length byte per string
         strings + 16 + 8 + 16 + 4 + 9 + 3 + 4 + 8 + 11
+    }
+}
+
+/// One row as the encoder reads it: borrowed from the decoded payload (or from an
+/// [`EventRow`]), so that intake copies no string on its way to the insert buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowRef<'a> {
+    pub event_id: Uuid,
+    pub event_time_ms: i64,
+    pub user_id: &'a str,
+    pub session_id: Uuid,
+    pub event_type: &'a str,
+    pub page_url: &'a str,
+    pub page_category: &'a str,
+    pub referrer: &'a str,
+    pub device_type: &'a str,
+    pub browser: &'a str,
+    pub country: &'a str,
+    pub duration_ms: u32,
+    pub product_id: Option<&'a str>,
+    /// Cents.
+    pub price: Option<i64>,
+    pub quantity: Option<u16>,
+    pub kafka_topic: &'a str,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+impl<'a> RowRef<'a> {
+    pub fn of_event(
+        event: &'a ClickEventRef<'_>,
+        kafka_topic: &'a str,
+        kafka_partition: i32,
+        kafka_offset: i64,
+    ) -> RowRef<'a> {
+        RowRef {
+            event_id: event.event_id,
+            event_time_ms: event.timestamp.timestamp_millis(),
+            user_id: &event.user_id,
+            session_id: event.session_id,
+            event_type: event.event_type.as_str(),
+            page_url: &event.page_url,
+            page_category: &event.page_category,
+            referrer: &event.referrer,
+            device_type: &event.device_type,
+            browser: &event.browser,
+            country: &event.country,
+            duration_ms: event.duration_ms,
+            product_id: event.product_id.as_deref(),
+            price: event.price.map(|p| p.cents()),
+            quantity: event.quantity,
+            kafka_topic,
+            kafka_partition,
+            kafka_offset,
+        }
+    }
+}
+
+impl EventRow {
+    pub fn as_row_ref(&self) -> RowRef<'_> {
+        RowRef {
+            event_id: self.event_id,
+            event_time_ms: self.event_time.timestamp_millis(),
+            user_id: &self.user_id,
+            session_id: self.session_id,
+            event_type: &self.event_type,
+            page_url: &self.page_url,
+            page_category: &self.page_category,
+            referrer: &self.referrer,
+            device_type: &self.device_type,
+            browser: &self.browser,
+            country: &self.country,
+            duration_ms: self.duration_ms,
+            product_id: self.product_id.as_deref(),
+            price: self.price,
+            quantity: self.quantity,
+            kafka_topic: &self.kafka_topic,
+            kafka_partition: self.kafka_partition,
+            kafka_offset: self.kafka_offset,
+        }
     }
 }

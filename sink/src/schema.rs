@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 
 use clickstream_event::{MAX_DURATION_MS, MAX_PRICE_CENTS, MAX_QUANTITY};
 
-use crate::row::EventRow;
+use crate::row::RowRef;
 
 /// One column of the table as `system.columns` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
@@ -143,7 +143,7 @@ pub struct Layout {
     /// `INSERT INTO db.table (cols) FORMAT RowBinaryWithNamesAndTypes`.
     pub statement: String,
     /// The format header: column count, names, the table's type names.
-    pub header: Vec<u8>,
+    pub header: bytes::Bytes,
     plans: Vec<Plan>,
     /// The structure it was made for (to tell whether a reload changed anything).
     pub columns: Vec<Column>,
@@ -207,39 +207,56 @@ impl Layout {
             statement: format!(
                 "INSERT INTO {database}.{table} ({names}) FORMAT RowBinaryWithNamesAndTypes"
             ),
-            header,
+            header: header.into(),
             plans,
             columns: columns.to_vec(),
         })
     }
 
     /// Appends `row` in the table's types.
-    pub fn encode(&self, row: &EventRow, out: &mut Vec<u8>) {
+    pub fn encode(&self, row: &RowRef<'_>, out: &mut Vec<u8>) {
         let mut plans = self.plans.iter();
         let mut next = || *plans.next().expect("one plan per contract column");
         put_uuid(out, next(), Some(row.event_id));
         let time = next();
-        put_value(out, time, Some(row.event_time.timestamp_millis() as i128));
-        put_text(out, next(), Some(&row.user_id));
+        put_value(out, time, Some(i128::from(row.event_time_ms)));
+        put_text(out, next(), Some(row.user_id));
         put_uuid(out, next(), Some(row.session_id));
         for text in [
-            &row.event_type,
-            &row.page_url,
-            &row.page_category,
-            &row.referrer,
-            &row.device_type,
-            &row.browser,
-            &row.country,
+            row.event_type,
+            row.page_url,
+            row.page_category,
+            row.referrer,
+            row.device_type,
+            row.browser,
+            row.country,
         ] {
             put_text(out, next(), Some(text));
         }
         put_value(out, next(), Some(i128::from(row.duration_ms)));
-        put_text(out, next(), row.product_id.as_deref());
+        put_text(out, next(), row.product_id);
         put_value(out, next(), row.price.map(i128::from));
         put_value(out, next(), row.quantity.map(i128::from));
-        put_text(out, next(), Some(&row.kafka_topic));
+        put_text(out, next(), Some(row.kafka_topic));
         put_value(out, next(), Some(i128::from(row.kafka_partition)));
         put_value(out, next(), Some(i128::from(row.kafka_offset)));
+    }
+}
+
+impl Layout {
+    /// The event id and event time (ms) of one encoded row: its first two columns, read back
+    /// so that rows need no copy of them beside their bytes.
+    pub fn id_and_time(&self, row: &[u8]) -> (uuid::Uuid, i64) {
+        let mut at = usize::from(self.plans[0].nullable);
+        let word = |at: usize| u64::from_le_bytes(row[at..at + 8].try_into().expect("8 bytes"));
+        let id = uuid::Uuid::from_u64_pair(word(at), word(at + 8));
+        at += 16 + usize::from(self.plans[1].nullable);
+        let ticks = word(at) as i64;
+        let millis = match self.plans[1].encoding {
+            Encoding::Time64 { factor } => ticks.div_euclid(factor),
+            _ => unreachable!("the second contract column is the event time"),
+        };
+        (id, millis)
     }
 }
 
@@ -396,48 +413,56 @@ fn put_value(out: &mut Vec<u8>, plan: Plan, value: Option<i128>) {
     out.extend_from_slice(&value.to_le_bytes()[..usize::from(bytes)]);
 }
 
+/// The columns of `clickhouse/schema.sql`'s events table, with `changes` (a type, or "" to
+/// drop the column): for tests here and in the stages that encode.
+#[cfg(test)]
+pub(crate) fn test_columns(changes: &[(&str, &str)]) -> Vec<Column> {
+    let base = [
+        ("event_id", "UUID"),
+        ("event_time", "DateTime64(3, 'UTC')"),
+        ("user_id", "String"),
+        ("session_id", "UUID"),
+        ("event_type", "LowCardinality(String)"),
+        ("page_url", "LowCardinality(String)"),
+        ("page_category", "LowCardinality(String)"),
+        ("referrer", "LowCardinality(String)"),
+        ("device_type", "LowCardinality(String)"),
+        ("browser", "LowCardinality(String)"),
+        ("country", "LowCardinality(String)"),
+        ("duration_ms", "UInt32"),
+        ("product_id", "LowCardinality(Nullable(String))"),
+        ("price", "Nullable(Decimal(12, 2))"),
+        ("quantity", "Nullable(UInt16)"),
+        ("kafka_topic", "LowCardinality(String)"),
+        ("kafka_partition", "Int32"),
+        ("kafka_offset", "Int64"),
+        ("inserted_at", "DateTime64(3, 'UTC')"),
+    ];
+    base.iter()
+        .filter(|(name, _)| !changes.iter().any(|(n, t)| n == name && t.is_empty()))
+        .map(|(name, ty)| Column {
+            name: (*name).to_owned(),
+            type_name: changes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(*ty, |(_, t)| *t)
+                .to_owned(),
+            default_kind: if *name == "inserted_at" {
+                "DEFAULT".into()
+            } else {
+                String::new()
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::row::EventRow;
 
     fn columns(changes: &[(&str, &str)]) -> Vec<Column> {
-        let base = [
-            ("event_id", "UUID"),
-            ("event_time", "DateTime64(3, 'UTC')"),
-            ("user_id", "String"),
-            ("session_id", "UUID"),
-            ("event_type", "LowCardinality(String)"),
-            ("page_url", "LowCardinality(String)"),
-            ("page_category", "LowCardinality(String)"),
-            ("referrer", "LowCardinality(String)"),
-            ("device_type", "LowCardinality(String)"),
-            ("browser", "LowCardinality(String)"),
-            ("country", "LowCardinality(String)"),
-            ("duration_ms", "UInt32"),
-            ("product_id", "LowCardinality(Nullable(String))"),
-            ("price", "Nullable(Decimal(12, 2))"),
-            ("quantity", "Nullable(UInt16)"),
-            ("kafka_topic", "LowCardinality(String)"),
-            ("kafka_partition", "Int32"),
-            ("kafka_offset", "Int64"),
-            ("inserted_at", "DateTime64(3, 'UTC')"),
-        ];
-        base.iter()
-            .filter(|(name, _)| !changes.iter().any(|(n, t)| n == name && t.is_empty()))
-            .map(|(name, ty)| Column {
-                name: (*name).to_owned(),
-                type_name: changes
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or(*ty, |(_, t)| *t)
-                    .to_owned(),
-                default_kind: if *name == "inserted_at" {
-                    "DEFAULT".into()
-                } else {
-                    String::new()
-                },
-            })
-            .collect()
+        test_columns(changes)
     }
 
     #[test]
@@ -520,8 +545,23 @@ mod tests {
         )
         .unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        narrow.encode(&row, &mut a);
-        wide.encode(&row, &mut b);
+        narrow.encode(&row.as_row_ref(), &mut a);
+        wide.encode(&row.as_row_ref(), &mut b);
+        let expected = (row.event_id, 1_700_000_000_123);
+        assert_eq!(narrow.id_and_time(&a), expected);
+        assert_eq!(wide.id_and_time(&b), expected);
+        let micros = Layout::new(
+            "db",
+            "events",
+            &columns(&[
+                ("event_id", "Nullable(UUID)"),
+                ("event_time", "Nullable(DateTime64(6, 'UTC'))"),
+            ]),
+        )
+        .unwrap();
+        let mut m = Vec::new();
+        micros.encode(&row.as_row_ref(), &mut m);
+        assert_eq!(micros.id_and_time(&m), expected);
         assert_eq!(
             b.len(),
             a.len() + 4,
@@ -539,7 +579,8 @@ mod tests {
                 price: None,
                 quantity: None,
                 ..row
-            },
+            }
+            .as_row_ref(),
             &mut c,
         );
         assert_eq!(a.len() - c.len(), 8 + 2, "{} vs {}", a.len(), c.len());

@@ -67,6 +67,9 @@ pub struct Settings {
     /// At most about this many flushes a second; batches grow instead.
     #[serde(default = "default_max_inserts_per_second")]
     pub max_inserts_per_second: f64,
+    /// INSERTs in flight at once, across partitions (at most one per partition).
+    #[serde(default = "default_max_parallel_inserts")]
+    pub max_parallel_inserts: usize,
     #[serde(default = "default_delivery")]
     pub delivery: Delivery,
     /// Larger messages are dead-lettered as `oversized`.
@@ -144,6 +147,9 @@ fn default_max_batch_bytes() -> usize {
 fn default_max_inserts_per_second() -> f64 {
     2.0
 }
+fn default_max_parallel_inserts() -> usize {
+    4
+}
 fn default_delivery() -> Delivery {
     Delivery::ExactlyOnce
 }
@@ -197,6 +203,7 @@ impl Default for Settings {
             flush_interval_ms: default_flush_interval_ms(),
             max_batch_bytes: default_max_batch_bytes(),
             max_inserts_per_second: default_max_inserts_per_second(),
+            max_parallel_inserts: default_max_parallel_inserts(),
             delivery: default_delivery(),
             max_message_bytes: default_max_message_bytes(),
             max_event_age_s: default_max_event_age_s(),
@@ -345,6 +352,9 @@ impl Settings {
         }
         if !(self.max_inserts_per_second.is_finite() && self.max_inserts_per_second > 0.0) {
             return bad("max_inserts_per_second", "must be a positive number");
+        }
+        if self.max_parallel_inserts == 0 {
+            return bad("max_parallel_inserts", "must be at least 1");
         }
         if self.max_message_bytes == 0 {
             return bad("max_message_bytes", "must be at least 1");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use clickhouse::Client;
 use clickhouse::error::Error as ChError;
 
-use crate::row::EventRow;
+use crate::rows::Sealed;
 use crate::schema::{Column, Layout};
 use crate::settings::{Delivery, Settings};
 use uuid::Uuid;
@@ -140,12 +140,19 @@ fn query_failure(error: &ChError) -> Failure {
 
 /// Where rows go. One call = one INSERT of all `rows`.
 pub trait Writer: Send + Sync + 'static {
-    /// Inserts `rows`; with a `token`, an insert repeating an earlier token is a no-op.
+    /// Inserts the rows `part` of `rows` (indices, increasing); with a `token`, an insert
+    /// repeating an earlier token is a no-op. Rows encoded for another structure than the
+    /// table's current one are refused with [`Failure::SchemaChanged`] (encode them again
+    /// for [`Writer::layout`]).
     fn insert(
         &self,
-        rows: &[&EventRow],
+        rows: &Sealed,
+        part: &[usize],
         token: Option<&str>,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// The table's structure as last read (what new rows are encoded for).
+    fn layout(&self) -> Option<Arc<Layout>>;
 
     /// The highest offset of `partition` the table holds, if any (from the progress table).
     fn max_stored_offset(
@@ -330,7 +337,7 @@ impl ClickHouseWriter {
     async fn send(
         &self,
         layout: &Layout,
-        rows: &[&EventRow],
+        body: bytes::Bytes,
         token: Option<&str>,
     ) -> Result<(), ChError> {
         let client = match token {
@@ -343,35 +350,56 @@ impl ClickHouseWriter {
             // legitimately identical batches; at-least-once means no deduplication at all.
             None => self.client.clone().with_setting("insert_deduplicate", "0"),
         };
-        let mut body = Vec::with_capacity(layout.header.len() + rows.len() * 256);
-        body.extend_from_slice(&layout.header);
-        for row in rows {
-            layout.encode(row, &mut body);
-        }
         let mut insert = client.insert_formatted_with(layout.statement.clone());
-        insert.send(body.into()).await?;
+        insert.send(layout.header.clone()).await?;
+        // In pieces: each is compressed on its own, so a big insert needs no second copy.
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + SEND_CHUNK_BYTES).min(body.len());
+            insert.send(body.slice(at..end)).await?;
+            at = end;
+        }
         insert.end().await
     }
 }
 
+/// Bytes of encoded rows per compressed piece of an INSERT body.
+const SEND_CHUNK_BYTES: usize = 1 << 20;
+
 impl Writer for ClickHouseWriter {
-    async fn insert(&self, rows: &[&EventRow], token: Option<&str>) -> Result<(), Failure> {
+    fn layout(&self) -> Option<Arc<Layout>> {
+        self.current_layout()
+    }
+
+    async fn insert(
+        &self,
+        rows: &Sealed,
+        part: &[usize],
+        token: Option<&str>,
+    ) -> Result<(), Failure> {
         let layout = match self.current_layout() {
             Some(layout) => layout,
             None => self.load_layout().await?,
         };
-        let error = match tokio::time::timeout(self.insert_timeout, self.send(&layout, rows, token))
-            .await
-        {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(error)) => error,
-            Err(_) => {
-                return Err(Failure::Transient(format!(
-                    "insert did not finish within insert_timeout_ms = {}",
-                    self.insert_timeout.as_millis()
-                )));
-            }
-        };
+        if !Arc::ptr_eq(&layout, &rows.layout) && layout.columns != rows.layout.columns {
+            return Err(Failure::SchemaChanged(
+                "the table's structure changed after these rows were encoded".into(),
+            ));
+        }
+        let body = rows.body(part);
+        let error =
+            match tokio::time::timeout(self.insert_timeout, self.send(&rows.layout, body, token))
+                .await
+            {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    return Err(Failure::Transient(format!(
+                        "insert did not finish within insert_timeout_ms = {}",
+                        self.insert_timeout.as_millis()
+                    )));
+                }
+            };
         match classify(&error) {
             (Class::Transient, message) => Err(Failure::Transient(message)),
             (Class::BadData, message) => Err(Failure::BadData(message)),
@@ -380,7 +408,7 @@ impl Writer for ClickHouseWriter {
             // Did the table change under us? Then follow it; if not, the rows are bad.
             (Class::Structure, message) => {
                 let reloaded = self.load_layout().await?;
-                if reloaded.columns != layout.columns {
+                if reloaded.columns != rows.layout.columns {
                     tracing::warn!(
                         table = %format!("{}.{}", self.database, self.table),
                         error = %message,
