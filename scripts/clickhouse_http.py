@@ -25,7 +25,9 @@ POST /_faults with a JSON rule {"match": "db.events", "settings": {"max_memory_u
 contains `match` run with those settings (the engine then fails as ClickHouse would), and the
 next `count` of them (-1: all) fail with that error instead. With "queries": true the rule
 applies to any other statement containing `match` (and, if given, sent for "database"), and
-"delay_ms" holds its answer back (a hanging server). DELETE /_faults?match=... clears.
+"delay_ms" holds its answer back (a hanging server). With "discard": true, INSERTs whose
+statement contains `match` are read and answered as written without being decompressed or
+run (the benchmark's measure of the sink alone). DELETE /_faults?match=... clears.
 
 Usage: clickhouse_http.py --port 8123 --data-dir DIR [--host 127.0.0.1]
 """
@@ -269,6 +271,11 @@ class Engine:
             return rule.get("settings") or {}, error
         return {}, None
 
+    def discards(self, statement):
+        """Whether an INSERT statement is to be read and dropped (a "discard" rule)."""
+        with self.faults_lock:
+            return any(rule.get("discard") and match in statement for match, rule in self.faults.items())
+
     def spool(self, data):
         """Writes INSERT data to a file the engine reads with FROM INFILE; returns its path."""
         path = os.path.join(self.spool_dir, f"{uuid.uuid4().hex}.bin")
@@ -368,8 +375,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.engine.faults[rule["match"]] = rule
             self.send(200, b"Ok.\n")
             return
+        raw = self.read_body()
+        query = params.get("query", "")
+        if self.engine.faults and query.lstrip()[:6].upper() == "INSERT" and self.engine.discards(query):
+            self.send(200, b"", {"X-ClickHouse-Summary": json.dumps({"written_rows": "0", "written_bytes": str(len(raw))})})
+            return
         try:
-            body = decode_content_encoding(self.read_body(), self.headers.get("Content-Encoding"), self.engine.codes)
+            body = decode_content_encoding(raw, self.headers.get("Content-Encoding"), self.engine.codes)
         except ClickHouseError as error:
             self.send_error_like_clickhouse(error)
             return

@@ -2,33 +2,40 @@
 //! stuck silently.
 //!
 //! ```text
-//!  Kafka ─recv─▶ intake ──────────────▶ Batcher ──flush task──▶ ClickHouse INSERT ──▶ commit
-//!               (decode, already-stored  (per partition          (encoded for the      last+1
-//!                check in windows)        segments)               table's structure;
-//!                  │ invalid                                       split, bisect)
-//!                  ▼                                                  │ rejected rows
-//!           dead-letter topic ◀───────────────────────────────────────┘
+//!  Kafka ─recv─▶ intake ──────────────▶ Batcher ──▶ write tasks, one per partition ──▶ commit
+//!               (decode, encode once   (per partition  (several partitions at once:   last+1
+//!                into the partition's   segments,       INSERT, split, bisect,        per
+//!                RowBinary buffer,      pure policy)    follow an ALTER)              partition
+//!                already-stored check)                     │ rejected rows: read back
+//!                  │ invalid                               ▼ from Kafka
+//!                  ▼                                    dead-letter topic
+//!           dead-letter topic
 //! ```
 //!
 //! Guarantees:
 //! - **Offsets travel with the rows**: a partition's offsets are committed only after every
-//!   offset up to it was inserted or dead-lettered (acknowledged).
+//!   offset up to it was inserted or dead-lettered (acknowledged); one insert per partition
+//!   is in flight at a time, so each partition commits in offset order.
 //! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
 //!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
 //!   already holds when a partition is assigned (looked up in windows as it reads) and again
-//!   before the first insert of an assignment. Crashes, replays with other batch boundaries,
-//!   rebalances and group resets add no duplicate.
+//!   before each insert. Crashes, replays with other batch boundaries, rebalances and group
+//!   resets add no duplicate.
+//! - **Kafka is the buffer**: of a message the sink keeps only its row, encoded once for the
+//!   table; the rare message needed again (a rejected row, rows to encode for a changed
+//!   table) is read back from the topic ([`refetch`]).
 //! - **Nothing lost, nothing stuck silently**: every failure is classified in one place
 //!   ([`writer::class_of`]) and retried by one policy ([`retry`]), split, followed (a changed
 //!   table) or isolated (rejected rows); what cannot resolve itself stops the sink with an
 //!   error that says what to do; no progress for `stall_timeout_ms` makes it report itself
 //!   stalled ([`stall`]).
 //!
-//! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop and the drain) ·
-//! [`intake`] (decode, replay check, dead-letter routing) · [`batch`] (pure policy) ·
-//! [`flush`] (write + commit) · [`schema`] (row encoding for the live table) · [`writer`]
-//! (ClickHouse, failure classes) · [`dead_letter`] · [`ownership`] (rebalances, fencing) ·
-//! [`retry`] · [`stall`] · [`metrics`] · [`http`].
+//! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop, the write
+//! tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
+//! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
+//! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes)
+//! · [`refetch`] (messages read back) · [`dead_letter`] · [`ownership`] (rebalances,
+//! fencing) · [`retry`] · [`stall`] · [`metrics`] · [`http`].
 
 pub mod batch;
 pub mod dead_letter;
