@@ -65,6 +65,10 @@ pub struct FlushReport {
     pub dropped_revoked: usize,
     pub bytes: usize,
     pub committed: Option<i64>,
+    /// Time spent checking what ClickHouse already holds, inserting, and committing.
+    pub check_ms: u64,
+    pub insert_ms: u64,
+    pub commit_ms: u64,
 }
 
 /// Fault injection for tests of crash recovery (environment `CLICKSTREAM_FAILPOINT`):
@@ -212,9 +216,11 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         report.already_stored = segment.already_stored;
         match self.write_segment(segment, &mut report).await {
             Ok(offset) => {
+                let committing = Instant::now();
                 if self.commit(partition, epoch, offset).await {
                     report.committed = Some(offset);
                 }
+                report.commit_ms = committing.elapsed().as_millis() as u64;
             }
             Err(Stop::Revoked) => {}
             Err(Stop::Cancelled) => return Err(SinkError::Stopped),
@@ -235,6 +241,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             bytes = report.bytes,
             inserts = report.inserts,
             committed = report.committed,
+            check_ms = report.check_ms,
+            insert_ms = report.insert_ms,
+            commit_ms = report.commit_ms,
             write_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );
@@ -301,7 +310,10 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         };
         // Wait out a freeze first: what ClickHouse holds is checked right before writing.
         self.wait_writable(partition, epoch).await?;
+        let checking = Instant::now();
         let mut rows = self.fence(partition, rows, report).await?;
+        report.check_ms = checking.elapsed().as_millis() as u64;
+        let inserting = Instant::now();
         // Depth-first, so rows go in offset order (in time order after a split by time).
         let mut pending = vec![Part {
             rows: (0..rows.len()).collect(),
@@ -355,6 +367,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 Err(stop) => return Err(stop),
             }
         }
+        report.insert_ms = inserting.elapsed().as_millis() as u64;
         Ok(commit)
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -134,8 +135,12 @@ type Ack = <KafkaDeadLetters as DeadLetterSink>::Ack;
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("session.timeout.ms", "10000"),
     ("heartbeat.interval.ms", "1000"),
-    // librdkafka prefetches up to 64 MB by default: more than the sink's whole buffer. 16 MB
-    // keeps a fast topic flowing (the consume-only bound is unchanged) at a quarter the memory.
+    // librdkafka stops fetching a partition whose queue holds `queued.min.messages` (100,000)
+    // and waits `fetch.queue.backoff.ms` (1 s) before looking again: a sink that drains its
+    // queue in 0.2 s then idles 0.8 s of every second (measured: 140k events/s instead of
+    // 450k). Look again after 20 ms.
+    ("fetch.queue.backoff.ms", "20"),
+    // Its prefetch: 16 MB instead of 64 (with the short backoff, as fast; see the README).
     ("queued.max.messages.kbytes", "16384"),
 ];
 
@@ -252,10 +257,22 @@ pub async fn run(
     let mut writes = Writes::default();
     let mut paused = false;
 
+    // One message stream for the sink's life (each `recv()` would register a waker anew), and
+    // one timer, moved only when the next flush time changes.
+    let mut messages = consumer.stream();
+    let mut flush_timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+    let mut armed: Option<Instant> = None;
+
     let outcome: Result<(), SinkError> = loop {
         let ready_at = (writes.running() < settings.max_parallel_inserts)
             .then(|| batcher.ready_at(|p| writes.busy(p)))
             .flatten();
+        if ready_at != armed
+            && let Some(at) = ready_at
+        {
+            flush_timer.as_mut().reset(at);
+        }
+        armed = ready_at;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
@@ -271,7 +288,8 @@ pub async fn run(
                     Err(error) => break Err(error),
                 }
             }
-            _ = tokio::time::sleep_until(ready_at.unwrap_or_else(Instant::now)), if ready_at.is_some() => {
+            _ = &mut flush_timer, if ready_at.is_some() => {
+                armed = None;
                 let room = settings.max_parallel_inserts - writes.running();
                 for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
                     writes.start(&flusher, segment);
@@ -281,16 +299,36 @@ pub async fn run(
                 let has_work = !batcher.is_empty() || writes.running() > 0 || intake.has_lookups();
                 report_stall(health.stall.check(has_work, stall_timeout), &metrics, batcher.rows());
             }
-            message = consumer.recv() => match message {
-                Ok(message) => match intake.handle(&message, &ownership, &mut batcher) {
-                    Ok(Step::Pause(partition)) => set_paused(&consumer, &settings.topic, &[partition], true),
-                    Ok(Step::Continue) => {}
-                    Err(error) => break Err(error),
-                },
-                // librdkafka reconnects by itself; nothing is lost while the broker is away.
-                Err(error) => {
-                    health.stall.failing(None, format!("Kafka: {error}"));
-                    tracing::warn!(error = %error, "Kafka error");
+            Some(message) = messages.next() => {
+                // Then what else is already fetched, up to a burst, without a trip through
+                // `select!` per message; back-pressure is checked between messages.
+                let mut next = Some(message);
+                let now = Instant::now();
+                let mut burst = 0;
+                let mut failed = None;
+                while let Some(message) = next.take() {
+                    match message {
+                        Ok(message) => match intake.handle(&message, &ownership, &mut batcher, now) {
+                            Ok(Step::Pause(partition)) => set_paused(&consumer, &settings.topic, &[partition], true),
+                            Ok(Step::Continue) => {}
+                            Err(error) => {
+                                failed = Some(error);
+                                break;
+                            }
+                        },
+                        // librdkafka reconnects by itself; nothing is lost while the broker is away.
+                        Err(error) => {
+                            health.stall.failing(None, format!("Kafka: {error}"));
+                            tracing::warn!(error = %error, "Kafka error");
+                        }
+                    }
+                    burst += 1;
+                    if burst < BURST && batcher.should_pause() == paused {
+                        next = messages.next().now_or_never().flatten();
+                    }
+                }
+                if let Some(error) = failed {
+                    break Err(error);
                 }
             }
         }
@@ -344,6 +382,7 @@ pub async fn run(
         }
     };
     hard_stop.cancel();
+    drop(messages);
     consumer.unsubscribe();
     heartbeat.abort();
     close_within((intake, flusher, consumer), CLOSE_LIMIT);
@@ -425,6 +464,9 @@ fn spawn_heartbeat(ownership: Arc<Ownership>, session_timeout_ms: u64) -> JoinHa
         }
     })
 }
+
+/// Messages handled per wake-up of the consume loop at most (the rest of the loop runs between).
+const BURST: usize = 512;
 
 /// How long closing the Kafka clients may take at exit.
 const CLOSE_LIMIT: Duration = Duration::from_secs(10);

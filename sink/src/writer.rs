@@ -337,7 +337,7 @@ impl ClickHouseWriter {
     async fn send(
         &self,
         layout: &Layout,
-        body: bytes::Bytes,
+        body: Vec<bytes::Bytes>,
         token: Option<&str>,
     ) -> Result<(), ChError> {
         let client = match token {
@@ -353,18 +353,12 @@ impl ClickHouseWriter {
         let mut insert = client.insert_formatted_with(layout.statement.clone());
         insert.send(layout.header.clone()).await?;
         // In pieces: each is compressed on its own, so a big insert needs no second copy.
-        let mut at = 0;
-        while at < body.len() {
-            let end = (at + SEND_CHUNK_BYTES).min(body.len());
-            insert.send(body.slice(at..end)).await?;
-            at = end;
+        for piece in body {
+            insert.send(piece).await?;
         }
         insert.end().await
     }
 }
-
-/// Bytes of encoded rows per compressed piece of an INSERT body.
-const SEND_CHUNK_BYTES: usize = 1 << 20;
 
 impl Writer for ClickHouseWriter {
     fn layout(&self) -> Option<Arc<Layout>> {
