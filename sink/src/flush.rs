@@ -23,7 +23,7 @@ use clickstream_event::Limits;
 use tokio::time::Instant;
 
 use crate::SinkError;
-use crate::batch::Segment;
+use crate::batch::{Batcher, Segment};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
@@ -714,6 +714,76 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     }
 }
 
+type Written = (i32, usize, Result<FlushReport, SinkError>);
+
+/// The write stage's tasks: at most one per partition (so each partition commits in offset
+/// order), each writing and committing one segment, several partitions at once.
+pub struct Writes<W, D, C, F> {
+    pub tasks: tokio::task::JoinSet<Written>,
+    partitions: std::collections::HashSet<i32>,
+    _flusher: std::marker::PhantomData<fn() -> Flusher<W, D, C, F>>,
+}
+
+impl<W, D, C, F> Default for Writes<W, D, C, F> {
+    fn default() -> Self {
+        Writes {
+            tasks: tokio::task::JoinSet::new(),
+            partitions: std::collections::HashSet::new(),
+            _flusher: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Writes<W, D, C, F> {
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether `partition` has a write running (its next segment waits).
+    pub fn busy(&self, partition: i32) -> bool {
+        self.partitions.contains(&partition)
+    }
+
+    pub fn start(&mut self, flusher: &Arc<Flusher<W, D, C, F>>, segment: Segment<Rows, D::Ack>) {
+        let flusher = flusher.clone();
+        let (partition, bytes) = (segment.partition, segment.bytes);
+        assert!(
+            self.partitions.insert(partition),
+            "one write per partition at a time"
+        );
+        self.tasks
+            .spawn(async move { (partition, bytes, flusher.write(segment).await) });
+    }
+
+    /// Takes a finished write: frees its partition and its memory; its error, if any.
+    pub fn finished(
+        &mut self,
+        joined: Result<Written, tokio::task::JoinError>,
+        batcher: &mut Batcher<Rows, D::Ack>,
+    ) -> Result<(), SinkError> {
+        let (partition, bytes, result) =
+            joined.map_err(|join| SinkError::Internal(format!("write task failed: {join}")))?;
+        self.partitions.remove(&partition);
+        batcher.release(bytes);
+        match result {
+            Ok(_) | Err(SinkError::Stopped) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Waits for every write; the first error, if any.
+    pub async fn wait_all(&mut self, batcher: &mut Batcher<Rows, D::Ack>) -> Result<(), SinkError> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let finished = self.finished(joined, batcher);
+            if result.is_ok() {
+                result = finished;
+            }
+        }
+        result
+    }
+}
+
 /// Clears the in-flight mark of a flush's partitions however the flush ends.
 struct InFlight<'a> {
     ownership: &'a Ownership,
@@ -755,6 +825,10 @@ mod tests {
     struct FakeWriter {
         rule: Rule,
         partial: bool,
+        /// How long each insert takes, and how many ran at once at most.
+        delay: Duration,
+        running: std::sync::atomic::AtomicUsize,
+        most_running: std::sync::atomic::AtomicUsize,
         layout: Mutex<Arc<Layout>>,
         attempts: Mutex<Vec<Attempt>>,
         stored: Mutex<BTreeMap<i64, Uuid>>,
@@ -768,6 +842,9 @@ mod tests {
             FakeWriter {
                 rule: Box::new(rule),
                 partial: false,
+                delay: Duration::ZERO,
+                running: Default::default(),
+                most_running: Default::default(),
                 layout: Mutex::new(Arc::new(
                     Layout::new("db", "events", &test_columns(&[])).unwrap(),
                 )),
@@ -807,6 +884,10 @@ mod tests {
             part: &[usize],
             token: Option<&str>,
         ) -> Result<(), Failure> {
+            let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_running.fetch_max(running, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
             let current = self.layout.lock().unwrap().clone();
             let result = if rows.layout.columns != current.columns {
                 Err(Failure::SchemaChanged(
@@ -917,7 +998,7 @@ mod tests {
 
     fn new_flusher(writer: FakeWriter, committer: FakeCommitter) -> (TestFlusher, u64) {
         let ownership = Arc::new(Ownership::default());
-        ownership.assign(&[0]);
+        ownership.assign(&[0, 1, 2]);
         let epoch = ownership.epoch(0).unwrap();
         let settings = Settings {
             topic: "t".into(),
@@ -1237,6 +1318,81 @@ mod tests {
         assert_eq!(
             *flusher.committer.commits.lock().unwrap(),
             vec![vec![(0, 5)]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parallel_writes_commit_each_partition_in_offset_order_and_write_every_row_once() {
+        let mut writer = FakeWriter::new(|_| Ok(()));
+        writer.delay = Duration::from_millis(300);
+        let (flusher, _) = new_flusher(writer, FakeCommitter::default());
+        let flusher = Arc::new(flusher);
+        let layout = flusher.writer.layout().unwrap();
+        let mut batcher: Batcher<Rows, DeadLetter> = Batcher::new(Policy {
+            max_rows: 40,
+            flush_interval: Duration::from_millis(200),
+            max_batch_bytes: usize::MAX,
+            min_flush_gap: Duration::ZERO,
+        });
+        let mut writes: Writes<FakeWriter, FakeDeadLetters, FakeCommitter, FakeTopic> =
+            Writes::default();
+        // Partition p's offsets are p * 1,000,000 + n, so the fakes can tell them apart.
+        let base = |p: i32| i64::from(p) * 1_000_000;
+        for n in 0..400_i64 {
+            for p in 0..3 {
+                let epoch = flusher.ownership.epoch(p).unwrap();
+                let event = event(base(p) + n, 0);
+                let view = event.as_ref();
+                let row = RowRef::of_event(&view, "t", p, base(p) + n);
+                batcher.push_row(p, epoch, base(p) + n, Instant::now(), |r| {
+                    r.push(|| layout.clone(), &row)
+                });
+            }
+            while let Some(joined) = writes.tasks.try_join_next() {
+                writes.finished(joined, &mut batcher).unwrap();
+            }
+            let room = 4 - writes.running();
+            for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
+                writes.start(&flusher, segment);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writes.wait_all(&mut batcher).await.unwrap();
+        for segment in batcher.take_all(Instant::now()) {
+            writes.start(&flusher, segment);
+        }
+        writes.wait_all(&mut batcher).await.unwrap();
+
+        assert!(
+            flusher.writer.most_running.load(Ordering::SeqCst) >= 2,
+            "partitions are written in parallel"
+        );
+        let commits = flusher.committer.commits.lock().unwrap().concat();
+        for p in 0..3 {
+            let offsets: Vec<i64> = commits
+                .iter()
+                .filter(|(partition, _)| *partition == p)
+                .map(|(_, offset)| *offset)
+                .collect();
+            assert!(offsets.len() > 3, "partition {p}: {offsets:?}");
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "partition {p} commits in offset order: {offsets:?}"
+            );
+            assert_eq!(offsets.last(), Some(&(base(p) + 400)));
+        }
+        let mut inserted = flusher.writer.inserted().concat();
+        inserted.sort_unstable();
+        let expected: Vec<i64> = (0..3)
+            .flat_map(|p| (0..400).map(move |n| base(p) + n))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(inserted, expected, "every row once");
+        assert_eq!(
+            batcher.in_flight_bytes(),
+            0,
+            "every write released its memory"
         );
     }
 }

@@ -13,14 +13,14 @@ use rdkafka::consumer::{
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SinkError;
 use crate::batch::{Batcher, Policy};
 use crate::dead_letter::{DeadLetterSink, KafkaDeadLetters};
-use crate::flush::{CommitError, Committer, FlushReport, Flusher};
+use crate::flush::{CommitError, Committer, Flusher, Writes};
 use crate::http::Health;
 use crate::intake::{Intake, Step};
 use crate::metrics::Metrics;
@@ -254,7 +254,7 @@ pub async fn run(
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
     stall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
-    let mut writes = Writes::default();
+    let mut writes = SinkWrites::default();
     let mut paused = false;
 
     // One message stream for the sink's life (each `recv()` would register a waker anew), and
@@ -390,61 +390,7 @@ pub async fn run(
     outcome.and(drained)
 }
 
-type SinkFlusher = Flusher<ClickHouseWriter, KafkaDeadLetters, KafkaCommitter, KafkaRefetch>;
-type Written = (i32, usize, Result<FlushReport, SinkError>);
-
-/// The write stage's tasks: at most one per partition, each writing and committing one
-/// segment.
-#[derive(Default)]
-struct Writes {
-    tasks: JoinSet<Written>,
-    partitions: HashSet<i32>,
-}
-
-impl Writes {
-    fn running(&self) -> usize {
-        self.tasks.len()
-    }
-
-    fn busy(&self, partition: i32) -> bool {
-        self.partitions.contains(&partition)
-    }
-
-    fn start(&mut self, flusher: &Arc<SinkFlusher>, segment: crate::batch::Segment<Rows, Ack>) {
-        let flusher = flusher.clone();
-        let (partition, bytes) = (segment.partition, segment.bytes);
-        self.partitions.insert(partition);
-        self.tasks
-            .spawn(async move { (partition, bytes, flusher.write(segment).await) });
-    }
-
-    fn finished(
-        &mut self,
-        joined: Result<Written, tokio::task::JoinError>,
-        batcher: &mut Batcher<Rows, Ack>,
-    ) -> Result<(), SinkError> {
-        let (partition, bytes, result) =
-            joined.map_err(|join| SinkError::Internal(format!("write task failed: {join}")))?;
-        self.partitions.remove(&partition);
-        batcher.release(bytes);
-        match result {
-            Ok(_) | Err(SinkError::Stopped) => Ok(()),
-            Err(error) => Err(error),
-        }
-    }
-
-    /// Waits for every write; the first error, if any.
-    async fn wait_all(&mut self, batcher: &mut Batcher<Rows, Ack>) -> Result<(), SinkError> {
-        let mut result = Ok(());
-        while let Some(joined) = self.tasks.join_next().await {
-            let finished = self.finished(joined, batcher);
-            if result.is_ok() {
-                result = finished;
-            }
-        }
-        result
-    }
-}
+type SinkWrites = Writes<ClickHouseWriter, KafkaDeadLetters, KafkaCommitter, KafkaRefetch>;
 
 /// Beats the ownership's liveness clock four times a second for the sink's whole life (the
 /// drain included), so that a freeze of the process shows as a gap (see [`Ownership::beat`]).
