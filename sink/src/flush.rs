@@ -715,13 +715,15 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
 }
 
 type Written = (i32, usize, Result<FlushReport, SinkError>);
+/// Ties [`Writes`] to one flusher type without holding one.
+type FlusherOf<W, D, C, F> = std::marker::PhantomData<fn() -> Flusher<W, D, C, F>>;
 
 /// The write stage's tasks: at most one per partition (so each partition commits in offset
 /// order), each writing and committing one segment, several partitions at once.
 pub struct Writes<W, D, C, F> {
     pub tasks: tokio::task::JoinSet<Written>,
     partitions: std::collections::HashSet<i32>,
-    _flusher: std::marker::PhantomData<fn() -> Flusher<W, D, C, F>>,
+    _flusher: FlusherOf<W, D, C, F>,
 }
 
 impl<W, D, C, F> Default for Writes<W, D, C, F> {
