@@ -199,11 +199,17 @@ fn draw_bars(area: &Area, bars: &Bars) -> Result<(), DrawError> {
         TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
     for (s, series) in bars.series.iter().enumerate() {
         let color = rgb(series.color);
+        // The bars a group has sit side by side, centred on it (no gap where one is missing).
         let placed: Vec<(f64, f64)> = series
             .values
             .iter()
             .enumerate()
-            .filter_map(|(g, v)| Some((g as f64 - 0.35 + s as f64 * width, (*v)?)))
+            .filter_map(|(g, v)| {
+                let present = bars.series.iter().filter(|x| x.values[g].is_some());
+                let before = bars.series[..s].iter().filter(|x| x.values[g].is_some());
+                let left = g as f64 - present.count() as f64 * width / 2.0;
+                Some((left + before.count() as f64 * width, (*v)?))
+            })
             .collect();
         chart
             .draw_series(placed.iter().map(|&(x, v)| {

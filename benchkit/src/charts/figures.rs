@@ -204,7 +204,7 @@ fn progress_panels(runs: &[(String, &Drain, Color, Stroke)], legend: Corner) -> 
         },
         Panel {
             caption: format!(
-                "Events/s made queryable, mean over a sliding {} s window (colours as above)",
+                "Events/s made queryable, over the preceding {} s (colours as above)",
                 trim(window, 1)
             ),
             x: seconds_axis(&rates, x_desc),
@@ -238,9 +238,11 @@ pub fn throughput(after: &Results, before: Option<&Results>) -> Option<Figure> {
         return None;
     }
     let events = runs[0].1.events;
-    if let Some((b, t)) = before.and_then(|b| Some((b, b.throughput.as_ref()?))) {
+    // Only a run of as many events is comparable.
+    let before = before.and_then(|b| Some((b, b.throughput.as_ref()?)));
+    if let Some((b, t)) = before.filter(|(_, t)| t.events == events) {
         runs.push((
-            format!("1 sink, before (run on {})", b.git.short()),
+            format!("1 sink, before (run on {})", b.git.describe()),
             t,
             GREY,
             Stroke::Dashed,
@@ -411,44 +413,47 @@ pub fn cpu(after: &Results, before: Option<&Results>) -> Option<Figure> {
             values[1].push(a);
         }
     };
-    let throughput = after
-        .throughput
-        .as_ref()
-        .or(before.and_then(|b| b.throughput.as_ref()));
+    let before_throughput = before.and_then(|b| b.throughput.as_ref());
     add(
         format!(
-            "1 sink, {} pre-loaded",
-            si(throughput.map_or(0.0, |d| d.events as f64))
+            "1 sink, pre-loaded ({})",
+            events(before_throughput, after.throughput.as_ref())
         ),
-        per_event(before.and_then(|b| b.throughput.as_ref())),
+        per_event(before_throughput),
         per_event(after.throughput.as_ref()),
     );
     let k = scaled(after).or(before.and_then(scaled));
     if let Some(k) = k.filter(|d| d.instances > 1) {
-        let same = |r: &Results| {
-            r.scale_out
-                .iter()
-                .find(|d| d.instances == k.instances)
-                .and_then(|d| d.sink_cpu_us_per_event)
-        };
+        fn with(r: &Results, instances: u32) -> Option<&Drain> {
+            r.scale_out.iter().find(|d| d.instances == instances)
+        }
+        let (b, a) = (
+            before.and_then(|b| with(b, k.instances)),
+            with(after, k.instances),
+        );
         add(
-            format!("{}, all together", sinks(k.instances)),
-            before.and_then(same),
-            same(after),
+            format!("{} together ({})", sinks(k.instances), events(b, a)),
+            per_event(b),
+            per_event(a),
         );
     }
-    add(
-        "1 sink, inserts dropped".to_owned(),
-        per_event(before.and_then(|b| b.ceiling.as_ref())),
-        per_event(after.ceiling.as_ref()),
+    let (b, a) = (
+        before.and_then(|b| b.ceiling.as_ref()),
+        after.ceiling.as_ref(),
     );
     add(
-        format!(
-            "1 sink, {} bulk",
-            si(after.bulk.as_ref().map_or(0.0, |b| b.drain.events as f64))
-        ),
-        per_event(before.and_then(|b| b.bulk.as_ref()).map(|b| &b.drain)),
-        per_event(after.bulk.as_ref().map(|b| &b.drain)),
+        format!("1 sink, inserts dropped ({})", events(b, a)),
+        per_event(b),
+        per_event(a),
+    );
+    let (b, a) = (
+        before.and_then(|b| b.bulk.as_ref()).map(|b| &b.drain),
+        after.bulk.as_ref().map(|b| &b.drain),
+    );
+    add(
+        format!("1 sink, bulk ({})", events(b, a)),
+        per_event(b),
+        per_event(a),
     );
     if groups.is_empty() {
         return None;
@@ -458,20 +463,21 @@ pub fn cpu(after: &Results, before: Option<&Results>) -> Option<Figure> {
     let mut series = Vec::new();
     if let Some(b) = before.filter(|_| before_values.iter().any(Option::is_some)) {
         series.push(BarSeries {
-            label: format!("before (run on {})", b.git.short()),
+            label: format!("before (run on {})", b.git.describe()),
             color: GREY,
             values: before_values,
         });
     }
     series.push(BarSeries {
-        label: format!("after (run on {})", after.git.short()),
+        label: format!("after (run on {})", after.git.describe()),
         color: BLUE,
         values: after_values,
     });
     Some(Figure {
         file: "cpu.svg",
         title: "Sink CPU per event (user + system), before and after".to_owned(),
-        size: WIDE,
+        // Room for each group's label under it.
+        size: (WIDE.0.max(120 + 260 * groups.len() as u32), WIDE.1),
         body: Body::Bars(Bars {
             groups,
             series,
@@ -487,6 +493,15 @@ pub fn cpu(after: &Results, before: Option<&Results>) -> Option<Figure> {
     })
 }
 
+/// How many events a pair of runs drained: "2M events", or "2M before / 200k after".
+fn events(before: Option<&Drain>, after: Option<&Drain>) -> String {
+    match (before.map(|d| d.events), after.map(|d| d.events)) {
+        (Some(b), Some(a)) if b != a => format!("{} before / {} after", si(b as f64), si(a as f64)),
+        (_, Some(n)) | (Some(n), None) => format!("{} events", si(n as f64)),
+        (None, None) => "no events".to_owned(),
+    }
+}
+
 /// The bulk run: rows, rate and RSS over time, against the reference's pace.
 pub fn bulk(after: &Results) -> Option<Figure> {
     let bulk = after.bulk.as_ref().filter(|b| b.drain.progress.len() > 1)?;
@@ -500,7 +515,7 @@ pub fn bulk(after: &Results) -> Option<Figure> {
         let label = format!(
             "reference: {}, {} events in ~{} min (~{}/s)",
             r.pipeline,
-            si(d.events as f64),
+            si(r.events as f64),
             trim(r.minutes, 0),
             thousands(r.events_per_s)
         );
@@ -599,9 +614,13 @@ mod tests {
         };
         assert_eq!(
             bars.groups,
-            ["1 sink, 1k pre-loaded", "1 sink, inserts dropped"]
+            [
+                "1 sink, pre-loaded (1k events)",
+                "1 sink, inserts dropped (1k events)"
+            ]
         );
         assert_eq!(bars.series[0].label, "before (run on 5916ca2)");
+        assert_eq!(bars.series[1].label, "after (run on abcdef0)");
         assert_eq!(bars.series[0].values, [Some(3.2), None]);
         assert_eq!(bars.series[1].values, [Some(4.4), Some(4.4)]);
     }
@@ -634,7 +653,7 @@ mod tests {
     #[test]
     fn the_bulk_chart_draws_the_reference_pace() {
         let r = results(&format!(
-            r#"{{"bulk": {{"reference": {{"events_per_s": 10000, "minutes": 17,
+            r#"{{"bulk": {{"reference": {{"events": 10000000, "events_per_s": 10000, "minutes": 17,
                 "pipeline": "Kafka + Spark"}}, {}}}"#,
             &DRAIN[1..]
         ));

@@ -33,12 +33,20 @@ pub struct Results {
 pub struct Git {
     #[serde(default)]
     pub commit: String,
+    /// Files of the measured code with uncommitted changes at the time of the run.
+    #[serde(default)]
+    pub dirty: Vec<String>,
 }
 
 impl Git {
-    /// The commit the run measured, short.
-    pub fn short(&self) -> &str {
-        self.commit.get(..7).unwrap_or(&self.commit)
+    /// The commit the run measured, short, and whether the code had uncommitted changes.
+    pub fn describe(&self) -> String {
+        let short = self.commit.get(..7).unwrap_or(&self.commit);
+        if self.dirty.is_empty() {
+            short.to_owned()
+        } else {
+            format!("{short} + uncommitted changes")
+        }
     }
 }
 
@@ -93,6 +101,7 @@ pub struct Bulk {
 /// The reference projects' figure: `events` in `minutes` at about `events_per_s`.
 #[derive(Debug, Deserialize)]
 pub struct Reference {
+    pub events: u64,
     pub events_per_s: f64,
     pub minutes: f64,
     pub pipeline: String,

@@ -30,22 +30,23 @@ pub fn window_s(progress: &[(f64, f64)]) -> f64 {
     (2.0 * gaps[gaps.len() / 2]).max(2.0)
 }
 
-/// Rows per second over time: the mean over `window_s` centred on points a quarter window apart,
-/// from half a window after the first sample to half a window before the last (a window cut
-/// short at either end would show one insert as a spike).
+/// Rows per second over time: at points a quarter window apart up to the last sample, the rows
+/// added over the `window_s` before each (what a `rate()` over that window shows). Nothing was
+/// queryable before the first sample (the sinks' start), so the first windows count from there.
 pub fn rate(progress: &[(f64, f64)], window_s: f64) -> Vec<(f64, f64)> {
     let (Some(&(first, _)), Some(&(last, _))) = (progress.first(), progress.last()) else {
         return Vec::new();
     };
-    let (half, step) = (window_s / 2.0, window_s / 4.0);
-    if last - first < window_s {
-        return Vec::new();
-    }
-    let points = ((last - first - window_s) / step + 1e-9).floor() as usize + 1;
-    (0..points)
-        .map(|i| {
-            let t = first + half + i as f64 * step;
-            let rows = rows_at(progress, t + half) - rows_at(progress, t - half);
+    let step = window_s / 4.0;
+    let mut times: Vec<f64> = (1..)
+        .map(|i| first + f64::from(i) * step)
+        .take_while(|t| *t < last - step / 2.0)
+        .collect();
+    times.push(last);
+    times
+        .into_iter()
+        .map(|t| {
+            let rows = rows_at(progress, t) - rows_at(progress, (t - window_s).max(first));
             (t, rows / window_s)
         })
         .collect()
@@ -126,28 +127,39 @@ mod tests {
     }
 
     #[test]
-    fn a_steady_stream_has_a_flat_rate() {
+    fn a_steady_stream_has_a_flat_rate_once_the_window_is_full() {
         let p: Vec<_> = (0..=40)
             .map(|i| (i as f64 * 0.25, i as f64 * 250.0))
             .collect();
         let r = rate(&p, 1.0);
-        assert_eq!(r.first().map(|x| x.0), Some(0.5));
-        assert_eq!(r.last().map(|x| x.0), Some(9.5));
-        assert!(r.iter().all(|&(_, v)| (v - 1000.0).abs() < 1e-6), "{r:?}");
+        assert_eq!(r.first().map(|x| x.0), Some(0.25));
+        assert_eq!(r.last(), Some(&(10.0, 1000.0)));
+        assert!(
+            r.iter()
+                .filter(|(t, _)| *t >= 1.0)
+                .all(|&(_, v)| (v - 1000.0).abs() < 1e-6),
+            "{r:?}"
+        );
+        // Before that, counted from the start.
+        assert!((r[0].1 - 250.0).abs() < 1e-6, "{r:?}");
     }
 
     #[test]
-    fn the_join_shows_as_zero_then_the_rate() {
+    fn the_join_shows_as_zero_then_the_rate_up_to_the_last_insert() {
         // 3 s of group join, then 100,000 rows/s in inserts every half second.
         let mut p = vec![(0.0, 0.0), (3.0, 0.0)];
         p.extend((1..=10).map(|i| (3.0 + i as f64 * 0.5, i as f64 * 50_000.0)));
         let r = rate(&p, 1.0);
-        assert_eq!(r[0], (0.5, 0.0));
-        let steady: Vec<_> = r.iter().filter(|(t, _)| (4.0..=7.0).contains(t)).collect();
+        assert!(
+            r.iter().filter(|(t, _)| *t <= 3.0).all(|(_, v)| *v == 0.0),
+            "{r:?}"
+        );
+        let steady: Vec<_> = r.iter().filter(|(t, _)| *t >= 4.0).collect();
         assert!(
             steady.iter().all(|(_, v)| (v - 100_000.0).abs() < 1.0),
             "{steady:?}"
         );
+        assert_eq!(r.last().map(|x| x.0), Some(8.0));
     }
 
     #[test]
