@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
         database: database.clone(),
         ..Settings::default()
     };
-    let writer = ClickHouseWriter::new(&settings);
+    let writer = ClickHouseWriter::new(&settings).expect("ClickHouse client");
 
     let mut simulator = Simulator::new(SimulatorConfig::default());
     let now = Utc::now();

@@ -27,14 +27,16 @@
 //! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop and the drain) ·
 //! [`intake`] (decode, replay check, dead-letter routing) · [`batch`] (pure policy) ·
 //! [`flush`] (write + commit) · [`schema`] (row encoding for the live table) · [`writer`]
-//! (ClickHouse, failure classes) · [`dead_letter`] · [`ownership`] (rebalances, fencing) ·
-//! [`retry`] · [`stall`] · [`metrics`] · [`http`].
+//! (ClickHouse, failure classes; its client: [`clickhouse_client`]) · [`dead_letter`] · [`ownership`] (rebalances, fencing) ·
+//! [`retry`] · [`stall`] · [`metrics`] · [`http`] · [`kafka_auth`] (refused logins stop the sink).
 
 pub mod batch;
+pub mod clickhouse_client;
 pub mod dead_letter;
 pub mod flush;
 pub mod http;
 pub mod intake;
+pub mod kafka_auth;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
@@ -67,6 +69,9 @@ pub enum SinkError {
         #[source]
         source: writer::Failure,
     },
+    /// The broker refused the sink's login, TLS handshake or access (with what to check).
+    #[error("kafka authentication: {0}")]
+    KafkaAuth(String),
     #[error("dead-letter topic: {0}")]
     DeadLetter(String),
     #[error("inconsistent: {0}")]
