@@ -92,8 +92,13 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     let bin_dir = crate::bin_dir();
     let data = TempDir::new("it_demo");
     let marker = unique_name("demo");
-    let [kafka, clickhouse, https, sink, producer] =
-        [free_port(), free_port(), free_port(), free_port(), free_port()];
+    let [kafka, clickhouse, https, sink, producer] = [
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    ];
     assert_eq!(
         [kafka, clickhouse, https, sink, producer]
             .iter()
