@@ -37,6 +37,9 @@ Users: the engine has none (everything runs as `default`). With --password-file 
 `user`/`password` URL parameters) must carry the password in FILE, and requests naming any
 other user than `default` are refused: ClickHouse's own answer, Code 516
 AUTHENTICATION_FAILED with HTTP 403. Requests as `default` (or naming no user) stay open.
+The statements of those users are kept (the last 20,000, in memory; the engine has no
+query_log): GET /_queries?user=U&database=D returns them as a JSON list, for the test that
+checks clickhouse/users.sql's grants against what the sink runs.
 
 Usage: clickhouse_http.py --port 8123 --data-dir DIR [--host 127.0.0.1]
            [--tls-port 8443 --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
@@ -45,6 +48,7 @@ Usage: clickhouse_http.py --port 8123 --data-dir DIR [--host 127.0.0.1]
 
 import argparse
 import base64
+import collections
 import gzip
 import http.server
 import json
@@ -249,6 +253,7 @@ class Engine:
         self.sessions = {}
         self.sessions_lock = threading.Lock()
         self.passwords = {}  # user -> password (--password-file)
+        self.statements = collections.deque(maxlen=20000)  # (user, database, statement) of those users
         self.faults = {}  # match -> rule (see the module docstring)
         self.faults_lock = threading.Lock()
         self.spool_dir = os.path.join(path, "http_spool")
@@ -371,6 +376,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def authenticated(self, params):
         """Checks the request's user against --password-file; answers 516 and returns False
         when it does not pass."""
+        self.checked_user = None
         passwords = self.engine.passwords
         if not passwords:
             return True
@@ -378,6 +384,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if user == "default" and user not in passwords:
             return True
         if passwords.get(user) == password:
+            self.checked_user = user
             return True
         self.send_error_like_clickhouse(make_error(
             self.engine.codes, "AUTHENTICATION_FAILED",
@@ -391,6 +398,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         if url.path in ("/", "/ping", "/replicas_status") and "query" not in params:
             self.send(200, b"Ok.\n")
+            return
+        if url.path == "/_queries":
+            statements = [s for (u, d, s) in list(self.engine.statements)
+                          if u == params.get("user") and d == params.get("database")]
+            self.send(200, json.dumps(statements).encode(), content_type="application/json")
             return
         if not self.authenticated(params):
             return
@@ -490,12 +502,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         content_type = CONTENT_TYPES.get(fmt.lower(), "application/octet-stream")
         self.send(200, data, headers, content_type)
 
+    def log_statement(self, params, statement):
+        if getattr(self, "checked_user", None):
+            self.engine.statements.append((self.checked_user, params.get("database", ""), statement.strip()))
+
     def execute(self, conn, params, body, query_params):
         """Run the request's statement; returns (response bytes, format, summary)."""
         query = params.get("query", "").encode()
         match = INSERT_WITH_DATA.match(query or body[:MAX_ERROR_SCAN])
         if match:
             head = match.group("head").decode()
+            self.log_statement(params, head)
             fmt = (match.group("format") or b"Values").decode()
             rest = (query or body)[match.end():]
             if query:
@@ -530,6 +547,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sql = text.decode("utf-8")
         if not sql.strip():
             raise make_error(self.engine.codes, "SYNTAX_ERROR", "Empty query")
+        self.log_statement(params, sql)
         if self.engine.faults:
             _, fault = self.engine.fault_for(sql, params.get("database"), insert=False)
             if fault:
