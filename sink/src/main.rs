@@ -39,6 +39,18 @@ struct Cli {
     /// ClickHouse password [default: empty].
     #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
     clickhouse_password: Option<String>,
+    /// File holding the ClickHouse password, e.g. a Docker or Kubernetes secret [default: none].
+    #[arg(long, env = "CLICKHOUSE_PASSWORD_FILE", value_name = "FILE")]
+    clickhouse_password_file: Option<String>,
+    /// PEM CA certificate to trust for https:// instead of the system's CAs [default: none].
+    #[arg(long, env = "CLICKHOUSE_CA_FILE", value_name = "FILE")]
+    clickhouse_ca_file: Option<String>,
+    /// PEM client certificate for mutual TLS with ClickHouse [default: none].
+    #[arg(long, value_name = "FILE")]
+    clickhouse_client_cert_file: Option<String>,
+    /// PEM private key of the client certificate [default: none].
+    #[arg(long, value_name = "FILE")]
+    clickhouse_client_key_file: Option<String>,
     /// Database [default: clickstream].
     #[arg(long)]
     database: Option<String>,
@@ -89,6 +101,19 @@ impl Cli {
         put("clickhouse_url", self.clickhouse_url.clone());
         put("clickhouse_user", self.clickhouse_user.clone());
         put("clickhouse_password", self.clickhouse_password.clone());
+        put(
+            "clickhouse_password_file",
+            self.clickhouse_password_file.clone(),
+        );
+        put("clickhouse_ca_file", self.clickhouse_ca_file.clone());
+        put(
+            "clickhouse_client_cert_file",
+            self.clickhouse_client_cert_file.clone(),
+        );
+        put(
+            "clickhouse_client_key_file",
+            self.clickhouse_client_key_file.clone(),
+        );
         put("database", self.database.clone());
         put("table", self.table.clone());
         put("max_rows", self.max_rows.map(|v| v.to_string()));

@@ -28,8 +28,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// All settings of the sink, with their defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// All settings of the sink, with their defaults. `Debug` leaves secrets out (see
+/// [`is_secret_kafka_property`]).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Kafka bootstrap servers.
@@ -44,13 +45,26 @@ pub struct Settings {
     /// Dead-letter topic for messages that are not valid events.
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
-    /// ClickHouse HTTP URL.
+    /// ClickHouse HTTP(S) URL, without credentials.
     #[serde(default = "default_clickhouse_url")]
     pub clickhouse_url: String,
     #[serde(default = "default_clickhouse_user")]
     pub clickhouse_user: String,
     #[serde(default)]
     pub clickhouse_password: String,
+    /// A file holding the password (a Docker or Kubernetes secret); its trailing newline is
+    /// ignored. Exclusive with `clickhouse_password`.
+    #[serde(default)]
+    pub clickhouse_password_file: String,
+    /// PEM file of the CA to trust for an https:// URL instead of the system's CAs.
+    #[serde(default)]
+    pub clickhouse_ca_file: String,
+    /// PEM client certificate for mutual TLS (with `clickhouse_client_key_file`).
+    #[serde(default)]
+    pub clickhouse_client_cert_file: String,
+    /// PEM private key of `clickhouse_client_cert_file`.
+    #[serde(default)]
+    pub clickhouse_client_key_file: String,
     #[serde(default = "default_database")]
     pub database: String,
     #[serde(default = "default_table")]
@@ -187,6 +201,106 @@ fn default_log_format() -> LogFormat {
     LogFormat::Human
 }
 
+/// What `Debug` and logs show instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config`, ...).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+impl std::fmt::Debug for Settings {
+    /// Every field, with the password and secret Kafka properties replaced by `<redacted>`.
+    /// (Destructured, so that a new field cannot be left out without a compile error.)
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Settings {
+            brokers,
+            topic,
+            group,
+            dlq_topic,
+            clickhouse_url,
+            clickhouse_user,
+            clickhouse_password,
+            clickhouse_password_file,
+            clickhouse_ca_file,
+            clickhouse_client_cert_file,
+            clickhouse_client_key_file,
+            database,
+            table,
+            max_rows,
+            flush_interval_ms,
+            max_batch_bytes,
+            max_inserts_per_second,
+            max_parallel_inserts,
+            delivery,
+            max_message_bytes,
+            max_event_age_s,
+            max_clock_skew_s,
+            retry_initial_ms,
+            retry_max_ms,
+            insert_timeout_ms,
+            shutdown_timeout_ms,
+            stall_timeout_ms,
+            dedup_window_events,
+            http_addr,
+            log_format,
+            kafka: _,
+        } = self;
+        let password = if clickhouse_password.is_empty() {
+            ""
+        } else {
+            REDACTED
+        };
+        f.debug_struct("Settings")
+            .field("brokers", brokers)
+            .field("topic", topic)
+            .field("group", group)
+            .field("dlq_topic", dlq_topic)
+            .field(
+                "clickhouse_url",
+                &clickstream_connect::redact_url(clickhouse_url),
+            )
+            .field("clickhouse_user", clickhouse_user)
+            .field("clickhouse_password", &password)
+            .field("clickhouse_password_file", clickhouse_password_file)
+            .field("clickhouse_ca_file", clickhouse_ca_file)
+            .field("clickhouse_client_cert_file", clickhouse_client_cert_file)
+            .field("clickhouse_client_key_file", clickhouse_client_key_file)
+            .field("database", database)
+            .field("table", table)
+            .field("max_rows", max_rows)
+            .field("flush_interval_ms", flush_interval_ms)
+            .field("max_batch_bytes", max_batch_bytes)
+            .field("max_inserts_per_second", max_inserts_per_second)
+            .field("max_parallel_inserts", max_parallel_inserts)
+            .field("delivery", delivery)
+            .field("max_message_bytes", max_message_bytes)
+            .field("max_event_age_s", max_event_age_s)
+            .field("max_clock_skew_s", max_clock_skew_s)
+            .field("retry_initial_ms", retry_initial_ms)
+            .field("retry_max_ms", retry_max_ms)
+            .field("insert_timeout_ms", insert_timeout_ms)
+            .field("shutdown_timeout_ms", shutdown_timeout_ms)
+            .field("stall_timeout_ms", stall_timeout_ms)
+            .field("dedup_window_events", dedup_window_events)
+            .field("http_addr", http_addr)
+            .field("log_format", log_format)
+            .field("kafka", &self.kafka_redacted())
+            .finish()
+    }
+}
+
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
@@ -197,6 +311,10 @@ impl Default for Settings {
             clickhouse_url: default_clickhouse_url(),
             clickhouse_user: default_clickhouse_user(),
             clickhouse_password: String::new(),
+            clickhouse_password_file: String::new(),
+            clickhouse_ca_file: String::new(),
+            clickhouse_client_cert_file: String::new(),
+            clickhouse_client_key_file: String::new(),
             database: default_database(),
             table: default_table(),
             max_rows: default_max_rows(),
@@ -336,6 +454,37 @@ impl Settings {
         {
             return bad("clickhouse_url", "must start with http:// or https://");
         }
+        if clickstream_connect::has_credentials(&self.clickhouse_url) {
+            return bad(
+                "clickhouse_url",
+                "must not carry credentials (user:password@ or ?password=), which would show \
+                 wherever the URL is logged: set clickhouse_user and clickhouse_password_file",
+            );
+        }
+        if !self.clickhouse_password.is_empty() && !self.clickhouse_password_file.is_empty() {
+            return bad(
+                "clickhouse_password_file",
+                "set either it or `clickhouse_password`, not both",
+            );
+        }
+        match (
+            self.clickhouse_client_cert_file.is_empty(),
+            self.clickhouse_client_key_file.is_empty(),
+        ) {
+            (false, true) => {
+                return bad(
+                    "clickhouse_client_key_file",
+                    "is needed with `clickhouse_client_cert_file`",
+                );
+            }
+            (true, false) => {
+                return bad(
+                    "clickhouse_client_cert_file",
+                    "is needed with `clickhouse_client_key_file`",
+                );
+            }
+            _ => {}
+        }
         for (key, value) in [("database", &self.database), ("table", &self.table)] {
             if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return bad(key, "must be a plain identifier (letters, digits, _)");
@@ -383,6 +532,21 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The `kafka` properties with the values of secret ones replaced, for logs and `Debug`.
+    pub fn kafka_redacted(&self) -> BTreeMap<&str, &str> {
+        self.kafka
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_kafka_property(key) {
+                    REDACTED
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect()
     }
 
     /// librdkafka config with the brokers and the `kafka` passthrough properties.
@@ -522,6 +686,37 @@ mod tests {
             (&[("stall_timeout_ms", "10")], &[], "stall_timeout_ms"),
             (&[("delivery", "maybe-once")], &[], "delivery"),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
+            (
+                &[("clickhouse_url", "https://sink:pw@ch:8443")],
+                &[],
+                "clickhouse_url",
+            ),
+            (
+                &[("clickhouse_url", "https://ch:8443/?password=pw")],
+                &[],
+                "clickhouse_url",
+            ),
+            (
+                &[
+                    ("clickhouse_password", "pw"),
+                    ("clickhouse_password_file", "/run/secrets/pw"),
+                ],
+                &[],
+                "clickhouse_password_file",
+            ),
+            (
+                &[("clickhouse_client_cert_file", "/tls/client.pem")],
+                &[],
+                "clickhouse_client_key_file",
+            ),
+            (
+                &[],
+                &[(
+                    "CLICKSTREAM_SINK_CLICKHOUSE_CLIENT_KEY_FILE",
+                    "/tls/key.pem",
+                )],
+                "clickhouse_client_cert_file",
+            ),
         ];
         for (values, env, key) in cases {
             let error = load(values, env).expect_err(key).to_string();
@@ -529,6 +724,48 @@ mod tests {
                 error.contains(key),
                 "error for {key} does not name it: {error}"
             );
+            assert!(!error.contains("pw@"), "the error shows a secret: {error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let env = [
+            ("CLICKSTREAM_SINK_CLICKHOUSE_PASSWORD", "ch-pass-1"),
+            ("CLICKSTREAM_SINK_KAFKA__SASL_PASSWORD", "kafka-pass-2"),
+            ("CLICKSTREAM_SINK_KAFKA__SASL_USERNAME", "sink-user"),
+            ("CLICKSTREAM_SINK_KAFKA__SSL_KEY_PASSWORD", "key-pass-3"),
+            (
+                "CLICKSTREAM_SINK_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET",
+                "oauth-4",
+            ),
+        ];
+        let settings = load(&[], &env).unwrap();
+        assert_eq!(settings.clickhouse_password, "ch-pass-1");
+        assert_eq!(
+            settings.kafka.get("sasl.password").map(String::as_str),
+            Some("kafka-pass-2")
+        );
+        for shown in [format!("{settings:?}"), format!("{settings:#?}")] {
+            for secret in ["ch-pass-1", "kafka-pass-2", "key-pass-3", "oauth-4"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("sink-user"), "non-secrets stay: {shown}");
+            assert!(shown.contains(REDACTED));
+        }
+        for (key, secret) in [
+            ("sasl.password", true),
+            ("ssl.key.password", true),
+            ("ssl.keystore.password", true),
+            ("ssl.key.pem", true),
+            ("sasl.oauthbearer.client.secret", true),
+            ("sasl.oauthbearer.config", true),
+            ("sasl.username", false),
+            ("ssl.ca.location", false),
+            ("ssl.key.location", false),
+            ("security.protocol", false),
+        ] {
+            assert_eq!(is_secret_kafka_property(key), secret, "{key}");
         }
     }
 }
