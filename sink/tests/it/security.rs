@@ -3,17 +3,15 @@
 //! certificate the server does not trust, a wrong password and a refused Kafka login do: stop
 //! at start with an error that says what to change (each next to its positive control).
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Harness, messages, spawn_sink};
 use clickstream_sink::writer::ClickHouseWriter;
 use clickstream_sink::{Settings, SinkError};
 use clickstream_testkit::{
     Broker, CHECKED_USER, TempDir, clickhouse_ca_file, clickhouse_sink_password_file,
     clickhouse_tls_url, make_certificates,
 };
-use common::{Harness, messages, spawn_sink};
 
 /// The harness's settings, pointed at the HTTPS endpoint with the stack's CA, client
 /// certificate and checked user.
