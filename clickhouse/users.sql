@@ -1,28 +1,64 @@
--- Users of the clickstream database, created with SQL-driven access control.
+-- Users of the clickstream database, created with SQL-driven access control, each with the
+-- least it needs.
 --
 -- Applied by docker compose after schema.sql (a ClickHouse server whose default user has
--- access_management = 1: CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1 in the official image). NOT
--- applied by the local stack: the chDB engine behind scripts/clickhouse_http.py refuses CREATE
--- USER / GRANT (ACCESS_DENIED), so there everything runs as `default`. The tests only check that
--- this file parses.
+-- access_management = 1: CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT=1 in the official image), then
+-- deploy/clickhouse/03-passwords.sh sets the passwords from .env. NOT applied by the local
+-- stack: the chDB engine behind scripts/clickhouse_http.py refuses CREATE USER / GRANT
+-- (ACCESS_DENIED). The tests check that every statement parses, that every setting named
+-- exists, and that the sink's grants are exactly what it runs (every statement the sink sent
+-- in a test run, plus what the materialized views fed by `events` write; nothing more).
 --
--- The passwords below are placeholders for a laptop: change them (ALTER USER ... IDENTIFIED BY)
--- before the server is reachable by anyone else, and give Grafana / the sink the new ones
--- (CLICKHOUSE_READER_PASSWORD, the sink's clickhouse password setting).
+-- The passwords below are placeholders, replaced at the first start (03-passwords.sh). On a
+-- server of your own: CREATE the users with your passwords, or ALTER USER ... IDENTIFIED BY.
 
--- The sink: inserts events (the MVs fill the rollups with their definer's rights) and reads
--- what it needs for exactly-once (the events and the sink's progress table).
+-- The sink ---------------------------------------------------------------------------------
 CREATE USER IF NOT EXISTS clickstream_sink
     IDENTIFIED WITH sha256_password BY 'clickstream-sink-change-me'
     DEFAULT DATABASE clickstream;
-GRANT INSERT, SELECT ON clickstream.* TO clickstream_sink;
+-- INSERT: the events. SELECT: the stored-offset checks (exactly once). ALTER DELETE: the
+-- lightweight DELETE that removes what a refused insert left behind before it is retried.
+GRANT INSERT, SELECT, ALTER DELETE ON clickstream.events TO clickstream_sink;
+-- The progress rollup answers "is anything of this partition stored?".
+GRANT SELECT ON clickstream.kafka_progress TO clickstream_sink;
+-- The materialized views fed by `events` write their targets in the inserting user's name
+-- when they run with SQL SECURITY INVOKER (views without an SQL SECURITY clause on servers
+-- before 24.4, or with ignore_empty_sql_security_in_create_view_query); with the DEFINER
+-- default of newer servers these grants are unused but harmless.
+GRANT INSERT ON clickstream.events_1m TO clickstream_sink;
+GRANT INSERT ON clickstream.pages_5m TO clickstream_sink;
+GRANT INSERT ON clickstream.sessions TO clickstream_sink;
+GRANT INSERT ON clickstream.funnel_5m TO clickstream_sink;
+GRANT INSERT ON clickstream.kafka_progress TO clickstream_sink;
+-- The start-up check: does the table exist with the engine settings exactly once needs, and
+-- which columns does it have now (the sink follows benign ALTERs).
+GRANT SELECT ON system.tables TO clickstream_sink;
+GRANT SELECT ON system.columns TO clickstream_sink;
 
--- Grafana and ad-hoc queries: read only. readonly = 2 (not 1) because the Grafana plugin and
--- clickhouse-client send per-query settings, which readonly = 1 rejects; data and schema stay
--- read-only either way. system.parts is for the "Pipeline health" dashboard.
+-- Grafana and ad-hoc queries: read only, and bounded ---------------------------------------
+-- readonly = 2 (not 1) because the Grafana plugin and clickhouse-client send per-query
+-- settings, which readonly = 1 rejects; data and schema stay read-only either way. The
+-- constraints stop the user from raising the limits in those per-query settings (MIN 1 as
+-- well: 0 would mean "no limit"), so anonymous dashboard viewers cannot turn a heavy query
+-- into a denial of service. Grafana's own query timeout is 60 s as well.
+CREATE SETTINGS PROFILE IF NOT EXISTS clickstream_reader_profile
+    SETTINGS readonly = 2,
+             max_execution_time = 60 MIN 1 MAX 60,
+             max_memory_usage = 2000000000 MIN 1 MAX 2000000000,
+             max_result_rows = 100000 MIN 1 MAX 100000,
+             max_concurrent_queries_for_user = 20 MIN 1 MAX 20;
 CREATE USER IF NOT EXISTS clickstream_reader
     IDENTIFIED WITH sha256_password BY 'clickstream-reader-change-me'
     DEFAULT DATABASE clickstream
-    SETTINGS readonly = 2, max_execution_time = 60;
+    SETTINGS PROFILE 'clickstream_reader_profile';
 GRANT SELECT ON clickstream.* TO clickstream_reader;
+-- "Parts per table" on the Pipeline health dashboard.
 GRANT SELECT ON system.parts TO clickstream_reader;
+-- And in total: the two dashboards refresh about 25 panels every 5 s (300 queries a minute per
+-- open dashboard); this allows a few viewers at once and caps what any number of them costs.
+-- A viewer over the quota sees QUOTA_EXCEEDED in the panels until the minute ends; raise it
+-- with ALTER QUOTA for more viewers.
+CREATE QUOTA IF NOT EXISTS clickstream_reader_quota
+    FOR INTERVAL 1 minute MAX queries = 1500, execution_time = 600,
+    FOR INTERVAL 1 hour MAX read_rows = 50000000000
+    TO clickstream_reader;

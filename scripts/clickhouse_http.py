@@ -29,15 +29,34 @@ applies to any other statement containing `match` (and, if given, sent for "data
 statement contains `match` are read and answered as written without being decompressed or
 run (the benchmark's measure of the sink alone). DELETE /_faults?match=... clears.
 
+HTTPS: with --tls-port, --tls-cert and --tls-key the same endpoint is also served over TLS
+on a second port (scripts/stack makes a private CA for it, scripts/tls_certs.py); with
+--tls-client-ca a client certificate is checked against that CA when one is presented
+(mutual TLS: a certificate from another CA is refused in the handshake).
+
+Users: the engine has none (everything runs as `default`). With --password-file USER=FILE
+(repeatable) requests that name USER (X-ClickHouse-User/-Key headers, HTTP basic auth, or
+`user`/`password` URL parameters) must carry the password in FILE, and requests naming any
+other user than `default` are refused: ClickHouse's own answer, Code 516
+AUTHENTICATION_FAILED with HTTP 403. Requests as `default` (or naming no user) stay open.
+The statements of those users are kept (the last 20,000, in memory; the engine has no
+query_log): GET /_queries?user=U&database=D returns them as a JSON list, for the test that
+checks clickhouse/users.sql's grants against what the sink runs.
+
 Usage: clickhouse_http.py --port 8123 --data-dir DIR [--host 127.0.0.1]
+           [--tls-port 8443 --tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+           [--password-file USER=FILE ...]
 """
 
 import argparse
+import base64
+import collections
 import gzip
 import http.server
 import json
 import os
 import re
+import ssl
 import struct
 import sys
 import threading
@@ -235,6 +254,8 @@ class Engine:
         self.anchor = state.connect(path)
         self.sessions = {}
         self.sessions_lock = threading.Lock()
+        self.passwords = {}  # user -> password (--password-file)
+        self.statements = collections.deque(maxlen=20000)  # (user, database, statement) of those users
         self.faults = {}  # match -> rule (see the module docstring)
         self.faults_lock = threading.Lock()
         self.spool_dir = os.path.join(path, "http_spool")
@@ -343,6 +364,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
         status = self.engine.status_by_code.get(code, 500)
         self.send(status, (message.rstrip() + "\n").encode(), {"X-ClickHouse-Exception-Code": str(code)})
 
+    # --- users ---------------------------------------------------------------------
+
+    def credentials(self, params):
+        """(user, password) the request names, the way ClickHouse reads them."""
+        user = self.headers.get("X-ClickHouse-User")
+        password = self.headers.get("X-ClickHouse-Key")
+        auth = self.headers.get("Authorization") or ""
+        if user is None and auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                user, password = "", ""
+        if user is None:
+            user, password = params.get("user"), params.get("password")
+        return user or "default", password or ""
+
+    def authenticated(self, params):
+        """Checks the request's user against --password-file; answers 516 and returns False
+        when it does not pass."""
+        self.checked_user = None
+        passwords = self.engine.passwords
+        if not passwords:
+            return True
+        user, password = self.credentials(params)
+        if user == "default" and user not in passwords:
+            return True
+        if passwords.get(user) == password:
+            self.checked_user = user
+            return True
+        self.send_error_like_clickhouse(make_error(
+            self.engine.codes, "AUTHENTICATION_FAILED",
+            f"{user}: Authentication failed: password is incorrect, or there is no user with such name"))
+        return False
+
     # --- requests ------------------------------------------------------------------
 
     def do_GET(self):
@@ -350,6 +405,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         if url.path in ("/", "/ping", "/replicas_status") and "query" not in params:
             self.send(200, b"Ok.\n")
+            return
+        if url.path == "/_queries":
+            statements = [s for (u, d, s) in list(self.engine.statements)
+                          if u == params.get("user") and d == params.get("database")]
+            self.send(200, json.dumps(statements).encode(), content_type="application/json")
+            return
+        if not self.authenticated(params):
             return
         self.handle_query(params, b"")
 
@@ -376,6 +438,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send(200, b"Ok.\n")
             return
         raw = self.read_body()
+        if not self.authenticated(params):
+            return
         query = params.get("query", "")
         if self.engine.faults and query.lstrip()[:6].upper() == "INSERT" and self.engine.discards(query):
             self.send(200, b"", {"X-ClickHouse-Summary": json.dumps({"written_rows": "0", "written_bytes": str(len(raw))})})
@@ -449,12 +513,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         content_type = CONTENT_TYPES.get(fmt.lower(), "application/octet-stream")
         self.send(200, data, headers, content_type)
 
+    def log_statement(self, params, statement):
+        if getattr(self, "checked_user", None):
+            self.engine.statements.append((self.checked_user, params.get("database", ""), statement.strip()))
+
     def execute(self, conn, params, body, query_params):
         """Run the request's statement; returns (response bytes, format, summary)."""
         query = params.get("query", "").encode()
         match = INSERT_WITH_DATA.match(query or body[:MAX_ERROR_SCAN])
         if match:
             head = match.group("head").decode()
+            self.log_statement(params, head)
             fmt = (match.group("format") or b"Values").decode()
             rest = (query or body)[match.end():]
             if query:
@@ -489,6 +558,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         sql = text.decode("utf-8")
         if not sql.strip():
             raise make_error(self.engine.codes, "SYNTAX_ERROR", "Empty query")
+        self.log_statement(params, sql)
         if self.engine.faults:
             _, fault = self.engine.fault_for(sql, params.get("database"), insert=False)
             if fault:
@@ -509,22 +579,77 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, (ssl.SSLError, ConnectionError)):
+            # A refused handshake (an untrusted client certificate, a client that does not
+            # trust ours) or a client gone: one line, not a traceback.
+            print(f"clickhouse_http: {client_address[0]}:{client_address[1]}: {error}", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
+
+
+def tls_context(cert, key, client_ca):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def read_passwords(pairs):
+    passwords = {}
+    for pair in pairs:
+        user, sep, path = pair.partition("=")
+        if not sep or not user or not path:
+            sys.exit(f"clickhouse_http: --password-file {pair!r}: expected USER=FILE")
+        with open(path, encoding="utf-8") as f:
+            passwords[user] = f.read().rstrip("\r\n")
+    return passwords
+
+
+def listen(host, port, context=None):
+    try:
+        server = Server((host, port), Handler)
+    except OSError as error:
+        print(f"clickhouse_http: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        sys.exit(2)
+    if context is not None:
+        # The handshake happens in the request's thread (at its first read), so a slow or
+        # refused client never holds up the accept loop.
+        server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    return server
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--data-dir", required=True, help="where the engine keeps its data")
+    parser.add_argument("--tls-port", type=int, help="also serve HTTPS on this port")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain) for HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key for HTTPS")
+    parser.add_argument("--tls-client-ca", help="check client certificates against this CA")
+    parser.add_argument("--password-file", action="append", default=[], metavar="USER=FILE",
+                        help="USER must send the password in FILE (repeatable)")
     args = parser.parse_args()
+    if args.tls_port and not (args.tls_cert and args.tls_key):
+        sys.exit("clickhouse_http: --tls-port needs --tls-cert and --tls-key")
     started = time.monotonic()
+    context = tls_context(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_port else None
     Handler.engine = Engine(args.data_dir)
-    try:
-        server = Server((args.host, args.port), Handler)
-    except OSError as error:
-        print(f"clickhouse_http: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(f"clickhouse_http: ClickHouse {Handler.engine.version} (chDB) on http://{args.host}:{args.port}, "
-          f"data in {args.data_dir}, ready in {time.monotonic() - started:.2f}s", flush=True)
+    Handler.engine.passwords = read_passwords(args.password_file)
+    server = listen(args.host, args.port)
+    where = f"http://{args.host}:{args.port}"
+    if context is not None:
+        tls_server = listen(args.host, args.tls_port, context)
+        threading.Thread(target=tls_server.serve_forever, name="https", daemon=True).start()
+        where += f" and https://{args.host}:{args.tls_port}"
+    users = f", password checked for {', '.join(sorted(Handler.engine.passwords))}" if Handler.engine.passwords else ""
+    print(f"clickhouse_http: ClickHouse {Handler.engine.version} (chDB) on {where}, "
+          f"data in {args.data_dir}{users}, ready in {time.monotonic() - started:.2f}s", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -49,9 +49,41 @@ pub enum Error {
     },
     #[error("panel {panel:?} returned no column {column:?}")]
     MissingColumn { panel: String, column: String },
+    #[error("{flag}: {source}")]
+    Connect {
+        flag: &'static str,
+        #[source]
+        source: clickstream_connect::ConnectError,
+    },
 }
 
 impl Error {
+    /// A TLS or password file that could not be used, with the flag that gave it.
+    pub fn connect(source: clickstream_connect::ConnectError) -> Error {
+        use clickstream_connect::SecretFile;
+        let flag = match source.file() {
+            Some(SecretFile::Ca) => "--ca-file",
+            Some(SecretFile::ClientCert) => "--client-cert-file",
+            Some(SecretFile::ClientKey) => "--client-key-file",
+            Some(SecretFile::Password) => "--password-file",
+            None => "--url",
+        };
+        Error::Connect { flag, source }
+    }
+
+    /// The TLS failure behind a failed query, if that is what failed.
+    pub fn tls_failure(&self) -> Option<clickstream_connect::TlsFailure> {
+        match self {
+            Error::Query { source, .. } => clickstream_connect::tls_failure(source),
+            _ => None,
+        }
+    }
+
+    /// The error with its sources (a network error alone says only "client error (Connect)").
+    pub fn describe(&self) -> String {
+        clickstream_connect::describe(self)
+    }
+
     /// True when ClickHouse could not be reached at all (connection refused, DNS, timeout).
     pub fn is_unreachable(&self) -> bool {
         matches!(

@@ -1,8 +1,10 @@
 //! `clickstream-top`: the live dashboard's key numbers in the terminal.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use clickstream_connect::Tls;
 use clickstream_dashboard::top::{self, Settings};
 
 /// Shows events, users, revenue, breakdowns, top pages and latency of the last few minutes,
@@ -19,6 +21,23 @@ struct Args {
     /// ClickHouse password.
     #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// A file holding the ClickHouse password (trailing newline ignored).
+    #[arg(
+        long,
+        env = "CLICKHOUSE_PASSWORD_FILE",
+        value_name = "FILE",
+        conflicts_with = "password"
+    )]
+    password_file: Option<PathBuf>,
+    /// For https://: PEM CA certificate to trust instead of the system's CAs.
+    #[arg(long, env = "CLICKHOUSE_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --client-key-file).
+    #[arg(long, value_name = "FILE", requires = "client_key_file")]
+    client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, value_name = "FILE", requires = "client_cert_file")]
+    client_key_file: Option<PathBuf>,
     /// Database with the clickstream schema.
     #[arg(long, default_value = "clickstream")]
     database: String,
@@ -47,6 +66,12 @@ async fn main() -> anyhow::Result<()> {
         clickhouse_url: args.url,
         user: args.user,
         password: args.password,
+        password_file: args.password_file,
+        tls: Tls {
+            ca_file: args.ca_file,
+            client_cert_file: args.client_cert_file,
+            client_key_file: args.client_key_file,
+        },
         database: args.database,
         window: Duration::from_secs(args.window_minutes.max(1) * 60),
         refresh: Duration::from_secs(args.refresh_secs.max(1)),
@@ -54,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
     if args.once {
         let queries = top::Queries::from_dashboards(&settings.database)?;
         let now = chrono::Utc::now();
-        match top::frame(&settings.client(), &queries, &settings, now).await {
+        let client = settings.client()?;
+        match top::frame(&client, &queries, &settings, now).await {
             Ok(screen) => print!("{screen}"),
             Err(error) => {
                 eprintln!(

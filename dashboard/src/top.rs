@@ -5,9 +5,11 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use clickstream_connect::Tls;
 
 use crate::Error;
 use crate::dashboards::Dashboard;
@@ -26,11 +28,15 @@ pub mod panels {
 }
 
 /// Where to read and how often; see `clickstream-top --help` for the defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub clickhouse_url: String,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// A file holding the password instead (read when the client is made).
+    pub password_file: Option<PathBuf>,
+    /// The CA and client certificate for an `https://` URL.
+    pub tls: Tls,
     /// The database holding the schema; the panels' `clickstream.` is renamed to it.
     pub database: String,
     /// The window the totals cover: the last `window` up to now.
@@ -39,18 +45,46 @@ pub struct Settings {
     pub refresh: Duration,
 }
 
+impl std::fmt::Debug for Settings {
+    /// Without the password, and the URL without credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("clickhouse_url", &self.url())
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("database", &self.database)
+            .field("window", &self.window)
+            .field("refresh", &self.refresh)
+            .finish()
+    }
+}
+
 impl Settings {
-    pub fn client(&self) -> clickhouse::Client {
-        let mut client = clickhouse::Client::default()
-            .with_url(&self.clickhouse_url)
+    /// The client; a TLS or password file that cannot be used fails here, with its flag named.
+    pub fn client(&self) -> Result<clickhouse::Client, Error> {
+        let mut client = clickstream_connect::client(&self.clickhouse_url, &self.tls)
+            .map_err(Error::connect)?
             .with_database(&self.database);
         if let Some(user) = &self.user {
             client = client.with_user(user);
         }
-        if let Some(password) = &self.password {
+        let password = match &self.password_file {
+            Some(path) => {
+                Some(clickstream_connect::read_secret_file(path).map_err(Error::connect)?)
+            }
+            None => self.password.clone(),
+        };
+        if let Some(password) = password {
             client = client.with_password(password);
         }
-        client
+        Ok(client)
+    }
+
+    /// The URL as shown: without credentials.
+    pub fn url(&self) -> String {
+        clickstream_connect::redact_url(&self.clickhouse_url)
     }
 }
 
@@ -276,16 +310,34 @@ pub fn render(snapshot: &Snapshot, source: &str) -> String {
 
 /// What failed, for a person: unreachable ClickHouse gets its own message.
 pub fn describe_error(error: &Error, settings: &Settings) -> String {
-    if error.is_unreachable() {
+    if let Some(failure) = error.tls_failure() {
+        let hint = match failure {
+            clickstream_connect::TlsFailure::ServerCertificate(_) => {
+                "Give the CA that signed the server's certificate with --ca-file (CLICKHOUSE_CA_FILE)."
+            }
+            clickstream_connect::TlsFailure::ClientCertificate(_) => {
+                "Give a client certificate the server trusts with --client-cert-file and --client-key-file."
+            }
+            clickstream_connect::TlsFailure::Handshake(_) => {
+                "Does the URL's port serve HTTPS (ClickHouse: 8443)?"
+            }
+        };
         format!(
-            "ClickHouse at {} is unreachable: {error}\n\nIs it running, and is the URL right \
+            "ClickHouse at {}: TLS failed: {failure}\n\n{hint}",
+            settings.url()
+        )
+    } else if error.is_unreachable() {
+        format!(
+            "ClickHouse at {} is unreachable: {}\n\nIs it running, and is the URL right \
              (--url / CLICKHOUSE_URL)?",
-            settings.clickhouse_url
+            settings.url(),
+            error.describe()
         )
     } else {
         format!(
-            "Reading from ClickHouse at {} failed: {error}",
-            settings.clickhouse_url
+            "Reading from ClickHouse at {} failed: {}",
+            settings.url(),
+            error.describe()
         )
     }
 }
@@ -311,14 +363,14 @@ pub async fn frame(
     let snapshot = collect(client, queries, window).await?;
     Ok(render(
         &snapshot,
-        &format!("{} ({})", settings.clickhouse_url, settings.database),
+        &format!("{} ({})", settings.url(), settings.database),
     ))
 }
 
 /// Redraws every `settings.refresh` until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let queries = Queries::from_dashboards(&settings.database)?;
-    let client = settings.client();
+    let client = settings.client()?;
     tokio::pin!(shutdown);
     loop {
         let now = Utc::now();

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         database: database.clone(),
         ..Settings::default()
     };
-    let writer = ClickHouseWriter::new(&settings);
+    let writer = ClickHouseWriter::new(&settings).expect("ClickHouse client");
     let layout = writer
         .load_layout()
         .await

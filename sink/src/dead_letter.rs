@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use sha2::{Digest, Sha256};
 
 use crate::SinkError;
+use crate::kafka_auth::KafkaContext;
 use crate::retry::{Operation, RetryPolicy};
 use crate::settings::Settings;
 use crate::writer::Failure;
@@ -135,7 +135,7 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 /// Dead letters produced to a Kafka topic (idempotent producer, acks=all).
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     topic: String,
     /// The largest record the topic takes.
     limit: usize,
@@ -178,17 +178,10 @@ impl KafkaDeadLetters {
         settings: &Settings,
         retry: RetryPolicy,
     ) -> Result<KafkaDeadLetters, SinkError> {
-        let limit = topic_max_message_bytes(settings).await?;
-        let mut config = settings.kafka_client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000")
-            .set("message.max.bytes", limit.max(1_000).to_string());
-        let producer: FutureProducer = config
-            .create()
+        let context = KafkaContext::default();
+        let limit = topic_max_message_bytes(settings, &context).await?;
+        let producer: FutureProducer<KafkaContext> = producer_config(settings, limit)
+            .create_with_context(context.clone())
             .map_err(SinkError::kafka("create the dead-letter producer"))?;
         let topic = settings.dlq_topic.clone();
         let probe = producer.clone();
@@ -199,7 +192,13 @@ impl KafkaDeadLetters {
         })
         .await
         .map_err(|e| SinkError::Internal(e.to_string()))?
-        .map_err(SinkError::kafka("read the dead-letter topic's metadata"))?;
+        .map_err(|source| {
+            // A refused login shows here only as a transport failure: say what it was.
+            context.auth.error().unwrap_or(SinkError::Kafka {
+                operation: "read the dead-letter topic's metadata",
+                source,
+            })
+        })?;
         let exists = metadata.topics().iter().any(|t| {
             t.name() == settings.dlq_topic && t.error().is_none() && !t.partitions().is_empty()
         });
@@ -241,17 +240,37 @@ impl KafkaDeadLetters {
     }
 }
 
+/// The dead-letter producer's librdkafka config: the `kafka` settings (TLS, SASL) plus what
+/// the sink needs (idempotent, acks=all, records up to the topic's `limit`).
+pub fn producer_config(settings: &Settings, limit: usize) -> rdkafka::ClientConfig {
+    let mut config = settings.kafka_client_config();
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", limit.max(1_000).to_string());
+    config
+}
+
 /// The dead-letter topic's `max.message.bytes` (Kafka's default where the broker does not
-/// answer DescribeConfigs).
-async fn topic_max_message_bytes(settings: &Settings) -> Result<usize, SinkError> {
-    let admin: AdminClient<DefaultClientContext> = settings
+/// answer DescribeConfigs; an error when it refuses the sink's login).
+async fn topic_max_message_bytes(
+    settings: &Settings,
+    context: &KafkaContext,
+) -> Result<usize, SinkError> {
+    let admin: AdminClient<KafkaContext> = settings
         .kafka_client_config()
-        .create()
+        .create_with_context(context.clone())
         .map_err(SinkError::kafka("create an admin client"))?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
     let described = admin
         .describe_configs([&ResourceSpecifier::Topic(&settings.dlq_topic)], &options)
         .await;
+    if let Some(refused) = context.auth.error() {
+        return Err(refused);
+    }
     let value = described.ok().and_then(|results| {
         results
             .into_iter()

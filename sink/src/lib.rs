@@ -33,15 +33,18 @@
 //! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop, the write
 //! tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
 //! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
-//! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes)
-//! · [`refetch`] (messages read back) · [`dead_letter`] · [`ownership`] (rebalances,
-//! fencing) · [`retry`] · [`stall`] · [`metrics`] · [`http`].
+//! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes;
+//! its client: [`clickhouse_client`]) · [`refetch`] (messages read back) · [`dead_letter`] ·
+//! [`ownership`] (rebalances, fencing) · [`retry`] · [`stall`] · [`metrics`] · [`http`] ·
+//! [`kafka_auth`] (refused logins stop the sink).
 
 pub mod batch;
+pub mod clickhouse_client;
 pub mod dead_letter;
 pub mod flush;
 pub mod http;
 pub mod intake;
+pub mod kafka_auth;
 pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
@@ -76,6 +79,9 @@ pub enum SinkError {
         #[source]
         source: writer::Failure,
     },
+    /// The broker refused the sink's login, TLS handshake or access (with what to check).
+    #[error("kafka authentication: {0}")]
+    KafkaAuth(String),
     #[error("dead-letter topic: {0}")]
     DeadLetter(String),
     #[error("inconsistent: {0}")]

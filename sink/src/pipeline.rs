@@ -23,6 +23,7 @@ use crate::dead_letter::{DeadLetterSink, KafkaDeadLetters};
 use crate::flush::{CommitError, Committer, Flusher, Writes};
 use crate::http::Health;
 use crate::intake::{Intake, Step};
+use crate::kafka_auth::{self, AuthWatch};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::refetch::KafkaRefetch;
@@ -41,6 +42,8 @@ pub struct SinkContext {
     /// insert may take, so that a revoked partition's insert has ended (landed or failed)
     /// before its next owner starts.
     revoke_wait: Duration,
+    /// A refused login or TLS handshake of the consumer, with librdkafka's reason.
+    auth: Arc<AuthWatch>,
 }
 
 fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
@@ -48,6 +51,12 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
 }
 
 impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !self.auth.observe(&error, reason) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, stats) in &topic.partitions {
@@ -144,7 +153,7 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("queued.max.messages.kbytes", "16384"),
 ];
 
-fn consumer_config(settings: &Settings) -> ClientConfig {
+pub(crate) fn consumer_config(settings: &Settings) -> ClientConfig {
     let mut config = settings.kafka_client_config();
     // A crashed sink holds its partitions until its session times out; librdkafka's 45 s
     // default makes every crash (and, on tansu, the first join) a long stall. Overridable.
@@ -170,7 +179,7 @@ pub async fn run(
     health: Arc<Health>,
 ) -> Result<(), SinkError> {
     let metrics = health.metrics.clone();
-    let writer = Arc::new(ClickHouseWriter::new(&settings));
+    let writer = Arc::new(ClickHouseWriter::new(&settings)?);
     let hard_stop = CancellationToken::new();
     let backoff = Backoff {
         initial: Duration::from_millis(settings.retry_initial_ms),
@@ -200,7 +209,7 @@ pub async fn run(
         }
     }
     tracing::info!(
-        clickhouse = %settings.clickhouse_url,
+        clickhouse = %clickstream_connect::redact_url(&settings.clickhouse_url),
         table = %format!("{}.{}", settings.database, settings.table),
         delivery = ?settings.delivery,
         "ClickHouse checked"
@@ -213,7 +222,9 @@ pub async fn run(
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let ownership = Arc::new(Ownership::new(Duration::from_millis(session_timeout_ms)));
+    let auth = Arc::new(AuthWatch::default());
     let context = SinkContext {
+        auth: auth.clone(),
         ownership: ownership.clone(),
         metrics: metrics.clone(),
         topic: settings.topic.clone(),
@@ -317,7 +328,12 @@ pub async fn run(
                             }
                         },
                         // librdkafka reconnects by itself; nothing is lost while the broker is away.
+                        // A refused login or access is no outage: stop and say what to fix.
                         Err(error) => {
+                            if let Some(fatal) = kafka_auth::fatal_consume_error(&error, auth.failure()) {
+                                failed = Some(fatal);
+                                break;
+                            }
                             health.stall.failing(None, format!("Kafka: {error}"));
                             tracing::warn!(error = %error, "Kafka error");
                         }

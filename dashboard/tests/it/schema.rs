@@ -70,22 +70,88 @@ async fn assert_parses(path: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn users_sql_parses_and_creates_a_writer_and_a_reader() {
+async fn users_sql_parses_and_bounds_the_reader() {
     // CREATE USER / GRANT are refused by chDB: parse only (docker compose applies the file).
-    let statements = assert_parses("clickhouse/users.sql").await.join("\n");
+    // The sink's grants are checked against what it runs in the sink's tests (security.rs).
+    let statements = assert_parses("clickhouse/users.sql").await;
+    let joined = statements
+        .iter()
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
     for expected in [
         "CREATE USER IF NOT EXISTS clickstream_sink",
-        "GRANT INSERT, SELECT ON clickstream.* TO clickstream_sink",
         "CREATE USER IF NOT EXISTS clickstream_reader",
-        "readonly = 2",
+        "SETTINGS PROFILE 'clickstream_reader_profile'",
         "GRANT SELECT ON clickstream.* TO clickstream_reader",
+        "TO clickstream_reader;",
     ] {
-        assert!(
-            statements.contains(expected),
-            "users.sql lacks {expected:?}"
-        );
+        let expected = expected.trim_end_matches(';');
+        assert!(joined.contains(expected), "users.sql lacks {expected:?}");
     }
-    assert!(!statements.contains("INSERT ON clickstream.* TO clickstream_reader"));
+    // The reader reads, and nothing else.
+    for grant in joined
+        .lines()
+        .filter(|l| l.ends_with("TO clickstream_reader"))
+    {
+        if grant.starts_with("GRANT ") {
+            assert!(grant.starts_with("GRANT SELECT ON "), "{grant}");
+        }
+    }
+    assert!(
+        !joined.contains("ON clickstream.* TO clickstream_sink"),
+        "no wildcard for the sink"
+    );
+
+    // The reader's profile: read-only, and limits it cannot raise (MAX) or lift (MIN 1: 0
+    // would mean no limit), each a setting the engine knows.
+    let profile = statements
+        .iter()
+        .find(|s| s.contains("CREATE SETTINGS PROFILE IF NOT EXISTS clickstream_reader_profile"))
+        .expect("the reader's settings profile");
+    let settings = profile.split_once("SETTINGS").expect("SETTINGS").1;
+    let settings = settings
+        .split_once("SETTINGS")
+        .map_or(settings, |(_, rest)| rest);
+    let mut constrained = Vec::new();
+    for item in settings.split(',') {
+        let words: Vec<&str> = item.split_whitespace().collect();
+        let name = words[0];
+        let known: u64 = clickhouse()
+            .query("SELECT count() FROM system.settings WHERE name = ?")
+            .bind(name)
+            .fetch_one()
+            .await
+            .unwrap();
+        assert_eq!(known, 1, "{name} is not a ClickHouse setting");
+        if name == "readonly" {
+            assert_eq!(words, ["readonly", "=", "2"]);
+            continue;
+        }
+        let value = words[2];
+        assert_eq!(
+            words[3..],
+            ["MIN", "1", "MAX", value],
+            "{name}: the default is the most a query may ask for, and 0 (no limit) is refused"
+        );
+        constrained.push(name);
+    }
+    for name in ["max_execution_time", "max_memory_usage", "max_result_rows"] {
+        assert!(constrained.contains(&name), "{name} is not constrained");
+    }
+    // And a quota on the reader, per minute.
+    let quota = statements
+        .iter()
+        .find(|s| s.contains("CREATE QUOTA"))
+        .expect("a quota");
+    assert!(
+        quota.contains("FOR INTERVAL 1 minute MAX queries ="),
+        "{quota}"
+    );
+    assert!(
+        quota.trim_end().ends_with("TO clickstream_reader"),
+        "{quota}"
+    );
 }
 
 /// What must agree between the two files: a table's column list, a view's SELECT (local names

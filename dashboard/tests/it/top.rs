@@ -7,7 +7,10 @@ use clickstream_dashboard::dashboards::Dashboard;
 use clickstream_dashboard::macros::{QueryWindow, Variables, expand};
 use clickstream_dashboard::table::Table;
 use clickstream_dashboard::top::{self, Queries, panels};
-use clickstream_testkit::{clickhouse_url, free_port};
+use clickstream_testkit::{
+    CHECKED_USER, TempDir, clickhouse_ca_file, clickhouse_sink_password_file, clickhouse_tls_url,
+    clickhouse_url, free_port, make_certificates,
+};
 
 use crate::seed::seeded_client;
 
@@ -134,5 +137,47 @@ fn top_once_prints_a_screen() {
         "Top pages",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+}
+
+/// clickstream-top over HTTPS with the stack's CA, a client certificate and a password file;
+/// the same with a CA that did not sign the server's certificate stops with what to change.
+#[test]
+fn top_reads_over_https_and_says_which_flag_to_fix_when_tls_fails() {
+    let (_, seeded) = seeded_client();
+    let ca = clickhouse_ca_file();
+    let dir = ca.parent().expect("the CA's directory").to_path_buf();
+    let top = |ca: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_clickstream-top"))
+            .args(["--once", "--url", &clickhouse_tls_url()])
+            .args(["--database", &seeded.database, "--user", CHECKED_USER])
+            .arg("--password-file")
+            .arg(clickhouse_sink_password_file())
+            .arg("--ca-file")
+            .arg(ca)
+            .arg("--client-cert-file")
+            .arg(dir.join("client.pem"))
+            .arg("--client-key-file")
+            .arg(dir.join("client-key.pem"))
+            .env_remove("CLICKHOUSE_PASSWORD")
+            .output()
+            .expect("run clickstream-top")
+    };
+    let output = top(&ca);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Top pages"), "{stdout}");
+    assert!(stdout.contains(&clickhouse_tls_url()), "{stdout}");
+
+    let other = TempDir::new("top_other_ca");
+    let output = top(&make_certificates(other.path(), "other"));
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in ["TLS failed", "not trusted", "--ca-file"] {
+        assert!(stderr.contains(expected), "{expected:?} missing: {stderr}");
     }
 }

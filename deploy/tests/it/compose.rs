@@ -244,6 +244,39 @@ fn every_service_has_a_health_check_and_waits_for_what_it_needs() {
 }
 
 #[test]
+fn kafkas_health_check_is_the_mounted_probe_on_the_internal_listener() {
+    let compose = compose();
+    let words: Vec<String> = compose.service("kafka")["healthcheck"]["test"]
+        .as_sequence()
+        .expect("kafka's health check")
+        .iter()
+        .filter_map(scalar)
+        .collect();
+    assert_eq!(
+        words,
+        [
+            "CMD",
+            "bash",
+            "/opt/clickstream/kafka-ready",
+            "localhost",
+            "9092"
+        ]
+    );
+    assert!(compose.bind_mounts("kafka").contains(&(
+        "./deploy/kafka/kafka-ready".to_owned(),
+        "/opt/clickstream/kafka-ready".to_owned()
+    )));
+    let listeners = &compose.environment("kafka").unwrap()["KAFKA_LISTENERS"];
+    assert!(listeners.contains("INTERNAL://:9092"), "{listeners}");
+    assert!(
+        !words
+            .iter()
+            .any(|w| w.contains("kafka-broker-api-versions")),
+        "no JVM per check"
+    );
+}
+
+#[test]
 fn kafka_is_a_single_kraft_node_and_init_creates_the_topics() {
     let compose = compose();
     let env = compose.environment("kafka").unwrap();
@@ -548,6 +581,64 @@ fn grafana_gets_the_plugin_the_provisioning_and_its_passwords() {
         env["GF_SECURITY_ADMIN_PASSWORD"],
         compose.env["GRAFANA_ADMIN_PASSWORD"]
     );
+    // Grafana starts through the script that refuses `admin` and generates a password.
+    let entrypoint: Vec<String> = compose.service("grafana")["entrypoint"]
+        .as_sequence()
+        .expect("grafana's entrypoint")
+        .iter()
+        .filter_map(scalar)
+        .collect();
+    let script = entrypoint.last().expect("a script").clone();
+    assert_eq!(entrypoint[0], "/bin/sh");
+    assert!(
+        compose
+            .bind_mounts("grafana")
+            .contains(&("./deploy/grafana/first-start.sh".to_owned(), script.clone())),
+        "{script} is not the mounted deploy/grafana/first-start.sh"
+    );
+    assert!(read("deploy/grafana/first-start.sh").contains("exec \"${GRAFANA_RUN:-/run.sh}\""));
+
+    // Dashboards and provider agree on whether UI edits can be saved, and every ClickHouse
+    // target says which plugin version wrote it (4.20 migrates a target without one as v3).
+    let pinned = env["GF_PLUGINS_PREINSTALL_SYNC"]
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let provider: serde_norway::Value =
+        serde_norway::from_str(&read("grafana/provisioning/dashboards/dashboards.yaml")).unwrap();
+    let ui_updates = provider["providers"][0]["allowUiUpdates"]
+        .as_bool()
+        .expect("allowUiUpdates");
+    let mut targets = 0;
+    for file in ["clickstream-live.json", "pipeline-health.json"] {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&read(&format!("grafana/provisioning/dashboards/{file}")))
+                .unwrap();
+        assert_eq!(
+            dashboard["editable"].as_bool(),
+            Some(ui_updates),
+            "{file}: editable vs the provider's allowUiUpdates"
+        );
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                if target["datasource"]["type"] == "grafana-clickhouse-datasource" {
+                    assert_eq!(
+                        target["pluginVersion"].as_str(),
+                        Some(pinned.as_str()),
+                        "{file}: {}",
+                        panel["title"]
+                    );
+                    assert!(!matches!(
+                        target["queryType"].as_str(),
+                        Some("sql" | "builder")
+                    ));
+                    targets += 1;
+                }
+            }
+        }
+    }
+    assert!(targets >= 15, "{targets}");
     assert_eq!(env["GF_AUTH_ANONYMOUS_ORG_ROLE"], "Viewer");
     assert!(matches!(
         env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(),
@@ -599,11 +690,23 @@ fn clickhouse_applies_schema_then_users_then_passwords_at_first_start() {
     let env = compose.environment("clickhouse").unwrap();
     assert_eq!(env["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"], "1");
     assert!(!env["CLICKHOUSE_PASSWORD"].is_empty());
-    // The health check passes only on the real server with the schema in place.
+    // The health check passes only on the real server (not the entrypoint's init server on
+    // 127.0.0.1) with the schema, users.sql and the passwords in place: it logs in as the sink.
     let test = scalar(&compose.service("clickhouse")["healthcheck"]["test"][1]).unwrap();
+    // `$$`: compose passes `$` on, so the container's shell expands the variables.
+    for expected in [
+        "--host \"$$HOSTNAME\"",
+        "--user clickstream_sink",
+        "--password \"$$CLICKHOUSE_SINK_PASSWORD\"",
+        "clickstream.kafka_progress",
+    ] {
+        assert!(test.contains(expected), "{expected:?} missing: {test}");
+    }
+    assert!(env.contains_key("CLICKHOUSE_SINK_PASSWORD"));
     assert!(
-        test.contains("$HOSTNAME") && test.contains("clickstream.kafka_progress"),
-        "{test}"
+        read("clickhouse/users.sql")
+            .contains("GRANT SELECT ON clickstream.kafka_progress TO clickstream_sink"),
+        "the sink may run the health check's query"
     );
     assert!(
         read("clickhouse/schema.sql")
@@ -638,9 +741,10 @@ fn ports_and_credentials_come_from_the_env_file() {
             assert!(port.starts_with("127.0.0.1:${"), "{service}: {port}");
         }
     }
-    // Every secret a program gets comes from .env, and the documented default is there.
+    // Every secret a program gets comes from .env, and the documented default is there;
+    // Grafana's admin password is generated at its first start unless set (never `admin`).
+    assert_ne!(compose.env["GRAFANA_ADMIN_PASSWORD"], "admin");
     for var in [
-        "GRAFANA_ADMIN_PASSWORD",
         "CLICKHOUSE_ADMIN_PASSWORD",
         "CLICKHOUSE_SINK_PASSWORD",
         "CLICKHOUSE_READER_PASSWORD",

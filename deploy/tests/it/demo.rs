@@ -92,19 +92,26 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     let bin_dir = crate::bin_dir();
     let data = TempDir::new("it_demo");
     let marker = unique_name("demo");
-    let [kafka, clickhouse, sink, producer] = [free_port(), free_port(), free_port(), free_port()];
+    let [kafka, clickhouse, https, sink, producer] = [
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    ];
     assert_eq!(
-        [kafka, clickhouse, sink, producer]
+        [kafka, clickhouse, https, sink, producer]
             .iter()
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        4
+        5
     );
     let started = Instant::now();
     let mut child = Command::new(repo_root().join("scripts/demo"))
         .arg("--no-top")
         .env("STACK_KAFKA_PORT", kafka.to_string())
         .env("STACK_CLICKHOUSE_PORT", clickhouse.to_string())
+        .env("STACK_CLICKHOUSE_TLS_PORT", https.to_string())
         .env("STACK_DATA_DIR", data.path())
         .env("DEMO_SINK_PORT", sink.to_string())
         .env("DEMO_PRODUCER_PORT", producer.to_string())

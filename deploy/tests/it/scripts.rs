@@ -1,5 +1,6 @@
-//! The scripts the containers run: the health probe `deploy/http-ok` and ClickHouse's
-//! `03-passwords.sh`.
+//! The scripts the containers run: the health probe `deploy/http-ok`, ClickHouse's
+//! `03-passwords.sh`, Kafka's health check `deploy/kafka/kafka-ready` (against the stack's real
+//! broker) and Grafana's entrypoint `deploy/grafana/first-start.sh`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -147,6 +148,104 @@ async fn the_passwords_script_sets_any_password_verbatim() {
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("CLICKHOUSE_SINK_PASSWORD"),
+        "{output:?}"
+    );
+}
+
+fn kafka_ready(host: &str, port: &str) -> Output {
+    Command::new("bash")
+        .arg(repo_root().join("deploy/kafka/kafka-ready"))
+        .args([host, port])
+        .output()
+        .expect("run deploy/kafka/kafka-ready")
+}
+
+/// Kafka's health check answers for a real broker only: the stack's broker passes; a port
+/// with nothing behind it, and an HTTP server (ClickHouse's), fail; both quietly.
+#[test]
+fn the_kafka_health_check_passes_for_a_broker_only() {
+    let brokers = clickstream_testkit::kafka_brokers();
+    let (host, port) = brokers
+        .split(',')
+        .next()
+        .and_then(|b| b.rsplit_once(':'))
+        .expect("host:port");
+    let output = kafka_ready(host, port);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+
+    let nothing = clickstream_testkit::free_port().to_string();
+    let clickhouse = clickstream_testkit::clickhouse_url();
+    let http_port = clickhouse.rsplit(':').next().unwrap().trim_end_matches('/');
+    for port in [nothing.as_str(), http_port] {
+        let output = kafka_ready("127.0.0.1", port);
+        assert_eq!(output.status.code(), Some(1), "port {port}: {output:?}");
+        assert!(output.stderr.is_empty(), "{output:?}");
+    }
+}
+
+/// Runs Grafana's entrypoint with `data` as Grafana's data dir and a fake /run.sh that
+/// records the admin password it is given (or `<unset>`).
+fn grafana_first_start(data: &std::path::Path, password: Option<&str>) -> (Output, String) {
+    let fake = data.join("run.sh");
+    let seen = data.join("seen");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"${{GF_SECURITY_ADMIN_PASSWORD-<unset>}}\" > '{}'\n",
+            seen.display()
+        ),
+    )
+    .expect("fake run.sh");
+    let _ = std::fs::remove_file(&seen);
+    let mut command = Command::new("sh");
+    command
+        .arg(repo_root().join("deploy/grafana/first-start.sh"))
+        .env("GF_PATHS_DATA", data)
+        .env("GRAFANA_RUN", &fake);
+    match password {
+        Some(password) => command.env("GF_SECURITY_ADMIN_PASSWORD", password),
+        None => command.env("GF_SECURITY_ADMIN_PASSWORD", ""),
+    };
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let output = command.output().expect("run first-start.sh");
+    let given = std::fs::read_to_string(&seen).unwrap_or_default();
+    (output, given.trim().to_owned())
+}
+
+#[test]
+fn grafana_never_starts_with_a_well_known_admin_password() {
+    let data = TempDir::new("grafana_data");
+    // First start, no password in .env: one is generated, printed once, and given to Grafana.
+    let (output, first) = grafana_first_start(data.path(), None);
+    assert!(output.status.success(), "{output:?}");
+    let log = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(first.len() >= 20, "generated password: {first:?}");
+    assert!(log.contains(&first), "printed once: {log}");
+    // Grafana made its database: later starts leave the password alone and print nothing.
+    std::fs::write(data.path().join("grafana.db"), b"").unwrap();
+    let (output, given) = grafana_first_start(data.path(), None);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(given, "<unset>");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("password"));
+    // A second fresh volume gets another password.
+    let other = TempDir::new("grafana_data");
+    let (_, another) = grafana_first_start(other.path(), None);
+    assert!(
+        another.len() >= 20 && another != first,
+        "{another:?} vs {first:?}"
+    );
+    // One set in .env is used as it is, and never printed; `admin` is refused with a reason.
+    let fresh = TempDir::new("grafana_data");
+    let (output, given) = grafana_first_start(fresh.path(), Some("chosen-by-me"));
+    assert!(output.status.success());
+    assert_eq!(given, "chosen-by-me");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("chosen-by-me"));
+    let (output, given) = grafana_first_start(fresh.path(), Some("admin"));
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(given, "", "Grafana did not start");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("GRAFANA_ADMIN_PASSWORD"),
         "{output:?}"
     );
 }

@@ -1,7 +1,6 @@
 //! Shared harness of the sink's integration tests: a topic, a dead-letter topic, a group and a
 //! database per test, the real broker and engine, and an independent read path (SQL queries
 //! and a separate consumer) to check outcomes.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -1,7 +1,5 @@
 //! EventRow matches clickstream.events from clickhouse/schema.sql.
 
-mod common;
-
 use chrono::{TimeZone, Utc};
 use clickstream_sink::row::EventRow;
 use clickstream_testkit::{apply_schema, clickhouse, unique_name};
@@ -10,7 +8,7 @@ use clickstream_testkit::{apply_schema, clickhouse, unique_name};
 async fn event_rows_round_trip_through_the_schema_table() {
     let client = apply_schema(&clickhouse(), &unique_name("it_row")).await;
     // Event 49 of the shared test events is a purchase: product, quantity, price 1.48.
-    let event = common::event(49, Utc.timestamp_millis_opt(1_790_000_000_123).unwrap());
+    let event = crate::common::event(49, Utc.timestamp_millis_opt(1_790_000_000_123).unwrap());
     assert!(event.price.is_some() && event.quantity.is_some());
     let row = EventRow::new(event, "clickstream-events", 2, 77);
     let mut insert = client.insert::<EventRow>("events").await.unwrap();

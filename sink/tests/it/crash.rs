@@ -2,13 +2,11 @@
 //! insert and its commit; afterwards every event is in the table exactly once. The same
 //! scenario with `--delivery at-least-once` must show duplicates: the oracle can fail.
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, messages};
+use crate::common::{Harness, messages};
 
 fn start(h: &Harness, extra_env: &[(&str, String)], args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_clickstream-sink"))
@@ -158,7 +156,7 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
         let consumed = clickstream_testkit::scrape_metrics(port)
             .await
             .map_or(0.0, |m| {
-                common::metric(&m, "clickstream_sink_consumed_total")
+                crate::common::metric(&m, "clickstream_sink_consumed_total")
             });
         if consumed >= 3_000.0 {
             break;

@@ -180,7 +180,7 @@ async fn rows_survive_an_endpoint_restart() {
 
 #[test]
 fn clickhouse_connect_inserts_and_selects() {
-    let script = repo_root().join("testkit/tests/clickhouse_connect_check.py");
+    let script = repo_root().join("testkit/tests/it/clickhouse_connect_check.py");
     let output = Command::new(stack_python())
         .arg(script)
         .arg(clickhouse_url())

@@ -1,13 +1,11 @@
 //! End-to-end tests of the sink against the real broker and ClickHouse engine.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{Harness, event, messages, spawn_sink};
 use chrono::Utc;
 use clickstream_event::{Limits, RejectReason};
 use clickstream_sink::{Delivery, SinkError};
-use common::{Harness, event, messages, spawn_sink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivers_100k_events_exactly_once_and_a_restart_adds_nothing() {

@@ -1,16 +1,14 @@
 //! The sink under failures and company: a ClickHouse outage, two sinks in one group, and the
 //! producer's own poison.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::common::{Harness, messages, metric, scrape, spawn_sink};
 use chrono::Utc;
 use clickstream_producer::simulator::{Generated, PoisonKind, Simulator, SimulatorConfig};
 use clickstream_sink::Settings;
 use clickstream_testkit::{Endpoint, TempDir, free_port};
-use common::{Harness, messages, metric, scrape, spawn_sink};
 
 /// ClickHouse goes away for 20 s while events keep arriving: the sink retries the same batch,
 /// pauses consumption once its buffer is full (memory bounded), and after the outage every
