@@ -377,7 +377,7 @@ fn the_producer_deployment_is_probed_bounded_and_its_settings_parse() {
 /// The PodDisruptionBudget and the metrics Service select the Deployment's pods, the budget
 /// lets one go at a time, and the Service carries the scrape annotations for its port.
 fn check_budget_and_metrics(objects: &[Value], name: &str, service: &str, which: &str) {
-    let deployment = find(objects, "Deployment", name).unwrap();
+    let deployment = find(objects, "Deployment", name).expect("the Deployment");
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
     let selects = |selector: &Value| {
         let selector = selector.as_mapping().expect("a selector");
