@@ -769,3 +769,28 @@ fn ports_and_credentials_come_from_the_env_file() {
     };
     assert!(without.environment("sink").is_err());
 }
+
+/// The producer and the sink redact the same librdkafka properties.
+#[test]
+fn producer_and_sink_agree_on_which_kafka_properties_are_secret() {
+    for key in [
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+        "sasl.username",
+        "security.protocol",
+        "ssl.ca.location",
+        "ssl.key.location",
+        "bootstrap.servers",
+    ] {
+        assert_eq!(
+            clickstream_producer::settings::is_secret_kafka_property(key),
+            clickstream_sink::settings::is_secret_kafka_property(key),
+            "{key}"
+        );
+    }
+}
