@@ -6,6 +6,9 @@
 //! deploy/cargo-skeleton.sh          the Dockerfile's cached dependency layer: manifests + stubs
 //! deploy/prometheus.yml             Prometheus scraping the sink and the producer
 //! deploy/clickhouse/03-passwords.sh ClickHouse's third init step: users' passwords from .env
+//! deploy/kafka/kafka-ready          Kafka's health check (bash, one ApiVersions request, no JVM)
+//! deploy/grafana/first-start.sh     Grafana's entrypoint: no well-known admin password
+//! deploy/k8s/                       Kubernetes: kustomize base (sink, producer) + example overlay
 //! ```
 //!
 //! Docker cannot run in CI, so `tests/it` checks what can be checked without it: the files
@@ -16,10 +19,12 @@
 //! `scripts/demo` starts and stops cleanly.
 //!
 //! This library holds the small parsers those tests share: [`compose`] (with `.env`
-//! interpolation), [`dockerfile`] and [`markdown`].
+//! interpolation), [`dockerfile`], [`markdown`] and [`kustomize`] (builds `deploy/k8s` as
+//! `kubectl apply -k` would).
 
 pub mod compose;
 pub mod dockerfile;
+pub mod kustomize;
 pub mod markdown;
 
 /// Why a deployment file could not be read.

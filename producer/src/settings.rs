@@ -10,8 +10,8 @@ use crate::Error;
 use crate::pacer::Rate;
 use crate::simulator::SimulatorConfig;
 
-/// Everything `run` needs.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything `run` needs. `Debug` shows secret librdkafka properties as `<redacted>`.
+#[derive(Clone, PartialEq)]
 pub struct Settings {
     /// Kafka bootstrap servers, comma-separated.
     pub brokers: String,
@@ -35,6 +35,68 @@ pub struct Settings {
     pub flush_timeout: Duration,
     /// Where to serve `/metrics` and `/health`; `None`: no endpoint.
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...); the same rule as the sink's
+/// `is_secret_kafka_property` (a deploy test compares the two).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+impl std::fmt::Debug for Settings {
+    /// Every field (destructured: a new one cannot be forgotten), secrets redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Settings {
+            brokers,
+            topic,
+            partitions,
+            replication_factor,
+            rate,
+            count,
+            duration,
+            simulator,
+            kafka_properties,
+            progress_interval,
+            flush_timeout,
+            metrics_addr,
+        } = self;
+        let properties: Vec<(&str, &str)> = kafka_properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_kafka_property(key) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Settings")
+            .field("brokers", brokers)
+            .field("topic", topic)
+            .field("partitions", partitions)
+            .field("replication_factor", replication_factor)
+            .field("rate", rate)
+            .field("count", count)
+            .field("duration", duration)
+            .field("simulator", simulator)
+            .field("kafka_properties", &properties)
+            .field("progress_interval", progress_interval)
+            .field("flush_timeout", flush_timeout)
+            .field("metrics_addr", metrics_addr)
+            .finish()
+    }
 }
 
 pub fn default_topic() -> String {
@@ -325,6 +387,15 @@ mod tests {
                 flush_timeout: Duration::from_secs(120),
                 metrics_addr: Some("0.0.0.0:9101".parse().unwrap()),
             }
+        );
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("a=b"),
+            "the SASL password in Debug: {shown}"
+        );
+        assert!(
+            shown.contains("SASL_SSL") && shown.contains("<redacted>"),
+            "{shown}"
         );
     }
 

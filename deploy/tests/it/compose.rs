@@ -332,7 +332,7 @@ fn sink_settings(env: &BTreeMap<String, String>) -> Result<Settings, String> {
 
 /// Every variable is one the sink reads: `CLICKSTREAM_SINK_*` keys are checked by the
 /// settings themselves (unknown keys are refused), any other variable must change a setting.
-fn check_sink_environment(env: &BTreeMap<String, String>) -> Result<Settings, String> {
+pub(crate) fn check_sink_environment(env: &BTreeMap<String, String>) -> Result<Settings, String> {
     let settings = sink_settings(env)?;
     let defaults = sink_settings(&BTreeMap::new())?;
     for (key, value) in env {
@@ -403,6 +403,14 @@ fn the_sink_accepts_its_environment() {
 fn producer_settings(
     env: &BTreeMap<String, String>,
 ) -> Result<clickstream_producer::Settings, String> {
+    producer_settings_with(env, &[])
+}
+
+/// Like [`producer_settings`], with command-line `args` after the environment's flags.
+pub(crate) fn producer_settings_with(
+    env: &BTreeMap<String, String>,
+    args: &[String],
+) -> Result<clickstream_producer::Settings, String> {
     let command = Args::command();
     let mut argv = vec!["clickstream-producer".to_owned()];
     for (key, value) in env {
@@ -418,6 +426,7 @@ fn producer_settings(
             .ok_or_else(|| format!("{key}: flag without a long name"))?;
         argv.push(format!("--{long}={value}"));
     }
+    argv.extend(args.iter().cloned());
     let args = Args::try_parse_from(&argv).map_err(|e| e.to_string())?;
     args.into_settings(|| 0).map_err(|e| e.to_string())
 }
@@ -759,4 +768,29 @@ fn ports_and_credentials_come_from_the_env_file() {
         env: BTreeMap::new(),
     };
     assert!(without.environment("sink").is_err());
+}
+
+/// The producer and the sink redact the same librdkafka properties.
+#[test]
+fn producer_and_sink_agree_on_which_kafka_properties_are_secret() {
+    for key in [
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.key.pem",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+        "sasl.username",
+        "security.protocol",
+        "ssl.ca.location",
+        "ssl.key.location",
+        "bootstrap.servers",
+    ] {
+        assert_eq!(
+            clickstream_producer::settings::is_secret_kafka_property(key),
+            clickstream_sink::settings::is_secret_kafka_property(key),
+            "{key}"
+        );
+    }
 }

@@ -178,7 +178,17 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(metric(sink, "clickstream_sink_inserted_rows_total").is_some_and(|n| n >= rows as f64));
+    // The sink counts an insert once ClickHouse has answered it, which can be a moment after
+    // its rows became visible: wait for the counter to catch up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !metric(sink, "clickstream_sink_inserted_rows_total").is_some_and(|n| n >= rows as f64) {
+        assert!(
+            Instant::now() < deadline,
+            "the sink's inserted_rows_total stays below the {rows} rows ClickHouse holds: {:?}",
+            metric(sink, "clickstream_sink_inserted_rows_total")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(metric(producer, "clickstream_producer_sent_total").is_some_and(|n| n > 0.0));
     let running = marked_processes(&marker);
     assert!(

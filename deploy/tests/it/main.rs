@@ -1,10 +1,11 @@
-//! Checks of the deployment that run without Docker: docker-compose.yml and .env, the
-//! Dockerfile, the init and probe scripts, the README, and scripts/demo (which starts a private
-//! local stack on free ports).
+//! Checks of the deployment that run without Docker or Kubernetes: docker-compose.yml and
+//! .env, the Dockerfile, the Kubernetes manifests (deploy/k8s), the init and probe scripts, the
+//! README, and scripts/demo (which starts a private local stack on free ports).
 
 mod compose;
 mod demo;
 mod dockerfile;
+mod k8s;
 mod readme;
 mod scripts;
 

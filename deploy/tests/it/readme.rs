@@ -159,6 +159,19 @@ fn every_command_exists_and_its_help_runs() {
                     }
                 }
                 "curl" => {}
+                "kubectl" => {
+                    // `apply -k DIR` builds a kustomization of this repository; every
+                    // command works in the overlay's namespace.
+                    if let Some(at) = words.iter().position(|w| w == "-k") {
+                        let dir = repo_root().join(&words[at + 1]);
+                        assert!(dir.join("kustomization.yaml").exists(), "{command}");
+                        clickstream_deploy::kustomize::build(&dir)
+                            .unwrap_or_else(|e| panic!("{command}: {e}"));
+                    }
+                    if let Some(at) = words.iter().position(|w| w == "-n") {
+                        assert_eq!(words[at + 1], "clickstream", "{command}");
+                    }
+                }
                 other => panic!("unknown command {other:?} in the README: {command}"),
             }
         }
@@ -425,4 +438,34 @@ fn the_example_event_is_valid_and_every_field_is_described() {
     ] {
         assert!(text.contains(&format!("`{reason}`")), "{reason}");
     }
+}
+
+/// The settings file of the README's secure-connections example is one the sink accepts, with
+/// its Kafka properties in the `kafka` table.
+#[test]
+fn the_readmes_settings_file_is_accepted_by_the_sink() {
+    let text = readme();
+    let example = code_blocks(&text)
+        .into_iter()
+        .find(|b| b.lang == "toml" && b.lines.iter().any(|l| l.trim() == "[kafka]"))
+        .expect("a TOML settings example with a [kafka] table");
+    let dir = clickstream_testkit::TempDir::new("readme_toml");
+    let file = dir.path().join("sink.toml");
+    std::fs::write(&file, example.lines.join("\n")).unwrap();
+    let overrides = clickstream_sink::settings::Overrides {
+        config_file: Some(file),
+        ..Default::default()
+    };
+    let settings = clickstream_sink::Settings::load_from(&overrides, Vec::new())
+        .unwrap_or_else(|e| panic!("the README's sink.toml: {e}"));
+    assert!(settings.clickhouse_url.starts_with("https://"));
+    assert!(!settings.clickhouse_password_file.is_empty());
+    assert!(!settings.clickhouse_ca_file.is_empty());
+    for key in ["security.protocol", "sasl.mechanism", "sasl.username"] {
+        assert!(settings.kafka.contains_key(key), "{key}");
+    }
+    assert!(
+        !settings.kafka.contains_key("sasl.password"),
+        "the password stays out of the file"
+    );
 }
