@@ -749,6 +749,16 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
         .await?;
     let sink = run.start_sink(&[("CLICKSTREAM_SINK_MAX_ROWS", "100000".to_owned())], &[])?;
     run.wait_accounted(Duration::from_secs(180)).await?;
+    // A refused insert's rows are in the table before the refusal reaches the sink, so every
+    // offset can look accounted for while the sink is still splitting: wait for its writes
+    // to end before reading what it did.
+    let settled = Instant::now();
+    while settled.elapsed() < Duration::from_secs(30)
+        && (sink.metric("clickstream_sink_inserts_in_flight").await > 0.0
+            || sink.metric("clickstream_sink_buffered_rows").await > 0.0)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let splits = sink.metric("clickstream_sink_insert_splits_total").await;
     let removed = sink
         .metric("clickstream_sink_partial_rows_removed_total")

@@ -333,7 +333,6 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 }
                 Err(Stop::TooBig(split, message)) => {
                     tracing::warn!(partition, rows = part.rows.len(), ?split, error = %message, "ClickHouse refused an insert as too big; splitting it");
-                    self.undo_partial(partition, &rows, &part).await?;
                     self.metrics
                         .insert_splits
                         .get_or_create(&Metrics::label(
@@ -344,6 +343,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                             },
                         ))
                         .inc();
+                    self.undo_partial(partition, &rows, &part).await?;
                     let (first, second) = match split {
                         Split::ByTime => part.time_halves(&rows),
                         Split::InHalves => part.halves(),
