@@ -4,7 +4,8 @@
 //! Rules:
 //! - entries are kept per Kafka partition as one contiguous offset range (a [`Segment`]), so
 //!   each partition's insert covers `first..=last` and its commit is `last + 1`;
-//! - a partition's segment is due when it has `max_rows` rows, or when its oldest entry has
+//! - every segment is due once the buffer holds `max_rows` rows (all partitions together, as
+//!   "1,000 rows or 5 s" means for the sink), and a segment is due when its oldest entry has
 //!   waited `flush_interval`, or at once while memory is full;
 //! - partitions are written in parallel, one insert in flight per partition: a partition the
 //!   pipeline reports busy is not taken (its rows wait for its insert to end);
@@ -199,7 +200,9 @@ impl<R: RowBuffer, A> Batcher<R, A> {
     }
 
     fn due(&self, segment: &Segment<R, A>) -> Instant {
-        if segment.rows.len() >= self.policy.max_rows || self.should_pause() {
+        // `max_rows` counts the sink's buffer, not one partition's: with 3 partitions at
+        // 1,000 events/s a per-partition count would hold rows 3 s instead of 1 s.
+        if self.rows >= self.policy.max_rows || self.should_pause() {
             segment.oldest
         } else {
             segment.oldest + self.policy.flush_interval
@@ -370,6 +373,27 @@ mod tests {
         assert_eq!(batcher.in_flight_bytes(), 100_000);
         batcher.release(100_000);
         assert_eq!(batcher.in_flight_bytes(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_rows_counts_every_partition_together() {
+        let mut batcher = Batcher::new(policy());
+        for offset in 0..333 {
+            for partition in 0..3 {
+                row(&mut batcher, partition, offset);
+            }
+        }
+        assert!(
+            batcher.ready_at(idle).unwrap() > Instant::now(),
+            "999 rows wait"
+        );
+        row(&mut batcher, 0, 333);
+        assert_eq!(
+            batcher.ready_at(idle),
+            Some(Instant::now()),
+            "1,000 rows are due"
+        );
+        assert_eq!(batcher.take(Instant::now(), idle, usize::MAX).len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -151,7 +151,7 @@ settings! {
     table: String = "events".into(), flag: true, env: [], secret: false,
         help: "table";
     max_rows: usize = 1_000, flag: true, env: [], secret: false,
-        help: "a partition's batch is inserted when it has this many rows ...";
+        help: "the buffered rows (all partitions) are inserted once there are this many ...";
     flush_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
         help: "... or when its oldest row has waited this long";
     max_batch_bytes: usize = 64 * 1024 * 1024, flag: true, env: [], secret: false,
