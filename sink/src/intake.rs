@@ -516,7 +516,8 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
     }
 }
 
-fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
+/// A message's headers, copied (for its dead letter).
+pub(crate) fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
     message
         .headers()
         .map(|headers| {

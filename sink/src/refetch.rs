@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::SinkError;
@@ -104,20 +104,7 @@ impl Refetch for KafkaRefetch {
                                 offset,
                                 key: message.key().map(<[u8]>::to_vec),
                                 payload: message.payload().map(<[u8]>::to_vec),
-                                headers: message
-                                    .headers()
-                                    .map(|headers| {
-                                        headers
-                                            .iter()
-                                            .map(|h| {
-                                                (
-                                                    h.key.to_owned(),
-                                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                                )
-                                            })
-                                            .collect()
-                                    })
-                                    .unwrap_or_default(),
+                                headers: crate::intake::original_headers(&message),
                                 timestamp_ms: message.timestamp().to_millis(),
                             });
                         }
