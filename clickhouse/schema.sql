@@ -71,6 +71,14 @@ ALTER TABLE clickstream.events
 -- Rollups: materialized views keyed on EVENT time (event_time), not insert time, so a late
 -- event is added to the window it happened in, however late it arrives.
 --
+-- Rebuild declarations: after every view over `events`, a line
+--   -- rebuild clickstream.<rollup>: <key column of the rollup> = <the same key from a raw row>
+-- tells `clickstream-sink replay` how to make the rollup equal to the raw table again for the
+-- keys a replayed range touches: it records those keys before deleting the range, then runs
+--   ALTER TABLE <rollup> DELETE WHERE toString(<key>) IN <recorded keys>
+--   INSERT INTO <rollup> SELECT ... FROM (<the view's own SELECT>) WHERE toString(<key>) IN <keys>
+-- (a unit test fails for a view without one, and replay refuses to run).
+--
 -- How they stay correct:
 -- * Each MV writes partial aggregates per insert block into an AggregatingMergeTree; rows with
 --   the same key are combined by background merges, *eventually*. So every query on a rollup
@@ -136,6 +144,7 @@ ARRAY JOIN [
     ('page_url', toString(page_url))
 ] AS dim
 GROUP BY window_start, dimension, value;
+-- rebuild clickstream.events_1m: window_start = toStartOfMinute(event_time)
 
 -- 5-minute tumbling windows per page, page views only: views, unique viewers, time on page.
 -- Average duration = duration_ms_sum / views. The dashboards' "top pages".
@@ -163,6 +172,7 @@ SELECT
 FROM clickstream.events
 WHERE event_type = 'page_view'
 GROUP BY window_start, page_url;
+-- rebuild clickstream.pages_5m: window_start = toStartOfFiveMinutes(event_time)
 
 -- One row per session_id (after merges; query with GROUP BY session_id). Landing and exit
 -- page are the pages of the first and last event, ties broken by event_id so that the result
@@ -214,6 +224,7 @@ SELECT
     toUInt8(countIf(event_type = 'purchase') > 0) AS converted
 FROM clickstream.events
 GROUP BY session_id;
+-- rebuild clickstream.sessions: session_id = session_id
 
 -- Conversion funnel per 5-minute window of event time: distinct sessions with any event, with
 -- a page view, with an add-to-cart, with a purchase *in that window* (each step counted on
@@ -241,6 +252,7 @@ SELECT
     uniqExactStateIf(session_id, event_type = 'purchase') AS purchased
 FROM clickstream.events
 GROUP BY window_start;
+-- rebuild clickstream.funnel_5m: window_start = toStartOfFiveMinutes(event_time)
 
 -- Hopping windows of 10 minutes every 5 minutes over the 1-minute rollup: each minute belongs
 -- to the window starting at its 5-minute boundary and to the one starting 5 minutes earlier.
@@ -296,5 +308,60 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.kafka_progress_mv TO clickstr
 SELECT kafka_topic, kafka_partition, max(kafka_offset) AS max_offset, count() AS rows
 FROM clickstream.events
 GROUP BY kafka_topic, kafka_partition;
+-- rebuild clickstream.kafka_progress: (kafka_topic, kafka_partition) = (kafka_topic, kafka_partition)
 
 ALTER TABLE clickstream.events ADD INDEX IF NOT EXISTS kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1;
+
+-- Replays (`clickstream-sink replay`, `clickstream-sink dlq replay`)
+--
+-- A replay records its plan (the range per partition), the rollup keys its rows touch and
+-- each step it finished, so that a crash at any step is finished by the next run, and a sink
+-- does not start while a replay of its topic is unfinished. The newest replay's id scopes the
+-- sink's deduplication tokens (the deleted rows' tokens are still remembered by ClickHouse).
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replays
+(
+    replay_id        UInt64,
+    kafka_topic      LowCardinality(String),
+    kafka_group      String,
+    kafka_partition  Int32,
+    from_offset      Int64,
+    rows             UInt64,
+    committed_before Int64,
+    committed_after  Int64,
+    planned_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (kafka_topic, replay_id, kafka_partition);
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_steps
+(
+    replay_id   UInt64,
+    kafka_topic LowCardinality(String),
+    step        LowCardinality(String),
+    at          DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (kafka_topic, replay_id);
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_keys
+(
+    replay_id UInt64,
+    rollup    LowCardinality(String),
+    key       String
+)
+ENGINE = MergeTree
+ORDER BY (replay_id, rollup, key)
+TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
+
+-- Dead letters `dlq replay` inserted (written before their rows): `verify` counts their
+-- offsets as stored, not as stored and dead-lettered.
+CREATE TABLE IF NOT EXISTS clickstream.dead_letter_replays
+(
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset    Int64,
+    reason          LowCardinality(String),
+    replayed_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (kafka_topic, kafka_partition, kafka_offset);

@@ -21,6 +21,10 @@ CREATE USER IF NOT EXISTS clickstream_sink
 GRANT INSERT, SELECT, ALTER DELETE ON clickstream.events TO clickstream_sink;
 -- The progress rollup answers "is anything of this partition stored?".
 GRANT SELECT ON clickstream.kafka_progress TO clickstream_sink;
+-- Replays (`clickstream-sink replay`): the sink does not start while one is unfinished, and
+-- the newest one scopes its deduplication tokens. (The replay commands themselves run as an
+-- administrator: they delete rows of `events` and of every rollup.)
+GRANT SELECT ON clickstream.kafka_replay_steps TO clickstream_sink;
 -- The materialized views fed by `events` write their targets in the inserting user's name
 -- when they run with SQL SECURITY INVOKER (views without an SQL SECURITY clause on servers
 -- before 24.4, or with ignore_empty_sql_security_in_create_view_query); with the DEFINER

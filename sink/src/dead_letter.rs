@@ -1,6 +1,7 @@
 //! The dead-letter topic: messages that are not valid events (or rows ClickHouse rejected),
 //! with their original key, payload and headers, plus headers saying why:
-//! `reason`, `error`, `source_topic`, `source_partition`, `source_offset`, `dead_lettered_at`.
+//! `reason`, `error`, `source_topic`, `source_partition`, `source_offset`, `source_timestamp`
+//! (the message's Kafka timestamp, ms), `dead_lettered_at`.
 //!
 //! A dead letter is enqueued at once ([`DeadLetterSink::send`]) so consumption goes on; its
 //! offset counts as done only after [`DeadLetterSink::confirm`] returned (acknowledged by the
@@ -48,6 +49,9 @@ pub struct DeadLetter {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// The source message's Kafka timestamp (ms), kept so that `dlq replay` judges the
+    /// event against the same time as intake did.
+    pub source_timestamp_ms: Option<i64>,
 }
 
 impl DeadLetter {
@@ -110,13 +114,16 @@ impl DeadLetter {
                 "source_offset".to_owned(),
                 self.source_offset.to_string().into_bytes(),
             ),
-            (
-                "dead_lettered_at".to_owned(),
-                Utc::now()
-                    .to_rfc3339_opts(SecondsFormat::Millis, true)
-                    .into_bytes(),
-            ),
         ]);
+        if let Some(ts) = self.source_timestamp_ms {
+            headers.push(("source_timestamp".to_owned(), ts.to_string().into_bytes()));
+        }
+        headers.extend([(
+            "dead_lettered_at".to_owned(),
+            Utc::now()
+                .to_rfc3339_opts(SecondsFormat::Millis, true)
+                .into_bytes(),
+        )]);
         headers
     }
 }
@@ -371,6 +378,7 @@ mod tests {
             source_topic: "clickstream-events".into(),
             source_partition: 2,
             source_offset: 77,
+            source_timestamp_ms: Some(1_700_000_000_000),
         }
     }
 

@@ -388,6 +388,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 source_topic: self.topic.clone(),
                 source_partition: partition,
                 source_offset: offset,
+                source_timestamp_ms: message.timestamp_ms,
             },
             None => DeadLetter {
                 key: None,
@@ -400,6 +401,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 source_topic: self.topic.clone(),
                 source_partition: partition,
                 source_offset: offset,
+                source_timestamp_ms: None,
             },
         };
         let ack = self.dead_letters.send(letter);

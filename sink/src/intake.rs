@@ -508,6 +508,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     source_topic: self.topic.clone(),
                     source_partition: partition,
                     source_offset: offset,
+                    source_timestamp_ms: message.timestamp().to_millis(),
                 });
                 batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), now);
             }

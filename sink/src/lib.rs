@@ -46,6 +46,7 @@ pub mod http;
 pub mod intake;
 pub mod kafka_auth;
 pub mod metrics;
+pub mod ops;
 pub mod ownership;
 pub mod pipeline;
 pub mod refetch;

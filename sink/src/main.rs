@@ -1,4 +1,5 @@
-//! `clickstream-sink`: loads settings, installs tracing, runs the sink until SIGINT/SIGTERM.
+//! `clickstream-sink`: loads settings, installs tracing, runs the sink until SIGINT/SIGTERM,
+//! or runs one of the operations commands (verify, replay, dlq) with the same settings.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,8 @@ use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use clickstream_sink::settings::{self, LogFormat, Overrides, Settings};
 use tokio_util::sync::CancellationToken;
+
+mod commands;
 
 const ABOUT: &str =
     "Consumes click events from Kafka and writes them exactly once into ClickHouse.";
@@ -16,7 +19,10 @@ Settings come from (lowest first) defaults, --config FILE (TOML, keys as the fla
 environment CLICKSTREAM_SINK_<KEY> (plus KAFKA_BROKERS, CLICKHOUSE_URL, CLICKHOUSE_USER,
 CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE, CLICKHOUSE_CA_FILE; librdkafka properties as
 CLICKSTREAM_SINK_KAFKA__SECURITY_PROTOCOL=...), then flags. The README's settings table lists
-every key, flags or not.";
+every key, flags or not.
+
+Without a command the sink runs. The commands take the same settings (flags before or after
+the command) and exit 0 when all is well, 1 when they find a problem, 2 for bad usage.";
 
 /// The command line, made from the settings' own definitions ([`settings::KEYS`]).
 fn command() -> Command {
@@ -28,6 +34,7 @@ fn command() -> Command {
             Arg::new("config")
                 .long("config")
                 .value_name("FILE")
+                .global(true)
                 .help("TOML settings file"),
         );
     for key in settings::KEYS.iter().filter(|key| key.flag) {
@@ -41,6 +48,7 @@ fn command() -> Command {
             Arg::new(key.name)
                 .long(key.flag_name())
                 .value_name(key.value_name())
+                .global(true)
                 .help(help),
         );
     }
@@ -49,8 +57,10 @@ fn command() -> Command {
             .short('X')
             .value_name("KEY=VALUE")
             .action(ArgAction::Append)
+            .global(true)
             .help("librdkafka property for consumer and dead-letter producer (TLS, SASL, ...), repeatable"),
     )
+    .subcommands(commands::all())
 }
 
 fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
@@ -82,7 +92,28 @@ fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
 
 fn main() -> anyhow::Result<()> {
     let matches = command().get_matches();
-    let settings = Settings::load(&overrides(&matches)?)?;
+    let settings = match Settings::load(&overrides(&matches)?) {
+        Ok(settings) => settings,
+        Err(error) if matches.subcommand().is_some() => {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if let Some((name, sub)) = matches.subcommand() {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka=error"));
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let code = runtime.block_on(commands::run(name, sub, &settings));
+        std::process::exit(code);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     match settings.log_format {

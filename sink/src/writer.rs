@@ -208,6 +208,10 @@ pub struct ClickHouseWriter {
     delivery: Delivery,
     insert_timeout: Duration,
     layout: Arc<RwLock<Option<Arc<Layout>>>>,
+    topic: String,
+    /// The newest replay of the topic (0: none): scopes the deduplication tokens, because
+    /// ClickHouse still remembers the tokens of the rows a replay deleted.
+    replay_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The progress table fed by a materialized view from the events table (schema.sql).
@@ -227,6 +231,8 @@ impl ClickHouseWriter {
             delivery: settings.delivery,
             insert_timeout: Duration::from_millis(settings.insert_timeout_ms),
             layout: Arc::default(),
+            topic: settings.topic.clone(),
+            replay_generation: Arc::default(),
         })
     }
 
@@ -296,6 +302,22 @@ impl ClickHouseWriter {
             )));
         };
         self.load_layout().await?;
+        let replays = self
+            .bounded(
+                "start-up check",
+                crate::ops::replay::state(&self.client, &self.database, &self.topic),
+            )
+            .await?;
+        if let Some(id) = replays.unfinished {
+            return Err(Failure::Fatal(format!(
+                "replay {id} of topic {} stopped part-way (its rows are deleted, the group's \
+                 offsets not reset yet): run `clickstream-sink replay` with the same settings \
+                 to finish it, then start the sink",
+                self.topic
+            )));
+        }
+        self.replay_generation
+            .store(replays.generation, std::sync::atomic::Ordering::Relaxed);
         if self.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
@@ -345,7 +367,18 @@ impl ClickHouseWriter {
         body: Vec<bytes::Bytes>,
         token: Option<&str>,
     ) -> Result<(), ChError> {
+        let generation = self
+            .replay_generation
+            .load(std::sync::atomic::Ordering::Relaxed);
         let client = match token {
+            Some(token) if generation > 0 => self
+                .client
+                .clone()
+                .with_setting(
+                    "insert_deduplication_token",
+                    format!("{token}:r{generation}"),
+                )
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1"),
             Some(token) => self
                 .client
                 .clone()

@@ -4,6 +4,7 @@
 
 mod common;
 mod crash;
+mod ops;
 mod pipeline;
 mod resilience;
 mod row_roundtrip;

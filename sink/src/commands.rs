@@ -1,0 +1,258 @@
+//! The binary's operations commands (`verify`, `replay`, `dlq inspect`, `dlq replay`): their
+//! arguments, and their reports printed for people or as JSON. The work is in
+//! [`clickstream_sink::ops`].
+
+use std::collections::BTreeMap;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use clickstream_sink::SinkError;
+use clickstream_sink::ops::{self, dlq, replay, verify};
+use clickstream_sink::settings::Settings;
+
+const OK: i32 = 0;
+const PROBLEM: i32 = 1;
+const USAGE: i32 = 2;
+
+fn json_flag() -> Arg {
+    Arg::new("json")
+        .long("json")
+        .action(ArgAction::SetTrue)
+        .help("print the report as JSON")
+}
+
+fn since_flag(help: &'static str) -> Arg {
+    Arg::new("since")
+        .long("since")
+        .value_name("TIME")
+        .help(help)
+}
+
+fn reason_flag() -> Arg {
+    Arg::new("reason")
+        .long("reason")
+        .value_name("REASON")
+        .action(ArgAction::Append)
+        .help("only letters of this reason (repeatable), e.g. too_old, invalid_json")
+}
+
+/// The commands, with their own arguments (the settings' flags are global).
+pub fn all() -> Vec<Command> {
+    vec![
+        Command::new("verify")
+            .about("Is everything there? Kafka's offsets against ClickHouse and the dead-letter topic, rollups against the raw table")
+            .long_about(
+                "Per partition: the offsets below the group's committed offset must each be stored \
+                 once in ClickHouse or be in the dead-letter topic; reports missing offsets (as \
+                 ranges), offsets stored twice, offsets both stored and dead-lettered, and the \
+                 uncommitted tail as \"in flight\" (safe while sinks run). Then every rollup \
+                 against an aggregate of the raw table, window by window. Exit 1 on any problem.",
+            )
+            .arg(since_flag("only offsets from the first message at or after TIME, and windows from TIME (RFC 3339, `2026-11-30 10:00` UTC, a date, or an age: 90m, 6h, 3d)"))
+            .arg(json_flag()),
+        Command::new("replay")
+            .about("Re-read a range exactly once: delete it, rebuild the rollups it touched, reset the group (sinks stopped)")
+            .long_about(
+                "Refuses while the group has active members. Finds per partition the first offset \
+                 at or after --since (or takes --from), shows the plan (offsets, rows, rollup \
+                 keys) and asks, then: records the plan, deletes the range's rows, rebuilds every \
+                 rollup for the keys they touched, resets the group's offsets. The next sink \
+                 start re-inserts the range exactly once. A run stopped part-way is finished by \
+                 the next run; sinks refuse to start until then.",
+            )
+            .arg(since_flag("replay from the first message at or after TIME in every partition"))
+            .arg(
+                Arg::new("from")
+                    .long("from")
+                    .value_name("PARTITION:OFFSET")
+                    .action(ArgAction::Append)
+                    .conflicts_with("since")
+                    .help("replay this partition from this offset (repeatable)"),
+            )
+            .arg(
+                Arg::new("dry-run")
+                    .long("dry-run")
+                    .action(ArgAction::SetTrue)
+                    .help("show the plan, change nothing"),
+            )
+            .arg(
+                Arg::new("yes")
+                    .long("yes")
+                    .short('y')
+                    .action(ArgAction::SetTrue)
+                    .help("do not ask for confirmation"),
+            )
+            .arg(json_flag()),
+        Command::new("dlq")
+            .about("The dead-letter topic: inspect it, replay its letters that are valid now")
+            .subcommand_required(true)
+            .subcommand(
+                Command::new("inspect")
+                    .about("Counts by reason and by hour, samples per reason; repeats counted once")
+                    .arg(reason_flag())
+                    .arg(since_flag("only letters dead-lettered at or after TIME"))
+                    .arg(
+                        Arg::new("samples")
+                            .long("samples")
+                            .value_name("N")
+                            .default_value("3")
+                            .value_parser(clap::value_parser!(usize))
+                            .help("samples per reason"),
+                    )
+                    .arg(json_flag()),
+            )
+            .subcommand(
+                Command::new("replay")
+                    .about("Insert the letters valid now (current contract and settings) under their source offsets, exactly once")
+                    .arg(reason_flag())
+                    .arg(since_flag("only letters dead-lettered at or after TIME"))
+                    .arg(
+                        Arg::new("dry-run")
+                            .long("dry-run")
+                            .action(ArgAction::SetTrue)
+                            .help("show what would be inserted, change nothing"),
+                    )
+                    .arg(json_flag()),
+            ),
+    ]
+}
+
+fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialize")
+        );
+    } else {
+        print!("{report}");
+    }
+}
+
+fn failed(error: &SinkError) -> i32 {
+    // The message names its source already.
+    eprintln!("error: {error}");
+    if matches!(error, SinkError::Settings(_)) {
+        USAGE
+    } else {
+        PROBLEM
+    }
+}
+
+fn since(args: &ArgMatches) -> Result<Option<chrono::DateTime<chrono::Utc>>, i32> {
+    match args.get_one::<String>("since") {
+        None => Ok(None),
+        Some(text) => ops::parse_time(text, chrono::Utc::now())
+            .map(Some)
+            .map_err(|e| {
+                eprintln!("error: --since {e}");
+                USAGE
+            }),
+    }
+}
+
+fn reasons(args: &ArgMatches) -> Vec<String> {
+    args.get_many::<String>("reason")
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Runs the command `name`; returns the exit code.
+pub async fn run(name: &str, args: &ArgMatches, settings: &Settings) -> i32 {
+    let json = args.try_get_one::<bool>("json").ok().flatten() == Some(&true);
+    match name {
+        "verify" => {
+            let since = match since(args) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match verify::verify(settings, since).await {
+                Ok(report) => {
+                    print(&report, json);
+                    if report.ok() { OK } else { PROBLEM }
+                }
+                Err(e) => failed(&e),
+            }
+        }
+        "replay" => {
+            let start = if let Some(from) = args.get_many::<String>("from") {
+                let mut parsed = BTreeMap::new();
+                for item in from {
+                    let Some((p, o)) = item
+                        .split_once(':')
+                        .and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)))
+                        .filter(|&(p, o)| p >= 0 && o >= 0)
+                    else {
+                        eprintln!("error: --from {item}: expected PARTITION:OFFSET, e.g. 0:1500");
+                        return USAGE;
+                    };
+                    parsed.insert(p, o);
+                }
+                replay::Start::From(parsed)
+            } else {
+                match since(args) {
+                    Ok(Some(t)) => replay::Start::Since(t),
+                    Ok(None) => {
+                        eprintln!("error: replay needs --since TIME or --from PARTITION:OFFSET");
+                        return USAGE;
+                    }
+                    Err(code) => return code,
+                }
+            };
+            let options = replay::Options {
+                start,
+                dry_run: args.get_flag("dry-run"),
+                yes: args.get_flag("yes"),
+            };
+            match replay::replay(settings, &options, replay::ask_on_terminal).await {
+                Ok(done) => {
+                    print(&done, json);
+                    OK
+                }
+                Err(replay::ReplayError::Usage(e)) => {
+                    eprintln!("error: {e}");
+                    USAGE
+                }
+                Err(replay::ReplayError::Refused(e)) => {
+                    eprintln!("replay refused: {e}");
+                    PROBLEM
+                }
+                Err(replay::ReplayError::Sink(e)) => failed(&e),
+            }
+        }
+        "dlq" => {
+            let Some((sub, args)) = args.subcommand() else {
+                return USAGE;
+            };
+            let json = args.get_flag("json");
+            let since = match since(args) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let reasons = reasons(args);
+            match sub {
+                "inspect" => {
+                    let samples = args.get_one::<usize>("samples").copied().unwrap_or(3);
+                    match dlq::inspect(settings, &reasons, since, samples).await {
+                        Ok(report) => {
+                            print(&report, json);
+                            OK
+                        }
+                        Err(e) => failed(&e),
+                    }
+                }
+                "replay" => {
+                    match dlq::replay(settings, &reasons, since, args.get_flag("dry-run")).await {
+                        Ok(report) => {
+                            print(&report, json);
+                            if report.ok() { OK } else { PROBLEM }
+                        }
+                        Err(e) => failed(&e),
+                    }
+                }
+                _ => USAGE,
+            }
+        }
+        _ => USAGE,
+    }
+}

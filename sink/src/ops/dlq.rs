@@ -1,0 +1,563 @@
+//! `clickstream-sink dlq inspect` and `clickstream-sink dlq replay`.
+//!
+//! - **inspect**: what the dead-letter topic holds for the sink's topic: counts by reason and
+//!   by hour, a few samples per reason, repeats (a letter written again for the same source
+//!   offset, e.g. after a crash) counted once.
+//! - **replay**: decodes the letters again with the current contract and settings; events
+//!   valid now are inserted under their original source topic, partition and offset, exactly
+//!   once: offsets already stored are skipped, each insert carries a deduplication token, and
+//!   the table `dead_letter_replays` records which letters were replayed (written before the
+//!   rows, so `verify` reports them as stored, not as stored *and* dead-lettered). A second
+//!   run adds nothing. Letters still invalid are reported by reason; rows ClickHouse rejects
+//!   again are reported with its error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Timelike, Utc};
+use rdkafka::message::Message;
+use serde::Serialize;
+
+use super::kafka::{OpsKafka, headers_of};
+use super::{ch, ch_error};
+use crate::SinkError;
+use crate::row::RowRef;
+use crate::rows::Sealed;
+use crate::settings::Settings;
+use crate::writer::{ClickHouseWriter, Failure, Writer};
+
+/// Where a dead letter's message came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One message of the dead-letter topic.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    pub source: Option<Source>,
+    pub reason: String,
+    pub error: String,
+    /// When it was dead-lettered (header `dead_lettered_at`, else the letter's timestamp).
+    pub at: Option<DateTime<Utc>>,
+    /// The original message's timestamp (header `source_timestamp`, else the letter's own).
+    pub source_timestamp_ms: Option<i64>,
+    pub truncated: bool,
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads every letter of the dead-letter topic.
+pub fn read_letters(kafka: &OpsKafka, dlq_topic: &str) -> Result<Vec<Letter>, SinkError> {
+    let messages = kafka.read_all(dlq_topic)?;
+    Ok(messages
+        .iter()
+        .map(|m| {
+            let headers = headers_of(m);
+            let source = match (
+                headers.get("source_topic"),
+                headers.get("source_partition").and_then(|p| p.parse().ok()),
+                headers.get("source_offset").and_then(|o| o.parse().ok()),
+            ) {
+                (Some(topic), Some(partition), Some(offset)) => Some(Source {
+                    topic: topic.clone(),
+                    partition,
+                    offset,
+                }),
+                _ => None,
+            };
+            let own = m.timestamp().to_millis();
+            Letter {
+                source,
+                reason: headers.get("reason").cloned().unwrap_or_default(),
+                error: headers.get("error").cloned().unwrap_or_default(),
+                at: headers
+                    .get("dead_lettered_at")
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                    .or_else(|| own.and_then(DateTime::from_timestamp_millis)),
+                source_timestamp_ms: headers
+                    .get("source_timestamp")
+                    .and_then(|t| t.parse().ok())
+                    .or(own),
+                truncated: headers
+                    .get("payload_truncated")
+                    .is_some_and(|t| t == "true"),
+                payload: m.payload().map(<[u8]>::to_vec),
+            }
+        })
+        .collect())
+}
+
+/// The letters of `topic`, once per source offset (the last written wins), filtered.
+fn letters_of(
+    letters: Vec<Letter>,
+    topic: &str,
+    reasons: &[String],
+    since: Option<DateTime<Utc>>,
+) -> (Vec<Letter>, u64) {
+    let mut once: BTreeMap<Source, Letter> = BTreeMap::new();
+    let mut repeats = 0;
+    for letter in letters {
+        let Some(source) = letter.source.clone() else {
+            continue;
+        };
+        if source.topic != topic
+            || (!reasons.is_empty() && !reasons.contains(&letter.reason))
+            || since.is_some_and(|s| letter.at.is_some_and(|at| at < s))
+        {
+            continue;
+        }
+        if once.insert(source, letter).is_some() {
+            repeats += 1;
+        }
+    }
+    (once.into_values().collect(), repeats)
+}
+
+/// A sample letter of a reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub source: String,
+    pub at: Option<DateTime<Utc>>,
+    pub error: String,
+    pub payload: String,
+}
+
+/// What `dlq inspect` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub dead_letter_topic: String,
+    pub topic: String,
+    /// Letters of the topic, once per source offset.
+    pub letters: u64,
+    /// Letters written again for a source offset already lettered.
+    pub repeats: u64,
+    /// Letters without source headers or of other topics.
+    pub other: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    /// Per hour (UTC, `2026-11-30 10:00`), letters per reason.
+    pub by_hour: BTreeMap<String, BTreeMap<String, u64>>,
+    pub samples: BTreeMap<String, Vec<Sample>>,
+    /// Source offsets lettered already replayed into the table (`dlq replay`).
+    pub replayed: u64,
+}
+
+fn shorten(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// `dlq inspect`.
+pub async fn inspect(
+    settings: &Settings,
+    reasons: &[String],
+    since: Option<DateTime<Utc>>,
+    samples: usize,
+) -> Result<Inspection, SinkError> {
+    let kafka = OpsKafka::new(settings)?;
+    let all = read_letters(&kafka, &settings.dlq_topic)?;
+    let total = all.len() as u64;
+    let (letters, repeats) = letters_of(all, &settings.topic, reasons, since);
+    let replayed = replayed_offsets(settings).await?;
+    let mut inspection = Inspection {
+        dead_letter_topic: settings.dlq_topic.clone(),
+        topic: settings.topic.clone(),
+        letters: letters.len() as u64,
+        repeats,
+        other: total - letters.len() as u64 - repeats,
+        by_reason: BTreeMap::new(),
+        by_hour: BTreeMap::new(),
+        samples: BTreeMap::new(),
+        replayed: 0,
+    };
+    for letter in &letters {
+        let source = letter.source.as_ref().expect("filtered on source");
+        if replayed.contains(&(source.partition, source.offset)) {
+            inspection.replayed += 1;
+        }
+        *inspection
+            .by_reason
+            .entry(letter.reason.clone())
+            .or_default() += 1;
+        let hour = letter.at.map_or_else(
+            || "unknown".to_owned(),
+            |t| {
+                t.with_minute(0)
+                    .and_then(|t| t.with_second(0))
+                    .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:00").to_string())
+            },
+        );
+        *inspection
+            .by_hour
+            .entry(hour)
+            .or_default()
+            .entry(letter.reason.clone())
+            .or_default() += 1;
+        let list = inspection.samples.entry(letter.reason.clone()).or_default();
+        if list.len() < samples {
+            list.push(Sample {
+                source: format!("{}[{}]@{}", source.topic, source.partition, source.offset),
+                at: letter.at,
+                error: shorten(&letter.error, 300),
+                payload: shorten(
+                    &String::from_utf8_lossy(letter.payload.as_deref().unwrap_or_default()),
+                    300,
+                ),
+            });
+        }
+    }
+    Ok(inspection)
+}
+
+impl fmt::Display for Inspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "dead-letter topic {}: {} letters for topic {} ({} repeats counted once, {} already replayed; {} letters of other topics or without source)",
+            self.dead_letter_topic,
+            self.letters,
+            self.topic,
+            self.repeats,
+            self.replayed,
+            self.other
+        )?;
+        writeln!(f, "by reason:")?;
+        for (reason, n) in &self.by_reason {
+            writeln!(f, "  {n:>8}  {reason}")?;
+        }
+        writeln!(f, "by hour (UTC):")?;
+        for (hour, reasons) in &self.by_hour {
+            let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            writeln!(f, "  {hour}  {}", parts.join(", "))?;
+        }
+        for (reason, samples) in &self.samples {
+            writeln!(f, "samples of {reason}:")?;
+            for s in samples {
+                writeln!(f, "  {}  {}", s.source, s.error)?;
+                writeln!(f, "      payload: {}", s.payload)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Coordinates {
+    kafka_partition: i32,
+    kafka_offset: i64,
+}
+
+/// The table recording replayed letters (clickhouse/schema.sql).
+pub const REPLAYED_TABLE: &str = "dead_letter_replays";
+
+/// Source offsets of the sink's topic that `dlq replay` inserted (or is inserting).
+pub async fn replayed_offsets(settings: &Settings) -> Result<BTreeSet<(i32, i64)>, SinkError> {
+    let client = crate::clickhouse_client::client(settings)?;
+    let exists: u64 = ch("look for the dead-letter replay table", async {
+        client
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+            .bind(&settings.database)
+            .bind(REPLAYED_TABLE)
+            .fetch_one::<u64>()
+            .await
+    })
+    .await?;
+    if exists == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let rows: Vec<Coordinates> = ch("read the replayed letters", async {
+        client
+            .query(&format!(
+                "SELECT DISTINCT kafka_partition, kafka_offset FROM `{}`.{REPLAYED_TABLE} WHERE kafka_topic = ?",
+                settings.database
+            ))
+            .bind(&settings.topic)
+            .fetch_all::<Coordinates>()
+            .await
+    })
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.kafka_partition, r.kafka_offset))
+        .collect())
+}
+
+/// What `dlq replay` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replayed {
+    pub dry_run: bool,
+    /// Letters of the topic considered (once per source offset).
+    pub letters: u64,
+    /// Inserted now.
+    pub inserted: u64,
+    /// Already in the table (an earlier run, or the sink itself): nothing added.
+    pub already_stored: u64,
+    /// Still invalid, by reason.
+    pub still_invalid: BTreeMap<String, u64>,
+    /// Rows ClickHouse rejected again (source, error).
+    pub rejected: Vec<(String, String)>,
+    /// Letters whose payload was cut to fit and whose message Kafka no longer holds.
+    pub unreadable: Vec<String>,
+}
+
+impl Replayed {
+    /// Whether every letter considered is now stored.
+    pub fn ok(&self) -> bool {
+        self.still_invalid.is_empty() && self.rejected.is_empty() && self.unreadable.is_empty()
+    }
+}
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct ReplayMark<'a> {
+    kafka_topic: &'a str,
+    kafka_partition: i32,
+    kafka_offset: i64,
+    reason: &'a str,
+}
+
+/// `dlq replay`.
+pub async fn replay(
+    settings: &Settings,
+    reasons: &[String],
+    since: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> Result<Replayed, SinkError> {
+    let kafka = OpsKafka::new(settings)?;
+    let client = crate::clickhouse_client::client(settings)?;
+    let writer = ClickHouseWriter::new(settings)?;
+    writer
+        .check_startup()
+        .await
+        .map_err(SinkError::clickhouse("check the table"))?;
+    let (letters, _) = letters_of(
+        read_letters(&kafka, &settings.dlq_topic)?,
+        &settings.topic,
+        reasons,
+        since,
+    );
+    let mut out = Replayed {
+        dry_run,
+        letters: letters.len() as u64,
+        ..Replayed::default()
+    };
+    let limits = settings.limits();
+    // Payloads cut to fit the dead-letter topic are read from the source topic again.
+    let mut payloads: BTreeMap<Source, Vec<u8>> = BTreeMap::new();
+    for letter in &letters {
+        let source = letter.source.clone().expect("filtered on source");
+        if letter.truncated {
+            let mut found = None;
+            kafka.read(&source.topic, &[(source.partition, source.offset)], |m| {
+                if m.offset() == source.offset {
+                    found = m.payload().map(<[u8]>::to_vec);
+                }
+                m.offset() < source.offset
+            })?;
+            match found {
+                Some(p) => {
+                    payloads.insert(source, p);
+                }
+                None => out.unreadable.push(format!(
+                    "{}[{}]@{}: payload cut to fit the dead-letter topic, and the topic no longer holds the message",
+                    source.topic, source.partition, source.offset
+                )),
+            }
+        } else {
+            payloads.insert(source, letter.payload.clone().unwrap_or_default());
+        }
+    }
+    // Decode with today's contract, against the original message's time.
+    let mut valid: BTreeMap<i32, Vec<(Source, &Letter)>> = BTreeMap::new();
+    for letter in &letters {
+        let source = letter.source.clone().expect("filtered on source");
+        let Some(payload) = payloads.get(&source) else {
+            continue;
+        };
+        let at = letter
+            .source_timestamp_ms
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        match clickstream_event::decode_ref(Some(payload), &limits, at) {
+            Ok(_) => valid
+                .entry(source.partition)
+                .or_default()
+                .push((source, letter)),
+            Err(rejection) => {
+                *out.still_invalid
+                    .entry(rejection.reason.as_str().to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+    for (partition, entries) in valid {
+        let offsets: Vec<i64> = entries.iter().map(|(s, _)| s.offset).collect();
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            continue;
+        };
+        let stored = writer
+            .stored_offsets(&settings.topic, partition, first, last)
+            .await
+            .map_err(SinkError::clickhouse("look up stored offsets"))?;
+        let todo: Vec<&(Source, &Letter)> = entries
+            .iter()
+            .filter(|(s, _)| !stored.contains_key(&s.offset))
+            .collect();
+        out.already_stored += (entries.len() - todo.len()) as u64;
+        if todo.is_empty() || dry_run {
+            out.inserted += if dry_run { todo.len() as u64 } else { 0 };
+            continue;
+        }
+        // Record the intent first: from now on these letters count as replayed, and a crash
+        // before the insert is finished by the next run (it finds them not stored).
+        let mut marks = client
+            .insert::<ReplayMark<'_>>(REPLAYED_TABLE)
+            .await
+            .map_err(|e| ch_error("record the replayed letters", &e))?;
+        for (source, letter) in &todo {
+            marks
+                .write(&ReplayMark {
+                    kafka_topic: &source.topic,
+                    kafka_partition: source.partition,
+                    kafka_offset: source.offset,
+                    reason: &letter.reason,
+                })
+                .await
+                .map_err(|e| ch_error("record the replayed letters", &e))?;
+        }
+        marks
+            .end()
+            .await
+            .map_err(|e| ch_error("record the replayed letters", &e))?;
+        for chunk in todo.chunks(1_000) {
+            insert_chunk(&writer, settings, &payloads, &limits, chunk, &mut out).await?;
+        }
+    }
+    Ok(out)
+}
+
+/// Inserts one chunk of letters (one partition, increasing offsets) with a token named by
+/// its offsets; rows ClickHouse rejects are found one by one and reported.
+async fn insert_chunk(
+    writer: &ClickHouseWriter,
+    settings: &Settings,
+    payloads: &BTreeMap<Source, Vec<u8>>,
+    limits: &clickstream_event::Limits,
+    chunk: &[&(Source, &Letter)],
+    out: &mut Replayed,
+) -> Result<(), SinkError> {
+    let events: Vec<(Source, clickstream_event::ClickEventRef<'_>)> = chunk
+        .iter()
+        .filter_map(|(source, letter)| {
+            let at = letter
+                .source_timestamp_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or_else(Utc::now);
+            let payload = payloads.get(source)?;
+            clickstream_event::decode_ref(Some(payload), limits, at)
+                .ok()
+                .map(|e| (source.clone(), e))
+        })
+        .collect();
+    let rows: Vec<RowRef<'_>> = events
+        .iter()
+        .map(|(s, e)| RowRef::of_event(e, &s.topic, s.partition, s.offset))
+        .collect();
+    let token_of = |rows: &[RowRef<'_>]| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for r in rows {
+            for byte in r.kafka_offset.to_le_bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!(
+            "dlq:{}:{}:{}x{hash:016x}",
+            settings.topic,
+            rows.first().map_or(0, |r| r.kafka_partition),
+            rows.len()
+        )
+    };
+    let mut pending: Vec<Vec<RowRef<'_>>> = vec![rows];
+    while let Some(rows) = pending.pop() {
+        if rows.is_empty() {
+            continue;
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let layout = match writer.layout() {
+                Some(l) => l,
+                None => writer
+                    .load_layout()
+                    .await
+                    .map_err(SinkError::clickhouse("read the table's structure"))?,
+            };
+            let sealed = Sealed::encode(Arc::clone(&layout), &rows);
+            let all: Vec<usize> = (0..sealed.len()).collect();
+            match writer.insert(&sealed, &all, Some(&token_of(&rows))).await {
+                Ok(()) => {
+                    out.inserted += rows.len() as u64;
+                    break;
+                }
+                Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
+                Err(Failure::BadData(message)) if rows.len() == 1 => {
+                    let r = &rows[0];
+                    out.rejected.push((
+                        format!(
+                            "{}[{}]@{}",
+                            r.kafka_topic, r.kafka_partition, r.kafka_offset
+                        ),
+                        message,
+                    ));
+                    break;
+                }
+                Err(Failure::BadData(_) | Failure::TooBig { .. }) => {
+                    let half = rows.len() / 2;
+                    pending.push(rows[half..].to_vec());
+                    pending.push(rows[..half].to_vec());
+                    break;
+                }
+                Err(other) => return Err(SinkError::clickhouse("insert replayed letters")(other)),
+            }
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Replayed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would insert"
+        } else {
+            "inserted"
+        };
+        writeln!(
+            f,
+            "dlq replay: {} letters considered; {verb} {}; {} already stored (nothing added)",
+            self.letters, self.inserted, self.already_stored
+        )?;
+        for (reason, n) in &self.still_invalid {
+            writeln!(f, "  still invalid: {n} × {reason}")?;
+        }
+        for (source, error) in self.rejected.iter().take(20) {
+            writeln!(
+                f,
+                "  rejected by ClickHouse again: {source}: {}",
+                shorten(error, 200)
+            )?;
+        }
+        for line in &self.unreadable {
+            writeln!(f, "  cannot replay: {line}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,848 @@
+//! `clickstream-sink replay`: re-read a range of the topic exactly once (after a decoder fix,
+//! a schema change, a bad rollup definition).
+//!
+//! 1. Refuses while the group has active members (the sinks must be stopped).
+//! 2. Finds, per partition, the first offset at or after `--since` (or takes `--from`).
+//! 3. Plans: records the range and, for every rollup, the keys (windows, sessions,
+//!    partitions) the range's rows touch, in ClickHouse (`kafka_replays`,
+//!    `kafka_replay_keys`), so that nothing it needs later is lost with the rows.
+//! 4. Deletes the range's rows from the events table.
+//! 5. Rebuilds every rollup for the recorded keys: deletes their rows and inserts the view's
+//!    own SELECT over the remaining raw rows of those keys. Which column of a rollup is its
+//!    key, and which expression over the raw rows gives it, is declared next to the view in
+//!    clickhouse/schema.sql (`-- rebuild clickstream.<rollup>: <key> = <expression>`).
+//! 6. Resets the group's committed offsets to the range's start.
+//! 7. Records the replay as done. The next sink start re-inserts the range exactly once.
+//!
+//! Every step is recorded (`kafka_replay_steps`) and can run again: a crash between steps
+//! leaves a replay that the next `replay` run finishes first, and a sink refuses to start
+//! while a replay of its topic is unfinished (its rows would be missing until the reset).
+//! Inserts after a replay carry a new generation in their deduplication tokens (the replay's
+//! id): ClickHouse still remembers the tokens of the deleted rows and would drop them again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::ch;
+use super::kafka::OpsKafka;
+use crate::SinkError;
+use crate::settings::Settings;
+
+/// The schema, with its rebuild declarations.
+pub const SCHEMA_SQL: &str = include_str!("../../../clickhouse/schema.sql");
+
+pub const REPLAYS_TABLE: &str = "kafka_replays";
+pub const STEPS_TABLE: &str = "kafka_replay_steps";
+pub const KEYS_TABLE: &str = "kafka_replay_keys";
+
+/// The steps, in order; each is recorded once done.
+pub const STEPS: [&str; 5] = ["planned", "deleted", "rebuilt", "reset", "done"];
+
+/// How to recompute one rollup for some of its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rebuild {
+    /// The rollup table (without database).
+    pub table: String,
+    /// Its key column(s) (e.g. `window_start`, `(kafka_topic, kafka_partition)`).
+    pub key: String,
+    /// The same key computed from a raw row (e.g. `toStartOfMinute(event_time)`).
+    pub expression: String,
+}
+
+/// The rebuild declarations of a schema file: `-- rebuild clickstream.<table>: <key> = <expr>`.
+pub fn rebuild_declarations(schema: &str) -> Vec<Rebuild> {
+    schema
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("-- rebuild "))
+        .filter_map(|rest| {
+            let (table, decl) = rest.split_once(':')?;
+            let (key, expression) = decl.split_once(" = ")?;
+            let table = table.trim();
+            let table = table.rsplit('.').next().unwrap_or(table);
+            Some(Rebuild {
+                table: table.to_owned(),
+                key: key.trim().to_owned(),
+                expression: expression.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Where the replay starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// The first offset of every partition at or after this time.
+    Since(DateTime<Utc>),
+    /// These partitions from these offsets.
+    From(BTreeMap<i32, i64>),
+}
+
+/// One partition of a replay.
+#[derive(Debug, Clone, Serialize, clickhouse::Row, serde::Deserialize)]
+pub struct PlannedPartition {
+    pub kafka_partition: i32,
+    pub from_offset: i64,
+    /// Rows of the range in the table when planned (to delete).
+    pub rows: u64,
+    /// The group's committed offset when planned (-1: none) ...
+    pub committed_before: i64,
+    /// ... and what it is set to (-1: left alone).
+    pub committed_after: i64,
+}
+
+/// A replay: planned, done, or being done.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replay {
+    pub replay_id: u64,
+    pub topic: String,
+    pub group: String,
+    pub partitions: Vec<PlannedPartition>,
+    /// Per rollup, how many of its keys are rebuilt.
+    pub keys: BTreeMap<String, u64>,
+    /// Steps done before this run.
+    pub steps_done_before: Vec<String>,
+    /// Steps done by this run.
+    pub steps_done_now: Vec<String>,
+    pub dry_run: bool,
+    /// Finishing an earlier run that stopped part-way.
+    pub resumed: bool,
+}
+
+/// Why replay refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "consumer group `{group}` has {} active member(s) ({}): stop every sink of the group first \
+         (docker compose stop sink; kubectl scale deployment/clickstream-sink --replicas=0; or \
+         SIGTERM), wait until they left the group, then run replay again",
+        members.len(), members.join(", ")
+    )]
+    ActiveMembers { group: String, members: Vec<String> },
+    #[error("{0}")]
+    NotConfirmed(String),
+    #[error(
+        "materialized view(s) {0} write into rollups without a rebuild declaration: add \
+         `-- rebuild <database>.<rollup>: <key column> = <expression over events>` next to the \
+         view in clickhouse/schema.sql (see the existing ones), or replay cannot keep them equal \
+         to the raw table"
+    )]
+    Undeclared(String),
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ViewRow {
+    name: String,
+    create_table_query: String,
+    as_select: String,
+}
+
+/// A rollup fed by the events table, with what replay needs to rebuild it.
+#[derive(Debug, Clone)]
+struct Rollup {
+    view: String,
+    target: String,
+    rebuild: Option<Rebuild>,
+    select: String,
+}
+
+/// The rollups fed by the events table (the materialized views reading it).
+async fn rollups(
+    client: &clickhouse::Client,
+    settings: &Settings,
+) -> Result<Vec<Rollup>, SinkError> {
+    let views: Vec<ViewRow> = ch("list the materialized views", async {
+        client
+            .query(
+                "SELECT name, create_table_query, as_select FROM system.tables \
+                 WHERE database = ? AND engine = 'MaterializedView' ORDER BY name",
+            )
+            .bind(&settings.database)
+            .fetch_all::<ViewRow>()
+            .await
+    })
+    .await?;
+    let declared = rebuild_declarations(SCHEMA_SQL);
+    let source = format!("{}.{}", settings.database, settings.table);
+    let mut out = Vec::new();
+    for v in views {
+        let reads_events = v.as_select.contains(&format!("FROM {source}"))
+            || v.as_select.contains(&format!(
+                "FROM `{}`.`{}`",
+                settings.database, settings.table
+            ));
+        if !reads_events {
+            continue;
+        }
+        let Some(target) = v
+            .create_table_query
+            .split(" TO ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|t| {
+                t.trim_matches('`')
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(t)
+                    .trim_matches('`')
+                    .to_owned()
+            })
+        else {
+            continue;
+        };
+        out.push(Rollup {
+            view: v.name,
+            rebuild: declared.iter().find(|d| d.table == target).cloned(),
+            target,
+            select: v.as_select,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct IdRow {
+    replay_id: u64,
+}
+
+/// What the sink needs to know of replays at start: the newest replay of its topic (its id
+/// scopes the deduplication tokens), and one left unfinished (the sink must not start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayState {
+    pub generation: u64,
+    pub unfinished: Option<u64>,
+}
+
+/// Reads [`ReplayState`]; tables that do not exist yet mean no replay ever ran.
+pub async fn state(
+    client: &clickhouse::Client,
+    database: &str,
+    topic: &str,
+) -> Result<ReplayState, clickhouse::error::Error> {
+    let tables: u64 = client
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name IN (?, ?)")
+        .bind(database)
+        .bind(REPLAYS_TABLE)
+        .bind(STEPS_TABLE)
+        .fetch_one()
+        .await?;
+    if tables < 2 {
+        return Ok(ReplayState::default());
+    }
+    let planned: Vec<IdRow> = client
+        .query(&format!(
+            "SELECT replay_id FROM `{database}`.{STEPS_TABLE} WHERE kafka_topic = ? \
+             GROUP BY replay_id HAVING has(groupArray(step), 'planned') \
+             AND NOT has(groupArray(step), 'done') ORDER BY replay_id"
+        ))
+        .bind(topic)
+        .fetch_all()
+        .await?;
+    let generation: u64 = client
+        .query(&format!(
+            "SELECT max(replay_id) FROM `{database}`.{STEPS_TABLE} WHERE kafka_topic = ? AND step = 'planned'"
+        ))
+        .bind(topic)
+        .fetch_one()
+        .await?;
+    Ok(ReplayState {
+        generation,
+        unfinished: planned.first().map(|r| r.replay_id),
+    })
+}
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct StepRow<'a> {
+    replay_id: u64,
+    kafka_topic: &'a str,
+    step: &'a str,
+}
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct PlanRow<'a> {
+    replay_id: u64,
+    kafka_topic: &'a str,
+    kafka_group: &'a str,
+    kafka_partition: i32,
+    from_offset: i64,
+    rows: u64,
+    committed_before: i64,
+    committed_after: i64,
+}
+
+/// Options of one `replay` run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub start: Start,
+    pub dry_run: bool,
+    pub yes: bool,
+}
+
+/// A test's way to crash the command right after a step (`CLICKSTREAM_REPLAY_CRASH_AFTER`).
+fn crash_after(step: &str) {
+    if std::env::var("CLICKSTREAM_REPLAY_CRASH_AFTER").is_ok_and(|s| s == step) {
+        eprintln!("replay: crashing after step `{step}` (CLICKSTREAM_REPLAY_CRASH_AFTER)");
+        std::process::abort();
+    }
+}
+
+/// The condition selecting a replay's rows of the events table.
+fn range_condition(topic: &str, partitions: &[PlannedPartition]) -> String {
+    let topic = topic.replace('\\', "\\\\").replace('\'', "\\'");
+    let parts: Vec<String> = partitions
+        .iter()
+        .map(|p| {
+            format!(
+                "(kafka_partition = {} AND kafka_offset >= {})",
+                p.kafka_partition, p.from_offset
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        return "0".to_owned();
+    }
+    format!("kafka_topic = '{topic}' AND ({})", parts.join(" OR "))
+}
+
+/// Runs `replay`: plans (or finds the unfinished one), asks, and carries out every step not
+/// done yet. `confirm` is asked with the plan's text unless `--yes` or `--dry-run`.
+pub async fn replay(
+    settings: &Settings,
+    options: &Options,
+    confirm: impl FnOnce(&Replay) -> bool,
+) -> Result<Replay, ReplayError> {
+    let client = crate::clickhouse_client::client(settings)?;
+    let kafka = OpsKafka::new(settings)?;
+    let topic = settings.topic.clone();
+    let db = format!("`{}`", settings.database);
+    let events = format!("{db}.`{}`", settings.table);
+    check_no_members(&kafka)?;
+    let present: u64 = ch("look for the replay tables", async {
+        client
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN (?, ?, ?)")
+            .bind(&settings.database)
+            .bind(REPLAYS_TABLE)
+            .bind(STEPS_TABLE)
+            .bind(KEYS_TABLE)
+            .fetch_one::<u64>()
+            .await
+    })
+    .await?;
+    if present < 3 {
+        return Err(ReplayError::Usage(format!(
+            "the replay tables ({REPLAYS_TABLE}, {STEPS_TABLE}, {KEYS_TABLE}) are missing in \
+             database {}: apply clickhouse/schema.sql (idempotent) first",
+            settings.database
+        )));
+    }
+
+    let rollups = rollups(&client, settings).await?;
+    let undeclared: Vec<String> = rollups
+        .iter()
+        .filter(|r| r.rebuild.is_none())
+        .map(|r| format!("{} (→ {})", r.view, r.target))
+        .collect();
+    if !undeclared.is_empty() {
+        return Err(Refusal::Undeclared(undeclared.join(", ")).into());
+    }
+
+    let state = state(&client, &settings.database, &topic)
+        .await
+        .map_err(|e| super::ch_error("read the replay state", &e))?;
+    let (mut replay, resumed) = match state.unfinished {
+        Some(id) => (load(&client, settings, id).await?, true),
+        None => (plan(&client, &kafka, settings, options).await?, false),
+    };
+    replay.resumed = resumed;
+    replay.dry_run = options.dry_run;
+    // Keys per rollup: recorded ones, or (not recorded yet) counted from the rows.
+    for r in &rollups {
+        let rebuild = r.rebuild.as_ref().expect("checked above");
+        let n: u64 = if replay.steps_done_before.iter().any(|s| s == "planned") {
+            ch("count the recorded keys", async {
+                client
+                    .query(&format!(
+                        "SELECT uniqExact(key) FROM {db}.{KEYS_TABLE} WHERE replay_id = ? AND rollup = ?"
+                    ))
+                    .bind(replay.replay_id)
+                    .bind(&r.target)
+                    .fetch_one::<u64>()
+                    .await
+            })
+            .await?
+        } else {
+            ch("count the keys the range touches", async {
+                client
+                    .query(&format!(
+                        "SELECT uniqExact(toString({})) FROM {events} WHERE {}",
+                        rebuild.expression,
+                        range_condition(&topic, &replay.partitions)
+                    ))
+                    .fetch_one::<u64>()
+                    .await
+            })
+            .await?
+        };
+        replay.keys.insert(r.target.clone(), n);
+    }
+    if options.dry_run {
+        return Ok(replay);
+    }
+    if !resumed && !options.yes && !confirm(&replay) {
+        return Err(Refusal::NotConfirmed("not confirmed: nothing was changed".into()).into());
+    }
+
+    let done = |step: &str| replay.steps_done_before.iter().any(|s| s == step);
+    let record = |step: &'static str| {
+        let client = client.clone();
+        let topic = topic.clone();
+        let id = replay.replay_id;
+        async move {
+            let mut insert = client.insert::<StepRow<'_>>(STEPS_TABLE).await?;
+            insert
+                .write(&StepRow {
+                    replay_id: id,
+                    kafka_topic: &topic,
+                    step,
+                })
+                .await?;
+            insert.end().await
+        }
+    };
+    let mut now_done = Vec::new();
+    let condition = range_condition(&topic, &replay.partitions);
+
+    if !done("planned") {
+        // The plan and every key the rows touch, before the rows go.
+        let mut insert = client
+            .insert::<PlanRow<'_>>(REPLAYS_TABLE)
+            .await
+            .map_err(|e| super::ch_error("record the plan", &e))?;
+        for p in &replay.partitions {
+            insert
+                .write(&PlanRow {
+                    replay_id: replay.replay_id,
+                    kafka_topic: &topic,
+                    kafka_group: &settings.group,
+                    kafka_partition: p.kafka_partition,
+                    from_offset: p.from_offset,
+                    rows: p.rows,
+                    committed_before: p.committed_before,
+                    committed_after: p.committed_after,
+                })
+                .await
+                .map_err(|e| super::ch_error("record the plan", &e))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| super::ch_error("record the plan", &e))?;
+        record_keys(
+            &client,
+            &db,
+            &events,
+            &rollups,
+            replay.replay_id,
+            &condition,
+        )
+        .await?;
+        record("planned")
+            .await
+            .map_err(|e| super::ch_error("record a step", &e))?;
+        now_done.push("planned".to_owned());
+        crash_after("planned");
+    }
+    if !done("deleted") {
+        check_no_members(&kafka)?;
+        ch("delete the range's rows", async {
+            client
+                .query(&format!("DELETE FROM {events} WHERE {condition}"))
+                .with_setting("lightweight_deletes_sync", "2")
+                .with_setting("mutations_sync", "2")
+                .execute()
+                .await
+        })
+        .await?;
+        record("deleted")
+            .await
+            .map_err(|e| super::ch_error("record a step", &e))?;
+        now_done.push("deleted".to_owned());
+        crash_after("deleted");
+    }
+    if !done("rebuilt") {
+        for r in &rollups {
+            rebuild(&client, &db, r, replay.replay_id).await?;
+        }
+        record("rebuilt")
+            .await
+            .map_err(|e| super::ch_error("record a step", &e))?;
+        now_done.push("rebuilt".to_owned());
+        crash_after("rebuilt");
+    }
+    if !done("reset") {
+        check_no_members(&kafka)?;
+        let offsets: BTreeMap<i32, i64> = replay
+            .partitions
+            .iter()
+            .filter(|p| p.committed_after >= 0)
+            .map(|p| (p.kafka_partition, p.committed_after))
+            .collect();
+        if !offsets.is_empty() {
+            kafka.commit(&topic, &offsets)?;
+        }
+        record("reset")
+            .await
+            .map_err(|e| super::ch_error("record a step", &e))?;
+        now_done.push("reset".to_owned());
+        crash_after("reset");
+    }
+    record("done")
+        .await
+        .map_err(|e| super::ch_error("record a step", &e))?;
+    now_done.push("done".to_owned());
+    replay.steps_done_now = now_done;
+    Ok(replay)
+}
+
+fn check_no_members(kafka: &OpsKafka) -> Result<(), ReplayError> {
+    let members = kafka.members()?;
+    if members.is_empty() {
+        return Ok(());
+    }
+    Err(Refusal::ActiveMembers {
+        group: kafka.group.clone(),
+        members: members
+            .iter()
+            .map(|m| format!("{} on {}", m.client_id, m.host))
+            .collect(),
+    }
+    .into())
+}
+
+/// Records, per rollup, the keys the range's rows touch.
+async fn record_keys(
+    client: &clickhouse::Client,
+    db: &str,
+    events: &str,
+    rollups: &[Rollup],
+    replay_id: u64,
+    condition: &str,
+) -> Result<(), SinkError> {
+    for r in rollups {
+        let rebuild = r.rebuild.as_ref().expect("declared");
+        ch("record the keys the range touches", async {
+            client
+                .query(&format!(
+                    "INSERT INTO {db}.{KEYS_TABLE} (replay_id, rollup, key) \
+                     SELECT {replay_id}, '{}', toString({}) AS key FROM {events} WHERE {condition} GROUP BY key",
+                    r.target, rebuild.expression
+                ))
+                .with_setting("insert_deduplicate", "0")
+                .execute()
+                .await
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes a rollup's rows of the recorded keys and inserts its view's SELECT for them.
+async fn rebuild(
+    client: &clickhouse::Client,
+    db: &str,
+    rollup: &Rollup,
+    replay_id: u64,
+) -> Result<(), SinkError> {
+    let key = &rollup.rebuild.as_ref().expect("declared").key;
+    let keys = format!(
+        "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {replay_id} AND rollup = '{}')",
+        rollup.target
+    );
+    let target = format!("{db}.`{}`", rollup.target);
+    ch("delete a rollup's rows of the replayed keys", async {
+        client
+            .query(&format!(
+                "ALTER TABLE {target} DELETE WHERE toString({key}) IN {keys}"
+            ))
+            .with_setting("mutations_sync", "2")
+            .execute()
+            .await
+    })
+    .await?;
+    let described = ch("read the view's columns", async {
+        client
+            .query(&format!("DESCRIBE ({})", rollup.select))
+            .fetch_bytes("TabSeparated")?
+            .collect()
+            .await
+    })
+    .await?;
+    let columns: Vec<String> = String::from_utf8_lossy(&described)
+        .lines()
+        .filter_map(|l| l.split('\t').next())
+        .filter(|c| !c.is_empty())
+        .map(|c| format!("`{c}`"))
+        .collect();
+    let list = columns.join(", ");
+    ch("insert a rollup's rows of the replayed keys again", async {
+        client
+            .query(&format!(
+                "INSERT INTO {target} ({list}) SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
+                rollup.select
+            ))
+            .with_setting("insert_deduplicate", "0")
+            .execute()
+            .await
+    })
+    .await?;
+    Ok(())
+}
+
+/// A new plan: the offsets per partition, rows to delete, committed offsets before/after.
+async fn plan(
+    client: &clickhouse::Client,
+    kafka: &OpsKafka,
+    settings: &Settings,
+    options: &Options,
+) -> Result<Replay, ReplayError> {
+    let topic = &settings.topic;
+    let partitions = kafka.partitions(topic)?;
+    let starts: BTreeMap<i32, i64> = match &options.start {
+        Start::Since(t) => {
+            let mut out = BTreeMap::new();
+            for &p in &partitions {
+                let (earliest, _) = kafka.range(topic, p)?;
+                out.insert(
+                    p,
+                    kafka
+                        .offset_for_time(topic, p, t.timestamp_millis())?
+                        .max(earliest),
+                );
+            }
+            out
+        }
+        Start::From(from) => {
+            for p in from.keys() {
+                if !partitions.contains(p) {
+                    return Err(ReplayError::Usage(format!(
+                        "--from {p}:…: topic {topic} has no partition {p} (it has {partitions:?})"
+                    )));
+                }
+            }
+            from.clone()
+        }
+    };
+    let committed = kafka.committed(topic, &partitions)?;
+    let events = format!("`{}`.`{}`", settings.database, settings.table);
+    let mut planned = Vec::new();
+    for (&p, &from) in &starts {
+        let rows: u64 = ch("count the range's rows", async {
+            client
+                .query(&format!(
+                    "SELECT count() FROM {events} WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ?"
+                ))
+                .bind(topic)
+                .bind(p)
+                .bind(from)
+                .fetch_one::<u64>()
+                .await
+        })
+        .await?;
+        let before = committed.get(&p).copied().flatten();
+        planned.push(PlannedPartition {
+            kafka_partition: p,
+            from_offset: from,
+            rows,
+            committed_before: before.unwrap_or(-1),
+            // Never forward: what the group has not read yet stays to be read.
+            committed_after: before.map_or(-1, |c| c.min(from)),
+        });
+    }
+    Ok(Replay {
+        replay_id: Utc::now().timestamp_millis() as u64,
+        topic: topic.clone(),
+        group: settings.group.clone(),
+        partitions: planned,
+        keys: BTreeMap::new(),
+        steps_done_before: Vec::new(),
+        steps_done_now: Vec::new(),
+        dry_run: options.dry_run,
+        resumed: false,
+    })
+}
+
+/// An unfinished replay, as recorded.
+async fn load(
+    client: &clickhouse::Client,
+    settings: &Settings,
+    replay_id: u64,
+) -> Result<Replay, SinkError> {
+    let db = &settings.database;
+    let partitions: Vec<PlannedPartition> = ch("read an unfinished replay", async {
+        client
+            .query(&format!(
+                "SELECT kafka_partition, from_offset, rows, committed_before, committed_after \
+                 FROM `{db}`.{REPLAYS_TABLE} WHERE replay_id = ? AND kafka_topic = ? \
+                 ORDER BY kafka_partition LIMIT 1 BY kafka_partition"
+            ))
+            .bind(replay_id)
+            .bind(&settings.topic)
+            .fetch_all::<PlannedPartition>()
+            .await
+    })
+    .await?;
+    let steps: Vec<String> = ch("read an unfinished replay's steps", async {
+        client
+            .query(&format!(
+                "SELECT DISTINCT step FROM `{db}`.{STEPS_TABLE} WHERE replay_id = ? AND kafka_topic = ?"
+            ))
+            .bind(replay_id)
+            .bind(&settings.topic)
+            .fetch_all::<String>()
+            .await
+    })
+    .await?;
+    Ok(Replay {
+        replay_id,
+        topic: settings.topic.clone(),
+        group: settings.group.clone(),
+        partitions,
+        keys: BTreeMap::new(),
+        steps_done_before: STEPS
+            .iter()
+            .filter(|s| steps.iter().any(|d| d == *s))
+            .map(|s| (*s).to_owned())
+            .collect(),
+        steps_done_now: Vec::new(),
+        dry_run: false,
+        resumed: true,
+    })
+}
+
+/// Why `replay` did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Asks on the terminal; without one, refuses (use `--yes`).
+pub fn ask_on_terminal(replay: &Replay) -> bool {
+    if !std::io::stdin().is_terminal() {
+        eprintln!("replay: no terminal to confirm on: run with --yes (or --dry-run to look first)");
+        return false;
+    }
+    eprint!("{replay}Go ahead? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes" | "YES")
+}
+
+impl fmt::Display for Replay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if self.dry_run {
+            "plan (dry run: nothing changed)"
+        } else if self.steps_done_now.iter().any(|s| s == "done") {
+            "done"
+        } else {
+            "plan"
+        };
+        writeln!(
+            f,
+            "replay {} of topic {} (group {}): {status}{}",
+            self.replay_id,
+            self.topic,
+            self.group,
+            if self.resumed {
+                ", finishing a replay that stopped part-way"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "  {:>9} {:>12} {:>12} {:>16} {:>14}",
+            "partition", "from offset", "rows deleted", "committed before", "committed now"
+        )?;
+        for p in &self.partitions {
+            let show = |o: i64| if o < 0 { "-".to_owned() } else { o.to_string() };
+            writeln!(
+                f,
+                "  {:>9} {:>12} {:>12} {:>16} {:>14}",
+                p.kafka_partition,
+                p.from_offset,
+                p.rows,
+                show(p.committed_before),
+                show(p.committed_after)
+            )?;
+        }
+        for (rollup, n) in &self.keys {
+            writeln!(f, "  rollup {rollup}: {n} keys rebuilt from the raw table")?;
+        }
+        if !self.steps_done_before.is_empty() {
+            writeln!(
+                f,
+                "  steps done before: {}",
+                self.steps_done_before.join(", ")
+            )?;
+        }
+        if !self.steps_done_now.is_empty() {
+            writeln!(f, "  steps done now: {}", self.steps_done_now.join(", "))?;
+            writeln!(
+                f,
+                "  next: start the sinks; they re-insert the range exactly once"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rollup_of_the_schema_declares_its_rebuild() {
+        let declared = rebuild_declarations(SCHEMA_SQL);
+        let targets: Vec<&str> = SCHEMA_SQL
+            .lines()
+            .filter(|l| l.starts_with("CREATE MATERIALIZED VIEW"))
+            .filter_map(|l| l.split(" TO ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(|t| t.rsplit('.').next().unwrap_or(t))
+            .collect();
+        assert!(targets.len() >= 5, "{targets:?}");
+        for target in targets {
+            assert!(
+                declared.iter().any(|d| d.table == target),
+                "no `-- rebuild clickstream.{target}: ...` line in clickhouse/schema.sql"
+            );
+        }
+        let events_1m = declared.iter().find(|d| d.table == "events_1m").unwrap();
+        assert_eq!(events_1m.key, "window_start");
+        assert_eq!(events_1m.expression, "toStartOfMinute(event_time)");
+    }
+
+    #[test]
+    fn the_range_condition_names_each_partition_from_its_offset() {
+        let p = |kafka_partition, from_offset| PlannedPartition {
+            kafka_partition,
+            from_offset,
+            rows: 0,
+            committed_before: -1,
+            committed_after: -1,
+        };
+        assert_eq!(
+            range_condition("clicks", &[p(0, 5), p(2, 7)]),
+            "kafka_topic = 'clicks' AND ((kafka_partition = 0 AND kafka_offset >= 5) OR (kafka_partition = 2 AND kafka_offset >= 7))"
+        );
+        assert_eq!(range_condition("clicks", &[]), "0");
+    }
+}

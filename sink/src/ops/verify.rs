@@ -1,0 +1,593 @@
+//! `clickstream-sink verify`: is everything there?
+//!
+//! Per partition of the topic, the offsets Kafka holds are compared with the offsets stored
+//! in ClickHouse and the source offsets in the dead-letter topic:
+//! - **missing**: below the group's committed offset, neither stored nor dead-lettered (and
+//!   still a message in Kafka: an offset with no message, such as a transaction marker, is
+//!   not missing);
+//! - **stored twice**: one offset in more than one row;
+//! - **stored and dead-lettered**: both at once;
+//! - **in flight**: at or after the committed offset, what a running sink has not committed
+//!   yet (stored or not): reported, never a problem.
+//!
+//! And every rollup against an aggregate of the raw table ([`ROLLUP_CHECKS`]), window by
+//! window. The fault suite's oracle calls [`check_rollups`] too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::Message;
+use serde::Serialize;
+
+use super::dlq::{self, Letter};
+use super::kafka::OpsKafka;
+use super::{ch, ranges, show_ranges};
+use crate::SinkError;
+use crate::settings::Settings;
+
+/// Missing ranges this long or shorter are confirmed by reading them from Kafka.
+const CONFIRM_LIMIT: i64 = 100_000;
+
+/// What `verify` found in one partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub partition: i32,
+    /// Kafka's first offset (older ones were deleted by retention).
+    pub earliest: i64,
+    /// One past Kafka's last offset (read, not only as the broker reports it).
+    pub latest: i64,
+    /// The group's committed offset (`None`: the group never committed).
+    pub committed: Option<i64>,
+    /// Where the check starts (`--since`, or `earliest`).
+    pub checked_from: i64,
+    /// Distinct offsets stored in ClickHouse at or after `checked_from`.
+    pub stored: u64,
+    /// Of them, at or after the committed offset (written, not committed yet).
+    pub stored_uncommitted: u64,
+    /// Offsets stored in ClickHouse that Kafka no longer holds (retention): not checkable.
+    pub stored_before_earliest: u64,
+    /// Distinct source offsets in the dead-letter topic at or after `checked_from`.
+    pub dead_lettered: u64,
+    /// Of them, inserted since by `dlq replay` (stored, not a problem).
+    pub replayed_from_dead_letters: u64,
+    /// Below the committed offset, in Kafka, neither stored nor dead-lettered.
+    pub missing: Vec<(i64, i64)>,
+    pub missing_count: u64,
+    /// Missing offsets not read back from Kafka to confirm (too many).
+    pub missing_unconfirmed: u64,
+    /// Offsets stored more than once (offset, rows), the first 100.
+    pub stored_twice: Vec<(i64, u64)>,
+    pub stored_twice_count: u64,
+    /// Offsets both stored and dead-lettered.
+    pub stored_and_dead_lettered: Vec<(i64, i64)>,
+    pub stored_and_dead_lettered_count: u64,
+    /// From the committed offset to the end, not stored yet (the group's lag).
+    pub in_flight: u64,
+}
+
+/// One rollup compared with the raw table.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollupReport {
+    pub rollup: String,
+    /// What is compared (e.g. `sum(events) per window_start`).
+    pub measure: String,
+    /// The total of the measure in the rollup and in the raw table.
+    pub rollup_total: i128,
+    pub raw_total: i128,
+    /// Keys (windows, sessions, partitions) whose values differ, and a few of them.
+    pub differing_keys: u64,
+    pub samples: Vec<String>,
+}
+
+impl RollupReport {
+    pub fn equal(&self) -> bool {
+        self.differing_keys == 0
+    }
+}
+
+/// Everything `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub table: String,
+    pub group: String,
+    pub since: Option<DateTime<Utc>>,
+    pub partitions: Vec<PartitionReport>,
+    /// Dead letters of this topic written more than once (same source offset): counted
+    /// once, not a problem (a replay after a crash may write a letter again).
+    pub dead_letter_repeats: u64,
+    pub rollups: Vec<RollupReport>,
+    /// Every problem, one line each (empty: all is well).
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// A rollup and the raw aggregate it must equal, key by key. `{db}`, `{table}` and
+/// `{since}` (a `DateTime64(3)` literal) are filled in; both queries return `(k String, v)`.
+pub struct RollupCheck {
+    pub rollup: &'static str,
+    pub measure: &'static str,
+    pub rollup_sql: &'static str,
+    pub raw_sql: &'static str,
+}
+
+/// The checks of the rollups in clickhouse/schema.sql.
+pub const ROLLUP_CHECKS: &[RollupCheck] = &[
+    RollupCheck {
+        rollup: "events_1m",
+        measure: "sum(events) of dimension 'all' per window_start = count() per minute",
+        rollup_sql: "SELECT toString(window_start) AS k, toInt128(sum(events)) AS v FROM {db}.events_1m \
+                     WHERE dimension = 'all' AND window_start >= {since} GROUP BY k",
+        raw_sql: "SELECT toString(toDateTime(toStartOfMinute(event_time))) AS k, toInt128(count()) AS v \
+                  FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "events_1m",
+        measure: "sum(events) per (window_start, event_type) = count() per minute and type",
+        rollup_sql: "SELECT concat(toString(window_start), ' ', value) AS k, toInt128(sum(events)) AS v \
+                     FROM {db}.events_1m WHERE dimension = 'event_type' AND window_start >= {since} GROUP BY k",
+        raw_sql: "SELECT concat(toString(toDateTime(toStartOfMinute(event_time))), ' ', toString(event_type)) AS k, \
+                  toInt128(count()) AS v FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "pages_5m",
+        measure: "sum(views) per (window_start, page_url) = page views per 5 minutes and page",
+        rollup_sql: "SELECT concat(toString(window_start), ' ', toString(page_url)) AS k, toInt128(sum(views)) AS v \
+                     FROM {db}.pages_5m WHERE window_start >= {since} GROUP BY k",
+        raw_sql: "SELECT concat(toString(toDateTime(toStartOfFiveMinutes(event_time))), ' ', toString(page_url)) AS k, \
+                  toInt128(count()) AS v FROM {db}.{table} \
+                  WHERE event_type = 'page_view' AND event_time >= {since} GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "sessions",
+        measure: "sum(events) per session_id = count() per session",
+        rollup_sql: "SELECT toString(session_id) AS k, toInt128(sum(events)) AS v FROM {db}.sessions \
+                     WHERE session_id IN (SELECT session_id FROM {db}.{table} WHERE event_time >= {since}) \
+                     GROUP BY k",
+        raw_sql: "SELECT toString(session_id) AS k, toInt128(count()) AS v FROM {db}.{table} \
+                  WHERE session_id IN (SELECT session_id FROM {db}.{table} WHERE event_time >= {since}) \
+                  GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "funnel_5m",
+        measure: "uniqExactMerge(sessions) per window_start = distinct sessions per 5 minutes",
+        rollup_sql: "SELECT toString(window_start) AS k, toInt128(uniqExactMerge(sessions)) AS v \
+                     FROM {db}.funnel_5m WHERE window_start >= {since} GROUP BY k",
+        raw_sql: "SELECT toString(toDateTime(toStartOfFiveMinutes(event_time))) AS k, \
+                  toInt128(uniqExact(session_id)) AS v FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "kafka_progress",
+        measure: "sum(rows) per (topic, partition) = count() per partition",
+        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(sum(rows)) AS v \
+                     FROM {db}.kafka_progress GROUP BY k",
+        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(count()) AS v \
+                  FROM {db}.{table} GROUP BY k",
+    },
+    RollupCheck {
+        rollup: "kafka_progress",
+        measure: "max(max_offset) per (topic, partition) = max(kafka_offset) per partition",
+        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(max_offset)) AS v \
+                     FROM {db}.kafka_progress GROUP BY k",
+        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(kafka_offset)) AS v \
+                  FROM {db}.{table} GROUP BY k",
+    },
+];
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Comparison {
+    differing: u64,
+    rollup_total: i128,
+    raw_total: i128,
+    samples: Vec<String>,
+}
+
+/// Compares every rollup with the raw table (`since`: only windows from then on).
+pub async fn check_rollups(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<RollupReport>, SinkError> {
+    let since = format!(
+        "toDateTime64('{}', 3, 'UTC')",
+        since
+            .unwrap_or(DateTime::UNIX_EPOCH)
+            .format("%Y-%m-%d %H:%M:%S%.3f")
+    );
+    let fill = |sql: &str| {
+        sql.replace("{db}", &format!("`{database}`"))
+            .replace("{table}", &format!("`{table}`"))
+            .replace("{since}", &since)
+    };
+    let mut out = Vec::new();
+    for check in ROLLUP_CHECKS {
+        let sql = format!(
+            "SELECT countIf(r != w) AS differing, sum(r) AS rollup_total, sum(w) AS raw_total, \
+             arraySlice(groupArrayIf(concat(k, ': rollup ', toString(r), ', raw ', toString(w)), r != w), 1, 5) AS samples \
+             FROM (SELECT k, sumIf(v, side = 0) AS r, sumIf(v, side = 1) AS w FROM ( \
+               SELECT k, v, 0 AS side FROM ({}) UNION ALL SELECT k, v, 1 AS side FROM ({}) \
+             ) GROUP BY k)",
+            fill(check.rollup_sql),
+            fill(check.raw_sql)
+        );
+        let c: Comparison = ch("compare a rollup with the raw table", async {
+            client.query(&sql).fetch_one::<Comparison>().await
+        })
+        .await?;
+        out.push(RollupReport {
+            rollup: check.rollup.to_owned(),
+            measure: check.measure.to_owned(),
+            rollup_total: c.rollup_total,
+            raw_total: c.raw_total,
+            differing_keys: c.differing,
+            samples: c.samples,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Island {
+    first: i64,
+    last: i64,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Twice {
+    kafka_offset: i64,
+    rows: u64,
+}
+
+/// Runs the whole check.
+pub async fn verify(
+    settings: &Settings,
+    since: Option<DateTime<Utc>>,
+) -> Result<Report, SinkError> {
+    let client = crate::clickhouse_client::client(settings)?;
+    let kafka = OpsKafka::new(settings)?;
+    let topic = settings.topic.clone();
+    let partitions = kafka.partitions(&topic)?;
+    let committed = kafka.committed(&topic, &partitions)?;
+
+    // The dead letters of this topic, once each.
+    let letters = dlq::read_letters(&kafka, &settings.dlq_topic)?;
+    let mut lettered: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
+    let mut dead_letter_repeats = 0;
+    for Letter { source, .. } in &letters {
+        let Some(source) = source else { continue };
+        if source.topic != topic {
+            continue;
+        }
+        if !lettered
+            .entry(source.partition)
+            .or_default()
+            .insert(source.offset)
+        {
+            dead_letter_repeats += 1;
+        }
+    }
+
+    let replayed = dlq::replayed_offsets(settings).await?;
+    let table = format!("`{}`.`{}`", settings.database, settings.table);
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for &p in &partitions {
+        let (earliest, reported_latest) = kafka.range(&topic, p)?;
+        let latest = kafka.end_by_reading(&topic, p, reported_latest.max(earliest))?;
+        let committed = committed.get(&p).copied().flatten();
+        let checked_from = match since {
+            Some(t) => kafka
+                .offset_for_time(&topic, p, t.timestamp_millis())?
+                .max(earliest),
+            None => earliest,
+        };
+        let islands: Vec<Island> = ch("read the stored offsets", async {
+            client
+                .query(&format!(
+                    "SELECT min(kafka_offset) AS first, max(kafka_offset) AS last FROM ( \
+                       SELECT kafka_offset, kafka_offset - toInt64(row_number() OVER (ORDER BY kafka_offset)) AS island \
+                       FROM (SELECT DISTINCT kafka_offset FROM {table} \
+                             WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ?)) \
+                     GROUP BY island ORDER BY first"
+                ))
+                .bind(&topic)
+                .bind(p)
+                .bind(checked_from)
+                .fetch_all::<Island>()
+                .await
+        })
+        .await?;
+        let stored_before_earliest: u64 = if since.is_none() {
+            ch("count the stored offsets before Kafka's earliest", async {
+                client
+                    .query(&format!(
+                        "SELECT uniqExact(kafka_offset) FROM {table} \
+                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset < ?"
+                    ))
+                    .bind(&topic)
+                    .bind(p)
+                    .bind(earliest)
+                    .fetch_one::<u64>()
+                    .await
+            })
+            .await?
+        } else {
+            0
+        };
+        let twice: Vec<Twice> = ch("find offsets stored twice", async {
+            client
+                .query(&format!(
+                    "SELECT kafka_offset, count() AS rows FROM {table} \
+                     WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? \
+                     GROUP BY kafka_offset HAVING rows > 1 ORDER BY kafka_offset"
+                ))
+                .bind(&topic)
+                .bind(p)
+                .bind(checked_from)
+                .fetch_all::<Twice>()
+                .await
+        })
+        .await?;
+
+        let stored_ranges: Vec<(i64, i64)> = islands.iter().map(|i| (i.first, i.last)).collect();
+        let is_stored = |o: i64| {
+            let at = stored_ranges.partition_point(|&(_, last)| last < o);
+            stored_ranges.get(at).is_some_and(|&(first, _)| first <= o)
+        };
+        let stored: u64 = stored_ranges.iter().map(|(a, b)| (b - a + 1) as u64).sum();
+        let upto = committed.unwrap_or(checked_from).max(checked_from);
+        let stored_uncommitted: u64 = stored_ranges
+            .iter()
+            .map(|&(a, b)| {
+                let a = a.max(upto);
+                if b >= a { (b - a + 1) as u64 } else { 0 }
+            })
+            .sum();
+        let empty = BTreeSet::new();
+        let letters_here: Vec<i64> = lettered
+            .get(&p)
+            .unwrap_or(&empty)
+            .range(checked_from..)
+            .copied()
+            .collect();
+        // Stored and lettered: a problem, unless `dlq replay` inserted it.
+        let replayed_here = letters_here
+            .iter()
+            .filter(|&&o| replayed.contains(&(p, o)) && is_stored(o))
+            .count() as u64;
+        let both: Vec<i64> = letters_here
+            .iter()
+            .copied()
+            .filter(|&o| is_stored(o) && !replayed.contains(&(p, o)))
+            .collect();
+
+        // Gaps of [checked_from, upto) not covered by stored ranges or letters.
+        let letter_set: BTreeSet<i64> = letters_here.iter().copied().collect();
+        let mut gaps: Vec<(i64, i64)> = Vec::new();
+        let mut at = checked_from;
+        for &(a, b) in stored_ranges.iter().chain(std::iter::once(&(upto, upto))) {
+            let gap_end = a.min(upto);
+            if gap_end > at {
+                let offsets = (at..gap_end).filter(|o| !letter_set.contains(o));
+                gaps.extend(ranges(offsets));
+            }
+            at = at.max(b + 1);
+            if at >= upto {
+                break;
+            }
+        }
+        // Confirm with Kafka: an offset with no message there is not missing.
+        let mut missing: Vec<(i64, i64)> = Vec::new();
+        let mut unconfirmed = 0u64;
+        let mut budget = CONFIRM_LIMIT;
+        for (a, b) in gaps {
+            let length = b - a + 1;
+            if length > budget {
+                unconfirmed += length as u64;
+                missing.push((a, b));
+                continue;
+            }
+            budget -= length;
+            let mut present = Vec::new();
+            kafka.read(&topic, &[(p, a)], |m| {
+                if m.offset() > b {
+                    return false;
+                }
+                present.push(m.offset());
+                m.offset() < b
+            })?;
+            missing.extend(ranges(present));
+        }
+        let missing_count: u64 = missing.iter().map(|(a, b)| (b - a + 1) as u64).sum();
+        let in_flight = ((latest - upto).max(0) as u64).saturating_sub(stored_uncommitted);
+
+        let name = format!("{topic}[{p}]");
+        if missing_count > 0 {
+            problems.push(format!(
+                "{name}: {missing_count} offsets below the committed offset {upto} are neither in {table} nor in the dead-letter topic: {}{}",
+                show_ranges(&missing, 10),
+                if unconfirmed > 0 {
+                    format!(" ({unconfirmed} of them not read back from Kafka to confirm)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if !twice.is_empty() {
+            let extra: u64 = twice.iter().map(|t| t.rows - 1).sum();
+            problems.push(format!(
+                "{name}: {} offsets are stored more than once ({extra} extra rows), first: {}",
+                twice.len(),
+                twice
+                    .iter()
+                    .take(10)
+                    .map(|t| format!("{} ×{}", t.kafka_offset, t.rows))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !both.is_empty() {
+            problems.push(format!(
+                "{name}: {} offsets are both stored and dead-lettered: {}",
+                both.len(),
+                show_ranges(&ranges(both.iter().copied()), 10)
+            ));
+        }
+        reports.push(PartitionReport {
+            partition: p,
+            earliest,
+            latest,
+            committed,
+            checked_from,
+            stored,
+            stored_uncommitted,
+            stored_before_earliest,
+            dead_lettered: letters_here.len() as u64,
+            replayed_from_dead_letters: replayed_here,
+            missing,
+            missing_count,
+            missing_unconfirmed: unconfirmed,
+            stored_twice_count: twice.len() as u64,
+            stored_twice: twice
+                .iter()
+                .take(100)
+                .map(|t| (t.kafka_offset, t.rows))
+                .collect(),
+            stored_and_dead_lettered_count: both.len() as u64,
+            stored_and_dead_lettered: ranges(both),
+            in_flight,
+        });
+    }
+
+    let rollups = check_rollups(&client, &settings.database, &settings.table, since).await?;
+    for r in rollups.iter().filter(|r| !r.equal()) {
+        problems.push(format!(
+            "rollup {}: {} keys differ from the raw table ({}; rollup total {}, raw {}), e.g. {}",
+            r.rollup,
+            r.differing_keys,
+            r.measure,
+            r.rollup_total,
+            r.raw_total,
+            r.samples.join("; ")
+        ));
+    }
+    Ok(Report {
+        topic,
+        dead_letter_topic: settings.dlq_topic.clone(),
+        table,
+        group: settings.group.clone(),
+        since,
+        partitions: reports,
+        dead_letter_repeats,
+        rollups,
+        problems,
+    })
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "verify: topic {} (group {}) against {} and dead-letter topic {}{}",
+            self.topic,
+            self.group,
+            self.table,
+            self.dead_letter_topic,
+            self.since
+                .map(|s| format!(", since {}", s.to_rfc3339()))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            f,
+            "  {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>9}",
+            "partition",
+            "from",
+            "committed",
+            "end",
+            "stored",
+            "lettered",
+            "missing",
+            "twice",
+            "both",
+            "in flight"
+        )?;
+        for p in &self.partitions {
+            writeln!(
+                f,
+                "  {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>9}",
+                p.partition,
+                p.checked_from,
+                p.committed
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                p.latest,
+                p.stored,
+                p.dead_lettered,
+                p.missing_count,
+                p.stored_twice_count,
+                p.stored_and_dead_lettered_count,
+                p.in_flight,
+            )?;
+        }
+        let replayed: u64 = self
+            .partitions
+            .iter()
+            .map(|p| p.replayed_from_dead_letters)
+            .sum();
+        if replayed > 0 {
+            writeln!(
+                f,
+                "  {replayed} dead-lettered offsets were inserted since by `dlq replay` (stored)"
+            )?;
+        }
+        let before: u64 = self
+            .partitions
+            .iter()
+            .map(|p| p.stored_before_earliest)
+            .sum();
+        if before > 0 {
+            writeln!(
+                f,
+                "  {before} stored offsets are older than what Kafka still holds (retention): not checked"
+            )?;
+        }
+        if self.dead_letter_repeats > 0 {
+            writeln!(
+                f,
+                "  {} dead letters were written more than once (counted once)",
+                self.dead_letter_repeats
+            )?;
+        }
+        writeln!(f, "  rollups:")?;
+        for r in &self.rollups {
+            writeln!(
+                f,
+                "    {:<15} {} ({}: rollup {}, raw {})",
+                r.rollup,
+                if r.equal() { "equal" } else { "DIFFERS" },
+                r.measure,
+                r.rollup_total,
+                r.raw_total
+            )?;
+        }
+        if self.ok() {
+            writeln!(
+                f,
+                "OK: every offset is stored once or dead-lettered, every rollup equals the raw table"
+            )
+        } else {
+            writeln!(f, "PROBLEMS ({}):", self.problems.len())?;
+            for problem in &self.problems {
+                writeln!(f, "  - {problem}")?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The operations commands against the real broker and engine: `verify` finds what is wrong
+//! (and only that), `replay` re-inserts a range exactly once even when it is killed between
+//! its steps, `dlq replay` inserts letters valid now exactly once.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clickstream_sink::ops::kafka::OpsKafka;
+use clickstream_sink::ops::{dlq, verify};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{Harness, event, messages, spawn_sink};
+
+/// Runs `clickstream-sink <args>` with the harness's settings.
+fn sink_command(h: &Harness, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clickstream-sink"));
+    command.args(args).envs(h.env());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    command.output().expect("run clickstream-sink")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs the sink until the table holds `rows`, then stops it (committing).
+async fn drain(h: &Harness, rows: u64) {
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(rows, Duration::from_secs(120)).await;
+    stop.cancel();
+    sink.await.expect("sink task").expect("clean shutdown");
+}
+
+/// Waits until the group has no member (a stopped sink leaves at once; a killed one after
+/// its session timeout).
+async fn wait_group_empty(h: &Harness) {
+    let kafka = OpsKafka::new(&h.settings()).expect("ops consumer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kafka.members().expect("members").is_empty() {
+        assert!(Instant::now() < deadline, "the group still has members");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_reports_missing_twice_both_and_a_differing_rollup() {
+    let h = Harness::new("it_verify").await;
+    let mut batch = messages(0..600);
+    batch.insert(100, ("poison".into(), b"{not json".to_vec()));
+    h.produce(&batch).await;
+    drain(&h, 600).await;
+    let letter = h.dead_letters(1).await.remove(0);
+    let (letter_partition, letter_offset): (i32, i64) = (
+        letter.header("source_partition").parse().unwrap(),
+        letter.header("source_offset").parse().unwrap(),
+    );
+
+    let settings = h.settings();
+    let report = verify::verify(&settings, None).await.expect("verify");
+    assert!(report.ok(), "a clean run verifies clean:\n{report}");
+    let stored: u64 = report.partitions.iter().map(|p| p.stored).sum();
+    let lettered: u64 = report.partitions.iter().map(|p| p.dead_lettered).sum();
+    assert_eq!((stored, lettered), (600, 1), "{report}");
+    for p in &report.partitions {
+        assert_eq!(p.committed, Some(p.latest), "all committed: {report}");
+        assert_eq!(p.in_flight, 0);
+    }
+    assert!(report.rollups.iter().all(verify::RollupReport::equal));
+
+    // Damage it as an operator's mistake or a bug would: rows gone, a row twice, a row at a
+    // dead-lettered offset.
+    let sql = |s: String| {
+        let client = h.client.clone();
+        async move {
+            client
+                .query(&s)
+                .with_setting("insert_deduplicate", "0")
+                .with_setting("mutations_sync", "2")
+                .execute()
+                .await
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        }
+    };
+    sql(
+        "ALTER TABLE events DELETE WHERE kafka_partition = 0 AND kafka_offset BETWEEN 10 AND 19"
+            .into(),
+    )
+    .await;
+    sql(
+        "INSERT INTO events SELECT * FROM events WHERE kafka_partition = 1 AND kafka_offset = 5"
+            .into(),
+    )
+    .await;
+    let donor = if letter_partition == 2 { 1 } else { 2 };
+    sql(format!(
+        "INSERT INTO events SELECT * REPLACE ({letter_partition} AS kafka_partition, {letter_offset} AS kafka_offset) \
+         FROM (SELECT * FROM events WHERE kafka_partition = {donor} AND kafka_offset = 7)"
+    ))
+    .await;
+
+    let report = verify::verify(&settings, None).await.expect("verify");
+    assert!(!report.ok());
+    let part = |n: i32| report.partitions.iter().find(|p| p.partition == n).unwrap();
+    assert_eq!(part(0).missing, vec![(10, 19)], "{report}");
+    assert_eq!(part(0).missing_count, 10);
+    assert_eq!(part(1).stored_twice, vec![(5, 2)], "{report}");
+    assert_eq!(
+        part(letter_partition).stored_and_dead_lettered,
+        vec![(letter_offset, letter_offset)],
+        "{report}"
+    );
+    // The deleted rows are still in the rollups (a DELETE does not reach them).
+    let events_1m = report
+        .rollups
+        .iter()
+        .find(|r| r.rollup == "events_1m")
+        .unwrap();
+    assert!(!events_1m.equal(), "{report}");
+    assert_eq!(events_1m.rollup_total - events_1m.raw_total, 10);
+    assert_eq!(
+        report.problems.len(),
+        3 + report.rollups.iter().filter(|r| !r.equal()).count()
+    );
+
+    // The command: exit 1, the same findings as JSON.
+    let out = sink_command(&h, &["verify", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(
+        json["partitions"][0]["missing"],
+        serde_json::json!([[10, 19]])
+    );
+    assert!(json["problems"].as_array().unwrap().len() >= 3);
+    // Bad usage: exit 2.
+    let out = sink_command(&h, &["verify", "--since", "yesterday-ish"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_reinserts_a_range_exactly_once_even_when_killed_between_steps() {
+    let h = Harness::new("it_replay").await;
+    h.produce(&messages(0..900)).await;
+    drain(&h, 900).await;
+
+    // While a sink of the group runs, replay refuses and changes nothing.
+    let (stop, sink) = spawn_sink(h.settings());
+    let kafka = OpsKafka::new(&h.settings()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // (Until the sink's join completed: leaving in the middle of a join confuses the test
+    // broker's group.)
+    while kafka.group_state().unwrap().0 != "Stable" {
+        assert!(Instant::now() < deadline, "the sink did not join");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = sink_command(&h, &["replay", "--from", "0:20", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("active member"),
+        "{}",
+        text(&out.stderr)
+    );
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+    wait_group_empty(&h).await;
+    assert_eq!(h.count("SELECT count() FROM events").await, 900);
+
+    // A dry run shows the plan and changes nothing.
+    let out = sink_command(
+        &h,
+        &[
+            "replay",
+            "--from",
+            "0:20",
+            "--from",
+            "2:30",
+            "--dry-run",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let in_range = h
+        .count("SELECT count() FROM events WHERE (kafka_partition = 0 AND kafka_offset >= 20) OR (kafka_partition = 2 AND kafka_offset >= 30)")
+        .await;
+    let planned: u64 = plan["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(planned, in_range);
+    assert!(in_range > 100);
+    assert_eq!(h.count("SELECT count() FROM events").await, 900);
+
+    for step in ["planned", "deleted", "rebuilt", "reset"] {
+        let started = Utc::now();
+        let out = sink_command(
+            &h,
+            &["replay", "--from", "0:20", "--from", "2:30", "--yes"],
+            &[("CLICKSTREAM_REPLAY_CRASH_AFTER", step)],
+        );
+        assert!(
+            !out.status.success(),
+            "the replay should have crashed after {step}"
+        );
+
+        // A sink does not start on a half-done replay, and says what to do.
+        let error = clickstream_sink::run(h.settings(), CancellationToken::new())
+            .await
+            .expect_err("the sink must refuse to start");
+        let message = error.to_string();
+        assert!(
+            message.contains("stopped part-way") && message.contains("clickstream-sink replay"),
+            "{message}"
+        );
+
+        // The next run finishes it.
+        let out = sink_command(
+            &h,
+            &["replay", "--from", "0:20", "--from", "2:30", "--yes"],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("stopped part-way") && stdout.contains("done"),
+            "{stdout}"
+        );
+        let rollups = verify::check_rollups(&h.client, &h.database, "events", None)
+            .await
+            .unwrap();
+        assert!(
+            rollups.iter().all(verify::RollupReport::equal),
+            "after {step}: {rollups:?}"
+        );
+        assert_eq!(h.committed_offsets()[&0], 20, "after {step}");
+        assert_eq!(h.committed_offsets()[&2], 30, "after {step}");
+
+        // The sink puts the range back exactly once (its rows are new: inserted after the
+        // replay started), and everything verifies.
+        drain(&h, 900).await;
+        h.assert_exactly_once(900).await;
+        let reinserted = h
+            .count(&format!(
+                "SELECT count() FROM events WHERE ((kafka_partition = 0 AND kafka_offset >= 20) OR (kafka_partition = 2 AND kafka_offset >= 30)) \
+                 AND inserted_at >= toDateTime64('{}', 3, 'UTC')",
+                started.format("%Y-%m-%d %H:%M:%S%.3f")
+            ))
+            .await;
+        assert_eq!(
+            reinserted, in_range,
+            "after a crash after {step}: the range was inserted again"
+        );
+        let report = verify::verify(&h.settings(), None).await.unwrap();
+        assert!(report.ok(), "after {step}:\n{report}");
+        wait_group_empty(&h).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dlq_replay_inserts_letters_valid_now_exactly_once() {
+    let h = Harness::new("it_dlq_replay").await;
+    let hours_ago = Utc::now() - chrono::Duration::hours(2);
+    let mut batch = messages(0..300);
+    for i in 300..340 {
+        let e = event(i, hours_ago);
+        batch.push((e.user_id.clone(), e.to_json()));
+    }
+    for n in 0..5 {
+        batch.push((format!("poison_{n}"), b"{not json".to_vec()));
+    }
+    h.produce(&batch).await;
+
+    // A sink that takes only the last 10 minutes dead-letters the late events.
+    let mut strict = h.settings();
+    strict.max_event_age_s = 600;
+    let (stop, sink) = spawn_sink(strict);
+    h.wait_rows(300, Duration::from_secs(120)).await;
+    h.dead_letters(45).await;
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+
+    let settings = h.settings();
+    let inspection = dlq::inspect(&settings, &[], None, 2).await.unwrap();
+    assert_eq!(inspection.letters, 45, "{inspection}");
+    assert_eq!(
+        inspection.by_reason["timestamp_out_of_window"], 40,
+        "{inspection}"
+    );
+    assert_eq!(inspection.by_reason["invalid_json"], 5);
+    assert_eq!(inspection.samples["invalid_json"].len(), 2);
+
+    // With today's settings (7 days) the late events are valid: inserted once, under their
+    // source offsets; the poison stays where it is.
+    let done = dlq::replay(&settings, &[], None, false).await.unwrap();
+    assert_eq!(done.inserted, 40, "{done}");
+    assert_eq!(done.still_invalid["invalid_json"], 5);
+    assert!(!done.ok());
+    h.assert_exactly_once(340).await;
+    // Twice is the same as once.
+    let again = dlq::replay(&settings, &[], None, false).await.unwrap();
+    assert_eq!((again.inserted, again.already_stored), (0, 40), "{again}");
+    h.assert_exactly_once(340).await;
+
+    // verify: the replayed letters count as stored, not as stored and dead-lettered.
+    let report = verify::verify(&settings, None).await.unwrap();
+    assert!(report.ok(), "{report}");
+    let replayed: u64 = report
+        .partitions
+        .iter()
+        .map(|p| p.replayed_from_dead_letters)
+        .sum();
+    assert_eq!(replayed, 40, "{report}");
+
+    // The command, limited to one reason: exit 0 when every letter considered is stored.
+    let out = sink_command(
+        &h,
+        &["dlq", "replay", "--reason", "timestamp_out_of_window"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("40 already stored"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = sink_command(&h, &["dlq", "inspect", "--json"], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["replayed"], 40);
+}
