@@ -41,7 +41,9 @@
 pub mod batch;
 pub mod clickhouse_client;
 pub mod dead_letter;
+pub mod dedup_guard;
 pub mod flush;
+pub mod freshness;
 pub mod http;
 pub mod intake;
 pub mod kafka_auth;
