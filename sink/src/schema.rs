@@ -13,8 +13,10 @@
 //!
 //! `kafka_timestamp` (the message's timestamp) is written when the table has it, as an
 //! ordinary or DEFAULT column: a table made before the column existed is still written, with
-//! the columns it has (`clickhouse/schema.sql` adds the column with an idempotent ALTER; the
-//! first insert after that ALTER is refused with `Code: 117` and re-encoded, like any ALTER).
+//! the columns it has. `clickhouse/schema.sql` adds the column with an idempotent ALTER; a sink
+//! that is running then keeps its structure (inserting fewer columns is not refused) and writes
+//! the column from its next start or structure reload: rows in between read 1970 there, which
+//! the latency queries leave out.
 
 use std::fmt::Write as _;
 
