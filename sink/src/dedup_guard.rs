@@ -97,11 +97,19 @@ fn windows(
     non_replicated_default: u64,
     replicated_default: u64,
 ) -> Vec<TableWindow> {
-    let source = format!("{database}.{table}");
+    let from = format!("FROM {database}.{table}");
     let mut reached = vec![table.to_owned()];
-    for view in tables.iter().filter(|t| t.engine == "MaterializedView") {
+    let views: Vec<&TableRow> = tables
+        .iter()
+        .filter(|t| t.engine == "MaterializedView")
+        .collect();
+    for view in &views {
         let query = view.create_table_query.replace('`', "");
-        if !query.contains(&format!("FROM {source}")) {
+        // `FROM db.events`, not `FROM db.events_1m`.
+        let reads_table = query.match_indices(&from).any(|(at, _)| {
+            !query[at + from.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !reads_table {
             continue;
         }
         if let Some(target) = query
@@ -110,6 +118,17 @@ fn windows(
         {
             reached.push(target.trim_end_matches(['(', ';']).to_owned());
         }
+    }
+    if views.is_empty() {
+        // A user without grants on the views does not see them in system.tables (the sink's
+        // user of clickhouse/users.sql): it sees the tables it may write, which are the views'
+        // targets. Take them all.
+        reached.extend(
+            tables
+                .iter()
+                .filter(|t| t.name != table)
+                .map(|t| t.name.clone()),
+        );
     }
     reached
         .iter()
@@ -291,6 +310,12 @@ mod tests {
                 "",
                 "CREATE MATERIALIZED VIEW db.other_mv TO db.unrelated AS SELECT 1 FROM db.elsewhere",
             ),
+            table(
+                "hourly_mv",
+                "MaterializedView",
+                "",
+                "CREATE MATERIALIZED VIEW db.hourly_mv TO db.unrelated AS SELECT 1 FROM db.events_1m",
+            ),
         ];
         let found = windows("db", "events", &tables, 0, 100);
         let pairs: Vec<(&str, u64)> = found.iter().map(|t| (t.table.as_str(), t.window)).collect();
@@ -309,6 +334,24 @@ mod tests {
             "",
         )];
         assert_eq!(windows("db", "events", &replicated, 0, 100)[0].window, 100);
+        // Views not visible (no grant on them): every visible MergeTree table counts.
+        let visible: Vec<TableRow> = tables
+            .iter()
+            .filter(|t| t.engine != "MaterializedView")
+            .cloned()
+            .collect();
+        let found = windows("db", "events", &visible, 7, 100);
+        let names: Vec<&str> = found.iter().map(|t| t.table.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "db.events",
+                "db.events_1m",
+                "db.kafka_progress",
+                "db.unrelated"
+            ]
+        );
+        assert_eq!(found[3].window, 7, "the server default");
     }
 
     #[test]
