@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS clickstream.events_local ON CLUSTER '{cluster}'
     kafka_topic     LowCardinality(String),
     kafka_partition Int32,
     kafka_offset    Int64 CODEC(Delta, ZSTD(1)),
+    kafka_timestamp DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
     inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/clickstream/events', '{replica}')
@@ -55,6 +56,13 @@ ENGINE = Distributed('{cluster}', clickstream, events_local, cityHash64(session_
 
 ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
     ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+-- Tables made before kafka_timestamp existed (schema.sql says why): the local table, then the
+-- Distributed one, which must list the column too.
+ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS kafka_timestamp DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)) AFTER kafka_offset;
+ALTER TABLE clickstream.events ON CLUSTER '{cluster}'
+    ADD COLUMN IF NOT EXISTS kafka_timestamp DateTime64(3, 'UTC') AFTER kafka_offset;
 
 CREATE TABLE IF NOT EXISTS clickstream.events_1m_local ON CLUSTER '{cluster}'
 (

@@ -23,8 +23,12 @@ CREATE DATABASE IF NOT EXISTS clickstream;
 --   tight, and the low-cardinality type first compresses well.
 -- * PARTITION BY day of event time: late events land in their own day's partition, the TTL
 --   drops whole partitions, and a day is a sensible unit to detach or back up.
--- * event_time is event time (from the producer), inserted_at is when the row became
---   queryable: `inserted_at - event_time` is the event-to-queryable latency, in plain SQL.
+-- * event_time is event time (from the producer), kafka_timestamp the Kafka message's
+--   timestamp (CreateTime or LogAppendTime, whichever the topic keeps; the time the sink read
+--   the message for the rare message without one), inserted_at is when the row became
+--   queryable. So `inserted_at - kafka_timestamp` is the pipeline latency (Kafka to
+--   queryable) and `kafka_timestamp - event_time` the event's lateness (a client that sent it
+--   hours later): two numbers, so one late event does not look like a slow pipeline.
 -- * Codecs: Delta + ZSTD for the near-monotonic times and offsets, T64 for small integers;
 --   LowCardinality for the dimensions the dashboards group by (a few dozen values each).
 -- * TTL 90 days on the raw rows; the rollups below keep 400 days, so the dashboards' long
@@ -53,6 +57,7 @@ CREATE TABLE IF NOT EXISTS clickstream.events
     kafka_topic     LowCardinality(String),
     kafka_partition Int32,
     kafka_offset    Int64 CODEC(Delta, ZSTD(1)),
+    kafka_timestamp DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
     inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))
 )
 ENGINE = MergeTree
@@ -66,6 +71,12 @@ SETTINGS non_replicated_deduplication_window = 1000;
 -- the newest granules. An ALTER (idempotent) so that existing tables get it too.
 ALTER TABLE clickstream.events
     ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+-- Tables made before kafka_timestamp existed get it here (idempotent). Their older rows read
+-- 1970-01-01 in it: the latency queries keep to rows with a kafka_timestamp. A sink still
+-- works on a table without the column (it writes the columns the live table has).
+ALTER TABLE clickstream.events
+    ADD COLUMN IF NOT EXISTS kafka_timestamp DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)) AFTER kafka_offset;
 
 -- ============================================================================================
 -- Rollups: materialized views keyed on EVENT time (event_time), not insert time, so a late

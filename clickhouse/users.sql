@@ -38,6 +38,9 @@ GRANT INSERT ON clickstream.kafka_progress TO clickstream_sink;
 -- which columns does it have now (the sink follows benign ALTERs).
 GRANT SELECT ON system.tables TO clickstream_sink;
 GRANT SELECT ON system.columns TO clickstream_sink;
+-- The deduplication-window guard reads the server's default windows (README, "Freshness and the
+-- deduplication-window guard").
+GRANT SELECT ON system.merge_tree_settings TO clickstream_sink;
 
 -- Grafana and ad-hoc queries: read only, and bounded ---------------------------------------
 -- readonly = 2 (not 1) because the Grafana plugin and clickhouse-client send per-query

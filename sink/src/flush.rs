@@ -474,7 +474,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                     })?;
                 again.push(
                     || layout.clone(),
-                    &RowRef::of_event(&event, &self.topic, partition, message.offset),
+                    &RowRef::of_event(&event, &self.topic, partition, message.offset)
+                        .with_kafka_timestamp(message.timestamp_ms),
                 );
             }
         }

@@ -475,8 +475,10 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     self.metrics.duplicate_event_ids.inc();
                     tracing::debug!(partition, offset, earlier, event_id = %event.event_id, "event id seen again");
                 }
-                // Encoded once, here, into the partition's insert buffer.
-                let row = RowRef::of_event(&event, &self.topic, partition, offset);
+                // Encoded once, here, into the partition's insert buffer, with the message's
+                // timestamp (none: the time it is encoded, i.e. read).
+                let row = RowRef::of_event(&event, &self.topic, partition, offset)
+                    .with_kafka_timestamp(message.timestamp().to_millis());
                 let writer = &self.writer;
                 batcher.push_row(partition, epoch, offset, now, |rows| {
                     rows.push(

@@ -29,19 +29,27 @@
 //!   table) or isolated (rejected rows); what cannot resolve itself stops the sink with an
 //!   error that says what to do; no progress for `stall_timeout_ms` makes it report itself
 //!   stalled ([`stall`]).
+//! - **Freshness is a number**: each row carries its Kafka message time (`kafka_timestamp`,
+//!   where the table has the column), so pipeline latency and event lateness are apart;
+//!   per-partition gauges say how new the newest written event is and how long a partition
+//!   with lag has gone without an insert ([`freshness`]); [`dedup_guard`] warns before a replay
+//!   could reach past the tables' deduplication windows.
 //!
 //! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop, the write
 //! tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
 //! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
 //! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes;
 //! its client: [`clickhouse_client`]) · [`refetch`] (messages read back) · [`dead_letter`] ·
-//! [`ownership`] (rebalances, fencing) · [`retry`] · [`stall`] · [`metrics`] · [`http`] ·
+//! [`ownership`] (rebalances, fencing) · [`retry`] · [`stall`] · [`freshness`] ·
+//! [`dedup_guard`] · [`metrics`] · [`http`] ·
 //! [`kafka_auth`] (refused logins stop the sink).
 
 pub mod batch;
 pub mod clickhouse_client;
 pub mod dead_letter;
+pub mod dedup_guard;
 pub mod flush;
+pub mod freshness;
 pub mod http;
 pub mod intake;
 pub mod kafka_auth;

@@ -3,11 +3,17 @@
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::freshness::Freshness;
+
 type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +62,18 @@ pub struct Metrics {
     /// Rows a refused insert left in the table without their rollups, deleted before
     /// inserting them again.
     pub partial_rows_removed: Counter,
+    /// Newest event time among the rows written, by partition (unix seconds).
+    pub newest_event_time_seconds: Family<Labels, FloatGauge>,
+    /// Seconds since the partition's last insert while it has lag (0 when caught up).
+    pub seconds_since_insert: Family<Labels, FloatGauge>,
+    /// What the freshness gauges are computed from ([`crate::freshness`]).
+    pub freshness: Mutex<Freshness>,
+    /// Inserts a replay could reach back over ([`crate::dedup_guard`]).
+    pub dedup_window_reach: Gauge,
+    /// The smallest deduplication window of the tables written (-1: not known).
+    pub dedup_window: Gauge,
+    /// 1 while the reach is above half the window.
+    pub dedup_window_at_risk: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,6 +110,12 @@ impl Metrics {
             dead_letters_repeated: Counter::default(),
             duplicate_event_ids: Counter::default(),
             partial_rows_removed: Counter::default(),
+            newest_event_time_seconds: Family::default(),
+            seconds_since_insert: Family::default(),
+            freshness: Mutex::default(),
+            dedup_window_reach: Gauge::default(),
+            dedup_window: Gauge::default(),
+            dedup_window_at_risk: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -213,6 +237,31 @@ impl Metrics {
             "partial_rows_removed",
             "Rows a refused insert left without rollups, deleted before inserting again",
             metrics.partial_rows_removed.clone(),
+        );
+        registry.register(
+            "newest_event_time_seconds",
+            "Newest event time among the rows written, by partition (unix seconds)",
+            metrics.newest_event_time_seconds.clone(),
+        );
+        registry.register(
+            "seconds_since_insert",
+            "Seconds since the partition's last insert while it has lag (0 when caught up)",
+            metrics.seconds_since_insert.clone(),
+        );
+        registry.register(
+            "dedup_window_reach",
+            "Inserts since the oldest uncommitted one (how far back a replay could reach)",
+            metrics.dedup_window_reach.clone(),
+        );
+        registry.register(
+            "dedup_window",
+            "Smallest deduplication window of the tables written, in inserts (-1: unknown)",
+            metrics.dedup_window.clone(),
+        );
+        registry.register(
+            "dedup_window_at_risk",
+            "1 while a replay could reach back over more than half the deduplication window",
+            metrics.dedup_window_at_risk.clone(),
         );
         Metrics {
             registry,

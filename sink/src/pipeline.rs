@@ -1,8 +1,9 @@
 //! The consume loop: consumer → intake → batch → write (a task per partition, several at
 //! once, while reading goes on) → commit, with rebalances, back-pressure, the stall watch and
-//! an orderly shutdown.
+//! an orderly shutdown. Once a second it also sets the freshness gauges
+//! ([`crate::freshness`]) and runs the deduplication-window guard ([`crate::dedup_guard`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::SinkError;
 use crate::batch::{Batcher, Policy};
 use crate::dead_letter::{DeadLetterSink, KafkaDeadLetters};
+use crate::dedup_guard::{self, DedupGuard};
 use crate::flush::{CommitError, Committer, Flusher, Writes};
 use crate::http::Health;
 use crate::intake::{Intake, Step};
@@ -59,12 +61,16 @@ impl ClientContext for SinkContext {
 
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
+            let now_ms = chrono::Utc::now().timestamp_millis();
             for (partition, stats) in &topic.partitions {
                 if *partition >= 0 && stats.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
                         .get_or_create(&Metrics::label("partition", partition))
                         .set(stats.consumer_lag);
+                    if self.ownership.partitions().contains(partition) {
+                        lock(&self.metrics).lag(*partition, stats.consumer_lag, now_ms);
+                    }
                 }
             }
         }
@@ -76,6 +82,9 @@ impl ConsumerContext for SinkContext {
         if let Rebalance::Revoke(list) = rebalance {
             let partitions = partitions_of(list);
             let finished = self.ownership.revoke(&partitions, self.revoke_wait);
+            for &partition in &partitions {
+                lock(&self.metrics).forget(partition, &self.metrics);
+            }
             tracing::info!(
                 ?partitions,
                 in_flight_finished = finished,
@@ -98,6 +107,14 @@ impl ConsumerContext for SinkContext {
 }
 
 type SinkConsumer = StreamConsumer<SinkContext>;
+
+/// The freshness state (a panic elsewhere while it was held leaves it usable: gauges only).
+fn lock(metrics: &Metrics) -> std::sync::MutexGuard<'_, crate::freshness::Freshness> {
+    metrics
+        .freshness
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Commits through the group consumer (synchronously, off the async workers).
 pub struct KafkaCommitter {
@@ -214,6 +231,7 @@ pub async fn run(
         delivery = ?settings.delivery,
         "ClickHouse checked"
     );
+    let mut guard = dedup_guard_for(&settings).await;
     let dead_letters = KafkaDeadLetters::connect(&settings, policy(&hard_stop)).await?;
 
     let config = consumer_config(&settings);
@@ -267,6 +285,8 @@ pub async fn run(
     let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
     let mut writes = SinkWrites::default();
     let mut paused = false;
+    // The newest event time of each partition's segment being written (for freshness).
+    let mut writing: HashMap<i32, Option<i64>> = HashMap::new();
 
     // One message stream for the sink's life (each `recv()` would register a waker anew), and
     // one timer, moved only when the next flush time changes.
@@ -288,6 +308,13 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             Some(joined) = writes.tasks.join_next(), if writes.running() > 0 => {
+                if let Ok((partition, _, Ok(report))) = &joined {
+                    let newest = writing.remove(partition).flatten();
+                    if report.inserted > 0 {
+                        lock(&metrics).inserted(*partition, newest, chrono::Utc::now().timestamp_millis());
+                    }
+                    guard.finished(*partition, report.committed.is_some());
+                }
                 if let Err(error) = writes.finished(joined, &mut batcher) {
                     break Err(error);
                 }
@@ -303,12 +330,17 @@ pub async fn run(
                 armed = None;
                 let room = settings.max_parallel_inserts - writes.running();
                 for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
+                    writing.insert(segment.partition, segment.rows.newest_event_ms());
+                    guard.started(segment.partition, metrics.inserts.get());
                     writes.start(&flusher, segment);
                 }
             }
             _ = stall_tick.tick() => {
                 let has_work = !batcher.is_empty() || writes.running() > 0 || intake.has_lookups();
                 report_stall(health.stall.check(has_work, stall_timeout), &metrics, batcher.rows());
+                lock(&metrics).report(chrono::Utc::now().timestamp_millis(), &metrics);
+                guard.retain(&ownership.partitions());
+                guard.check(metrics.inserts.get(), &metrics);
             }
             Some(message) = messages.next() => {
                 // Then what else is already fetched, up to a burst, without a trip through
@@ -404,6 +436,27 @@ pub async fn run(
     close_within((intake, flusher, consumer), CLOSE_LIMIT);
     tracing::info!("stopped");
     outcome.and(drained)
+}
+
+/// The guard over the windows of the sink's table and its views' targets; without them (the
+/// query failed) it only reports the reach.
+async fn dedup_guard_for(settings: &Settings) -> DedupGuard {
+    let read = async {
+        let client = crate::clickhouse_client::client(settings).map_err(|e| e.to_string())?;
+        dedup_guard::read_windows(&client, &settings.database, &settings.table)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match read.await {
+        Ok(tables) => {
+            tracing::info!(?tables, "deduplication windows");
+            DedupGuard::new(&tables)
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "could not read the deduplication windows; the guard only reports the reach");
+            DedupGuard::new(&[])
+        }
+    }
 }
 
 type SinkWrites = Writes<ClickHouseWriter, KafkaDeadLetters, KafkaCommitter, KafkaRefetch>;

@@ -1,5 +1,7 @@
 //! The row written to `clickstream.events`: the event's fields plus where it came from in Kafka.
 //! `inserted_at` is left to the table's `DEFAULT now64(3)`, so it is the time the insert ran.
+//! `kafka_timestamp` is the message's timestamp (CreateTime or LogAppendTime); a message
+//! without one (the pre-0.10 message format) gets the time the sink read it.
 
 use chrono::{DateTime, Utc};
 use clickhouse::Row;
@@ -32,9 +34,14 @@ pub struct EventRow {
     pub kafka_topic: String,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// The Kafka message's timestamp ([`EventRow::new`] takes the event time).
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    pub kafka_timestamp: DateTime<Utc>,
 }
 
 impl EventRow {
+    /// The row of `event` at this Kafka position; its `kafka_timestamp` is the event time until
+    /// [`EventRow::with_kafka_timestamp`] says otherwise.
     pub fn new(
         event: ClickEvent,
         kafka_topic: &str,
@@ -60,6 +67,15 @@ impl EventRow {
             kafka_topic: kafka_topic.to_owned(),
             kafka_partition,
             kafka_offset,
+            kafka_timestamp: event.timestamp,
+        }
+    }
+
+    /// The same row with the Kafka message's timestamp.
+    pub fn with_kafka_timestamp(self, kafka_timestamp: DateTime<Utc>) -> EventRow {
+        EventRow {
+            kafka_timestamp,
+            ..self
         }
     }
 
@@ -76,7 +92,7 @@ impl EventRow {
             + self.product_id.as_ref().map_or(0, String::len)
             + self.kafka_topic.len();
         // fixed-width columns + one length byte per string
-        strings + 16 + 8 + 16 + 4 + 9 + 3 + 4 + 8 + 11
+        strings + 16 + 8 + 16 + 4 + 9 + 3 + 4 + 8 + 8 + 11
     }
 }
 
@@ -103,9 +119,20 @@ pub struct RowRef<'a> {
     pub kafka_topic: &'a str,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// The message's timestamp in ms; `None` (a message without one) is written as the time
+    /// the row is encoded, which is when the sink read the message.
+    pub kafka_timestamp_ms: Option<i64>,
 }
 
 impl<'a> RowRef<'a> {
+    /// The same row with the message's timestamp (ms), if it has one.
+    pub fn with_kafka_timestamp(self, kafka_timestamp_ms: Option<i64>) -> RowRef<'a> {
+        RowRef {
+            kafka_timestamp_ms,
+            ..self
+        }
+    }
+
     pub fn of_event(
         event: &'a ClickEventRef<'_>,
         kafka_topic: &'a str,
@@ -131,6 +158,7 @@ impl<'a> RowRef<'a> {
             kafka_topic,
             kafka_partition,
             kafka_offset,
+            kafka_timestamp_ms: None,
         }
     }
 }
@@ -156,6 +184,7 @@ impl EventRow {
             kafka_topic: &self.kafka_topic,
             kafka_partition: self.kafka_partition,
             kafka_offset: self.kafka_offset,
+            kafka_timestamp_ms: Some(self.kafka_timestamp.timestamp_millis()),
         }
     }
 }

@@ -76,6 +76,24 @@ impl Rows {
         self.chunks.iter().map(Vec::capacity).sum::<usize>() + self.index.capacity() * INDEX_BYTES
     }
 
+    /// The newest event time (ms) among the rows (for the freshness gauge).
+    pub fn newest_event_ms(&self) -> Option<i64> {
+        let layout = self.layout.as_ref()?;
+        let mut start = 0;
+        let mut chunk = 0;
+        self.index
+            .iter()
+            .map(|entry| {
+                if entry.chunk as usize != chunk {
+                    (chunk, start) = (entry.chunk as usize, 0);
+                }
+                let row = &self.chunks[chunk][start..entry.end as usize];
+                start = entry.end as usize;
+                layout.id_and_time(row).1
+            })
+            .max()
+    }
+
     /// Freezes the rows for writing (no copy). `None` when there are none.
     pub fn seal(self) -> Option<Sealed> {
         let layout = self.layout?;
@@ -253,6 +271,7 @@ pub(crate) mod tests {
             kafka_topic: "t",
             kafka_partition: 0,
             kafka_offset: offset,
+            kafka_timestamp_ms: Some(time_ms + 5),
         }
     }
 
@@ -264,6 +283,8 @@ pub(crate) mod tests {
             rows.push(|| layout.clone(), &row(offset, 1_000 * offset));
         }
         assert_eq!(rows.len(), 3);
+        assert_eq!(rows.newest_event_ms(), Some(7_000));
+        assert_eq!(Rows::default().newest_event_ms(), None);
         assert!(rows.bytes() >= CHUNK_BYTES + 3 * INDEX_BYTES);
         let sealed = rows.seal().unwrap();
         assert_eq!(sealed.offsets().collect::<Vec<_>>(), vec![3, 4, 7]);
@@ -295,6 +316,7 @@ pub(crate) mod tests {
         }
         assert!(rows.chunks.len() > 2, "{} pieces", rows.chunks.len());
         assert!(rows.chunks.iter().all(|c| c.capacity() == CHUNK_BYTES));
+        assert_eq!(rows.newest_event_ms(), Some(n - 1), "across pieces");
         let sealed = rows.seal().unwrap();
         let all: Vec<usize> = (0..n as usize).collect();
         let pieces = sealed.body(&all);

@@ -10,6 +10,13 @@
 //! - a column the contract needs that was dropped or retyped so it cannot hold every valid
 //!   event (narrower integers, lost `Nullable`, fewer decimals) stops the sink with an error
 //!   naming the column and what to do.
+//!
+//! `kafka_timestamp` (the message's timestamp) is written when the table has it, as an
+//! ordinary or DEFAULT column: a table made before the column existed is still written, with
+//! the columns it has. `clickhouse/schema.sql` adds the column with an idempotent ALTER; a sink
+//! that is running then keeps its structure (inserting fewer columns is not refused) and writes
+//! the column from its next start or structure reload: rows in between read 1970 there, which
+//! the latency queries leave out.
 
 use std::fmt::Write as _;
 
@@ -102,6 +109,9 @@ const CONTRACT: &[(&str, Source)] = &[
     ),
 ];
 
+/// Written when the table has it (tables made before it existed are written without it).
+const KAFKA_TIMESTAMP: &str = "kafka_timestamp";
+
 /// How one value is written for the table's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -145,6 +155,8 @@ pub struct Layout {
     /// The format header: column count, names, the table's type names.
     pub header: bytes::Bytes,
     plans: Vec<Plan>,
+    /// How `kafka_timestamp` is written; `None` when the table has no such column.
+    kafka_timestamp: Option<Plan>,
     /// The structure it was made for (to tell whether a reload changed anything).
     pub columns: Vec<Column>,
 }
@@ -160,10 +172,33 @@ impl Layout {
             problem,
         };
         let mut plans = Vec::with_capacity(CONTRACT.len());
+        let optional = columns.iter().find(|c| c.name == KAFKA_TIMESTAMP);
+        let kafka_timestamp = match optional {
+            // MATERIALIZED or ALIAS: the table computes it; nothing to send.
+            Some(column) if matches!(column.default_kind.as_str(), "" | "DEFAULT") => {
+                Some(plan(Source::TimeMillis, &column.type_name).map_err(|why| {
+                    incompatible(
+                        KAFKA_TIMESTAMP,
+                        format!(
+                            "type {} cannot hold the message timestamp ({why}); make it \
+                             DateTime64(3, 'UTC') as in clickhouse/schema.sql, or drop it",
+                            column.type_name
+                        ),
+                    )
+                })?)
+            }
+            _ => None,
+        };
         let mut header = Vec::new();
-        put_uleb128(&mut header, CONTRACT.len() as u64);
+        put_uleb128(
+            &mut header,
+            (CONTRACT.len() + usize::from(kafka_timestamp.is_some())) as u64,
+        );
         for (name, _) in CONTRACT {
             put_string(&mut header, name.as_bytes());
+        }
+        if kafka_timestamp.is_some() {
+            put_string(&mut header, KAFKA_TIMESTAMP.as_bytes());
         }
         let mut names = String::new();
         for (name, source) in CONTRACT {
@@ -203,12 +238,17 @@ impl Layout {
             }
             let _ = write!(names, "`{name}`");
         }
+        if let Some(column) = optional.filter(|_| kafka_timestamp.is_some()) {
+            put_string(&mut header, column.type_name.as_bytes());
+            let _ = write!(names, ", `{KAFKA_TIMESTAMP}`");
+        }
         Ok(Layout {
             statement: format!(
                 "INSERT INTO {database}.{table} ({names}) FORMAT RowBinaryWithNamesAndTypes"
             ),
             header: header.into(),
             plans,
+            kafka_timestamp,
             columns: columns.to_vec(),
         })
     }
@@ -240,6 +280,17 @@ impl Layout {
         put_text(out, next(), Some(row.kafka_topic));
         put_value(out, next(), Some(i128::from(row.kafka_partition)));
         put_value(out, next(), Some(i128::from(row.kafka_offset)));
+        if let Some(plan) = self.kafka_timestamp {
+            let millis = row
+                .kafka_timestamp_ms
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            put_value(out, plan, Some(i128::from(millis)));
+        }
+    }
+
+    /// Whether rows carry `kafka_timestamp` (the table has the column).
+    pub fn writes_kafka_timestamp(&self) -> bool {
+        self.kafka_timestamp.is_some()
     }
 }
 
@@ -436,6 +487,7 @@ pub(crate) fn test_columns(changes: &[(&str, &str)]) -> Vec<Column> {
         ("kafka_topic", "LowCardinality(String)"),
         ("kafka_partition", "Int32"),
         ("kafka_offset", "Int64"),
+        ("kafka_timestamp", "DateTime64(3, 'UTC')"),
         ("inserted_at", "DateTime64(3, 'UTC')"),
     ];
     base.iter()
@@ -468,8 +520,64 @@ mod tests {
     #[test]
     fn the_schema_as_shipped_is_planned_without_inserted_at() {
         let layout = Layout::new("db", "events", &columns(&[])).expect("compatible");
-        assert!(layout.statement.contains("`kafka_offset`) FORMAT"));
+        assert!(
+            layout
+                .statement
+                .contains("`kafka_offset`, `kafka_timestamp`) FORMAT")
+        );
         assert!(!layout.statement.contains("inserted_at"));
+        assert!(layout.writes_kafka_timestamp());
+    }
+
+    #[test]
+    fn the_kafka_timestamp_is_written_only_where_the_table_has_it() {
+        let row = crate::rows::tests::row(42, 1_700_000_000_000);
+        let with = Layout::new("db", "events", &columns(&[])).unwrap();
+        let without = Layout::new("db", "events", &columns(&[("kafka_timestamp", "")])).unwrap();
+        assert!(!without.writes_kafka_timestamp());
+        assert!(without.statement.contains("`kafka_offset`) FORMAT"));
+        // 19 columns in the header against 18: count, names and types.
+        assert_eq!(with.header[0], 19);
+        assert_eq!(without.header[0], 18);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        with.encode(&row, &mut a);
+        without.encode(&row, &mut b);
+        assert_eq!(a.len(), b.len() + 8);
+        assert_eq!(&a[..b.len()], &b[..]);
+        assert_eq!(&a[b.len()..], &1_700_000_000_005_i64.to_le_bytes());
+        // A message without a timestamp: the time it is encoded (the sink reads it then).
+        let before = chrono::Utc::now().timestamp_millis();
+        let mut c = Vec::new();
+        with.encode(&row.with_kafka_timestamp(None), &mut c);
+        let written = i64::from_le_bytes(c[c.len() - 8..].try_into().unwrap());
+        assert!(
+            (before..=chrono::Utc::now().timestamp_millis()).contains(&written),
+            "{written}"
+        );
+        // Microseconds, Nullable, DEFAULT: written; MATERIALIZED: the table computes it.
+        let micros = Layout::new(
+            "db",
+            "events",
+            &columns(&[("kafka_timestamp", "Nullable(DateTime64(6, 'UTC'))")]),
+        )
+        .unwrap();
+        let mut m = Vec::new();
+        micros.encode(&row, &mut m);
+        assert_eq!(
+            &m[m.len() - 9..],
+            &[&[0_u8][..], &1_700_000_000_005_000_i64.to_le_bytes()].concat()[..]
+        );
+        let mut materialized = columns(&[]);
+        for column in &mut materialized {
+            if column.name == "kafka_timestamp" {
+                column.default_kind = "MATERIALIZED".into();
+            }
+        }
+        let computed = Layout::new("db", "events", &materialized).unwrap();
+        assert!(!computed.writes_kafka_timestamp());
+        let error = Layout::new("db", "events", &columns(&[("kafka_timestamp", "DateTime")]))
+            .expect_err("seconds drop the milliseconds");
+        assert_eq!(error.column, "kafka_timestamp");
     }
 
     #[test]
@@ -533,6 +641,7 @@ mod tests {
             kafka_topic: "t".into(),
             kafka_partition: 1,
             kafka_offset: 42,
+            kafka_timestamp: chrono::DateTime::from_timestamp_millis(1_700_000_000_456).unwrap(),
         };
         let narrow = Layout::new("db", "events", &columns(&[])).unwrap();
         let wide = Layout::new(

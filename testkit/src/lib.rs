@@ -497,3 +497,18 @@ fn newest(path: &Path) -> std::time::SystemTime {
         Err(_) => own,
     }
 }
+
+/// The pinned `promtool` of the stack's install (Debian's prometheus package, unpacked by
+/// `scripts/stack install`), or `PROMTOOL`.
+pub fn promtool() -> PathBuf {
+    if let Some(bin) = std::env::var_os("PROMTOOL") {
+        return PathBuf::from(bin);
+    }
+    let bin = repo_root().join(".stack/install/prometheus/usr/bin/promtool");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/stack install (or scripts/test) once",
+        bin.display()
+    );
+    bin
+}

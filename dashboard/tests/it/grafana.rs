@@ -149,8 +149,10 @@ fn every_panel_names_a_provisioned_datasource() {
 }
 
 /// The metrics the sink exposes (the sink issue's contract).
-const SINK_METRICS: [&str; 6] = [
+const SINK_METRICS: [&str; 8] = [
     "clickstream_sink_dead_lettered_total",
+    "clickstream_sink_seconds_since_insert",
+    "clickstream_sink_newest_event_time_seconds",
     "clickstream_sink_consumer_lag",
     "clickstream_sink_buffered_rows",
     "clickstream_sink_inserted_rows_total",
@@ -231,8 +233,24 @@ const EXPECTED_COLUMNS: &[(&str, &[&str])] = &[
             "events_per_session",
         ],
     ),
-    ("Event-to-queryable latency", &["time", "p50_s", "p99_s"]),
-    ("Latency in range", &["p50_s", "p99_s", "max_s"]),
+    (
+        "Pipeline latency (Kafka to queryable)",
+        &["time", "p50_s", "p99_s"],
+    ),
+    (
+        "Latency in range",
+        &[
+            "p50_s",
+            "p99_s",
+            "max_s",
+            "lateness_p50_s",
+            "lateness_p99_s",
+        ],
+    ),
+    (
+        "Event lateness (event time to Kafka)",
+        &["time", "p50_s", "p99_s"],
+    ),
     (
         "Inserts per minute and rows per insert",
         &["time", "inserts_per_minute", "rows_per_insert"],

@@ -55,7 +55,8 @@ pub fn simulate(
                 Generated::Event(event) => event,
                 Generated::Poison { .. } => unreachable!("bad_ratio is 0"),
             };
-            EventRow::new(event, TOPIC, 0, first_offset + i as i64)
+            // Produced when the simulator made it: late events carry an older event time.
+            EventRow::new(event, TOPIC, 0, first_offset + i as i64).with_kafka_timestamp(now)
         })
         .collect()
 }

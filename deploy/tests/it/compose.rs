@@ -556,6 +556,7 @@ fn grafana_gets_the_plugin_the_provisioning_and_its_passwords() {
     for file in [
         "grafana/provisioning/datasources/datasources.yaml",
         "grafana/provisioning/dashboards/dashboards.yaml",
+        "grafana/provisioning/alerting/clickstream-alerts.yaml",
     ] {
         let text = read(file);
         let text: String = text

@@ -32,12 +32,24 @@ async fn a_clickhouse_outage_of_20_s_stalls_the_sink_then_everything_arrives_onc
     // Let the last commit land so that the outage starts from a quiet sink.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = scrape(port).await;
+    // The guard read the schema's windows (1000 on events and every view target) and the
+    // newest event written is the last one produced (all of them carry `now`).
+    assert_eq!(metric(&before, "clickstream_sink_dedup_window"), 1000.0);
+    assert_eq!(
+        metric(&before, "clickstream_sink_dedup_window_at_risk"),
+        0.0
+    );
+    let newest = metric(&before, "clickstream_sink_newest_event_time_seconds");
+    assert!(
+        newest > 0.0 && newest <= Utc::now().timestamp() as f64 * 3.0,
+        "newest event time per partition (summed over 3): {newest}"
+    );
 
     endpoint.kill();
     let during = messages(5_000..25_000);
     h.produce(&during).await;
     let outage = Instant::now();
-    let (mut most_held, mut paused) = (0.0_f64, 0.0_f64);
+    let (mut most_held, mut paused, mut stale) = (0.0_f64, 0.0_f64, 0.0_f64);
     while outage.elapsed() < Duration::from_secs(20) {
         let now = scrape(port).await;
         // Rows waiting and rows whose insert is being retried: both are held in memory.
@@ -45,6 +57,7 @@ async fn a_clickhouse_outage_of_20_s_stalls_the_sink_then_everything_arrives_onc
             + metric(&now, "clickstream_sink_in_flight_bytes");
         most_held = most_held.max(held);
         paused = paused.max(metric(&now, "clickstream_sink_paused_partitions"));
+        stale = stale.max(metric(&now, "clickstream_sink_seconds_since_insert"));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let after = scrape(port).await;
@@ -70,6 +83,12 @@ async fn a_clickhouse_outage_of_20_s_stalls_the_sink_then_everything_arrives_onc
         "memory bounded: {most_held} bytes held, max_batch_bytes {max_batch_bytes}"
     );
     assert!(most_held > 0.0, "the sink kept consuming into its buffer");
+    // Lag and no insert for the 20 s: the freshness gauge counts it (lag is known within
+    // librdkafka's 5 s statistics interval).
+    assert!(
+        stale >= 5.0,
+        "seconds since the last insert while there is lag: {stale}"
+    );
 
     endpoint.restart().await;
     h.wait_rows(25_000, Duration::from_secs(180)).await;
