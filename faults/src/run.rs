@@ -481,37 +481,25 @@ impl Run {
             })
             .sum();
 
-        let count = |sql: &'static str| async move {
-            self.client
-                .query(sql)
-                .fetch_one::<u64>()
-                .await
-                .with_context(|| sql.to_owned())
-        };
-        let raw = count("SELECT count() FROM events").await?;
-        let page_views = count("SELECT count() FROM events WHERE event_type = 'page_view'").await?;
-        let rollups = BTreeMap::from([
-            (
-                "events_1m".to_owned(),
-                (
-                    count("SELECT sum(events) FROM events_1m WHERE dimension = 'all'").await?,
-                    raw,
-                ),
-            ),
-            (
-                "sessions".to_owned(),
-                (count("SELECT sum(events) FROM sessions").await?, raw),
-            ),
-            (
-                "pages_5m".to_owned(),
-                (count("SELECT sum(views) FROM pages_5m").await?, page_views),
-            ),
-            (
-                "kafka_progress".to_owned(),
-                (count("SELECT sum(rows) FROM kafka_progress").await?, raw),
-            ),
-        ]);
-        let rollups_equal = rollups.values().all(|(got, want)| got == want);
+        // The rollups against the raw table: the product's own check (`clickstream-sink
+        // verify`), window by window; per rollup, its totals over all its checks.
+        let checks = clickstream_sink::ops::verify::check_rollups(
+            &self.client,
+            &self.database,
+            "events",
+            None,
+        )
+        .await?;
+        let mut rollups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut rollups_equal = true;
+        for check in &checks {
+            rollups_equal &= check.equal();
+            let entry = rollups.entry(check.rollup.clone()).or_insert((0, 0));
+            // The first check of a rollup is its count (kafka_progress: rows; events_1m: 'all').
+            if entry == &(0, 0) {
+                *entry = (check.rollup_total as u64, check.raw_total as u64);
+            }
+        }
         Ok(Verdict {
             produced: produced_set.len() as u64,
             rows_in_clickhouse: rows.len() as u64,

@@ -43,6 +43,9 @@
 //! [`ownership`] (rebalances, fencing) · [`retry`] · [`stall`] · [`freshness`] ·
 //! [`dedup_guard`] · [`metrics`] · [`http`] ·
 //! [`kafka_auth`] (refused logins stop the sink).
+//!
+//! Beside the pipeline, [`ops`]: the operations commands `verify`, `replay` and `dlq` that
+//! check and repair what landed (the binary's `commands.rs` gives them their arguments).
 
 pub mod batch;
 pub mod clickhouse_client;

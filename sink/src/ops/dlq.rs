@@ -455,7 +455,7 @@ async fn insert_chunk(
     chunk: &[&(Source, &Letter)],
     out: &mut Replayed,
 ) -> Result<(), SinkError> {
-    let events: Vec<(Source, clickstream_event::ClickEventRef<'_>)> = chunk
+    let events: Vec<(Source, Option<i64>, clickstream_event::ClickEventRef<'_>)> = chunk
         .iter()
         .filter_map(|(source, letter)| {
             let at = letter
@@ -465,12 +465,15 @@ async fn insert_chunk(
             let payload = payloads.get(source)?;
             clickstream_event::decode_ref(Some(payload), limits, at)
                 .ok()
-                .map(|e| (source.clone(), e))
+                .map(|e| (source.clone(), letter.source_timestamp_ms, e))
         })
         .collect();
+    // Under the original message's coordinates and Kafka timestamp.
     let rows: Vec<RowRef<'_>> = events
         .iter()
-        .map(|(s, e)| RowRef::of_event(e, &s.topic, s.partition, s.offset))
+        .map(|(s, ts, e)| {
+            RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
+        })
         .collect();
     let token_of = |rows: &[RowRef<'_>]| {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
