@@ -158,9 +158,11 @@ fn write_report(path: &std::path::Path, outcomes: &[serde_json::Value]) -> anyho
          plus the source offsets in the dead-letter topic must be exactly the produced ones (no \
          gap, no repeat), and every rollup must equal the raw table. The negative control runs \
          the kill scenario with `--delivery at-least-once` and passes only if the oracle finds \
-         duplicates. Raw results: `bench/results/faults.json`.\n\n\
-         | scenario | run | broker | injected | produced | rows in ClickHouse | dead-lettered | duplicates | missing | rollups = raw | result |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n"
+         duplicates. `clickstream-sink verify` (the product's own check, which knows only Kafka and \
+         ClickHouse) runs on the same end state: its column says whether it found all well. Raw \
+         results: `bench/results/faults.json`.\n\n\
+         | scenario | run | broker | injected | produced | rows in ClickHouse | dead-lettered | duplicates | missing | rollups = raw | `verify` | result |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for o in outcomes {
         let text = |key: &str| o[key].as_str().unwrap_or_default().to_owned();
@@ -190,7 +192,7 @@ fn write_report(path: &std::path::Path, outcomes: &[serde_json::Value]) -> anyho
         let v = &o["verdict"];
         let number = |key: &str| v[key].as_u64().map(|n| n.to_string()).unwrap_or_default();
         section.push_str(&format!(
-            "| {} | {} (commit {}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} (commit {}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             text("scenario"),
             text("run_at"),
             text("git_commit"),
@@ -205,6 +207,23 @@ fn write_report(path: &std::path::Path, outcomes: &[serde_json::Value]) -> anyho
                 Some(true) => "yes",
                 Some(false) => "NO",
                 None => "",
+            },
+            match v["product_verify_ok"].as_bool() {
+                Some(true) => "OK".to_owned(),
+                Some(false) => format!(
+                    "problems: {}",
+                    v["product_verify_problems"]
+                        .as_array()
+                        .map(|p| p
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .map(|x| x.chars().take(120).collect::<String>())
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                        .replace('|', "/")
+                ),
+                None => String::new(),
             },
             result
         ));

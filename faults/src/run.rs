@@ -500,7 +500,21 @@ impl Run {
                 *entry = (check.rollup_total as u64, check.raw_total as u64);
             }
         }
+        let settings = clickstream_sink::Settings {
+            brokers: self.stack.brokers.clone(),
+            clickhouse_url: self.stack.clickhouse_url.clone(),
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            dlq_topic: self.dlq.clone(),
+            database: self.database.clone(),
+            ..clickstream_sink::Settings::default()
+        };
+        let product = clickstream_sink::ops::verify::verify(&settings, None)
+            .await
+            .context("clickstream-sink verify")?;
         Ok(Verdict {
+            product_verify_ok: product.ok(),
+            product_verify_problems: product.problems,
             produced: produced_set.len() as u64,
             rows_in_clickhouse: rows.len() as u64,
             dead_lettered: lettered.len() as u64,
@@ -567,6 +581,10 @@ pub struct Verdict {
     pub rollups_equal: bool,
     /// Every produced offset exactly once in ClickHouse or the dead-letter topic.
     pub exact: bool,
+    /// What the product's own `clickstream-sink verify` reported on the same run (it knows
+    /// only Kafka and ClickHouse, not what was produced): whether all is well, its problems.
+    pub product_verify_ok: bool,
+    pub product_verify_problems: Vec<String>,
 }
 
 async fn read_dead_letters(brokers: String, dlq: String, letters: Arc<Mutex<Vec<Letter>>>) {
