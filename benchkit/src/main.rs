@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use clickstream_sink::pipeline::CONSUMER_DEFAULTS;
+use clickstream_sink::consumer::CONSUMER_DEFAULTS;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 

@@ -65,6 +65,18 @@ pub struct SinkProcess {
     pub log: PathBuf,
 }
 
+/// A sink left running when its scenario ends early (an error, a failed assertion) is killed:
+/// an orphan would go on consuming, and hold whatever its parent held (found: a leaked sink
+/// of the memory-limit scenario kept running after its test).
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl SinkProcess {
     /// What the sink logged so far.
     pub fn log_text(&self) -> String {

@@ -89,6 +89,14 @@ impl Freshness {
     }
 }
 
+/// The freshness state (a panic elsewhere while it was held leaves it usable: gauges only).
+pub fn locked(metrics: &Metrics) -> std::sync::MutexGuard<'_, Freshness> {
+    metrics
+        .freshness
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,7 +165,7 @@ mod tests {
             ..Overrides::default()
         };
         let settings = Settings::load_from(&overrides, Vec::new()).expect("settings");
-        let consumer = crate::pipeline::consumer_config(&settings);
+        let consumer = crate::consumer::consumer_config(&settings);
         let producer = crate::dead_letter::producer_config(&settings, 1_000_000);
         for (client, config) in [("consumer", &consumer), ("dead-letter producer", &producer)] {
             for (key, value) in &overrides.kafka {

@@ -35,8 +35,8 @@
 //!   with lag has gone without an insert ([`freshness`]); [`dedup_guard`] warns before a replay
 //!   could reach past the tables' deduplication windows.
 //!
-//! Layout, in the order data meets it: [`settings`] · [`pipeline`] (the loop, the write
-//! tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
+//! Layout, in the order data meets it: [`settings`] · [`consumer`] (group consumer,
+//! rebalances, pause/resume, commit) · [`pipeline`] (the loop, the write tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
 //! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
 //! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes;
 //! its client: [`clickhouse_client`]) · [`refetch`] (messages read back) · [`dead_letter`] ·
@@ -49,6 +49,7 @@
 
 pub mod batch;
 pub mod clickhouse_client;
+pub mod consumer;
 pub mod dead_letter;
 pub mod dedup_guard;
 pub mod flush;

@@ -39,6 +39,8 @@ pub struct Rows {
     layout: Option<Arc<Layout>>,
     chunks: Vec<Vec<u8>>,
     index: Vec<Entry>,
+    /// Capacity of every piece but the last (they no longer change): `bytes` stays O(1).
+    closed_bytes: usize,
 }
 
 impl Rows {
@@ -51,6 +53,7 @@ impl Rows {
             .last()
             .is_none_or(|c| c.capacity() - c.len() < CHUNK_MARGIN)
         {
+            self.closed_bytes += self.chunks.last().map_or(0, Vec::capacity);
             self.chunks.push(Vec::with_capacity(CHUNK_BYTES));
         }
         let chunk = self.chunks.len() - 1;
@@ -73,7 +76,9 @@ impl Rows {
 
     /// Memory held (capacity, not length: what the process really keeps).
     pub fn bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum::<usize>() + self.index.capacity() * INDEX_BYTES
+        self.closed_bytes
+            + self.chunks.last().map_or(0, Vec::capacity)
+            + self.index.capacity() * INDEX_BYTES
     }
 
     /// The newest event time (ms) among the rows (for the freshness gauge).
@@ -223,6 +228,7 @@ impl Sealed {
                 .last()
                 .is_none_or(|c| c.capacity() - c.len() < bytes.len())
             {
+                rows.closed_bytes += rows.chunks.last().map_or(0, Vec::capacity);
                 rows.chunks
                     .push(Vec::with_capacity(CHUNK_BYTES.max(bytes.len())));
             }
@@ -273,6 +279,26 @@ pub(crate) mod tests {
             kafka_offset: offset,
             kafka_timestamp_ms: Some(time_ms + 5),
         }
+    }
+
+    #[test]
+    fn memory_held_is_every_pieces_capacity_and_the_index() {
+        let layout = layout();
+        let mut rows = Rows::default();
+        assert_eq!(rows.bytes(), 0);
+        for offset in 0..5_000 {
+            rows.push(|| layout.clone(), &row(offset, offset));
+            if offset % 997 == 0 {
+                let counted: usize = rows.chunks.iter().map(Vec::capacity).sum::<usize>()
+                    + rows.index.capacity() * INDEX_BYTES;
+                assert_eq!(rows.bytes(), counted, "after {} rows", offset + 1);
+            }
+        }
+        assert!(
+            rows.chunks.len() > 3,
+            "several pieces: {}",
+            rows.chunks.len()
+        );
     }
 
     #[test]
