@@ -216,7 +216,8 @@ pub struct ReplayState {
     pub unfinished: Option<u64>,
 }
 
-/// Reads [`ReplayState`]; tables that do not exist yet mean no replay ever ran.
+/// Reads [`ReplayState`] (`client` is set to `database`); tables that do not exist yet mean
+/// no replay ever ran.
 pub async fn state(
     client: &clickhouse::Client,
     database: &str,
@@ -234,7 +235,7 @@ pub async fn state(
     }
     let planned: Vec<IdRow> = client
         .query(&format!(
-            "SELECT replay_id FROM `{database}`.{STEPS_TABLE} WHERE kafka_topic = ? \
+            "SELECT replay_id FROM {STEPS_TABLE} WHERE kafka_topic = ? \
              GROUP BY replay_id HAVING has(groupArray(step), 'planned') \
              AND NOT has(groupArray(step), 'done') ORDER BY replay_id"
         ))
@@ -243,7 +244,7 @@ pub async fn state(
         .await?;
     let generation: u64 = client
         .query(&format!(
-            "SELECT max(replay_id) FROM `{database}`.{STEPS_TABLE} WHERE kafka_topic = ? AND step = 'planned'"
+            "SELECT max(replay_id) FROM {STEPS_TABLE} WHERE kafka_topic = ? AND step = 'planned'"
         ))
         .bind(topic)
         .fetch_one()
