@@ -32,19 +32,14 @@ pub async fn ensure_topic(settings: &Settings) -> Result<bool, Error> {
         .create_topics([&topic], &AdminOptions::new())
         .await
         .map_err(Error::Kafka)?;
-    for result in results {
-        match result {
-            Ok(_) => return Ok(true),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
-            Err((topic, code)) => {
-                return Err(Error::CreateTopic {
-                    topic,
-                    source: KafkaError::AdminOp(code),
-                });
-            }
-        }
+    match results.into_iter().next() {
+        Some(Ok(_)) => Ok(true),
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+        Some(Err((topic, code))) => Err(Error::CreateTopic {
+            topic,
+            source: KafkaError::AdminOp(code),
+        }),
     }
-    Ok(false)
 }
 
 /// Every window message the topic holds, in offset order per partition: what was published
