@@ -168,26 +168,27 @@ pub const README_END: &str = "<!-- windows-settings:end -->";
 
 /// The README's table of settings, generated from [`KEYS`].
 pub fn markdown_table() -> String {
-    let mut out = String::from("| setting | flag | default | meaning |\n|---|---|---|---|\n");
+    let mut out = String::from(
+        "| flag | environment | default | meaning |\n|---|---|---|---|\n",
+    );
     for key in KEYS {
-        let mut flag = format!("`--{}`", key.flag_name());
-        if !key.env.is_empty() {
-            let vars: Vec<String> = key.env.iter().map(|v| format!("`{v}`")).collect();
-            flag = format!("{flag} (env {})", vars.join(", "));
-        }
+        let mut vars = vec![format!("`{ENV_PREFIX}_{}`", key.name.to_ascii_uppercase())];
+        vars.extend(key.env.iter().map(|v| format!("`{v}`")));
         let default = match key.default_shown() {
             empty if empty == "empty" => empty,
             value => format!("`{value}`"),
         };
         out.push_str(&format!(
-            "| `{}` | {flag} | {default} | {} |\n",
-            key.name, key.help
+            "| `--{}` | {} | {default} | {} |\n",
+            key.flag_name(),
+            vars.join(", "),
+            key.help
         ));
     }
-    out.push_str(
-        "| `kafka` | `-X KEY=VALUE` | none | librdkafka properties (TLS, SASL) for the producer \
-         and the read-back consumer |\n",
-    );
+    out.push_str(&format!(
+        "| `-X KEY=VALUE` | `{ENV_PREFIX}_KAFKA__<KEY>` | none | librdkafka properties (TLS, \
+         SASL) for the producer and the read-back consumer |\n"
+    ));
     out
 }
 
