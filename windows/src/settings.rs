@@ -168,25 +168,25 @@ pub const README_END: &str = "<!-- windows-settings:end -->";
 
 /// The README's table of settings, generated from [`KEYS`].
 pub fn markdown_table() -> String {
-    let mut out = String::from(
-        "| flag | environment | default | meaning |\n|---|---|---|---|\n",
-    );
+    let mut out = String::from("| environment | flag | default | meaning |\n|---|---|---|---|\n");
     for key in KEYS {
-        let mut vars = vec![format!("`{ENV_PREFIX}_{}`", key.name.to_ascii_uppercase())];
-        vars.extend(key.env.iter().map(|v| format!("`{v}`")));
+        let mut vars = format!("`{ENV_PREFIX}_{}`", key.name.to_ascii_uppercase());
+        if !key.env.is_empty() {
+            let aliases: Vec<String> = key.env.iter().map(|v| format!("`{v}`")).collect();
+            vars = format!("{vars} (or {})", aliases.join(", "));
+        }
         let default = match key.default_shown() {
             empty if empty == "empty" => empty,
             value => format!("`{value}`"),
         };
         out.push_str(&format!(
-            "| `--{}` | {} | {default} | {} |\n",
+            "| {vars} | `--{}` | {default} | {} |\n",
             key.flag_name(),
-            vars.join(", "),
             key.help
         ));
     }
     out.push_str(&format!(
-        "| `-X KEY=VALUE` | `{ENV_PREFIX}_KAFKA__<KEY>` | none | librdkafka properties (TLS, \
+        "| `{ENV_PREFIX}_KAFKA__<KEY>` | `-X KEY=VALUE` | none | librdkafka properties (TLS, \
          SASL) for the producer and the read-back consumer |\n"
     ));
     out

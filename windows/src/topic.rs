@@ -117,7 +117,10 @@ struct ReadBackContext;
 
 impl ClientContext for ReadBackContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::error!(error = %error, reason, "librdkafka");
         }
     }

@@ -825,14 +825,13 @@ fn windows_settings(
 
 /// The port clickstream-windows serves /metrics and /health on in compose.
 fn windows_port(compose: &Compose) -> u16 {
-    let settings = windows_settings(&compose.environment("windows").unwrap()).unwrap();
-    settings
-        .http_addr
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let env = compose
+        .environment("windows")
+        .unwrap_or_else(|e| panic!("windows: {e:?}"));
+    let settings = windows_settings(&env).unwrap_or_else(|e| panic!("{e}"));
+    let port = settings.http_addr.rsplit(':').next().unwrap_or_default();
+    port.parse()
+        .unwrap_or_else(|e| panic!("http_addr {}: {e}", settings.http_addr))
 }
 
 #[test]
