@@ -205,7 +205,7 @@ CREATE TABLE IF NOT EXISTS clickstream.users_daily_local ON CLUSTER '{cluster}'
     events      SimpleAggregateFunction(sum, UInt64),
     purchases   SimpleAggregateFunction(sum, UInt64),
     revenue     SimpleAggregateFunction(sum, Decimal(38, 2)),
-    sessions    AggregateFunction(uniqExact, UUID),
+    sessions    AggregateFunction(uniq, UUID),
     first_event SimpleAggregateFunction(min, DateTime64(3, 'UTC'))
 )
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/users_daily', '{replica}')
@@ -224,7 +224,7 @@ SELECT
     count() AS events,
     countIf(event_type = 'purchase') AS purchases,
     sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
-    uniqExactState(session_id) AS sessions,
+    uniqState(session_id) AS sessions,
     min(event_time) AS first_event
 FROM clickstream.events_local
 GROUP BY day, user_id;

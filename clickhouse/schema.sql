@@ -282,7 +282,9 @@ GROUP BY hop_start, dimension, value;
 -- (users first seen on day D with a row on D+1, D+7) are GROUP BYs over it. The path from
 -- landing page to purchase reads clickstream.sessions (landing_page, exit_page, converted).
 -- Exact under replays as the rollups above: its own deduplication window, deterministic
--- output, uniqExact for the (small) per-user session sets.
+-- output. Sessions per user are a `uniq` state: exact for sets this small (below 65536), and a
+-- few bytes per (day, user) where uniqExact allocates kilobytes for each, which pushed a
+-- 10,000-row insert over a tight max_memory_usage (the faults suite's memory-limit scenario).
 -- ============================================================================================
 CREATE TABLE IF NOT EXISTS clickstream.users_daily
 (
@@ -291,7 +293,7 @@ CREATE TABLE IF NOT EXISTS clickstream.users_daily
     events      SimpleAggregateFunction(sum, UInt64),
     purchases   SimpleAggregateFunction(sum, UInt64),
     revenue     SimpleAggregateFunction(sum, Decimal(38, 2)),
-    sessions    AggregateFunction(uniqExact, UUID),
+    sessions    AggregateFunction(uniq, UUID),
     first_event SimpleAggregateFunction(min, DateTime64(3, 'UTC'))
 )
 ENGINE = AggregatingMergeTree
@@ -307,7 +309,7 @@ SELECT
     count() AS events,
     countIf(event_type = 'purchase') AS purchases,
     sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
-    uniqExactState(session_id) AS sessions,
+    uniqState(session_id) AS sessions,
     min(event_time) AS first_event
 FROM clickstream.events
 GROUP BY day, user_id;
