@@ -1,6 +1,8 @@
-# The producer and the sink, from one build. Targets (docker compose builds both):
+# The producer, the sink and the window publisher, from one build. Targets (docker compose builds
+# all three):
 #   producer   clickstream-producer, /metrics and /health on 9101
 #   sink       clickstream-sink, /metrics, /health and /ready on 9100
+#   windows    clickstream-windows, /metrics and /health on 9102
 #
 #   docker build --target sink -t clickstream-sink .
 #
@@ -27,12 +29,12 @@ RUN /context/deploy/cargo-skeleton.sh /context /skeleton
 FROM toolchain AS build
 # Dependencies only: cached until a manifest or the lockfile changes.
 COPY --from=skeleton /skeleton/ ./
-RUN cargo build --release --locked -p clickstream-producer -p clickstream-sink
+RUN cargo build --release --locked -p clickstream-producer -p clickstream-sink -p clickstream-windows
 # The real code. Copied files keep their old mtimes, which cargo would take for "unchanged
 # since the stub build": touch them so the workspace's crates are compiled for real.
 COPY . .
 RUN find . -name '*.rs' -not -path './target/*' -exec touch {} + \
-    && cargo build --release --locked -p clickstream-producer -p clickstream-sink
+    && cargo build --release --locked -p clickstream-producer -p clickstream-sink -p clickstream-windows
 
 # --- run --------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -44,7 +46,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin clickstream
 COPY deploy/http-ok /usr/local/bin/http-ok
-COPY --from=build /src/target/release/clickstream-producer /src/target/release/clickstream-sink /usr/local/bin/
+COPY --from=build /src/target/release/clickstream-producer /src/target/release/clickstream-sink /src/target/release/clickstream-windows /usr/local/bin/
 USER clickstream
 
 FROM runtime AS producer
@@ -58,3 +60,10 @@ EXPOSE 9100
 # On SIGTERM the sink stops consuming, flushes and commits (within shutdown_timeout_ms).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["clickstream-sink"]
+
+FROM runtime AS windows
+ENV CLICKSTREAM_WINDOWS_HTTP_ADDR=0.0.0.0:9102
+EXPOSE 9102
+# On SIGTERM it finishes the check under way and flushes the producer.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["clickstream-windows"]

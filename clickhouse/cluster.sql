@@ -205,6 +205,38 @@ SELECT
 FROM clickstream.events_local
 GROUP BY window_start;
 
+-- users_daily (issue 13): as in schema.sql, one row per (day, user_id) after merges.
+CREATE TABLE IF NOT EXISTS clickstream.users_daily_local ON CLUSTER '{cluster}'
+(
+    day         Date,
+    user_id     String CODEC(ZSTD(1)),
+    events      SimpleAggregateFunction(sum, UInt64),
+    purchases   SimpleAggregateFunction(sum, UInt64),
+    revenue     SimpleAggregateFunction(sum, Decimal(38, 2)),
+    sessions    AggregateFunction(uniq, UUID),
+    first_event SimpleAggregateFunction(min, DateTime64(3, 'UTC'))
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/clickstream/users_daily', '{replica}')
+PARTITION BY toYYYYMM(day)
+ORDER BY (day, user_id)
+TTL day + INTERVAL 400 DAY
+SETTINGS replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS clickstream.users_daily ON CLUSTER '{cluster}' AS clickstream.users_daily_local
+ENGINE = Distributed('{cluster}', clickstream, users_daily_local, rand());
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.users_daily_mv ON CLUSTER '{cluster}' TO clickstream.users_daily_local AS
+SELECT
+    toDate(event_time) AS day,
+    user_id,
+    count() AS events,
+    countIf(event_type = 'purchase') AS purchases,
+    sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
+    uniqState(session_id) AS sessions,
+    min(event_time) AS first_event
+FROM clickstream.events_local
+GROUP BY day, user_id;
+
 CREATE VIEW IF NOT EXISTS clickstream.events_10m_hop ON CLUSTER '{cluster}' AS
 SELECT
     hop_start AS window_start,

@@ -295,6 +295,49 @@ WHERE window_start >= {from:DateTime} - INTERVAL 5 MINUTE
   AND hop_start < {to:DateTime}
 GROUP BY hop_start, dimension, value;
 
+-- ============================================================================================
+-- User behaviour (issue 13; the "User behaviour" dashboard and clickstream-top's users line).
+--
+--   users_daily       one row per (UTC day of event time, user_id)        ← users_daily_mv
+--
+-- Top users by events and revenue, sessions per user, new vs returning users (a user's first
+-- day is min(day) over this table, so within the 400-day TTL) and daily retention cohorts
+-- (users first seen on day D with a row on D+1, D+7) are GROUP BYs over it. The path from
+-- landing page to purchase reads clickstream.sessions (landing_page, exit_page, converted).
+-- Exact under replays as the rollups above: its own deduplication window, deterministic
+-- output. Sessions per user are a `uniq` state: exact for sets this small (below 65536), and a
+-- few bytes per (day, user) where uniqExact allocates kilobytes for each, which pushed a
+-- 10,000-row insert over a tight max_memory_usage (the faults suite's memory-limit scenario).
+-- ============================================================================================
+CREATE TABLE IF NOT EXISTS clickstream.users_daily
+(
+    day         Date,
+    user_id     String CODEC(ZSTD(1)),
+    events      SimpleAggregateFunction(sum, UInt64),
+    purchases   SimpleAggregateFunction(sum, UInt64),
+    revenue     SimpleAggregateFunction(sum, Decimal(38, 2)),
+    sessions    AggregateFunction(uniq, UUID),
+    first_event SimpleAggregateFunction(min, DateTime64(3, 'UTC'))
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (day, user_id)
+TTL day + INTERVAL 400 DAY
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS clickstream.users_daily_mv TO clickstream.users_daily AS
+SELECT
+    toDate(event_time) AS day,
+    user_id,
+    count() AS events,
+    countIf(event_type = 'purchase') AS purchases,
+    sum(if(event_type = 'purchase', coalesce(price, 0) * coalesce(quantity, 1), 0)) AS revenue,
+    uniqState(session_id) AS sessions,
+    min(event_time) AS first_event
+FROM clickstream.events
+GROUP BY day, user_id;
+-- rebuild clickstream.users_daily: day = toDate(event_time)
+
 -- Exactly-once support (sink)
 --
 -- The sink inserts each partition's rows with insert_deduplication_token =

@@ -34,6 +34,8 @@ GRANT INSERT ON clickstream.pages_5m TO clickstream_sink;
 GRANT INSERT ON clickstream.sessions TO clickstream_sink;
 GRANT INSERT ON clickstream.funnel_5m TO clickstream_sink;
 GRANT INSERT ON clickstream.kafka_progress TO clickstream_sink;
+-- users_daily (issue 13, the user-behaviour rollup).
+GRANT INSERT ON clickstream.users_daily TO clickstream_sink;
 -- The start-up check: does the table exist with the engine settings exactly once needs, and
 -- which columns does it have now (the sink follows benign ALTERs).
 GRANT SELECT ON system.tables TO clickstream_sink;

@@ -13,6 +13,10 @@ pub const LIVE_JSON: &str =
 pub const PIPELINE_HEALTH_JSON: &str =
     include_str!("../../grafana/provisioning/dashboards/pipeline-health.json");
 
+/// `grafana/provisioning/dashboards/user-behaviour.json`.
+pub const USER_BEHAVIOUR_JSON: &str =
+    include_str!("../../grafana/provisioning/dashboards/user-behaviour.json");
+
 /// The plugin id of the official ClickHouse datasource.
 pub const CLICKHOUSE_PLUGIN: &str = "grafana-clickhouse-datasource";
 
@@ -81,6 +85,12 @@ impl Dashboard {
         Dashboard::parse(PIPELINE_HEALTH_JSON).expect("the health dashboard is valid (tested)")
     }
 
+    /// "User behaviour".
+    pub fn user_behaviour() -> Dashboard {
+        Dashboard::parse(USER_BEHAVIOUR_JSON)
+            .expect("the user-behaviour dashboard is valid (tested)")
+    }
+
     /// Every panel, rows' panels included.
     pub fn all_panels(&self) -> Vec<&Panel> {
         fn walk<'a>(panels: &'a [Panel], out: &mut Vec<&'a Panel>) {
@@ -117,7 +127,11 @@ mod tests {
 
     #[test]
     fn both_dashboards_parse_and_have_sql_panels() {
-        for dashboard in [Dashboard::live(), Dashboard::pipeline_health()] {
+        for dashboard in [
+            Dashboard::live(),
+            Dashboard::pipeline_health(),
+            Dashboard::user_behaviour(),
+        ] {
             assert!(!dashboard.all_panels().is_empty(), "{}", dashboard.title);
         }
         assert!(Dashboard::live().sql("Events per second").is_ok());

@@ -25,6 +25,9 @@ pub mod panels {
     pub const REFERRERS: &str = "Referrers";
     pub const TOP_PAGES: &str = "Top pages";
     pub const LATENCY: &str = "Latency in range";
+    /// From "User behaviour".
+    pub const NEW_RETURNING: &str = "New vs returning users";
+    pub const TOP_USERS_BY_REVENUE: &str = "Top users by revenue";
 }
 
 /// Where to read and how often; see `clickstream-top --help` for the defaults.
@@ -112,6 +115,10 @@ impl Queries {
             sql.push((title, live.sql(title)?.to_owned()));
         }
         sql.push((panels::LATENCY, health.sql(panels::LATENCY)?.to_owned()));
+        let behaviour = Dashboard::user_behaviour();
+        for title in [panels::NEW_RETURNING, panels::TOP_USERS_BY_REVENUE] {
+            sql.push((title, behaviour.sql(title)?.to_owned()));
+        }
         Ok(Queries {
             database: database.to_owned(),
             sql,
@@ -158,6 +165,15 @@ pub struct PageLine {
     pub avg_duration_s: f64,
 }
 
+/// A user of "Top users by revenue".
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLine {
+    pub user_id: String,
+    pub revenue: f64,
+    pub purchases: u64,
+    pub events: u64,
+}
+
 /// One screenful of numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
@@ -178,6 +194,11 @@ pub struct Snapshot {
     /// Event lateness: kafka_timestamp − event_time.
     pub lateness_p50_s: f64,
     pub lateness_p99_s: f64,
+    /// Users active on the days the window touches, first seen on one of them / earlier.
+    pub new_users: u64,
+    pub returning_users: u64,
+    /// The top 5 of "Top users by revenue" (days the window touches).
+    pub top_users: Vec<UserLine>,
 }
 
 /// Runs the panels' SQL over `window` and gathers the results.
@@ -190,6 +211,12 @@ pub async fn collect(
     let revenue = queries.fetch(client, panels::REVENUE_5M, &window).await?;
     let latency = queries.fetch(client, panels::LATENCY, &window).await?;
     let pages = queries.fetch(client, panels::TOP_PAGES, &window).await?;
+    let new_returning = queries
+        .fetch(client, panels::NEW_RETURNING, &window)
+        .await?;
+    let users = queries
+        .fetch(client, panels::TOP_USERS_BY_REVENUE, &window)
+        .await?;
     let number = |table: &Table, panel: &str, column: &str| {
         if table.column(column).is_none() {
             return Err(Error::MissingColumn {
@@ -205,6 +232,14 @@ pub async fn collect(
             views: pages.number(row, "views").unwrap_or(0.0) as u64,
             users: pages.number(row, "users").unwrap_or(0.0) as u64,
             avg_duration_s: pages.number(row, "avg_duration_s").unwrap_or(0.0),
+        })
+        .collect();
+    let top_users = (0..users.rows.len().min(5))
+        .map(|row| UserLine {
+            user_id: users.text(row, 0),
+            revenue: users.number(row, "revenue").unwrap_or(0.0),
+            purchases: users.number(row, "purchases").unwrap_or(0.0) as u64,
+            events: users.number(row, "events").unwrap_or(0.0) as u64,
         })
         .collect();
     Ok(Snapshot {
@@ -223,6 +258,9 @@ pub async fn collect(
         latency_p99_s: number(&latency, panels::LATENCY, "p99_s")?,
         lateness_p50_s: number(&latency, panels::LATENCY, "lateness_p50_s")?,
         lateness_p99_s: number(&latency, panels::LATENCY, "lateness_p99_s")?,
+        new_users: number(&new_returning, panels::NEW_RETURNING, "new_users")? as u64,
+        returning_users: number(&new_returning, panels::NEW_RETURNING, "returning_users")? as u64,
+        top_users,
     })
 }
 
@@ -312,6 +350,28 @@ pub fn render(snapshot: &Snapshot, source: &str) -> String {
             thousands(page.views),
             thousands(page.users),
             page.avg_duration_s
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "users today (UTC days of the window): new {}   returning {}",
+        thousands(s.new_users),
+        thousands(s.returning_users)
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>10} {:>10} {:>10}",
+        "Top users by revenue", "revenue", "purchases", "events"
+    );
+    for user in &s.top_users {
+        let _ = writeln!(
+            out,
+            "{:<40} {:>10} {:>10} {:>10}",
+            truncate(&user.user_id, 40),
+            money(user.revenue),
+            thousands(user.purchases),
+            thousands(user.events)
         );
     }
     out
@@ -486,6 +546,14 @@ mod tests {
             latency_p99_s: 2.5,
             lateness_p50_s: 0.1,
             lateness_p99_s: 3600.0,
+            new_users: 12,
+            returning_users: 34,
+            top_users: vec![UserLine {
+                user_id: "user_0042".into(),
+                revenue: 512.5,
+                purchases: 3,
+                events: 77,
+            }],
         };
         let screen = render(&snapshot, "http://ch:8123 (clickstream)");
         for expected in [
@@ -501,6 +569,9 @@ mod tests {
             "40.0%",
             "/checkout",
             "3.25",
+            "new 12   returning 34",
+            "user_0042",
+            "512.50",
         ] {
             assert!(
                 screen.contains(expected),

@@ -415,10 +415,11 @@ pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>>
 }
 
 /// The workspace's binaries and the packages that build them.
-pub const WORKSPACE_BINARIES: [(&str, &str); 3] = [
+pub const WORKSPACE_BINARIES: [(&str, &str); 4] = [
     ("clickstream-producer", "clickstream-producer"),
     ("clickstream-sink", "clickstream-sink"),
     ("clickstream-top", "clickstream-dashboard"),
+    ("clickstream-windows", "clickstream-windows"),
 ];
 
 static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -469,6 +470,7 @@ fn is_fresh(path: &Path, package: &str) -> bool {
         "clickstream-dashboard" => "dashboard",
         "clickstream-producer" => "producer",
         "clickstream-sink" => "sink",
+        "clickstream-windows" => "windows",
         other => panic!("unknown package {other}"),
     };
     let root = repo_root();

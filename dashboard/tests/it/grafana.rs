@@ -84,7 +84,10 @@ fn provisioning_files_parse() {
 
     let boards = dashboards();
     let titles: Vec<&str> = boards.iter().map(|b| b.title.as_str()).collect();
-    assert_eq!(titles, ["Clickstream — live", "Pipeline health"]);
+    assert_eq!(
+        titles,
+        ["Clickstream — live", "Pipeline health", "User behaviour"]
+    );
     for board in &boards {
         assert_eq!(board.refresh, "5s", "{}", board.title);
         assert_eq!(
@@ -250,6 +253,45 @@ const EXPECTED_COLUMNS: &[(&str, &[&str])] = &[
     (
         "Event lateness (event time to Kafka)",
         &["time", "p50_s", "p99_s"],
+    ),
+    // User behaviour (issue 13).
+    (
+        "Top users by events",
+        &["user_id", "events", "sessions", "revenue"],
+    ),
+    (
+        "Top users by revenue",
+        &["user_id", "revenue", "purchases", "events"],
+    ),
+    ("New vs returning users", &["new_users", "returning_users"]),
+    (
+        "Sessions per user",
+        &[
+            "users",
+            "avg_sessions",
+            "p50_sessions",
+            "p90_sessions",
+            "max_sessions",
+        ],
+    ),
+    (
+        "Converting sessions",
+        &["converting_sessions", "conversion_pct", "revenue"],
+    ),
+    (
+        "Daily retention cohorts",
+        &[
+            "cohort",
+            "users",
+            "active_day_1",
+            "day_1_pct",
+            "active_day_7",
+            "day_7_pct",
+        ],
+    ),
+    (
+        "Landing → exit of converting sessions",
+        &["landing_page", "exit_page", "sessions", "revenue"],
     ),
     (
         "Inserts per minute and rows per insert",

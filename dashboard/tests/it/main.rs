@@ -2,6 +2,7 @@
 //! test or one shared, read-only seeded database (see `seed`).
 
 mod alerts;
+mod behaviour;
 mod grafana;
 mod rollups;
 mod schema;

@@ -192,6 +192,30 @@ pub async fn check_sessions(client: &clickhouse::Client) -> usize {
     assert_same("sessions", &rollup, &raw, 1, &[]).0
 }
 
+/// users_daily (issue 13) against the raw table, per (day, user).
+pub async fn check_users_daily(client: &clickhouse::Client) -> usize {
+    let rollup = table(
+        client,
+        "SELECT day, user_id, sum(events) AS events, sum(purchases) AS purchases,
+                toString(sum(revenue)) AS revenue, uniqMerge(sessions) AS sessions,
+                toUnixTimestamp64Milli(min(first_event)) AS first_ms
+         FROM users_daily GROUP BY day, user_id ORDER BY day, user_id",
+    )
+    .await;
+    let raw = table(
+        client,
+        "SELECT toDate(event_time) AS day, user_id, count() AS events,
+                countIf(event_type = 'purchase') AS purchases,
+                toString(toDecimal128(sumIf(coalesce(price, 0) * coalesce(quantity, 1),
+                    event_type = 'purchase'), 2)) AS revenue,
+                length(groupUniqArray(session_id)) AS sessions,
+                toUnixTimestamp64Milli(min(event_time)) AS first_ms
+         FROM events GROUP BY day, user_id ORDER BY day, user_id",
+    )
+    .await;
+    assert_same("users_daily", &rollup, &raw, 2, &["sessions"]).0
+}
+
 pub async fn check_funnel_5m(client: &clickhouse::Client) -> usize {
     let rollup = table(
         client,
@@ -289,6 +313,8 @@ async fn every_rollup_equals_the_raw_aggregates_on_100k_simulated_events() {
     let (rows_5m, error_5m) = check_pages_5m(&client).await;
     let sessions = check_sessions(&client).await;
     let funnel = check_funnel_5m(&client).await;
+    let users_daily = check_users_daily(&client).await;
+    assert!(users_daily > 100, "{users_daily} (day, user) rows");
     let (hops, error_hop) = check_hopping(
         &client,
         seeded.start - Duration::hours(7),
@@ -341,6 +367,7 @@ async fn late_events_update_their_past_windows() {
     check_pages_5m(&client).await;
     check_sessions(&client).await;
     check_funnel_5m(&client).await;
+    check_users_daily(&client).await;
     check_hopping(
         &client,
         window - Duration::minutes(10),
@@ -371,6 +398,9 @@ async fn dump_rollups(client: &clickhouse::Client) -> Vec<Table> {
          FROM funnel_5m GROUP BY ALL ORDER BY ALL",
         "SELECT * FROM events_10m_hop(from = toDateTime('2000-01-01 00:00:00'), to = toDateTime('2100-01-01 00:00:00'))
          ORDER BY window_start, dimension, value",
+        "SELECT day, user_id, sum(events), sum(purchases), toString(sum(revenue)),
+                uniqMerge(sessions), min(first_event)
+         FROM users_daily GROUP BY day, user_id ORDER BY day, user_id",
     ] {
         dump.push(table(client, sql).await);
     }

@@ -3,7 +3,7 @@
 
 use clickstream_testkit::{apply_schema, clickhouse, repo_root, sql_statements, unique_name};
 
-const OBJECTS: [&str; 12] = [
+const OBJECTS: [&str; 14] = [
     "events",
     "events_1m",
     "events_1m_mv",
@@ -16,6 +16,8 @@ const OBJECTS: [&str; 12] = [
     "events_10m_hop",
     "kafka_progress",
     "kafka_progress_mv",
+    "users_daily",
+    "users_daily_mv",
 ];
 
 fn read(path: &str) -> String {
@@ -43,7 +45,8 @@ async fn schema_applies_twice_and_creates_every_object() {
         .query(
             "SELECT name, engine_full FROM system.tables
              WHERE database = currentDatabase() AND engine LIKE '%MergeTree'
-               AND name IN ('events', 'events_1m', 'pages_5m', 'sessions', 'funnel_5m')",
+               AND name IN ('events', 'events_1m', 'pages_5m', 'sessions', 'funnel_5m',
+                            'users_daily')",
         )
         .fetch_all()
         .await

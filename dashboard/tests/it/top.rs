@@ -52,6 +52,34 @@ async fn top_shows_the_grafana_panels_numbers_which_match_the_raw_table() {
 
     // The raw table's numbers for the same window (whole minutes starting inside it).
     let (from, to) = (window.from.timestamp(), window.to.timestamp());
+    // "User behaviour": new vs returning and the top user by revenue, on the window's days.
+    let (new_users, returning_users, top_user): (u64, u64, String) = client
+        .query(
+            "SELECT countIf(first_day >= toDate(toDateTime(?))), countIf(first_day < toDate(toDateTime(?))),
+                    assumeNotNull((SELECT user_id FROM events
+                     WHERE toDate(event_time) BETWEEN toDate(toDateTime(?)) AND toDate(toDateTime(?))
+                     GROUP BY user_id
+                     ORDER BY sumIf(coalesce(price, 0) * coalesce(quantity, 1), event_type = 'purchase') DESC, user_id
+                     LIMIT 1))
+             FROM (SELECT user_id, min(toDate(event_time)) AS first_day,
+                          max(toDate(event_time) BETWEEN toDate(toDateTime(?)) AND toDate(toDateTime(?))) AS active
+                   FROM events GROUP BY user_id HAVING active)",
+        )
+        .bind(from)
+        .bind(from)
+        .bind(from)
+        .bind(to)
+        .bind(from)
+        .bind(to)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        (snapshot.new_users, snapshot.returning_users),
+        (new_users, returning_users)
+    );
+    assert!(snapshot.new_users + snapshot.returning_users > 0);
+    assert_eq!(snapshot.top_users[0].user_id, top_user);
     let (events, users, revenue): (u64, u64, String) = client
         .query(
             "SELECT count(), uniqExact(user_id),

@@ -11,12 +11,14 @@ use clickstream_testkit::repo_root;
 
 use crate::{compose, read};
 
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 9] = [
     "kafka",
     "kafka-init",
     "clickhouse",
     "producer",
     "sink",
+    "windows",
+    "kafka-ui",
     "prometheus",
     "grafana",
 ];
@@ -68,6 +70,8 @@ fn the_product_is_these_services_on_pinned_official_images() {
         ("clickhouse", "clickhouse/clickhouse-server"),
         ("prometheus", "prom/prometheus"),
         ("grafana", "grafana/grafana"),
+        // The maintained fork of provectus/kafka-ui.
+        ("kafka-ui", "kafbat/kafka-ui"),
     ];
     for (service, repository) in official {
         let image = compose.service(service)["image"]
@@ -102,7 +106,11 @@ fn the_product_is_these_services_on_pinned_official_images() {
         compose.service("kafka-init")["image"]
     );
     // Producer and sink are built here, from the one Dockerfile.
-    for (service, target) in [("producer", "producer"), ("sink", "sink")] {
+    for (service, target) in [
+        ("producer", "producer"),
+        ("sink", "sink"),
+        ("windows", "windows"),
+    ] {
         let build = &compose.service(service)["build"];
         assert_eq!(build["context"].as_str(), Some("."), "{service}");
         assert_eq!(
@@ -215,6 +223,14 @@ fn every_service_has_a_health_check_and_waits_for_what_it_needs() {
                 ("kafka-init", "service_completed_successfully"),
             ],
         ),
+        (
+            "windows",
+            &[
+                ("clickhouse", "service_healthy"),
+                ("kafka-init", "service_completed_successfully"),
+            ],
+        ),
+        ("kafka-ui", &[("kafka", "service_healthy")]),
         ("prometheus", &[]),
         (
             "grafana",
@@ -512,6 +528,7 @@ fn prometheus_scrapes_the_ports_the_programs_listen_on() {
         targets,
         BTreeSet::from([
             format!("sink:{sink_port}"),
+            format!("windows:{}", windows_port(&compose)),
             format!("producer:{producer_port}")
         ])
     );
@@ -794,4 +811,157 @@ fn producer_and_sink_agree_on_which_kafka_properties_are_secret() {
             "{key}"
         );
     }
+}
+
+/// Loads clickstream-windows' settings from `env` alone, as the binary does.
+fn windows_settings(
+    env: &BTreeMap<String, String>,
+) -> Result<clickstream_windows::settings::Settings, String> {
+    clickstream_windows::settings::Settings::load_from(
+        &clickstream_windows::settings::Overrides::default(),
+        env.clone(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The port clickstream-windows serves /metrics and /health on in compose.
+fn windows_port(compose: &Compose) -> u16 {
+    let env = compose
+        .environment("windows")
+        .unwrap_or_else(|e| panic!("windows: {e:?}"));
+    let settings = windows_settings(&env).unwrap_or_else(|e| panic!("{e}"));
+    let port = settings.http_addr.rsplit(':').next().unwrap_or_default();
+    port.parse()
+        .unwrap_or_else(|e| panic!("http_addr {}: {e}", settings.http_addr))
+}
+
+#[test]
+fn the_window_publisher_accepts_its_environment_and_reads_as_the_reader() {
+    let compose = compose();
+    let env = compose.environment("windows").unwrap();
+    let settings = windows_settings(&env).unwrap_or_else(|e| panic!("{e}"));
+    let defaults = windows_settings(&BTreeMap::new()).unwrap();
+    for (key, value) in &env {
+        if key.starts_with("CLICKSTREAM_WINDOWS_") {
+            continue;
+        }
+        let alone = BTreeMap::from([(key.clone(), value.clone())]);
+        assert_ne!(
+            windows_settings(&alone).unwrap(),
+            defaults,
+            "{key} is not read by clickstream-windows"
+        );
+    }
+    assert_eq!(settings.brokers, "kafka:9092");
+    assert_eq!(settings.clickhouse_url, "http://clickhouse:8123");
+    // It only reads: the read-only user, with the password ClickHouse sets for it.
+    assert_eq!(settings.clickhouse_user, "clickstream_reader");
+    assert_eq!(
+        settings.clickhouse_password,
+        compose.env["CLICKHOUSE_READER_PASSWORD"]
+    );
+    assert!(created_topics(&compose).contains_key(&settings.topic));
+    assert_eq!(settings.topic, "clickstream-metrics");
+    assert_eq!(
+        settings.topic_retention_ms.to_string(),
+        compose.env["KAFKA_METRICS_RETENTION_MS"]
+    );
+    assert_eq!(settings.window_minutes(), Some(5));
+    let port = windows_port(&compose);
+    assert!(
+        compose
+            .ports("windows")
+            .unwrap()
+            .iter()
+            .any(|(_, c)| *c == port)
+    );
+    assert_eq!(
+        health_probe(&compose, "windows"),
+        (port, "/health".to_owned())
+    );
+}
+
+#[test]
+fn topics_get_their_retention_from_the_env_file_at_creation_and_after() {
+    let compose = compose();
+    let init = compose.environment("kafka-init").unwrap();
+    let script: String = compose.service("kafka-init")["command"]
+        .as_sequence()
+        .expect("kafka-init command list")
+        .iter()
+        .filter_map(scalar)
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The retention each line sets, by topic: (at creation, applied to an existing topic).
+    let retention_of = |line: &str| -> String {
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("retention.ms="))
+            .unwrap_or_else(|| panic!("no retention.ms in: {line}"));
+        let variable = value.trim_start_matches('$');
+        init.get(variable)
+            .unwrap_or_else(|| panic!("kafka-init has no {variable}"))
+            .clone()
+    };
+    let mut created = BTreeMap::new();
+    let mut altered = BTreeMap::new();
+    for line in script.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .map(|i| words[i + 1].to_owned())
+        };
+        if line.contains("--create") {
+            created.insert(after("--topic").unwrap(), retention_of(line));
+        } else if line.contains("--alter") {
+            altered.insert(after("--entity-name").unwrap(), retention_of(line));
+        }
+    }
+    let hours = |ms: &str| ms.parse::<u64>().unwrap() / 3_600_000;
+    let env = &compose.env;
+    assert_eq!(created, altered, "the same retention at creation and after");
+    assert_eq!(
+        created["clickstream-events"],
+        env["KAFKA_EVENTS_RETENTION_MS"]
+    );
+    assert_eq!(
+        created["clickstream-metrics"],
+        env["KAFKA_METRICS_RETENTION_MS"]
+    );
+    assert_eq!(created["clickstream-dlq"], env["KAFKA_DLQ_RETENTION_MS"]);
+    // The documented defaults: raw events 24 h, window results 7 days, dead letters 14 days.
+    assert_eq!(hours(&created["clickstream-events"]), 24);
+    assert_eq!(hours(&created["clickstream-metrics"]), 7 * 24);
+    assert_eq!(hours(&created["clickstream-dlq"]), 14 * 24);
+}
+
+#[test]
+fn kafka_ui_is_read_only_preconfigured_and_on_localhost() {
+    let compose = compose();
+    let env = compose.environment("kafka-ui").unwrap();
+    assert_eq!(env["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"], "kafka:9092");
+    assert_eq!(env["KAFKA_CLUSTERS_0_READONLY"], "true");
+    assert_eq!(env["DYNAMIC_CONFIG_ENABLED"], "false");
+    let port: u16 = env["SERVER_PORT"].parse().unwrap();
+    assert_eq!(
+        compose.ports("kafka-ui").unwrap(),
+        [(compose.env["KAFKA_UI_PORT"].parse().unwrap(), port)]
+    );
+    assert_eq!(compose.env["KAFKA_UI_PORT"], "8090");
+    let doc = &compose.doc["services"]["kafka-ui"]["ports"][0];
+    assert!(scalar(doc).unwrap().starts_with("127.0.0.1:"), "{doc:?}");
+    let probe: Vec<String> = compose.service("kafka-ui")["healthcheck"]["test"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(scalar)
+        .collect();
+    assert!(
+        probe
+            .last()
+            .is_some_and(|url| url == &format!("http://localhost:{port}/actuator/health")),
+        "{probe:?}"
+    );
 }

@@ -92,7 +92,8 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     let bin_dir = crate::bin_dir();
     let data = TempDir::new("it_demo");
     let marker = unique_name("demo");
-    let [kafka, clickhouse, https, sink, producer] = [
+    let [kafka, clickhouse, https, sink, producer, windows] = [
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -100,11 +101,11 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         free_port(),
     ];
     assert_eq!(
-        [kafka, clickhouse, https, sink, producer]
+        [kafka, clickhouse, https, sink, producer, windows]
             .iter()
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        5
+        6
     );
     let started = Instant::now();
     let mut child = Command::new(repo_root().join("scripts/demo"))
@@ -115,6 +116,7 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         .env("STACK_DATA_DIR", data.path())
         .env("DEMO_SINK_PORT", sink.to_string())
         .env("DEMO_PRODUCER_PORT", producer.to_string())
+        .env("DEMO_WINDOWS_PORT", windows.to_string())
         .env("DEMO_BIN_DIR", &bin_dir)
         .env("DEMO_RATE", "200")
         .env("CLICKSTREAM_DEMO_TEST", &marker)
@@ -190,10 +192,21 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(metric(producer, "clickstream_producer_sent_total").is_some_and(|n| n > 0.0));
+    // The window publisher checked the rollups (its first check publishes the newest closed
+    // window).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !metric(windows, "clickstream_windows_checks_total").is_some_and(|n| n >= 1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "clickstream-windows made no check in 60 s:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let running = marked_processes(&marker);
     assert!(
-        running.len() >= 5,
-        "demo, stack, producer, sink: {running:#?}"
+        running.len() >= 6,
+        "demo, stack, producer, sink, windows: {running:#?}"
     );
 
     // Ctrl-C: everything stops, cleanly.
@@ -222,6 +235,7 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     for line in [
         "stopped producer",
         "stopped sink",
+        "stopped windows",
         "stopped clickhouse",
         "stopped kafka",
     ] {
@@ -232,7 +246,7 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         left.is_empty(),
         "still running after Ctrl-C: {left:#?}\n{log}"
     );
-    for port in [kafka, clickhouse, sink, producer] {
+    for port in [kafka, clickhouse, sink, producer, windows] {
         assert!(!port_open(port), "port {port} still open");
     }
     // The producer flushed: everything it sent was delivered.

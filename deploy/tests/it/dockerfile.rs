@@ -87,7 +87,11 @@ fn cargo_builds_locked_release_like_ci() {
     assert_eq!(packages(builds[0]), packages(builds[1]));
     assert_eq!(
         packages(builds[0]),
-        BTreeSet::from(["clickstream-producer".into(), "clickstream-sink".into()])
+        BTreeSet::from([
+            "clickstream-producer".into(),
+            "clickstream-sink".into(),
+            "clickstream-windows".into()
+        ])
     );
     // CI (scripts/test) builds and tests with the lockfile as it is, too.
     let ci = read("scripts/test");
@@ -256,7 +260,11 @@ fn the_runtime_installs_what_the_binaries_link() {
             _ => return None,
         })
     };
-    for name in ["clickstream-producer", "clickstream-sink"] {
+    for name in [
+        "clickstream-producer",
+        "clickstream-sink",
+        "clickstream-windows",
+    ] {
         let output = Command::new("readelf")
             .arg("-d")
             .arg(binary(name))
@@ -302,6 +310,7 @@ fn the_images_run_their_binary_as_non_root_on_the_compose_ports() {
     for (service, binary) in [
         ("producer", "clickstream-producer"),
         ("sink", "clickstream-sink"),
+        ("windows", "clickstream-windows"),
     ] {
         let stage = file.stage(service).expect("target stage");
         let steps = file.lineage(stage);

@@ -137,12 +137,16 @@ fn base_and_overlay_build_into_the_sink_and_the_producer() {
         let expected: Vec<(String, String)> = [
             ("ConfigMap", "clickstream-producer"),
             ("ConfigMap", "clickstream-sink"),
+            ("ConfigMap", "clickstream-windows"),
             ("Deployment", "clickstream-producer"),
             ("Deployment", "clickstream-sink"),
+            ("Deployment", "clickstream-windows"),
             ("PodDisruptionBudget", "clickstream-producer"),
             ("PodDisruptionBudget", "clickstream-sink"),
+            ("PodDisruptionBudget", "clickstream-windows"),
             ("Service", "clickstream-producer-metrics"),
             ("Service", "clickstream-sink-metrics"),
+            ("Service", "clickstream-windows-metrics"),
         ]
         .iter()
         .map(|(k, n)| (k.to_string(), n.to_string()))
@@ -160,7 +164,11 @@ fn base_and_overlay_build_into_the_sink_and_the_producer() {
             Some("clickstream")
         );
     }
-    for name in ["clickstream-sink", "clickstream-producer"] {
+    for name in [
+        "clickstream-sink",
+        "clickstream-producer",
+        "clickstream-windows",
+    ] {
         let deployment = find(&overlay, "Deployment", name).unwrap();
         let image = container(deployment)["image"].as_str().unwrap();
         let (_, tag) = split_image(image);
@@ -376,6 +384,68 @@ fn the_producer_deployment_is_probed_bounded_and_its_settings_parse() {
 
 /// The PodDisruptionBudget and the metrics Service select the Deployment's pods, the budget
 /// lets one go at a time, and the Service carries the scrape annotations for its port.
+#[test]
+fn the_window_publisher_runs_once_probed_reading_as_the_reader() {
+    for which in ["base", "overlays/example"] {
+        let objects = built(which);
+        let deployment = find(&objects, "Deployment", "clickstream-windows").expect("Deployment");
+        // One instance per topic, and never two at once during a rollout.
+        assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(1), "{which}");
+        assert_eq!(
+            deployment["spec"]["strategy"]["type"].as_str(),
+            Some("Recreate"),
+            "{which}"
+        );
+        let (env, from_secrets) = environment(&objects, deployment);
+        let settings = clickstream_windows::settings::Settings::load_from(
+            &clickstream_windows::settings::Overrides::default(),
+            env.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{which}: {e}"));
+        assert_eq!(settings.clickhouse_user, "clickstream_reader", "{which}");
+        assert_eq!(settings.topic, "clickstream-metrics");
+        assert!(settings.clickhouse_url.starts_with("https://"), "{which}");
+        assert_eq!(from_secrets, ["CLICKSTREAM_WINDOWS_KAFKA__SASL_PASSWORD"]);
+        // The password file is the Secret's mounted key.
+        let container = container(deployment);
+        let mount = seq(&container["volumeMounts"])
+            .into_iter()
+            .find(|m| m["name"].as_str() == Some("secrets"))
+            .expect("secrets mount");
+        assert_eq!(
+            format!(
+                "{}/clickhouse-password",
+                mount["mountPath"].as_str().unwrap()
+            ),
+            settings.clickhouse_password_file,
+            "{which}"
+        );
+        let metrics = port(deployment, "metrics");
+        assert_eq!(
+            settings.http_addr.rsplit(':').next(),
+            Some(metrics.to_string().as_str())
+        );
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                container[probe]["httpGet"]["path"].as_str(),
+                Some("/health"),
+                "{which}: {probe}"
+            );
+            assert_eq!(
+                container[probe]["httpGet"]["port"].as_str(),
+                Some("metrics")
+            );
+        }
+        assert!(quantity(&container["resources"]["limits"]["memory"]) > 0.0);
+        check_budget_and_metrics(
+            &objects,
+            "clickstream-windows",
+            "clickstream-windows-metrics",
+            which,
+        );
+    }
+}
+
 fn check_budget_and_metrics(objects: &[Value], name: &str, service: &str, which: &str) {
     let deployment = find(objects, "Deployment", name).expect("the Deployment");
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];

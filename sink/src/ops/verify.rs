@@ -164,6 +164,14 @@ pub const ROLLUP_CHECKS: &[RollupCheck] = &[
                   toInt128(uniqExact(session_id)) AS v FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
     },
     RollupCheck {
+        rollup: "users_daily",
+        measure: "sum(events) per (day, user_id) = count() per day and user",
+        rollup_sql: "SELECT concat(toString(day), ' ', user_id) AS k, toInt128(sum(events)) AS v \
+                     FROM {db}.users_daily WHERE day >= toDate({since}) GROUP BY k",
+        raw_sql: "SELECT concat(toString(toDate(event_time)), ' ', user_id) AS k, toInt128(count()) AS v \
+                  FROM {db}.{table} WHERE toDate(event_time) >= toDate({since}) GROUP BY k",
+    },
+    RollupCheck {
         rollup: "kafka_progress",
         measure: "sum(rows) per (topic, partition) = count() per partition",
         rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(sum(rows)) AS v \

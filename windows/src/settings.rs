@@ -1,0 +1,468 @@
+//! Typed, validated settings, defined once (the sink's pattern: `sink/src/settings.rs`).
+//! Layers, lowest first: defaults < `--config FILE` (TOML) < environment
+//! (`CLICKSTREAM_WINDOWS_<KEY>`, plus `KAFKA_BROKERS` / `CLICKHOUSE_URL` / ...) < flags.
+//! A bad value stops start-up with the key named.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// One setting, as defined once in [`settings!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// The TOML key; `CLICKSTREAM_WINDOWS_<NAME>` in the environment, `--name-with-dashes`.
+    pub name: &'static str,
+    /// Other environment variables read for it (below `CLICKSTREAM_WINDOWS_*`).
+    pub env: &'static [&'static str],
+    /// Shown as `<redacted>` by `Debug` when set.
+    pub secret: bool,
+    pub help: &'static str,
+}
+
+impl Key {
+    pub fn flag_name(&self) -> String {
+        self.name.replace('_', "-")
+    }
+
+    /// The default as the README and `--help` show it.
+    pub fn default_shown(&self) -> String {
+        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
+        match &defaults[self.name] {
+            serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Defines [`Settings`] (fields, `Default`, `Debug` without secrets) and [`KEYS`] from one
+/// list: key, type, default, extra environment variables, secret, help.
+macro_rules! settings {
+    ($( $name:ident : $ty:ty = $default:expr, env: [$($env:literal),*], secret: $secret:literal, help: $help:literal; )*) => {
+        /// All settings of clickstream-windows, with their defaults.
+        #[derive(Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Settings {
+            $( #[doc = $help] pub $name: $ty, )*
+            /// Extra librdkafka properties (TLS, SASL) for the producer and the read-back.
+            pub kafka: BTreeMap<String, String>,
+        }
+
+        impl Default for Settings {
+            fn default() -> Settings {
+                Settings { $( $name: $default, )* kafka: BTreeMap::new() }
+            }
+        }
+
+        /// Every setting but `kafka`, in the README's order.
+        pub const KEYS: &[Key] = &[
+            $( Key { name: stringify!($name), env: &[$($env),*], secret: $secret, help: $help }, )*
+        ];
+
+        impl std::fmt::Debug for Settings {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct("Settings");
+                $( out.field(stringify!($name), &shown(stringify!($name), $secret, &self.$name)); )*
+                let kafka: BTreeMap<&str, &str> = self
+                    .kafka
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), if is_secret_kafka_property(k) { REDACTED } else { v.as_str() }))
+                    .collect();
+                out.field("kafka", &kafka).finish()
+            }
+        }
+    };
+}
+
+pub const REDACTED: &str = "<redacted>";
+
+fn shown<T: std::fmt::Debug>(name: &str, secret: bool, value: &T) -> String {
+    let text = format!("{value:?}");
+    if secret && text != "\"\"" {
+        REDACTED.to_owned()
+    } else if name.ends_with("_url") {
+        clickstream_connect::redact_url(text.trim_matches('"'))
+    } else {
+        text
+    }
+}
+
+/// librdkafka properties whose values are secrets (the sink's rule).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+settings! {
+    brokers: String = "localhost:9092".into(), env: ["KAFKA_BROKERS"], secret: false,
+        help: "Kafka bootstrap servers";
+    topic: String = "clickstream-metrics".into(), env: [], secret: false,
+        help: "topic the window messages are published on (created if missing, with `topic_retention_ms`)";
+    topic_retention_ms: u64 = 7 * 24 * 3_600_000, env: [], secret: false,
+        help: "retention.ms of the topic when this program creates it (7 days); windows older than this are neither read back nor corrected";
+    window: String = "5m".into(), env: [], secret: false,
+        help: "window length, `1m` or `5m` (tumbling, aligned to the epoch)";
+    allowed_lateness_ms: u64 = 60_000, env: [], secret: false,
+        help: "a window is closed, and published, once its end plus this has passed";
+    since: String = String::new(), env: [], secret: false,
+        help: "RFC 3339 time: publish (backfill) the windows from this one on; empty: from where the topic stops, or from the last closed window";
+    poll_interval_ms: u64 = 5_000, env: [], secret: false,
+        help: "how often ClickHouse is asked for closed windows and late rows";
+    top_n: usize = 10, env: [], secret: false,
+        help: "entries in `top_referrers` and `top_pages`";
+    clickhouse_url: String = "http://localhost:8123".into(), env: ["CLICKHOUSE_URL"], secret: false,
+        help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
+    clickhouse_user: String = "default".into(), env: ["CLICKHOUSE_USER"], secret: false,
+        help: "ClickHouse user (compose: `clickstream_reader`; it only reads)";
+    clickhouse_password: String = String::new(), env: ["CLICKHOUSE_PASSWORD"], secret: true,
+        help: "its password (prefer the file below)";
+    clickhouse_password_file: String = String::new(), env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
+        help: "file holding the password, read at start, trailing newline ignored; not together with `clickhouse_password`";
+    clickhouse_ca_file: String = String::new(), env: ["CLICKHOUSE_CA_FILE"], secret: false,
+        help: "for `https://`: PEM CA certificate(s) to trust instead of the system's";
+    clickhouse_client_cert_file: String = String::new(), env: [], secret: false,
+        help: "PEM client certificate for mutual TLS (with the key below)";
+    clickhouse_client_key_file: String = String::new(), env: [], secret: false,
+        help: "its PEM private key";
+    database: String = "clickstream".into(), env: [], secret: false,
+        help: "database of the rollups (`events_1m`) and of `events` (late rows are found by `inserted_at`)";
+    http_addr: String = "0.0.0.0:9102".into(), env: [], secret: false,
+        help: "address of `/metrics` and `/health`, or `off`";
+    log_format: LogFormat = LogFormat::Human, env: [], secret: false,
+        help: "`human` or `json`";
+}
+
+/// Values given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub values: Vec<(String, String)>,
+    pub kafka: Vec<(String, String)>,
+}
+
+pub const ENV_PREFIX: &str = "CLICKSTREAM_WINDOWS";
+
+/// Where the README's settings table starts and ends.
+pub const README_BEGIN: &str = "<!-- windows-settings:begin (generated from windows/src/settings.rs; UPDATE_README=1 cargo test -p clickstream-windows --lib readme rewrites it) -->";
+pub const README_END: &str = "<!-- windows-settings:end -->";
+
+/// The README's table of settings, generated from [`KEYS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from("| environment | flag | default | meaning |\n|---|---|---|---|\n");
+    for key in KEYS {
+        let mut vars = format!("`{ENV_PREFIX}_{}`", key.name.to_ascii_uppercase());
+        if !key.env.is_empty() {
+            let aliases: Vec<String> = key.env.iter().map(|v| format!("`{v}`")).collect();
+            vars = format!("{vars} (or {})", aliases.join(", "));
+        }
+        let default = match key.default_shown() {
+            empty if empty == "empty" => empty,
+            value => format!("`{value}`"),
+        };
+        out.push_str(&format!(
+            "| {vars} | `--{}` | {default} | {} |\n",
+            key.flag_name(),
+            key.help
+        ));
+    }
+    out.push_str(&format!(
+        "| `{ENV_PREFIX}_KAFKA__<KEY>` | `-X KEY=VALUE` | none | librdkafka properties (TLS, \
+         SASL) for the producer and the read-back consumer |\n"
+    ));
+    out
+}
+
+impl Settings {
+    pub fn load(overrides: &Overrides) -> Result<Settings, Error> {
+        Settings::load_from(overrides, std::env::vars())
+    }
+
+    /// Like [`Settings::load`], with the environment given (for tests).
+    pub fn load_from(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, Error> {
+        let defaults = config::Config::try_from(&Settings::default()).map_err(Error::settings)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = &overrides.config_file {
+            if !path.exists() {
+                return Err(Error::Settings(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder
+                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        }
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        for key in KEYS {
+            for var in key.env {
+                if let Some(value) = env.get(*var) {
+                    builder = builder
+                        .set_override(key.name, value.as_str())
+                        .map_err(Error::settings)?;
+                }
+            }
+        }
+        let kafka_prefix = format!("{ENV_PREFIX}_KAFKA__");
+        let env_kafka: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&kafka_prefix)
+                    .map(|key| (key.to_ascii_lowercase().replace('_', "."), v.clone()))
+            })
+            .collect();
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with(&kafka_prefix) && k.starts_with(&format!("{ENV_PREFIX}_"))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(prefixed)),
+        );
+        for (key, value) in &overrides.values {
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(Error::settings)?;
+        }
+        let mut settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(Error::settings)?;
+        settings.kafka.extend(env_kafka);
+        settings.kafka.extend(overrides.kafka.iter().cloned());
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot; the error names the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: &str, why: &str| {
+            Err(Error::Settings(format!("invalid value for `{key}`: {why}")))
+        };
+        for (key, value) in [("brokers", &self.brokers), ("topic", &self.topic)] {
+            if value.trim().is_empty() {
+                return bad(key, "must not be empty");
+            }
+        }
+        if self.window_minutes().is_none() {
+            return bad("window", "must be `1m` or `5m`");
+        }
+        if !self.since.is_empty() && DateTime::parse_from_rfc3339(&self.since).is_err() {
+            return bad(
+                "since",
+                "must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z",
+            );
+        }
+        if !(self.clickhouse_url.starts_with("http://")
+            || self.clickhouse_url.starts_with("https://"))
+        {
+            return bad("clickhouse_url", "must start with http:// or https://");
+        }
+        if clickstream_connect::has_credentials(&self.clickhouse_url) {
+            return bad(
+                "clickhouse_url",
+                "must not carry credentials: set clickhouse_user and clickhouse_password_file",
+            );
+        }
+        if !self.clickhouse_password.is_empty() && !self.clickhouse_password_file.is_empty() {
+            return bad(
+                "clickhouse_password_file",
+                "set either it or `clickhouse_password`, not both",
+            );
+        }
+        if self.clickhouse_client_cert_file.is_empty() != self.clickhouse_client_key_file.is_empty()
+        {
+            return bad(
+                "clickhouse_client_key_file",
+                "client certificate and key go together",
+            );
+        }
+        if self.database.is_empty()
+            || !self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return bad(
+                "database",
+                "must be a plain identifier (letters, digits, _)",
+            );
+        }
+        if self.poll_interval_ms < 100 {
+            return bad("poll_interval_ms", "must be at least 100");
+        }
+        if self.top_n == 0 {
+            return bad("top_n", "must be at least 1");
+        }
+        if self.topic_retention_ms < 3_600_000 {
+            return bad("topic_retention_ms", "must be at least 3600000 (1 hour)");
+        }
+        if self.http_addr != "off" && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
+            return bad("http_addr", "must be HOST:PORT (an IP address) or \"off\"");
+        }
+        for key in self.kafka.keys() {
+            if key == "bootstrap.servers" {
+                return bad("kafka.bootstrap.servers", "is set by `brokers`");
+            }
+        }
+        Ok(())
+    }
+
+    /// 1 or 5 for `window`.
+    pub fn window_minutes(&self) -> Option<i64> {
+        match self.window.as_str() {
+            "1m" => Some(1),
+            "5m" => Some(5),
+            _ => None,
+        }
+    }
+
+    pub fn since_time(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.since)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn kafka_client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.kafka {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(values: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Settings, Error> {
+        let overrides = Overrides {
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Overrides::default()
+        };
+        Settings::load_from(
+            &overrides,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_readme_table_of_settings_is_made_from_their_definitions() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme
+            .find(README_BEGIN)
+            .expect("the README marks the table")
+            + README_BEGIN.len();
+        let stop = readme.find(README_END).expect("the README marks its end");
+        let expected = format!("\n{}", markdown_table());
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(
+                path,
+                format!("{}{expected}{}", &readme[..start], &readme[stop..]),
+            )
+            .unwrap();
+            return;
+        }
+        assert_eq!(
+            &readme[start..stop],
+            expected,
+            "UPDATE_README=1 cargo test -p clickstream-windows --lib readme"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_layers_apply_in_order() {
+        let settings = load(&[], &[]).unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.topic, "clickstream-metrics");
+        assert_eq!(settings.window_minutes(), Some(5));
+        assert_eq!(settings.allowed_lateness_ms, 60_000);
+        assert_eq!(settings.topic_retention_ms, 604_800_000);
+        let env = [
+            ("KAFKA_BROKERS", "k1:9092"),
+            ("CLICKHOUSE_URL", "http://ch:8123"),
+            ("CLICKSTREAM_WINDOWS_WINDOW", "1m"),
+            ("CLICKSTREAM_WINDOWS_TOP_N", "3"),
+            ("CLICKSTREAM_WINDOWS_KAFKA__SECURITY_PROTOCOL", "SSL"),
+        ];
+        let settings = load(&[("top_n", "4")], &env).unwrap();
+        assert_eq!(settings.brokers, "k1:9092");
+        assert_eq!(settings.clickhouse_url, "http://ch:8123");
+        assert_eq!(settings.window_minutes(), Some(1));
+        assert_eq!(settings.top_n, 4, "flag beats env");
+        assert_eq!(
+            settings.kafka.get("security.protocol").map(String::as_str),
+            Some("SSL")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_debug_shows_no_secret() {
+        type Pairs<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Pairs, Pairs, &str)] = &[
+            (&[("window", "10m")], &[], "window"),
+            (&[("since", "yesterday")], &[], "since"),
+            (&[], &[("CLICKSTREAM_WINDOWS_TOP_N", "many")], "top_n"),
+            (
+                &[("clickhouse_url", "https://u:pw@ch:8443")],
+                &[],
+                "clickhouse_url",
+            ),
+            (&[("database", "x; DROP")], &[], "database"),
+            (&[("http_addr", "nowhere")], &[], "http_addr"),
+            (&[], &[("CLICKSTREAM_WINDOWS_WINDOWZ", "5m")], "windowz"),
+        ];
+        for (values, env, key) in cases {
+            let error = load(values, env).expect_err(key).to_string();
+            assert!(
+                error.contains(key),
+                "error for {key} does not name it: {error}"
+            );
+            assert!(!error.contains("pw@"), "{error}");
+        }
+        let settings = load(
+            &[("clickhouse_password", "ch-secret-1")],
+            &[("CLICKSTREAM_WINDOWS_KAFKA__SASL_PASSWORD", "kafka-secret-2")],
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("ch-secret-1") && !shown.contains("kafka-secret-2"),
+            "{shown}"
+        );
+        assert!(shown.contains(REDACTED));
+    }
+}
