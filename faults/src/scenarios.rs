@@ -744,10 +744,10 @@ async fn clickhouse_hang(stack: &Stack) -> anyhow::Result<Done> {
 /// Code 241 and are split until they fit; nothing is dead-lettered.
 async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     let run = Arc::new(Run::new("memory-limit", stack, 28, 0.0).await?);
-    run.produce(30_000).await?;
+    run.produce(MEMORY_LIMIT_EVENTS).await?;
     run.inject(json!({"settings": {"max_memory_usage": MEMORY_LIMIT_BYTES.to_string()}}))
         .await?;
-    let sink = run.start_sink(&[("CLICKSTREAM_SINK_MAX_ROWS", "100000".to_owned())], &[])?;
+    let sink = run.start_sink(&[("CLICKSTREAM_SINK_MAX_ROWS", "300000".to_owned())], &[])?;
     run.wait_accounted(Duration::from_secs(180)).await?;
     // A refused insert's rows are in the table before the refusal reaches the sink, so every
     // offset can look accounted for while the sink is still splitting: wait for its writes
@@ -766,8 +766,8 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     run.clear_fault().await?;
     let injected = json!({
         "max_memory_usage": MEMORY_LIMIT_BYTES,
-        "events": 30_000,
-        "max_rows": 100_000,
+        "events": MEMORY_LIMIT_EVENTS,
+        "max_rows": 300_000,
         "insert_splits": splits,
         "rows_left_by_refused_inserts_removed": removed,
     });
@@ -786,6 +786,11 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
 /// 12 MB with five; with users_daily_mv a 2-event insert used 15-16 MB alone and 18.3 MiB under
 /// scripts/test's load, while 5,000 events failed at 22 MB alone.
 const MEMORY_LIMIT_BYTES: u64 = 24_000_000;
+/// Enough that each partition's first insert (about 40,000 rows) is far over the limit: with
+/// 30,000 events (10,000 per partition) the inserts fitted in 24 MB under scripts/test and no
+/// insert was split (the limit had to rise from 12 MB when `users_daily_mv` made every insert
+/// need 15-18 MB, even of 2 rows).
+const MEMORY_LIMIT_EVENTS: usize = 120_000;
 
 /// Disk full (Code 243) for 15 s while events stream in: inserts are retried, the sink
 /// reports itself stalled within stall_timeout_ms (5 s here) and recovers by itself.
