@@ -217,15 +217,22 @@ impl Run {
         })
     }
 
-    /// Produces `count` simulated messages and waits for every delivery report.
+    /// Produces `count` simulated messages and waits for every delivery report (in rounds of
+    /// at most 50,000: the producer's queue holds 100,000 messages).
     pub async fn produce(&self, count: usize) -> anyhow::Result<()> {
-        let messages: Vec<(String, Vec<u8>)> = {
-            let mut simulator = self.simulator.lock().expect("simulator lock");
-            (0..count)
-                .map(|_| Generated::into_key_and_payload(simulator.next(Utc::now())))
-                .collect()
-        };
-        self.produce_messages(messages).await
+        let mut left = count;
+        while left > 0 {
+            let round = left.min(50_000);
+            let messages: Vec<(String, Vec<u8>)> = {
+                let mut simulator = self.simulator.lock().expect("simulator lock");
+                (0..round)
+                    .map(|_| Generated::into_key_and_payload(simulator.next(Utc::now())))
+                    .collect()
+            };
+            self.produce_messages(messages).await?;
+            left -= round;
+        }
+        Ok(())
     }
 
     /// Produces these keyed payloads and records their offsets.
