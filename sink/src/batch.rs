@@ -10,9 +10,11 @@
 //! - partitions are written in parallel, one insert in flight per partition: a partition the
 //!   pipeline reports busy is not taken (its rows wait for its insert to end);
 //! - when one segment is due, every partition that is not busy is taken with it (one flush),
-//!   and the next flush waits `min_flush_gap` per INSERT it made: at high rates batches grow
-//!   instead of the insert rate (ClickHouse wants few, big inserts). Segments without rows
-//!   (only dead letters or rows already stored) make no insert and are never held back;
+//!   and the next flush waits `min_flush_gap` per INSERT it makes: the segments with rows go
+//!   `partitions_per_insert` to an INSERT (by default all of them in one), so at high rates
+//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). Segments
+//!   without rows (only dead letters or rows already stored) make no insert and are never
+//!   held back;
 //! - consumption should pause while the rows buffered and being inserted hold
 //!   `max_batch_bytes` or more.
 
@@ -29,6 +31,15 @@ pub struct Policy {
     pub max_batch_bytes: usize,
     /// The least time per INSERT between flushes (1 / max_inserts_per_second).
     pub min_flush_gap: Duration,
+    /// Segments (partitions) written by one INSERT at most.
+    pub partitions_per_insert: usize,
+}
+
+impl Policy {
+    /// The INSERTs that writing `with_rows` segments with rows takes.
+    pub fn inserts_for(&self, with_rows: usize) -> usize {
+        with_rows.div_ceil(self.partitions_per_insert.max(1))
+    }
 }
 
 /// Where a segment's rows accumulate (encoded rows in the sink; anything in tests).
@@ -268,7 +279,9 @@ impl<R: RowBuffer, A> Batcher<R, A> {
             .iter()
             .filter_map(|p| self.segments.remove(p))
             .collect();
-        let inserts = taken.iter().filter(|s| !s.rows.is_empty()).count();
+        let inserts = self
+            .policy
+            .inserts_for(taken.iter().filter(|s| !s.rows.is_empty()).count());
         if inserts > 0 {
             self.next_flush_at = Some(now + self.policy.min_flush_gap * inserts as u32);
         }
@@ -309,6 +322,7 @@ mod tests {
             flush_interval: Duration::from_secs(5),
             max_batch_bytes: 1_000_000,
             min_flush_gap: Duration::from_millis(500),
+            partitions_per_insert: 1,
         }
     }
 
@@ -562,6 +576,33 @@ mod tests {
             "skipped offsets need no insert: committed when due"
         );
         assert_eq!(batcher.ready_at(idle), Some(t0 + Duration::from_secs(15)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partitions_written_together_wait_one_gap_per_insert() {
+        for (per_insert, gaps) in [(1, 3), (2, 2), (64, 1)] {
+            let mut batcher = Batcher::new(Policy {
+                partitions_per_insert: per_insert,
+                ..policy()
+            });
+            for partition in 0..3 {
+                for offset in 0..400 {
+                    row(&mut batcher, partition, offset);
+                }
+            }
+            let t0 = Instant::now();
+            assert_eq!(batcher.take(t0, idle, usize::MAX).len(), 3);
+            for partition in 0..3 {
+                for offset in 400..800 {
+                    row(&mut batcher, partition, offset);
+                }
+            }
+            assert_eq!(
+                batcher.ready_at(idle),
+                Some(t0 + Duration::from_millis(500) * gaps),
+                "{per_insert} partitions per insert: {gaps} inserts made"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

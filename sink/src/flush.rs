@@ -65,6 +65,8 @@ pub struct FlushReport {
     pub dropped_revoked: usize,
     pub bytes: usize,
     pub committed: Option<i64>,
+    /// Partitions whose rows went in the same INSERT (0: this one's alone).
+    pub together: usize,
     /// Time spent checking what ClickHouse already holds, inserting, and committing.
     pub check_ms: u64,
     pub insert_ms: u64,
@@ -123,6 +125,36 @@ enum Stop {
     Fatal(SinkError),
     Cancelled,
     Revoked,
+}
+
+/// One segment of a flush on its way: its rows until they are inserted.
+struct Write {
+    partition: i32,
+    epoch: u64,
+    commit: i64,
+    rows: Option<Sealed>,
+    /// Lost meanwhile: nothing more is written or committed.
+    revoked: bool,
+    report: FlushReport,
+}
+
+/// A segment's write ended by the partition's loss (`Ok(true)`), or the flush by an error.
+fn revoked(stop: Stop) -> Result<bool, SinkError> {
+    match stop {
+        Stop::Revoked => Ok(true),
+        stop => Err(fatal(stop)),
+    }
+}
+
+/// What a write that cannot go on means for the sink.
+fn fatal(stop: Stop) -> SinkError {
+    match stop {
+        Stop::Cancelled | Stop::Revoked => SinkError::Stopped,
+        Stop::Fatal(error) => error,
+        Stop::BadData(message) | Stop::TooBig(_, message) => SinkError::Internal(format!(
+            "unhandled rejection escaped the segment: {message}"
+        )),
+    }
 }
 
 /// Offsets read back from Kafka at a time when rows are encoded again.
@@ -194,61 +226,100 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         }
     }
 
-    /// Writes one partition's `segment` and commits it. Errors are fatal (or shutdown).
-    pub async fn write(&self, segment: Segment<Rows, D::Ack>) -> Result<FlushReport, SinkError> {
+    /// Writes the `segments` of one flush (of different partitions) and commits each: their
+    /// rows go in one INSERT (several partitions together), or one INSERT per segment when
+    /// there is one, or when the INSERT together is refused (then each segment is written on
+    /// its own: split, bisected, encoded again). Errors are fatal (or shutdown).
+    pub async fn write(
+        &self,
+        segments: Vec<Segment<Rows, D::Ack>>,
+    ) -> Result<Vec<FlushReport>, SinkError> {
         let started = Instant::now();
-        let (partition, epoch) = (segment.partition, segment.epoch);
-        let mut report = FlushReport {
-            partition,
-            rows: segment.rows.len(),
-            bytes: segment.bytes,
-            ..FlushReport::default()
-        };
-        let owned = self.ownership.begin_flush(&[(partition, epoch)]);
+        let claims: Vec<(i32, u64)> = segments.iter().map(|s| (s.partition, s.epoch)).collect();
+        let owned = self.ownership.begin_flush(&claims);
         let _in_flight = InFlight {
             ownership: &self.ownership,
             partitions: owned.clone(),
         };
-        if owned.is_empty() {
-            report.dropped_revoked = report.rows;
-            return Ok(report);
+        let mut writes: Vec<Write> = Vec::with_capacity(segments.len());
+        for segment in segments {
+            let mut write = Write {
+                partition: segment.partition,
+                epoch: segment.epoch,
+                commit: segment.commit_offset(),
+                rows: None,
+                revoked: false,
+                report: FlushReport {
+                    partition: segment.partition,
+                    rows: segment.rows.len(),
+                    bytes: segment.bytes,
+                    ..FlushReport::default()
+                },
+            };
+            if !owned.contains(&segment.partition) {
+                write.report.dropped_revoked = write.report.rows;
+                write.revoked = true;
+            } else {
+                write.report.already_stored = segment.already_stored;
+                match self.prepare(segment, &mut write.report).await {
+                    Ok(rows) => write.rows = rows,
+                    Err(stop) => write.revoked = revoked(stop)?,
+                }
+            }
+            writes.push(write);
         }
-        report.already_stored = segment.already_stored;
-        match self.write_segment(segment, &mut report).await {
-            Ok(offset) => {
+        if writes.iter().filter(|w| w.rows.is_some()).count() > 1 {
+            self.insert_together(&mut writes).await.map_err(fatal)?;
+        }
+        for write in writes.iter_mut() {
+            let Some(rows) = write.rows.take() else {
+                continue;
+            };
+            if let Err(stop) = self
+                .insert_segment(write.partition, write.epoch, rows, &mut write.report)
+                .await
+            {
+                write.revoked = revoked(stop)?;
+            }
+        }
+        let mut reports = Vec::with_capacity(writes.len());
+        for Write {
+            partition,
+            epoch,
+            commit,
+            revoked,
+            mut report,
+            ..
+        } in writes
+        {
+            if !revoked {
                 let committing = Instant::now();
-                if self.commit(partition, epoch, offset).await {
-                    report.committed = Some(offset);
+                if self.commit(partition, epoch, commit).await {
+                    report.committed = Some(commit);
                 }
                 report.commit_ms = committing.elapsed().as_millis() as u64;
             }
-            Err(Stop::Revoked) => {}
-            Err(Stop::Cancelled) => return Err(SinkError::Stopped),
-            Err(Stop::Fatal(error)) => return Err(error),
-            Err(Stop::BadData(message) | Stop::TooBig(_, message)) => {
-                return Err(SinkError::Internal(format!(
-                    "unhandled rejection escaped the segment: {message}"
-                )));
-            }
+            tracing::info!(
+                partition,
+                rows = report.rows,
+                inserted = report.inserted,
+                dead_lettered = report.dead_lettered,
+                rejected = report.rejected,
+                already_stored = report.already_stored,
+                bytes = report.bytes,
+                inserts = report.inserts,
+                partitions_together = report.together,
+                committed = report.committed,
+                check_ms = report.check_ms,
+                insert_ms = report.insert_ms,
+                commit_ms = report.commit_ms,
+                write_ms = started.elapsed().as_millis() as u64,
+                "flushed"
+            );
+            self.metrics.batch_rows.observe(report.rows as f64);
+            reports.push(report);
         }
-        tracing::info!(
-            partition,
-            rows = report.rows,
-            inserted = report.inserted,
-            dead_lettered = report.dead_lettered,
-            rejected = report.rejected,
-            already_stored = report.already_stored,
-            bytes = report.bytes,
-            inserts = report.inserts,
-            committed = report.committed,
-            check_ms = report.check_ms,
-            insert_ms = report.insert_ms,
-            commit_ms = report.commit_ms,
-            write_ms = started.elapsed().as_millis() as u64,
-            "flushed"
-        );
-        self.metrics.batch_rows.observe(report.rows as f64);
-        Ok(report)
+        Ok(reports)
     }
 
     /// Commits `offset` for `partition` if it is still owned under `epoch`; whether it was.
@@ -287,13 +358,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         }
     }
 
-    /// Dead letters, rows, in that order; returns the offset to commit.
-    async fn write_segment(
+    /// Confirms the segment's dead letters (they precede its rows) and seals its rows; `None`
+    /// when it has none to insert. Waits out a freeze first (`Revoked` if the partition was
+    /// lost meanwhile).
+    async fn prepare(
         &self,
         segment: Segment<Rows, D::Ack>,
         report: &mut FlushReport,
-    ) -> Result<i64, Stop> {
-        let commit = segment.commit_offset();
+    ) -> Result<Option<Sealed>, Stop> {
         let Segment {
             partition,
             epoch,
@@ -306,13 +378,137 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             report.dead_lettered += 1;
         }
         let Some(rows) = rows.seal() else {
-            return Ok(commit);
+            return Ok(None);
         };
-        // Wait out a freeze first: what ClickHouse holds is checked right before writing.
         self.wait_writable(partition, epoch).await?;
+        Ok(Some(rows))
+    }
+
+    /// One INSERT with the rows of several partitions' segments. Those it writes lose their
+    /// rows (`rows` taken); when ClickHouse refuses it (too big, a rejected row, a changed
+    /// table) or a partition is lost meanwhile, every segment keeps its rows and is written
+    /// on its own after this (what a refused insert left in the table removed first).
+    async fn insert_together(&self, writes: &mut [Write]) -> Result<(), Stop> {
+        let checking = Instant::now();
+        for write in writes.iter_mut() {
+            if let Some(rows) = write.rows.take() {
+                let rows = self.fence(write.partition, rows, &mut write.report).await?;
+                write.rows = (!rows.is_empty()).then_some(rows);
+            }
+        }
+        let check_ms = checking.elapsed().as_millis() as u64;
+        let together: Vec<usize> = (0..writes.len())
+            .filter(|&i| writes[i].rows.is_some())
+            .collect();
+        let parts: Vec<&Sealed> = together
+            .iter()
+            .filter_map(|&i| writes[i].rows.as_ref())
+            .collect();
+        if parts.len() < 2 {
+            return Ok(());
+        }
+        // Segments encoded for different table structures go in one by one.
+        let Some(rows) = Sealed::concat(&parts) else {
+            return Ok(());
+        };
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let token = (self.delivery == Delivery::ExactlyOnce).then(|| {
+            let mut token = self.topic.clone();
+            for &i in &together {
+                let (partition, rows) =
+                    (writes[i].partition, writes[i].rows.as_ref().expect("kept"));
+                let _ = write!(
+                    token,
+                    ":{partition}:{}-{}",
+                    rows.offset(0),
+                    rows.offset(rows.len() - 1)
+                );
+            }
+            token
+        });
+        let inserting = Instant::now();
+        let mut retry = self.retry.start(Operation::Insert);
+        loop {
+            for &i in &together {
+                match self
+                    .wait_writable(writes[i].partition, writes[i].epoch)
+                    .await
+                {
+                    Ok(()) => {}
+                    // Lost meanwhile: each segment on its own (checked again for what landed).
+                    Err(Stop::Revoked) => return Ok(()),
+                    Err(stop) => return Err(stop),
+                }
+            }
+            let started = Instant::now();
+            let failure = match self.writer.insert(&rows, &all, token.as_deref()).await {
+                Ok(()) => {
+                    self.inserted(&rows, &all, started);
+                    let insert_ms = inserting.elapsed().as_millis() as u64;
+                    for &i in &together {
+                        let write = &mut writes[i];
+                        let written = write.rows.take().map_or(0, |r| r.len());
+                        write.report.inserted += written;
+                        write.report.inserts += 1;
+                        write.report.together = together.len();
+                        write.report.check_ms = check_ms;
+                        write.report.insert_ms = insert_ms;
+                    }
+                    return Ok(());
+                }
+                Err(failure) => failure,
+            };
+            match failure {
+                Failure::Fatal(message) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse("insert")(
+                        Failure::Fatal(message),
+                    )));
+                }
+                Failure::TooBig { message, .. }
+                | Failure::BadData(message)
+                | Failure::SchemaChanged(message) => {
+                    tracing::warn!(
+                        partitions = together.len(),
+                        rows = rows.len(),
+                        error = %message,
+                        "ClickHouse refused the insert of several partitions; writing each partition on its own"
+                    );
+                    self.metrics
+                        .insert_splits
+                        .get_or_create(&Metrics::label("reason", "partitions_apart"))
+                        .inc();
+                    for &i in &together {
+                        let write = &writes[i];
+                        let rows = write.rows.as_ref().expect("kept");
+                        let part = Part {
+                            rows: (0..rows.len()).collect(),
+                            run: true,
+                        };
+                        self.undo_partial(write.partition, rows, &part).await?;
+                    }
+                    return Ok(());
+                }
+                failure => retry
+                    .wait(None, failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        }
+    }
+
+    /// One segment's rows, on their own: checked for what ClickHouse holds already, then
+    /// inserted, split or bisected as ClickHouse answers.
+    async fn insert_segment(
+        &self,
+        partition: i32,
+        epoch: u64,
+        rows: Sealed,
+        report: &mut FlushReport,
+    ) -> Result<(), Stop> {
+        // What ClickHouse holds is checked right before writing.
         let checking = Instant::now();
         let mut rows = self.fence(partition, rows, report).await?;
-        report.check_ms = checking.elapsed().as_millis() as u64;
+        report.check_ms += checking.elapsed().as_millis() as u64;
         let inserting = Instant::now();
         // Depth-first, so rows go in offset order (in time order after a split by time).
         let mut pending = vec![Part {
@@ -367,8 +563,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 Err(stop) => return Err(stop),
             }
         }
-        report.insert_ms = inserting.elapsed().as_millis() as u64;
-        Ok(commit)
+        report.insert_ms += inserting.elapsed().as_millis() as u64;
+        Ok(())
     }
 
     /// Dead-letters the message at `offset`, which ClickHouse rejected, as Kafka holds it.
@@ -652,6 +848,22 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         Some(token)
     }
 
+    /// Bookkeeping of a successful INSERT of the rows `part` of `rows`, started at `started`.
+    fn inserted(&self, rows: &Sealed, part: &[usize], started: Instant) {
+        self.metrics
+            .insert_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.inserts.inc();
+        self.metrics.inserted_rows.inc_by(part.len() as u64);
+        let now = Utc::now().timestamp_millis();
+        for &i in part {
+            let age = (now - rows.id_and_time(i).1).max(0) as f64 / 1000.0;
+            self.metrics.event_to_insert_seconds.observe(age);
+        }
+        self.retry.stall.progress();
+        self.failpoint.after_insert();
+    }
+
     /// One INSERT of `part`, retried while the failure is transient; after the table changed,
     /// the rows are encoded again (all of them: later parts need the new encoding too).
     async fn insert_with_retry(
@@ -669,18 +881,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             let started = Instant::now();
             let failure = match self.writer.insert(rows, &part.rows, token.as_deref()).await {
                 Ok(()) => {
-                    self.metrics
-                        .insert_duration_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.inserts.inc();
-                    self.metrics.inserted_rows.inc_by(part.rows.len() as u64);
-                    let now = Utc::now().timestamp_millis();
-                    for &i in &part.rows {
-                        let age = (now - rows.id_and_time(i).1).max(0) as f64 / 1000.0;
-                        self.metrics.event_to_insert_seconds.observe(age);
-                    }
-                    self.retry.stall.progress();
-                    self.failpoint.after_insert();
+                    self.inserted(rows, &part.rows, started);
                     return Ok(());
                 }
                 Err(failure) => failure,
@@ -717,12 +918,13 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     }
 }
 
-type Written = (i32, usize, Result<FlushReport, SinkError>);
+type Written = (Vec<i32>, usize, Result<Vec<FlushReport>, SinkError>);
 /// Ties [`Writes`] to one flusher type without holding one.
 type FlusherOf<W, D, C, F> = std::marker::PhantomData<fn() -> Flusher<W, D, C, F>>;
 
-/// The write stage's tasks: at most one per partition (so each partition commits in offset
-/// order), each writing and committing one segment, several partitions at once.
+/// The write stage's tasks, each writing and committing the segments of one INSERT (several
+/// partitions'), several at once; a partition is in at most one (so each partition commits
+/// in offset order).
 pub struct Writes<W, D, C, F> {
     pub tasks: tokio::task::JoinSet<Written>,
     partitions: std::collections::HashSet<i32>,
@@ -740,6 +942,7 @@ impl<W, D, C, F> Default for Writes<W, D, C, F> {
 }
 
 impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Writes<W, D, C, F> {
+    /// Writes running (INSERTs in flight, each of one or more partitions).
     pub fn running(&self) -> usize {
         self.tasks.len()
     }
@@ -749,29 +952,58 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Writes<W, D, C, F> 
         self.partitions.contains(&partition)
     }
 
-    pub fn start(&mut self, flusher: &Arc<Flusher<W, D, C, F>>, segment: Segment<Rows, D::Ack>) {
+    /// Starts writing `segments` (of different partitions, none busy) as one write.
+    pub fn start(
+        &mut self,
+        flusher: &Arc<Flusher<W, D, C, F>>,
+        segments: Vec<Segment<Rows, D::Ack>>,
+    ) {
+        if segments.is_empty() {
+            return;
+        }
         let flusher = flusher.clone();
-        let (partition, bytes) = (segment.partition, segment.bytes);
-        assert!(
-            self.partitions.insert(partition),
-            "one write per partition at a time"
-        );
+        let partitions: Vec<i32> = segments.iter().map(|s| s.partition).collect();
+        let bytes = segments.iter().map(|s| s.bytes).sum();
+        for &partition in &partitions {
+            assert!(
+                self.partitions.insert(partition),
+                "one write per partition at a time"
+            );
+        }
         self.tasks
-            .spawn(async move { (partition, bytes, flusher.write(segment).await) });
+            .spawn(async move { (partitions, bytes, flusher.write(segments).await) });
     }
 
-    /// Takes a finished write: frees its partition and its memory; its error, if any.
+    /// Starts the segments of one flush, `per_insert` partitions to a write.
+    pub fn start_flush(
+        &mut self,
+        flusher: &Arc<Flusher<W, D, C, F>>,
+        segments: Vec<Segment<Rows, D::Ack>>,
+        per_insert: usize,
+    ) {
+        let mut segments = segments.into_iter().peekable();
+        while segments.peek().is_some() {
+            let group: Vec<_> = segments.by_ref().take(per_insert.max(1)).collect();
+            self.start(flusher, group);
+        }
+    }
+
+    /// Takes a finished write: frees its partitions and their memory; its reports, or its
+    /// error (a write stopped by shutdown reports nothing).
     pub fn finished(
         &mut self,
         joined: Result<Written, tokio::task::JoinError>,
         batcher: &mut Batcher<Rows, D::Ack>,
-    ) -> Result<(), SinkError> {
-        let (partition, bytes, result) =
+    ) -> Result<Vec<FlushReport>, SinkError> {
+        let (partitions, bytes, result) =
             joined.map_err(|join| SinkError::Internal(format!("write task failed: {join}")))?;
-        self.partitions.remove(&partition);
+        for partition in &partitions {
+            self.partitions.remove(partition);
+        }
         batcher.release(bytes);
         match result {
-            Ok(_) | Err(SinkError::Stopped) => Ok(()),
+            Ok(reports) => Ok(reports),
+            Err(SinkError::Stopped) => Ok(Vec::new()),
             Err(error) => Err(error),
         }
     }
@@ -782,7 +1014,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Writes<W, D, C, F> 
         while let Some(joined) = self.tasks.join_next().await {
             let finished = self.finished(joined, batcher);
             if result.is_ok() {
-                result = finished;
+                result = finished.map(|_| ());
             }
         }
         result
@@ -814,6 +1046,18 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F> {
+        /// One segment's write, on its own.
+        async fn write_one(
+            &self,
+            segment: Segment<Rows, D::Ack>,
+        ) -> Result<FlushReport, SinkError> {
+            self.write(vec![segment])
+                .await
+                .map(|mut reports| reports.remove(0))
+        }
+    }
     use crate::batch::{Batcher, Policy};
     use crate::refetch::Fetched;
     use crate::refetch::tests::FakeTopic;
@@ -1025,11 +1269,23 @@ mod tests {
     /// One partition-0 segment of `rows` (offset, day of event time), encoded as intake
     /// does; the fake topic holds their messages.
     fn batch(flusher: &TestFlusher, epoch: u64, rows: &[(i64, i64)]) -> Segment<Rows, DeadLetter> {
+        segment_of(flusher, 0, epoch, rows)
+    }
+
+    /// A segment of `partition` (offsets must differ across partitions: the fakes key by
+    /// offset).
+    fn segment_of(
+        flusher: &TestFlusher,
+        partition: i32,
+        epoch: u64,
+        rows: &[(i64, i64)],
+    ) -> Segment<Rows, DeadLetter> {
         let mut batcher: Batcher<Rows, DeadLetter> = Batcher::new(Policy {
             max_rows: 1_000_000,
             flush_interval: Duration::from_secs(1),
             max_batch_bytes: usize::MAX,
             min_flush_gap: Duration::ZERO,
+            partitions_per_insert: 1,
         });
         let now = Instant::now();
         let layout = flusher.writer.layout().unwrap();
@@ -1047,10 +1303,130 @@ mod tests {
                 },
             );
             let view = event.as_ref();
-            let row = RowRef::of_event(&view, "t", 0, offset);
-            batcher.push_row(0, epoch, offset, now, |r| r.push(|| layout.clone(), &row));
+            let row = RowRef::of_event(&view, "t", partition, offset);
+            batcher.push_row(partition, epoch, offset, now, |r| {
+                r.push(|| layout.clone(), &row)
+            });
         }
         batcher.take_all(now).pop().expect("a segment")
+    }
+
+    /// Three partitions' segments of ten rows each (partition p at offsets p * 1,000,000 + n).
+    fn three_partitions(flusher: &TestFlusher) -> Vec<Segment<Rows, DeadLetter>> {
+        (0..3)
+            .map(|p: i32| {
+                let rows: Vec<(i64, i64)> =
+                    (0..10).map(|n| (i64::from(p) * 1_000_000 + n, 0)).collect();
+                let epoch = flusher.ownership.epoch(p).unwrap();
+                segment_of(flusher, p, epoch, &rows)
+            })
+            .collect()
+    }
+
+    fn commits(flusher: &TestFlusher) -> Vec<(i32, i64)> {
+        let mut commits = flusher.committer.commits.lock().unwrap().concat();
+        commits.sort_unstable();
+        commits
+    }
+
+    #[tokio::test]
+    async fn the_partitions_of_a_flush_go_in_one_insert_and_each_commits_after_it() {
+        let (flusher, _) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let reports = flusher.write(three_partitions(&flusher)).await.unwrap();
+        let inserted = flusher.writer.inserted();
+        assert_eq!(inserted.len(), 1, "one INSERT: {inserted:?}");
+        assert_eq!(inserted[0].len(), 30);
+        assert_eq!(
+            flusher.writer.tokens(),
+            vec!["t:0:0-9:1:1000000-1000009:2:2000000-2000009".to_owned()],
+            "the token names every partition's range"
+        );
+        assert_eq!(
+            reports
+                .iter()
+                .map(|r| (r.partition, r.inserted, r.together, r.committed))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, 10, 3, Some(10)),
+                (1, 10, 3, Some(1_000_010)),
+                (2, 10, 3, Some(2_000_010))
+            ]
+        );
+        assert_eq!(
+            commits(&flusher),
+            vec![(0, 10), (1, 1_000_010), (2, 2_000_010)]
+        );
+        assert_eq!(flusher.metrics.inserts.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_insert_of_several_partitions_is_written_partition_by_partition() {
+        // A view fails after the table took the rows (`partial`): the leftovers are removed,
+        // then each partition goes in alone and only the bad row is dead-lettered.
+        let mut writer = FakeWriter::new(|rows| {
+            if rows.iter().any(|r| r.0 == 1_000_005) {
+                Err(Failure::BadData("Code: 469. constraint".into()))
+            } else {
+                Ok(())
+            }
+        });
+        writer.partial = true;
+        let (flusher, _) = new_flusher(writer, FakeCommitter::default());
+        let reports = flusher.write(three_partitions(&flusher)).await.unwrap();
+        let summary: Vec<_> = reports
+            .iter()
+            .map(|r| (r.partition, r.inserted, r.rejected, r.committed))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, 10, 0, Some(10)),
+                (1, 9, 1, Some(1_000_010)),
+                (2, 10, 0, Some(2_000_010))
+            ]
+        );
+        let stored: Vec<i64> = flusher
+            .writer
+            .stored
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        let mut expected: Vec<i64> = (0..3)
+            .flat_map(|p| (0..10).map(move |n| p * 1_000_000 + n))
+            .filter(|&o| o != 1_000_005)
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(
+            stored, expected,
+            "every good row once, the bad one not at all"
+        );
+        let letters = flusher.dead_letters.confirmed.lock().unwrap();
+        assert_eq!(
+            letters
+                .iter()
+                .map(|l| (l.source_partition, l.source_offset))
+                .collect::<Vec<_>>(),
+            vec![(1, 1_000_005)]
+        );
+        assert_eq!(
+            commits(&flusher),
+            vec![(0, 10), (1, 1_000_010), (2, 2_000_010)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partition_revoked_before_the_insert_together_is_neither_written_nor_committed() {
+        let (flusher, _) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let segments = three_partitions(&flusher);
+        flusher.ownership.lose(&[1]);
+        let reports = flusher.write(segments).await.unwrap();
+        let inserted = flusher.writer.inserted().concat();
+        assert_eq!(inserted.len(), 20);
+        assert!(inserted.iter().all(|o| !(1_000_000..2_000_000).contains(o)));
+        assert_eq!(reports[1].dropped_revoked, 10);
+        assert_eq!(commits(&flusher), vec![(0, 10), (2, 2_000_010)]);
     }
 
     fn days(rows: &[(i64, i64)]) -> usize {
@@ -1068,7 +1444,7 @@ mod tests {
             FakeCommitter::default(),
         );
         let error = flusher
-            .write(batch(&flusher, epoch, &[(0, 0), (1, 0)]))
+            .write_one(batch(&flusher, epoch, &[(0, 0), (1, 0)]))
             .await
             .expect_err("fatal");
         assert!(matches!(error, SinkError::ClickHouse { .. }), "{error}");
@@ -1088,7 +1464,10 @@ mod tests {
             FakeCommitter::default(),
         );
         let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
-        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
         assert_eq!((report.inserted, report.rejected), (9, 1));
         let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
         inserted.sort_unstable();
@@ -1126,7 +1505,10 @@ mod tests {
         // 40 offsets whose event times hop over 20 days (out of order, as a backfill does).
         let rows: Vec<(i64, i64)> = (0..40).map(|o| (o, (o * 7) % 20)).collect();
         let (flusher, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
-        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
         assert_eq!((report.inserted, report.rejected), (40, 0));
         let mut inserted: Vec<i64> = flusher.writer.inserted().concat();
         inserted.sort_unstable();
@@ -1145,7 +1527,7 @@ mod tests {
 
         // The same rows again (a retry after a crash) split the same way, with the same tokens.
         let (again, epoch) = new_flusher(FakeWriter::new(rule), FakeCommitter::default());
-        again.write(batch(&again, epoch, &rows)).await.unwrap();
+        again.write_one(batch(&again, epoch, &rows)).await.unwrap();
         assert_eq!(again.writer.tokens(), tokens);
     }
 
@@ -1171,7 +1553,10 @@ mod tests {
             FakeCommitter::default(),
         );
         let rows: Vec<(i64, i64)> = (0..16).map(|o| (o, 0)).collect();
-        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
         assert_eq!(
             (report.inserted, report.inserts, report.rejected),
             (16, 4, 0)
@@ -1190,7 +1575,10 @@ mod tests {
         writer.partial = true;
         let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
         let rows: Vec<(i64, i64)> = (0..8).map(|o| (o, 0)).collect();
-        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
         assert_eq!(report.inserted, 8);
         let mut deleted = flusher.writer.deleted.lock().unwrap().clone();
         deleted.sort_unstable();
@@ -1210,7 +1598,7 @@ mod tests {
         let wider =
             Layout::new("db", "events", &test_columns(&[("duration_ms", "UInt64")])).unwrap();
         *flusher.writer.layout.lock().unwrap() = Arc::new(wider);
-        let report = flusher.write(segment).await.unwrap();
+        let report = flusher.write_one(segment).await.unwrap();
         assert_eq!((report.inserted, report.rejected), (3, 0));
         assert_eq!(flusher.writer.inserted(), vec![vec![0, 1, 2]]);
         assert_eq!(*flusher.refetch.reads.lock().unwrap(), 1, "read back once");
@@ -1231,7 +1619,10 @@ mod tests {
         let wider =
             Layout::new("db", "events", &test_columns(&[("duration_ms", "UInt64")])).unwrap();
         *flusher.writer.layout.lock().unwrap() = Arc::new(wider);
-        let error = flusher.write(segment).await.expect_err("offset 1 is gone");
+        let error = flusher
+            .write_one(segment)
+            .await
+            .expect_err("offset 1 is gone");
         assert!(error.to_string().contains("retention"), "{error}");
         assert!(flusher.committer.commits.lock().unwrap().is_empty());
     }
@@ -1254,7 +1645,7 @@ mod tests {
         );
         flusher.retry.stall.failing(None, "stale".into());
         let report = flusher
-            .write(batch(&flusher, epoch, &[(0, 0)]))
+            .write_one(batch(&flusher, epoch, &[(0, 0)]))
             .await
             .unwrap();
         assert_eq!(report.inserted, 1);
@@ -1273,7 +1664,7 @@ mod tests {
         let (flusher, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
         let segment = batch(&flusher, epoch, &[(0, 0), (1, 0)]);
         flusher.ownership.revoke(&[0], Duration::ZERO);
-        let report = flusher.write(segment).await.unwrap();
+        let report = flusher.write_one(segment).await.unwrap();
         assert_eq!((report.inserted, report.dropped_revoked), (0, 2));
         assert!(flusher.writer.inserted().is_empty());
         assert!(flusher.committer.commits.lock().unwrap().is_empty());
@@ -1291,7 +1682,7 @@ mod tests {
             },
         );
         let report = flusher
-            .write(batch(&flusher, epoch, &[(0, 0)]))
+            .write_one(batch(&flusher, epoch, &[(0, 0)]))
             .await
             .unwrap();
         assert_eq!(report.committed, None);
@@ -1317,7 +1708,10 @@ mod tests {
         }
         let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
         let rows: Vec<(i64, i64)> = (0..5).map(|o| (o, 0)).collect();
-        let report = flusher.write(batch(&flusher, epoch, &rows)).await.unwrap();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
         assert_eq!((report.inserted, report.already_stored), (2, 3));
         assert_eq!(flusher.writer.inserted(), vec![vec![3, 4]]);
         assert_eq!(
@@ -1338,6 +1732,7 @@ mod tests {
             flush_interval: Duration::from_millis(200),
             max_batch_bytes: usize::MAX,
             min_flush_gap: Duration::ZERO,
+            partitions_per_insert: 1,
         });
         let mut writes: Writes<FakeWriter, FakeDeadLetters, FakeCommitter, FakeTopic> =
             Writes::default();
@@ -1358,13 +1753,13 @@ mod tests {
             }
             let room = 4 - writes.running();
             for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
-                writes.start(&flusher, segment);
+                writes.start(&flusher, vec![segment]);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         writes.wait_all(&mut batcher).await.unwrap();
         for segment in batcher.take_all(Instant::now()) {
-            writes.start(&flusher, segment);
+            writes.start(&flusher, vec![segment]);
         }
         writes.wait_all(&mut batcher).await.unwrap();
 

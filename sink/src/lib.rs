@@ -2,10 +2,11 @@
 //! stuck silently.
 //!
 //! ```text
-//!  Kafka ─recv─▶ intake ──────────────▶ Batcher ──▶ write tasks, one per partition ──▶ commit
-//!               (decode, encode once   (per partition  (several partitions at once:   last+1
-//!                into the partition's   segments,       INSERT, split, bisect,        per
-//!                RowBinary buffer,      pure policy)    follow an ALTER)              partition
+//!  Kafka ─recv─▶ intake ──────────────▶ Batcher ──▶ write tasks, one per INSERT ───────▶ commit
+//!               (decode, encode once   (per partition  (the partitions of a flush    last+1
+//!                into the partition's   segments,       in one INSERT; apart when     per
+//!                RowBinary buffer,      pure policy)    refused: split, bisect,       partition
+//!                                                       follow an ALTER)
 //!                already-stored check)                     │ rejected rows: read back
 //!                  │ invalid                               ▼ from Kafka
 //!                  ▼                                    dead-letter topic
@@ -15,7 +16,8 @@
 //! Guarantees:
 //! - **Offsets travel with the rows**: a partition's offsets are committed only after every
 //!   offset up to it was inserted or dead-lettered (acknowledged); one insert per partition
-//!   is in flight at a time, so each partition commits in offset order.
+//!   is in flight at a time, so each partition commits in offset order. The partitions of
+//!   one flush go in one INSERT (`partitions_per_insert`), each committed after it.
 //! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
 //!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
 //!   already holds when a partition is assigned (looked up in windows as it reads) and again

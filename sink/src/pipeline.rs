@@ -123,6 +123,7 @@ pub async fn run(
         flush_interval: settings.flush_interval(),
         max_batch_bytes: settings.max_batch_bytes,
         min_flush_gap: settings.min_flush_gap(),
+        partitions_per_insert: settings.partitions_per_insert,
     });
     let stall_timeout = Duration::from_millis(settings.stall_timeout_ms);
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
@@ -153,15 +154,15 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             Some(joined) = writes.tasks.join_next(), if writes.running() > 0 => {
-                if let Ok((partition, _, Ok(report))) = &joined {
-                    let newest = writing.remove(partition).flatten();
-                    if report.inserted > 0 {
-                        lock(&metrics).inserted(*partition, newest, chrono::Utc::now().timestamp_millis());
-                    }
-                    guard.finished(*partition, report.committed.is_some());
-                }
-                if let Err(error) = writes.finished(joined, &mut batcher) {
-                    break Err(error);
+                match writes.finished(joined, &mut batcher) {
+                    Ok(reports) => for report in reports {
+                        let newest = writing.remove(&report.partition).flatten();
+                        if report.inserted > 0 {
+                            lock(&metrics).inserted(report.partition, newest, chrono::Utc::now().timestamp_millis());
+                        }
+                        guard.finished(report.partition, report.committed.is_some());
+                    },
+                    Err(error) => break Err(error),
                 }
             }
             done = intake.next_lookup(), if intake.has_lookups() => {
@@ -173,12 +174,14 @@ pub async fn run(
             }
             _ = &mut flush_timer, if ready_at.is_some() => {
                 armed = None;
-                let room = settings.max_parallel_inserts - writes.running();
-                for segment in batcher.take(Instant::now(), |p| writes.busy(p), room) {
+                let room = (settings.max_parallel_inserts - writes.running())
+                    .saturating_mul(settings.partitions_per_insert);
+                let segments = batcher.take(Instant::now(), |p| writes.busy(p), room);
+                for segment in &segments {
                     writing.insert(segment.partition, segment.rows.newest_event_ms());
                     guard.started(segment.partition, metrics.inserts.get());
-                    writes.start(&flusher, segment);
                 }
+                writes.start_flush(&flusher, segments, settings.partitions_per_insert);
             }
             _ = stall_tick.tick() => {
                 let has_work = !batcher.is_empty() || writes.running() > 0 || intake.has_lookups();
@@ -255,9 +258,8 @@ pub async fn run(
     let drain = async {
         let mut result = writes.wait_all(&mut batcher).await;
         if outcome.is_ok() && result.is_ok() {
-            for segment in batcher.take_all(Instant::now()) {
-                writes.start(&flusher, segment);
-            }
+            let segments = batcher.take_all(Instant::now());
+            writes.start_flush(&flusher, segments, settings.partitions_per_insert);
             result = writes.wait_all(&mut batcher).await;
         }
         result

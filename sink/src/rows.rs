@@ -141,6 +141,30 @@ impl Sealed {
         })
     }
 
+    /// The rows of several segments (of one layout) as one, in the order given: the body of
+    /// an INSERT of several partitions. No row is copied (the pieces are shared).
+    pub fn concat(parts: &[&Sealed]) -> Option<Sealed> {
+        let layout = parts.first()?.layout.clone();
+        if parts.iter().any(|p| !Arc::ptr_eq(&p.layout, &layout)) {
+            return None;
+        }
+        let mut chunks = Vec::with_capacity(parts.iter().map(|p| p.chunks.len()).sum());
+        let mut index = Vec::with_capacity(parts.iter().map(|p| p.index.len()).sum());
+        for part in parts {
+            let base = chunks.len() as u32;
+            chunks.extend(part.chunks.iter().cloned());
+            index.extend(part.index.iter().map(|e| Entry {
+                chunk: e.chunk + base,
+                ..*e
+            }));
+        }
+        Some(Sealed {
+            layout,
+            chunks,
+            index,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }

@@ -160,6 +160,8 @@ settings! {
         help: "at most about this many inserts a second for the whole sink; batches grow instead";
     max_parallel_inserts: usize = 4, flag: true, env: [], secret: false,
         help: "INSERTs in flight at once across partitions (never more than one per partition: each partition commits in offset order)";
+    partitions_per_insert: usize = 64, flag: true, env: [], secret: false,
+        help: "partitions whose rows one INSERT carries at most: a flush writes the partitions it takes together, so a sink makes max_inserts_per_second inserts however many partitions it reads (1: an INSERT per partition)";
     delivery: Delivery = Delivery::ExactlyOnce, flag: true, env: [], secret: false,
         help: "`exactly-once` or `at-least-once` (see below)";
     max_message_bytes: usize = 64 * 1024, flag: true, env: [], secret: false,
@@ -407,6 +409,9 @@ impl Settings {
         }
         if !(self.max_inserts_per_second.is_finite() && self.max_inserts_per_second > 0.0) {
             return bad("max_inserts_per_second", "must be a positive number");
+        }
+        if self.partitions_per_insert == 0 {
+            return bad("partitions_per_insert", "must be at least 1");
         }
         if self.max_parallel_inserts == 0 {
             return bad("max_parallel_inserts", "must be at least 1");
