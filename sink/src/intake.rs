@@ -73,81 +73,87 @@ struct Window {
     stored: BTreeMap<i64, Uuid>,
 }
 
-/// Hashes event ids (random UUIDs) with one multiply, keyed per process so that crafted ids
-/// cannot collide on purpose: SipHash per message was 7 % of the sink's CPU.
+/// Event ids are remembered as 64-bit fingerprints keyed per process (one multiply per half),
+/// so that crafted ids cannot collide on purpose; SipHash per message was 7 % of the sink's
+/// CPU, a hash map with a queue for eviction another 6 %.
 #[derive(Debug, Clone, Copy)]
-struct IdHasher {
-    key: u64,
-    hash: u64,
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0_u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u64(&mut self, word: u64) {
-        self.hash = (self.hash ^ word ^ self.key)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29);
-    }
-    fn write_u128(&mut self, value: u128) {
-        self.write_u64(value as u64);
-        self.write_u64((value >> 64) as u64);
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct IdHash {
+struct Fingerprint {
     key: u64,
 }
 
-impl Default for IdHash {
-    fn default() -> IdHash {
-        IdHash {
+impl Default for Fingerprint {
+    fn default() -> Fingerprint {
+        Fingerprint {
             key: rand::random::<u64>() | 1,
         }
     }
 }
 
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            key: self.key,
-            hash: 0,
-        }
+impl Fingerprint {
+    fn of(&self, id: Uuid) -> u64 {
+        let (high, low) = id.as_u64_pair();
+        let mix = |h: u64, word: u64| {
+            (h ^ word ^ self.key)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29)
+        };
+        mix(mix(0, high), low)
     }
 }
 
-/// The event ids of a partition's last `capacity` rows, to count ids seen again.
+/// A fingerprint is its own hash.
+#[derive(Debug, Clone, Copy, Default)]
+struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+}
+
+type Seen = HashMap<u64, i64, std::hash::BuildHasherDefault<Identity>>;
+
+/// The event ids of a partition's recent rows (the last `capacity` at least, `2 × capacity`
+/// at most), to count ids seen again: two generations, the older dropped whole when the
+/// newer is full (no per-row eviction).
 #[derive(Debug, Default)]
 struct RecentIds {
     capacity: usize,
-    order: VecDeque<(u128, i64)>,
-    offsets: HashMap<u128, i64, IdHash>,
+    fingerprint: Fingerprint,
+    current: Seen,
+    previous: Seen,
 }
 
 impl RecentIds {
+    fn new(capacity: usize) -> RecentIds {
+        RecentIds {
+            capacity,
+            ..RecentIds::default()
+        }
+    }
+
     /// Remembers `id` at `offset`; returns the earlier offset if the id was seen at another.
     fn note(&mut self, id: Uuid, offset: i64) -> Option<i64> {
         if self.capacity == 0 {
             return None;
         }
-        let id = id.as_u128();
-        let earlier = self.offsets.insert(id, offset).filter(|&o| o != offset);
-        self.order.push_back((id, offset));
-        if self.order.len() > self.capacity
-            && let Some((old, at)) = self.order.pop_front()
-            && self.offsets.get(&old) == Some(&at)
-        {
-            self.offsets.remove(&old);
+        let id = self.fingerprint.of(id);
+        let earlier = match self.current.insert(id, offset) {
+            Some(earlier) => Some(earlier),
+            None => self.previous.get(&id).copied(),
+        }
+        .filter(|&o| o != offset);
+        if self.current.len() >= self.capacity {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
         }
         earlier
     }
@@ -273,10 +279,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                         stored: BTreeMap::new(),
                     },
                     waiting: lookup.then(VecDeque::new),
-                    recent: RecentIds {
-                        capacity: self.context.dedup_window,
-                        ..RecentIds::default()
-                    },
+                    recent: RecentIds::new(self.context.dedup_window),
                 },
             );
             if lookup {
@@ -462,9 +465,8 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
             return Ok(());
         }
         // Validate against the message's own timestamp, so a replay decides the same way.
-        let at = message
-            .timestamp()
-            .to_millis()
+        let timestamp_ms = message.timestamp().to_millis();
+        let at = timestamp_ms
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
         match clickstream_event::decode_ref(payload, &self.limits, at) {
@@ -478,7 +480,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                 // Encoded once, here, into the partition's insert buffer, with the message's
                 // timestamp (none: the time it is encoded, i.e. read).
                 let row = RowRef::of_event(&event, &self.topic, partition, offset)
-                    .with_kafka_timestamp(message.timestamp().to_millis());
+                    .with_kafka_timestamp(timestamp_ms);
                 let writer = &self.writer;
                 batcher.push_row(partition, epoch, offset, now, |rows| {
                     rows.push(
@@ -510,7 +512,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     source_topic: self.topic.clone(),
                     source_partition: partition,
                     source_offset: offset,
-                    source_timestamp_ms: message.timestamp().to_millis(),
+                    source_timestamp_ms: timestamp_ms,
                 });
                 batcher.push(partition, epoch, offset, Entry::DeadLetter(ack), now);
             }
@@ -543,23 +545,34 @@ mod tests {
 
     #[test]
     fn ids_seen_again_at_another_offset_are_reported_within_the_window() {
-        let mut recent = RecentIds {
-            capacity: 3,
-            ..RecentIds::default()
-        };
+        let mut recent = RecentIds::new(3);
         let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
         assert_eq!(recent.note(a, 10), None);
         assert_eq!(recent.note(a, 10), None, "a replay of the same offset");
         assert_eq!(recent.note(b, 11), None);
         assert_eq!(recent.note(a, 12), Some(10));
-        for offset in 13..20 {
+        for offset in 13..16 {
             recent.note(Uuid::from_u128(offset as u128 + 100), offset);
         }
-        assert_eq!(recent.note(b, 20), None, "out of the window");
+        assert_eq!(recent.note(b, 16), Some(11), "within 2 x capacity rows");
+        for offset in 17..24 {
+            recent.note(Uuid::from_u128(offset as u128 + 100), offset);
+        }
+        assert_eq!(recent.note(a, 24), None, "out of the window");
         assert!(
-            recent.offsets.len() <= 4,
-            "bounded: {}",
-            recent.offsets.len()
+            recent.current.len() + recent.previous.len() <= 6,
+            "bounded: {} + {}",
+            recent.current.len(),
+            recent.previous.len()
+        );
+        assert_eq!(
+            (0..20_000_u128)
+                .filter(|&n| recent
+                    .note(Uuid::from_u128(n << 64 | n), 100 + n as i64)
+                    .is_some())
+                .count(),
+            0,
+            "distinct ids never count as seen again"
         );
     }
 
@@ -573,7 +586,7 @@ mod tests {
                 stored: BTreeMap::new(),
             },
             waiting: None,
-            recent: RecentIds::default(),
+            recent: RecentIds::new(0),
         };
         assert_eq!(next_window(&state, 50_000), None, "inside the window");
         assert_eq!(next_window(&state, 100_000), Some(199_999));

@@ -126,6 +126,7 @@ pub struct RowRef<'a> {
 
 impl<'a> RowRef<'a> {
     /// The same row with the message's timestamp (ms), if it has one.
+    #[inline]
     pub fn with_kafka_timestamp(self, kafka_timestamp_ms: Option<i64>) -> RowRef<'a> {
         RowRef {
             kafka_timestamp_ms,
@@ -133,6 +134,7 @@ impl<'a> RowRef<'a> {
         }
     }
 
+    #[inline]
     pub fn of_event(
         event: &'a ClickEventRef<'_>,
         kafka_topic: &'a str,

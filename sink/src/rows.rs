@@ -41,6 +41,7 @@ pub struct Rows {
     index: Vec<Entry>,
     /// Capacity of every piece but the last (they no longer change): `bytes` stays O(1).
     closed_bytes: usize,
+    newest_event_ms: Option<i64>,
 }
 
 impl Rows {
@@ -59,6 +60,7 @@ impl Rows {
         let chunk = self.chunks.len() - 1;
         let body = &mut self.chunks[chunk];
         layout.encode(row, body);
+        self.newest_event_ms = self.newest_event_ms.max(Some(row.event_time_ms));
         self.index.push(Entry {
             offset: row.kafka_offset,
             chunk: chunk as u32,
@@ -83,20 +85,7 @@ impl Rows {
 
     /// The newest event time (ms) among the rows (for the freshness gauge).
     pub fn newest_event_ms(&self) -> Option<i64> {
-        let layout = self.layout.as_ref()?;
-        let mut start = 0;
-        let mut chunk = 0;
-        self.index
-            .iter()
-            .map(|entry| {
-                if entry.chunk as usize != chunk {
-                    (chunk, start) = (entry.chunk as usize, 0);
-                }
-                let row = &self.chunks[chunk][start..entry.end as usize];
-                start = entry.end as usize;
-                layout.id_and_time(row).1
-            })
-            .max()
+        self.newest_event_ms
     }
 
     /// Freezes the rows for writing (no copy). `None` when there are none.
