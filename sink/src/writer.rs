@@ -222,7 +222,8 @@ impl ClickHouseWriter {
     pub fn new(settings: &Settings) -> Result<ClickHouseWriter, SinkError> {
         let client = crate::clickhouse_client::client(settings)?
             // Deduplication tokens are checked synchronously only for plain inserts.
-            .with_setting("async_insert", "0");
+            .with_setting("async_insert", "0")
+            .with_setting("parallel_view_processing", "1");
         Ok(ClickHouseWriter {
             client,
             table: settings.table.clone(),
