@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use clickstream_event::Limits;
+use clickstream_event::{Limits, Rejection};
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
 use tokio::task::JoinSet;
@@ -28,12 +28,74 @@ use crate::ownership::Ownership;
 use crate::retry::{Operation, RetryPolicy};
 use crate::row::RowRef;
 use crate::rows::Rows;
+use crate::schema::Layout;
 use crate::settings::{Delivery, Settings};
 use crate::writer::{Failure, Writer};
 
 /// Offsets per stored-offsets lookup: bounds the replay bookkeeping per partition (about
 /// 4 MB at most) whatever the history to re-read.
 pub const LOOKUP_WINDOW_OFFSETS: i64 = 100_000;
+
+/// Messages of a burst decoded on several cores when there are at least this many.
+const PARALLEL_DECODE_MIN: usize = 64;
+
+/// A message decoded and its row encoded ahead of the in-order step ([`decode_burst`]).
+#[derive(Debug)]
+pub enum Decoded {
+    /// The row's bytes are `start..end` of the burst's buffer.
+    Row {
+        id: Uuid,
+        event_time_ms: i64,
+        start: usize,
+        end: usize,
+    },
+    Rejected(Rejection),
+}
+
+/// The rows of a burst, decoded and encoded for `layout` ahead of the in-order step.
+pub struct Burst {
+    layout: Arc<Layout>,
+    /// One buffer per worker, and each message's outcome with the buffer it is in.
+    buffers: Vec<Vec<u8>>,
+    decoded: Vec<(usize, Decoded)>,
+}
+
+/// What one worker decodes: payload, Kafka timestamp (ms), partition and offset per message.
+type Work<'a> = [(Option<&'a [u8]>, Option<i64>, i32, i64)];
+
+/// Decodes and encodes `work` into one buffer (pure: runs on any thread).
+fn decode_all(
+    work: &Work<'_>,
+    topic: &str,
+    limits: &Limits,
+    layout: &Layout,
+) -> (Vec<u8>, Vec<Decoded>) {
+    let mut buffer = Vec::with_capacity(work.len() * 192);
+    let decoded = work
+        .iter()
+        .map(|&(payload, timestamp_ms, partition, offset)| {
+            let at = timestamp_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or_else(Utc::now);
+            match clickstream_event::decode_ref(payload, limits, at) {
+                Ok(event) => {
+                    let row = RowRef::of_event(&event, topic, partition, offset)
+                        .with_kafka_timestamp(timestamp_ms);
+                    let start = buffer.len();
+                    layout.encode(&row, &mut buffer);
+                    Decoded::Row {
+                        id: event.event_id,
+                        event_time_ms: row.event_time_ms,
+                        start,
+                        end: buffer.len(),
+                    }
+                }
+                Err(rejection) => Decoded::Rejected(rejection),
+            }
+        })
+        .collect();
+    (buffer, decoded)
+}
 
 /// What the pipeline must do with the consumer after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,10 +306,87 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
         }
     }
 
-    /// Takes one message from the consumer, read at `now` (one clock reading per burst).
-    pub fn handle<M: Keep>(
+    /// Decodes the messages of a burst and encodes their rows ahead, on two cores when the
+    /// burst is big enough; [`Intake::handle`] then takes each in order. `None` before the
+    /// table's structure is known.
+    pub fn decode_burst<M: Message + Sync>(&self, messages: &[M]) -> Option<Burst> {
+        let layout = self.context.writer.layout()?;
+        let work: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.payload(),
+                    m.timestamp().to_millis(),
+                    m.partition(),
+                    m.offset(),
+                )
+            })
+            .collect();
+        let (topic, limits) = (&self.context.topic, &self.context.limits);
+        let halves = if work.len() >= PARALLEL_DECODE_MIN {
+            let (first, second) = work.split_at(work.len() / 2);
+            let (a, b) = rayon::join(
+                || decode_all(first, topic, limits, &layout),
+                || decode_all(second, topic, limits, &layout),
+            );
+            vec![a, b]
+        } else {
+            vec![decode_all(&work, topic, limits, &layout)]
+        };
+        let mut buffers = Vec::with_capacity(halves.len());
+        let mut decoded = Vec::with_capacity(work.len());
+        for (i, (buffer, outcomes)) in halves.into_iter().enumerate() {
+            buffers.push(buffer);
+            decoded.extend(outcomes.into_iter().map(|d| (i, d)));
+        }
+        Some(Burst {
+            layout,
+            buffers,
+            decoded,
+        })
+    }
+
+    /// Takes the messages of a burst in order (decoded ahead by [`Intake::decode_burst`] when
+    /// `burst` is given); the partitions to pause.
+    pub fn handle_burst<M: Keep>(
+        &mut self,
+        messages: &[M],
+        burst: Option<Burst>,
+        ownership: &Ownership,
+        batcher: &mut Batcher<Rows, D::Ack>,
+        now: Instant,
+    ) -> Result<Vec<i32>, SinkError> {
+        let mut pause = Vec::new();
+        let (layout, buffers, mut decoded) = match burst {
+            Some(Burst {
+                layout,
+                buffers,
+                decoded,
+            }) => (Some(layout), buffers, decoded.into_iter()),
+            None => (None, Vec::new(), Vec::new().into_iter()),
+        };
+        for message in messages {
+            let ahead = match (&layout, decoded.next()) {
+                (Some(layout), Some((buffer, decoded))) => Some(Ahead {
+                    layout,
+                    buffer: &buffers[buffer],
+                    decoded,
+                }),
+                _ => None,
+            };
+            if let Step::Pause(partition) = self.handle(message, ahead, ownership, batcher, now)? {
+                pause.push(partition);
+            }
+        }
+        Ok(pause)
+    }
+
+    /// Takes one message from the consumer, read at `now` (one clock reading per burst);
+    /// `ahead`: its decoding, done already.
+    fn handle<M: Keep>(
         &mut self,
         message: &M,
+        ahead: Option<Ahead<'_>>,
         ownership: &Ownership,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
@@ -301,7 +440,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             return Ok(Step::Pause(partition));
         }
         self.context
-            .process(message, state, batcher, now)
+            .process(message, ahead, state, batcher, now)
             .map(|()| Step::Continue)
     }
 
@@ -347,7 +486,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                 return Ok(None);
             }
             self.context
-                .process(&message, state, batcher, Instant::now())?;
+                .process(&message, None, state, batcher, Instant::now())?;
         }
         Ok(Some(partition))
     }
@@ -424,10 +563,11 @@ async fn lookup<W: Writer>(
 }
 
 impl<W: Writer, D: DeadLetterSink> Context<W, D> {
-    /// Decodes one message into the batch.
+    /// Decodes one message into the batch (or takes its decoding done `ahead`).
     fn process<M: Message>(
         &self,
         message: &M,
+        ahead: Option<Ahead<'_>>,
         state: &mut PartitionState,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
@@ -466,17 +606,40 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
         }
         // Validate against the message's own timestamp, so a replay decides the same way.
         let timestamp_ms = message.timestamp().to_millis();
-        let at = timestamp_ms
-            .and_then(DateTime::from_timestamp_millis)
-            .unwrap_or_else(Utc::now);
-        match clickstream_event::decode_ref(payload, &self.limits, at) {
-            Ok(event) => {
-                if let Some(earlier) = state.recent.note(event.event_id, offset) {
-                    // Two Kafka records, one event (a producer retry without idempotence):
-                    // both are stored, each once; counted so that it is never silent.
-                    self.metrics.duplicate_event_ids.inc();
-                    tracing::debug!(partition, offset, earlier, event_id = %event.event_id, "event id seen again");
+        let outcome = match ahead {
+            Some(Ahead {
+                layout,
+                buffer,
+                decoded:
+                    Decoded::Row {
+                        id,
+                        event_time_ms,
+                        start,
+                        end,
+                    },
+            }) => {
+                self.note(state, id, partition, offset);
+                let mut pushed = false;
+                batcher.push_row(partition, epoch, offset, now, |rows| {
+                    pushed = rows.push_encoded(layout, &buffer[start..end], offset, event_time_ms);
+                });
+                if pushed {
+                    return Ok(());
                 }
+                // The segment is of another table structure (an ALTER meanwhile): encoded
+                // again for it below.
+                self.decode(payload, timestamp_ms)
+            }
+            Some(Ahead {
+                decoded: Decoded::Rejected(rejection),
+                ..
+            }) => Err(rejection),
+            None => self.decode(payload, timestamp_ms).inspect(|event| {
+                self.note(state, event.event_id, partition, offset);
+            }),
+        };
+        match outcome {
+            Ok(event) => {
                 // Encoded once, here, into the partition's insert buffer, with the message's
                 // timestamp (none: the time it is encoded, i.e. read).
                 let row = RowRef::of_event(&event, &self.topic, partition, offset)
@@ -519,6 +682,34 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
         }
         Ok(())
     }
+
+    fn decode<'a>(
+        &self,
+        payload: Option<&'a [u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<clickstream_event::ClickEventRef<'a>, Rejection> {
+        let at = timestamp_ms
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        clickstream_event::decode_ref(payload, &self.limits, at)
+    }
+
+    /// Counts an event id seen again at another offset of the partition.
+    fn note(&self, state: &mut PartitionState, id: Uuid, partition: i32, offset: i64) {
+        if let Some(earlier) = state.recent.note(id, offset) {
+            // Two Kafka records, one event (a producer retry without idempotence): both are
+            // stored, each once; counted so that it is never silent.
+            self.metrics.duplicate_event_ids.inc();
+            tracing::debug!(partition, offset, earlier, event_id = %id, "event id seen again");
+        }
+    }
+}
+
+/// A message's decoding done ahead, with the buffer its row is in.
+pub struct Ahead<'a> {
+    layout: &'a Arc<Layout>,
+    buffer: &'a [u8],
+    decoded: Decoded,
 }
 
 /// A message's headers, copied (for its dead letter).
@@ -542,6 +733,81 @@ pub(crate) fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_decoded_ahead_are_the_rows_intake_would_encode() {
+        use chrono::TimeZone;
+        let layout = crate::rows::tests::layout();
+        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let event = clickstream_event::ClickEvent {
+            event_id: Uuid::from_u128(7),
+            timestamp: at,
+            user_id: "u1".into(),
+            session_id: Uuid::from_u128(8),
+            event_type: clickstream_event::EventType::AddToCart,
+            page_url: "/p/1".into(),
+            page_category: "product".into(),
+            referrer: "search".into(),
+            device_type: "mobile".into(),
+            browser: "safari".into(),
+            country: "FR".into(),
+            duration_ms: 12,
+            product_id: Some("p1".into()),
+            price: Some(clickstream_event::Price::from_cents(1999)),
+            quantity: Some(2),
+        };
+        let good = event.to_json();
+        let ts = Some(at.timestamp_millis() + 40);
+        let work = [
+            (Some(&good[..]), ts, 2, 10),
+            (Some(&b"{not json"[..]), ts, 2, 11),
+            (Some(&good[..]), ts, 2, 12),
+        ];
+        let limits = Settings::default().limits();
+        let (buffer, decoded) = decode_all(&work, "t", &limits, &layout);
+        let mut expected = Vec::new();
+        let view = clickstream_event::decode_ref(Some(&good), &limits, at).unwrap();
+        for offset in [10, 12] {
+            let row = RowRef::of_event(&view, "t", 2, offset).with_kafka_timestamp(ts);
+            layout.encode(&row, &mut expected);
+        }
+        assert_eq!(buffer, expected, "the same bytes, in order");
+        let mut rows = Rows::default();
+        for (outcome, (_, _, _, offset)) in decoded.iter().zip(work) {
+            match outcome {
+                Decoded::Row {
+                    id,
+                    event_time_ms,
+                    start,
+                    end,
+                } => {
+                    assert_eq!(
+                        (*id, *event_time_ms),
+                        (Uuid::from_u128(7), at.timestamp_millis())
+                    );
+                    assert!(rows.push_encoded(
+                        &layout,
+                        &buffer[*start..*end],
+                        offset,
+                        *event_time_ms
+                    ));
+                }
+                Decoded::Rejected(rejection) => {
+                    assert_eq!((offset, rejection.reason.as_str()), (11, "invalid_json"));
+                }
+            }
+        }
+        let sealed = rows.seal().unwrap();
+        assert_eq!(sealed.offsets().collect::<Vec<_>>(), vec![10, 12]);
+        assert_eq!(sealed.body(&[0, 1]).concat(), expected);
+        let other = crate::rows::tests::layout();
+        let mut rows = Rows::default();
+        assert!(rows.push_encoded(&layout, &buffer, 10, 0));
+        assert!(
+            !rows.push_encoded(&other, &buffer, 12, 0),
+            "a segment keeps one table structure"
+        );
+    }
 
     #[test]
     fn ids_seen_again_at_another_offset_are_reported_within_the_window() {

@@ -21,7 +21,7 @@ use crate::dedup_guard::{self, DedupGuard};
 use crate::flush::{Flusher, Writes};
 use crate::freshness::locked as lock;
 use crate::http::Health;
-use crate::intake::{Intake, Step};
+use crate::intake::Intake;
 use crate::kafka_auth::{self, AuthWatch};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
@@ -192,21 +192,13 @@ pub async fn run(
             }
             Some(message) = messages.next() => {
                 // Then what else is already fetched, up to a burst, without a trip through
-                // `select!` per message; back-pressure is checked between messages.
-                let mut next = Some(message);
-                let now = Instant::now();
-                let mut burst = 0;
+                // `select!` per message: decoded on two cores, then taken in order.
+                let mut burst = Vec::with_capacity(BURST);
                 let mut failed = None;
+                let mut next = Some(message);
                 while let Some(message) = next.take() {
                     match message {
-                        Ok(message) => match intake.handle(&message, &ownership, &mut batcher, now) {
-                            Ok(Step::Pause(partition)) => set_paused(&consumer, &settings.topic, &[partition], true),
-                            Ok(Step::Continue) => {}
-                            Err(error) => {
-                                failed = Some(error);
-                                break;
-                            }
-                        },
+                        Ok(message) => burst.push(message),
                         // librdkafka reconnects by itself; nothing is lost while the broker is away.
                         // A refused login or access is no outage: stop and say what to fix.
                         Err(error) => {
@@ -218,13 +210,19 @@ pub async fn run(
                             tracing::warn!(error = %error, "Kafka error");
                         }
                     }
-                    burst += 1;
-                    if burst < BURST && batcher.should_pause() == paused {
+                    if burst.len() < BURST {
                         next = messages.next().now_or_never().flatten();
                     }
                 }
                 if let Some(error) = failed {
                     break Err(error);
+                }
+                let decoded = intake.decode_burst(&burst);
+                match intake.handle_burst(&burst, decoded, &ownership, &mut batcher, Instant::now()) {
+                    Ok(pause) => if !pause.is_empty() {
+                        set_paused(&consumer, &settings.topic, &pause, true);
+                    },
+                    Err(error) => break Err(error),
                 }
             }
         }

@@ -68,6 +68,39 @@ impl Rows {
         });
     }
 
+    /// Adds a row encoded already for `layout` (its bytes, Kafka offset and event time);
+    /// `false`, adding nothing, when this segment's rows are of another layout.
+    pub fn push_encoded(
+        &mut self,
+        layout: &Arc<Layout>,
+        row: &[u8],
+        offset: i64,
+        event_time_ms: i64,
+    ) -> bool {
+        if !Arc::ptr_eq(self.layout.get_or_insert_with(|| layout.clone()), layout) {
+            return false;
+        }
+        if self
+            .chunks
+            .last()
+            .is_none_or(|c| c.capacity() - c.len() < row.len().max(CHUNK_MARGIN))
+        {
+            self.closed_bytes += self.chunks.last().map_or(0, Vec::capacity);
+            self.chunks
+                .push(Vec::with_capacity(CHUNK_BYTES.max(row.len())));
+        }
+        let chunk = self.chunks.len() - 1;
+        let body = &mut self.chunks[chunk];
+        body.extend_from_slice(row);
+        self.index.push(Entry {
+            offset,
+            chunk: chunk as u32,
+            end: u32::try_from(body.len()).expect("a piece stays under 4 GiB"),
+        });
+        self.newest_event_ms = self.newest_event_ms.max(Some(event_time_ms));
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
