@@ -12,9 +12,11 @@
 //! - when one segment is due, every partition that is not busy is taken with it (one flush),
 //!   and the next flush waits `min_flush_gap` per INSERT it makes: the segments with rows go
 //!   `partitions_per_insert` to an INSERT (by default all of them in one), so at high rates
-//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). Segments
-//!   without rows (only dead letters or rows already stored) make no insert and are never
-//!   held back;
+//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). A big flush
+//!   (`split_bytes`) is written by as many INSERTs as the credit saved since the last allows
+//!   (a token bucket of `burst`), so that ClickHouse works on them at once; the rate stays
+//!   the same on average. Segments without rows (only dead letters or rows already stored)
+//!   make no insert and are never held back;
 //! - consumption should pause while the rows buffered and being inserted hold
 //!   `max_batch_bytes` or more.
 
@@ -33,6 +35,13 @@ pub struct Policy {
     pub min_flush_gap: Duration,
     /// Segments (partitions) written by one INSERT at most.
     pub partitions_per_insert: usize,
+    /// INSERTs the rate limit lets a flush make at once from credit saved while none was
+    /// made (the rate stays `1 / min_flush_gap` on average).
+    pub burst: usize,
+    /// A flush holding at least this many bytes of rows is written by as many INSERTs (a
+    /// partition or more each, running at once) as its credit allows; a smaller one by as few
+    /// as `partitions_per_insert` allows.
+    pub split_bytes: usize,
 }
 
 impl Policy {
@@ -240,12 +249,102 @@ impl<R: RowBuffer, A> Batcher<R, A> {
             .min()
     }
 
+    /// [`Batcher::take`], grouped into INSERTs (at most `max_inserts`): one with every
+    /// partition of the flush (`partitions_per_insert` at most), or for a big flush as many as
+    /// the rate limit's credit allows, balanced by size, so that ClickHouse works on them at
+    /// once. A group without rows makes no INSERT.
+    pub fn take_inserts(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(i32) -> bool,
+        max_inserts: usize,
+    ) -> Vec<Vec<Segment<R, A>>> {
+        let per_insert = self.policy.partitions_per_insert.max(1);
+        let taken = self.take_segments(now, busy, max_inserts.saturating_mul(per_insert));
+        let (mut with_rows, without): (Vec<_>, Vec<_>) =
+            taken.into_iter().partition(|s| !s.rows.is_empty());
+        let fewest = self.policy.inserts_for(with_rows.len());
+        let bytes: usize = with_rows.iter().map(|s| s.bytes).sum();
+        let inserts = if bytes >= self.policy.split_bytes {
+            fewest.max(self.credit(now).min(with_rows.len()))
+        } else {
+            fewest
+        }
+        .min(max_inserts.max(fewest));
+        self.spend(now, inserts);
+        let mut groups: Vec<(usize, Vec<Segment<R, A>>)> =
+            (0..inserts).map(|_| (0, Vec::new())).collect();
+        with_rows.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+        for segment in with_rows {
+            let group = groups
+                .iter_mut()
+                .filter(|g| g.1.len() < per_insert)
+                .min_by_key(|g| g.0)
+                .expect("enough INSERTs for every segment");
+            group.0 += segment.bytes;
+            group.1.push(segment);
+        }
+        let mut groups: Vec<Vec<Segment<R, A>>> = groups.into_iter().map(|g| g.1).collect();
+        match groups.first_mut() {
+            Some(first) => first.extend(without),
+            None if !without.is_empty() => groups.push(without),
+            None => {}
+        }
+        for group in &mut groups {
+            group.sort_by_key(|s| s.partition);
+        }
+        groups
+    }
+
+    /// INSERTs the rate limit allows now: 1 when its gap has passed, more for every further
+    /// gap waited, up to `burst`.
+    fn credit(&self, now: Instant) -> usize {
+        let burst = self.policy.burst.max(1);
+        match self.next_flush_at {
+            None => burst,
+            Some(next) if now < next => 0,
+            Some(_) if self.policy.min_flush_gap.is_zero() => burst,
+            Some(next) => {
+                let saved = (now - next).as_nanos() / self.policy.min_flush_gap.as_nanos();
+                burst.min(1 + usize::try_from(saved).unwrap_or(usize::MAX))
+            }
+        }
+    }
+
+    /// Spends the credit of `inserts` INSERTs made now.
+    fn spend(&mut self, now: Instant, inserts: usize) {
+        if inserts == 0 {
+            return;
+        }
+        let gap = self.policy.min_flush_gap;
+        let saved_since = now
+            .checked_sub(gap * (self.policy.burst.max(1) as u32 - 1))
+            .unwrap_or(now);
+        let from = self
+            .next_flush_at
+            .map_or(saved_since, |next| next.max(saved_since));
+        self.next_flush_at = Some(from + gap * inserts as u32);
+    }
+
     /// Takes, once a segment is ready, every segment of a partition that is not `busy` (only
-    /// those without rows while the rate limit holds the others back). Their memory counts
-    /// as in flight until [`Batcher::release`].
+    /// those without rows while the rate limit holds the others back), each its own INSERT
+    /// (see [`Batcher::take_inserts`]). Their memory counts as in flight until
+    /// [`Batcher::release`].
     ///
     /// At most `max` segments are taken, those ready first.
     pub fn take(
+        &mut self,
+        now: Instant,
+        busy: impl Fn(i32) -> bool,
+        max: usize,
+    ) -> Vec<Segment<R, A>> {
+        self.take_inserts(now, busy, max)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn take_segments(
         &mut self,
         now: Instant,
         busy: impl Fn(i32) -> bool,
@@ -265,26 +364,25 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         eligible.truncate(max);
         let mut partitions: Vec<i32> = eligible.into_iter().map(|(_, p)| p).collect();
         partitions.sort_unstable();
-        self.take_partitions(now, &partitions)
+        self.take_partitions(&partitions)
     }
 
     /// Takes everything (the drain at shutdown, when nothing is in flight).
     pub fn take_all(&mut self, now: Instant) -> Vec<Segment<R, A>> {
         let partitions: Vec<i32> = self.segments.keys().copied().collect();
-        self.take_partitions(now, &partitions)
+        let taken = self.take_partitions(&partitions);
+        let inserts = self
+            .policy
+            .inserts_for(taken.iter().filter(|s| !s.rows.is_empty()).count());
+        self.spend(now, inserts);
+        taken
     }
 
-    fn take_partitions(&mut self, now: Instant, partitions: &[i32]) -> Vec<Segment<R, A>> {
+    fn take_partitions(&mut self, partitions: &[i32]) -> Vec<Segment<R, A>> {
         let taken: Vec<Segment<R, A>> = partitions
             .iter()
             .filter_map(|p| self.segments.remove(p))
             .collect();
-        let inserts = self
-            .policy
-            .inserts_for(taken.iter().filter(|s| !s.rows.is_empty()).count());
-        if inserts > 0 {
-            self.next_flush_at = Some(now + self.policy.min_flush_gap * inserts as u32);
-        }
         for segment in &taken {
             self.rows -= segment.rows.len();
             self.bytes -= segment.bytes;
@@ -323,6 +421,8 @@ mod tests {
             max_batch_bytes: 1_000_000,
             min_flush_gap: Duration::from_millis(500),
             partitions_per_insert: 1,
+            burst: 1,
+            split_bytes: usize::MAX,
         }
     }
 
@@ -603,6 +703,65 @@ mod tests {
                 "{per_insert} partitions per insert: {gaps} inserts made"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_flush_is_split_into_inserts_the_saved_credit_pays_for() {
+        let mut batcher = Batcher::new(Policy {
+            max_rows: 100,
+            partitions_per_insert: 64,
+            burst: 4,
+            split_bytes: 50_000,
+            ..policy()
+        });
+        let fill = |batcher: &mut Batcher<Offsets, ()>, rows: i64, from: i64| {
+            for partition in 0..3 {
+                for offset in from..from + rows {
+                    row(batcher, partition, offset);
+                }
+            }
+        };
+        let partitions = |groups: &[Vec<Segment<Offsets, ()>>]| -> Vec<Vec<i32>> {
+            groups
+                .iter()
+                .map(|g| g.iter().map(|s| s.partition).collect())
+                .collect()
+        };
+        // Small: one INSERT, whatever the credit.
+        fill(&mut batcher, 100, 0);
+        let t0 = Instant::now();
+        let groups = batcher.take_inserts(t0, idle, usize::MAX);
+        assert_eq!(partitions(&groups), vec![vec![0, 1, 2]]);
+        // Big after a long wait: one INSERT per partition (3 of the 4 saved), at once.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        fill(&mut batcher, 400, 100);
+        let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
+        assert_eq!(groups.len(), 3, "{:?}", partitions(&groups));
+        // Right after: the one saved INSERT is left (at most `burst` at once)...
+        fill(&mut batcher, 400, 500);
+        let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
+        assert_eq!(groups.len(), 1);
+        // ...and none until the gap has passed; no more than `max_inserts` either.
+        fill(&mut batcher, 400, 900);
+        assert!(
+            batcher
+                .take_inserts(Instant::now(), idle, usize::MAX)
+                .is_empty()
+        );
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        let groups = batcher.take_inserts(Instant::now(), idle, 1);
+        assert_eq!(partitions(&groups), vec![vec![0, 1, 2]]);
+        // Over a minute at full load: 2 INSERTs a second on average (+ the burst).
+        let (start, mut inserts, mut offset) = (Instant::now(), 0, 1_300);
+        while Instant::now() - start < Duration::from_secs(60) {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            fill(&mut batcher, 300, offset);
+            offset += 300;
+            let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
+            batcher.release(groups.iter().flatten().map(|s| s.bytes).sum());
+            inserts += groups.len();
+        }
+        assert!((118..=124).contains(&inserts), "{inserts} inserts in 60 s");
     }
 
     #[tokio::test(start_paused = true)]

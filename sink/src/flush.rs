@@ -1291,6 +1291,8 @@ mod tests {
             max_batch_bytes: usize::MAX,
             min_flush_gap: Duration::ZERO,
             partitions_per_insert: 1,
+            burst: 1,
+            split_bytes: usize::MAX,
         });
         let now = Instant::now();
         let layout = flusher.writer.layout().unwrap();
@@ -1738,6 +1740,8 @@ mod tests {
             max_batch_bytes: usize::MAX,
             min_flush_gap: Duration::ZERO,
             partitions_per_insert: 1,
+            burst: 1,
+            split_bytes: usize::MAX,
         });
         let mut writes: Writes<FakeWriter, FakeDeadLetters, FakeCommitter, FakeTopic> =
             Writes::default();

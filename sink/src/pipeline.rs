@@ -124,6 +124,8 @@ pub async fn run(
         max_batch_bytes: settings.max_batch_bytes,
         min_flush_gap: settings.min_flush_gap(),
         partitions_per_insert: settings.partitions_per_insert,
+        burst: settings.max_parallel_inserts,
+        split_bytes: settings.max_batch_bytes / 8,
     });
     let stall_timeout = Duration::from_millis(settings.stall_timeout_ms);
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
@@ -174,14 +176,14 @@ pub async fn run(
             }
             _ = &mut flush_timer, if ready_at.is_some() => {
                 armed = None;
-                let room = (settings.max_parallel_inserts - writes.running())
-                    .saturating_mul(settings.partitions_per_insert);
-                let segments = batcher.take(Instant::now(), |p| writes.busy(p), room);
-                for segment in &segments {
-                    writing.insert(segment.partition, segment.rows.newest_event_ms());
-                    guard.started(segment.partition, metrics.inserts.get());
+                let room = settings.max_parallel_inserts - writes.running();
+                for segments in batcher.take_inserts(Instant::now(), |p| writes.busy(p), room) {
+                    for segment in &segments {
+                        writing.insert(segment.partition, segment.rows.newest_event_ms());
+                        guard.started(segment.partition, metrics.inserts.get());
+                    }
+                    writes.start(&flusher, segments);
                 }
-                writes.start_flush(&flusher, segments, settings.partitions_per_insert);
             }
             _ = stall_tick.tick() => {
                 let has_work = !batcher.is_empty() || writes.running() > 0 || intake.has_lookups();
