@@ -17,7 +17,8 @@
 //! - **Offsets travel with the rows**: a partition's offsets are committed only after every
 //!   offset up to it was inserted or dead-lettered (acknowledged); one insert per partition
 //!   is in flight at a time, so each partition commits in offset order. The partitions of
-//!   one flush go in one INSERT (`partitions_per_insert`), each committed after it.
+//!   one flush go in one INSERT (`partitions_per_insert`), each committed after it; a big
+//!   flush goes in as many INSERTs at once as the rate limit's saved credit pays for.
 //! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
 //!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
 //!   already holds when a partition is assigned (looked up in windows as it reads) and again
@@ -36,6 +37,9 @@
 //!   per-partition gauges say how new the newest written event is and how long a partition
 //!   with lag has gone without an insert ([`freshness`]); [`dedup_guard`] warns before a replay
 //!   could reach past the tables' deduplication windows.
+//!
+//! Intake decodes big bursts on two threads (the consume loop and a `decode` thread) and
+//! takes each message in order afterwards.
 //!
 //! Layout, in the order data meets it: [`settings`] · [`consumer`] (group consumer,
 //! rebalances, pause/resume, commit) · [`pipeline`] (the loop, the write tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
