@@ -185,13 +185,19 @@ async fn kills(stack: &Stack, name: &str, args: &[&str]) -> anyhow::Result<Done>
     let run = Arc::new(Run::new(name, stack, 11, 0.0).await?);
     let mut between_insert_and_commit = 0;
     for n in [1, 2, 3, 1, 2, 3] {
-        // Fresh events on every partition, so the n-th insert happens.
+        // Fresh events on every partition, and more while the sink runs: the partitions of a
+        // flush go in one INSERT, so the n-th insert needs events that arrive after the first.
         run.produce(4_000).await?;
+        let streamer = {
+            let run = run.clone();
+            tokio::spawn(async move { run.stream(1_000, 15).await })
+        };
         let sink = run.start_sink(
             &[("CLICKSTREAM_FAILPOINT", format!("abort-after-insert:{n}"))],
             args,
         )?;
         let status = sink.wait_exit(Duration::from_secs(120)).await?;
+        streamer.await.context("streamer")??;
         anyhow::ensure!(
             status.signal() == Some(6),
             "failpoint run ended with {status:?}, not SIGABRT"
@@ -221,7 +227,7 @@ async fn kills(stack: &Stack, name: &str, args: &[&str]) -> anyhow::Result<Done>
         "sigkills_at_random_moments": random_kills.len(),
         "sigkill_after_ms": random_kills,
         "delivery": if args.is_empty() { "exactly-once" } else { "at-least-once" },
-        "stream": "24,000 events pre-loaded in 6 stages + 2,000 events/s for 50 s",
+        "stream": "6 stages of 4,000 events pre-loaded + 1,000 events/s for 15 s, then 2,000 events/s for 50 s",
     });
     finish(run, last, injected).await
 }
