@@ -17,6 +17,8 @@ use crate::SinkError;
 use crate::settings::Settings;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// How long reading for a partition's end may take at most (see [`OpsKafka::end_by_reading`]).
+const END_READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// One member of a consumer group.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -217,12 +219,20 @@ impl OpsKafka {
         Ok(lo)
     }
 
-    /// The end of a partition (one past its last message), reading from `hint` on.
+    /// The end of a partition (one past its last message), reading from `hint` on. On a topic
+    /// still written to, the end as of now: reading stops at the first message stamped after
+    /// this call, and after [`END_READ_LIMIT`] at most (a live producer never lets the
+    /// partition go quiet: without these bounds `verify` read on for ever).
     pub fn end_by_reading(&self, topic: &str, partition: i32, hint: i64) -> Result<i64, SinkError> {
         let mut end = hint;
+        let snapshot_ms = chrono::Utc::now().timestamp_millis();
+        let started = Instant::now();
         self.read(topic, &[(partition, hint.max(0))], |m| {
+            if m.timestamp().to_millis().is_some_and(|ms| ms > snapshot_ms) {
+                return false;
+            }
             end = end.max(m.offset() + 1);
-            true
+            started.elapsed() < END_READ_LIMIT
         })?;
         Ok(end)
     }
