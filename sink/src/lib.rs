@@ -69,6 +69,7 @@ pub mod ownership;
 pub mod pipeline;
 pub mod refetch;
 pub mod retry;
+pub mod rollups;
 pub mod row;
 pub mod rows;
 pub mod schema;

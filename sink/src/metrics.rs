@@ -59,9 +59,11 @@ pub struct Metrics {
     pub dead_letters_repeated: Counter,
     /// Rows whose event id was seen at another offset of the partition shortly before.
     pub duplicate_event_ids: Counter,
-    /// Rows a refused insert left in the table without their rollups, deleted before
-    /// inserting them again.
+    /// Rows a refused insert left in the table (and in the views fed before the failing
+    /// one), deleted before inserting them again.
     pub partial_rows_removed: Counter,
+    /// Rollup keys (windows, sessions, days, ...) rebuilt from the table after such a delete.
+    pub rollup_keys_rebuilt: Counter,
     /// Newest event time among the rows written, by partition (unix seconds).
     pub newest_event_time_seconds: Family<Labels, FloatGauge>,
     /// Seconds since the partition's last insert while it has lag (0 when caught up).
@@ -110,6 +112,7 @@ impl Metrics {
             dead_letters_repeated: Counter::default(),
             duplicate_event_ids: Counter::default(),
             partial_rows_removed: Counter::default(),
+            rollup_keys_rebuilt: Counter::default(),
             newest_event_time_seconds: Family::default(),
             seconds_since_insert: Family::default(),
             freshness: Mutex::default(),
@@ -235,8 +238,13 @@ impl Metrics {
         );
         registry.register(
             "partial_rows_removed",
-            "Rows a refused insert left without rollups, deleted before inserting again",
+            "Rows a refused insert left in the table, deleted before inserting again",
             metrics.partial_rows_removed.clone(),
+        );
+        registry.register(
+            "rollup_keys_rebuilt",
+            "Rollup keys rebuilt from the table after a refused insert's rows were deleted",
+            metrics.rollup_keys_rebuilt.clone(),
         );
         registry.register(
             "newest_event_time_seconds",

@@ -15,6 +15,7 @@ use clickhouse::Client;
 use clickhouse::error::Error as ChError;
 
 use crate::SinkError;
+use crate::rollups::TouchedKeys;
 use crate::rows::Sealed;
 use crate::schema::{Column, Layout};
 use crate::settings::{Delivery, Settings};
@@ -178,6 +179,23 @@ pub trait Writer: Send + Sync + 'static {
         offsets: &[i64],
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
+    /// Per rollup, the keys that the stored rows of these offsets of `partition` touch
+    /// (read before [`Writer::delete_offsets`] removes them).
+    fn touched_keys(
+        &self,
+        topic: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> impl Future<Output = Result<TouchedKeys, Failure>> + Send;
+
+    /// Brings each rollup's rows of `keys` back to what the table holds (the view's SELECT
+    /// over the raw rows of those keys): after the rows a refused insert left were deleted,
+    /// the views fed before the failing one hold them no more. Repeatable.
+    fn rebuild_rollups(
+        &self,
+        keys: &TouchedKeys,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
     /// Offsets of `partition` in `from..=to` that the table holds, with the event id stored
     /// at each (for replays: the sink skips them after checking the ids match).
     fn stored_offsets(
@@ -187,6 +205,22 @@ pub trait Writer: Send + Sync + 'static {
         from: i64,
         to: i64,
     ) -> impl Future<Output = Result<BTreeMap<i64, Uuid>, Failure>> + Send;
+}
+
+/// `kafka_offset` in these offsets, as runs of consecutive offsets (a short statement).
+fn offsets_condition(offsets: &[i64]) -> String {
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for &offset in offsets {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == offset => *last = offset,
+            _ => ranges.push((offset, offset)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|(a, b)| format!("kafka_offset BETWEEN {a} AND {b}"))
+        .collect::<Vec<_>>()
+        .join(" OR ")
 }
 
 /// One stored offset and the event stored at it.
@@ -480,19 +514,7 @@ impl Writer for ClickHouseWriter {
         partition: i32,
         offsets: &[i64],
     ) -> Result<(), Failure> {
-        // Runs of consecutive offsets, so that the statement stays short.
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        for &offset in offsets {
-            match ranges.last_mut() {
-                Some((_, last)) if *last + 1 == offset => *last = offset,
-                _ => ranges.push((offset, offset)),
-            }
-        }
-        let condition = ranges
-            .iter()
-            .map(|(a, b)| format!("kafka_offset BETWEEN {a} AND {b}"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
+        let condition = offsets_condition(offsets);
         self.bounded(
             "deleting a partly written insert",
             self.client
@@ -506,6 +528,44 @@ impl Writer for ClickHouseWriter {
                 .execute(),
         )
         .await
+    }
+
+    async fn touched_keys(
+        &self,
+        topic: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> Result<TouchedKeys, Failure> {
+        let condition = format!(
+            "kafka_topic = {} AND kafka_partition = {partition} AND ({})",
+            crate::rollups::literal(topic),
+            offsets_condition(offsets)
+        );
+        self.bounded(
+            "reading the rollup keys of a partly written insert",
+            crate::rollups::touched_keys(&self.client, &self.database, &self.table, &condition),
+        )
+        .await
+    }
+
+    async fn rebuild_rollups(&self, keys: &TouchedKeys) -> Result<(), Failure> {
+        let db = format!("`{}`", self.database);
+        for (rollup, keys) in &keys.rollups {
+            if keys.is_empty() {
+                continue;
+            }
+            self.bounded(
+                "rebuilding a rollup's keys",
+                crate::rollups::rebuild(
+                    &self.client,
+                    &db,
+                    rollup,
+                    &crate::rollups::literal_set(keys),
+                ),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn stored_offsets(

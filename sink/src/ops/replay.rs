@@ -32,8 +32,8 @@ use super::kafka::OpsKafka;
 use crate::SinkError;
 use crate::settings::Settings;
 
-/// The schema, with its rebuild declarations.
-pub const SCHEMA_SQL: &str = include_str!("../../../clickhouse/schema.sql");
+pub use crate::rollups::{Rebuild, SCHEMA_SQL, rebuild_declarations};
+use crate::rollups::{Rollup, rollups};
 
 pub const REPLAYS_TABLE: &str = "kafka_replays";
 pub const STEPS_TABLE: &str = "kafka_replay_steps";
@@ -41,36 +41,6 @@ pub const KEYS_TABLE: &str = "kafka_replay_keys";
 
 /// The steps, in order; each is recorded once done.
 pub const STEPS: [&str; 5] = ["planned", "deleted", "rebuilt", "reset", "done"];
-
-/// How to recompute one rollup for some of its keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Rebuild {
-    /// The rollup table (without database).
-    pub table: String,
-    /// Its key column(s) (e.g. `window_start`, `(kafka_topic, kafka_partition)`).
-    pub key: String,
-    /// The same key computed from a raw row (e.g. `toStartOfMinute(event_time)`).
-    pub expression: String,
-}
-
-/// The rebuild declarations of a schema file: `-- rebuild clickstream.<table>: <key> = <expr>`.
-pub fn rebuild_declarations(schema: &str) -> Vec<Rebuild> {
-    schema
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("-- rebuild "))
-        .filter_map(|rest| {
-            let (table, decl) = rest.split_once(':')?;
-            let (key, expression) = decl.split_once(" = ")?;
-            let table = table.trim();
-            let table = table.rsplit('.').next().unwrap_or(table);
-            Some(Rebuild {
-                table: table.to_owned(),
-                key: key.trim().to_owned(),
-                expression: expression.trim().to_owned(),
-            })
-        })
-        .collect()
-}
 
 /// Where the replay starts.
 #[derive(Debug, Clone)]
@@ -131,76 +101,6 @@ pub enum Refusal {
          to the raw table"
     )]
     Undeclared(String),
-}
-
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct ViewRow {
-    name: String,
-    create_table_query: String,
-    as_select: String,
-}
-
-/// A rollup fed by the events table, with what replay needs to rebuild it.
-#[derive(Debug, Clone)]
-struct Rollup {
-    view: String,
-    target: String,
-    rebuild: Option<Rebuild>,
-    select: String,
-}
-
-/// The rollups fed by the events table (the materialized views reading it).
-async fn rollups(
-    client: &clickhouse::Client,
-    settings: &Settings,
-) -> Result<Vec<Rollup>, SinkError> {
-    let views: Vec<ViewRow> = ch("list the materialized views", async {
-        client
-            .query(
-                "SELECT name, create_table_query, as_select FROM system.tables \
-                 WHERE database = ? AND engine = 'MaterializedView' ORDER BY name",
-            )
-            .bind(&settings.database)
-            .fetch_all::<ViewRow>()
-            .await
-    })
-    .await?;
-    let declared = rebuild_declarations(SCHEMA_SQL);
-    let source = format!("{}.{}", settings.database, settings.table);
-    let mut out = Vec::new();
-    for v in views {
-        let reads_events = v.as_select.contains(&format!("FROM {source}"))
-            || v.as_select.contains(&format!(
-                "FROM `{}`.`{}`",
-                settings.database, settings.table
-            ));
-        if !reads_events {
-            continue;
-        }
-        let Some(target) = v
-            .create_table_query
-            .split(" TO ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(|t| {
-                t.trim_matches('`')
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(t)
-                    .trim_matches('`')
-                    .to_owned()
-            })
-        else {
-            continue;
-        };
-        out.push(Rollup {
-            view: v.name,
-            rebuild: declared.iter().find(|d| d.table == target).cloned(),
-            target,
-            select: v.as_select,
-        });
-    }
-    Ok(out)
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -340,7 +240,11 @@ pub async fn replay(
         )));
     }
 
-    let rollups = rollups(&client, settings).await?;
+    let rollups = ch(
+        "list the materialized views",
+        rollups(&client, &settings.database, &settings.table),
+    )
+    .await?;
     let undeclared: Vec<String> = rollups
         .iter()
         .filter(|r| r.rebuild.is_none())
@@ -475,7 +379,15 @@ pub async fn replay(
     }
     if !done("rebuilt") {
         for r in &rollups {
-            rebuild(&client, &db, r, replay.replay_id).await?;
+            let keys = format!(
+                "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {} AND rollup = '{}')",
+                replay.replay_id, r.target
+            );
+            ch(
+                "rebuild a rollup's rows of the replayed keys",
+                crate::rollups::rebuild(&client, &db, r, &keys),
+            )
+            .await?;
         }
         record("rebuilt")
             .await
@@ -547,58 +459,6 @@ async fn record_keys(
         })
         .await?;
     }
-    Ok(())
-}
-
-/// Deletes a rollup's rows of the recorded keys and inserts its view's SELECT for them.
-async fn rebuild(
-    client: &clickhouse::Client,
-    db: &str,
-    rollup: &Rollup,
-    replay_id: u64,
-) -> Result<(), SinkError> {
-    let key = &rollup.rebuild.as_ref().expect("declared").key;
-    let keys = format!(
-        "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {replay_id} AND rollup = '{}')",
-        rollup.target
-    );
-    let target = format!("{db}.`{}`", rollup.target);
-    ch("delete a rollup's rows of the replayed keys", async {
-        client
-            .query(&format!(
-                "ALTER TABLE {target} DELETE WHERE toString({key}) IN {keys}"
-            ))
-            .with_setting("mutations_sync", "2")
-            .execute()
-            .await
-    })
-    .await?;
-    let described = ch("read the view's columns", async {
-        client
-            .query(&format!("DESCRIBE ({})", rollup.select))
-            .fetch_bytes("TabSeparated")?
-            .collect()
-            .await
-    })
-    .await?;
-    let columns: Vec<String> = String::from_utf8_lossy(&described)
-        .lines()
-        .filter_map(|l| l.split('\t').next())
-        .filter(|c| !c.is_empty())
-        .map(|c| format!("`{c}`"))
-        .collect();
-    let list = columns.join(", ");
-    ch("insert a rollup's rows of the replayed keys again", async {
-        client
-            .query(&format!(
-                "INSERT INTO {target} ({list}) SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
-                rollup.select
-            ))
-            .with_setting("insert_deduplicate", "0")
-            .execute()
-            .await
-    })
-    .await?;
     Ok(())
 }
 

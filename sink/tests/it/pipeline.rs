@@ -229,3 +229,97 @@ async fn reused_offsets_of_a_recreated_topic_stop_the_sink_instead_of_skipping()
     );
     assert!(h.committed_offsets().is_empty(), "nothing committed");
 }
+
+/// A view that refuses some rows (a user's own check, `throwIf`) runs after the table and
+/// some rollups took the block: the rows the sink then writes again (the bisection's halves)
+/// must not be counted twice by those rollups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_view_refusing_rows_leaves_every_rollup_equal_to_the_table() {
+    let h = Harness::new("it_view_refuses").await;
+    h.client
+        .query("CREATE TABLE refused_prices (refused UInt8) ENGINE = Null")
+        .execute()
+        .await
+        .unwrap();
+    // ClickHouse feeds the views in an order of its own: make sure at least one rollup is fed
+    // before the refusing view (a probe row, then everything emptied again).
+    let rollups = [
+        "events_1m",
+        "pages_5m",
+        "sessions",
+        "funnel_5m",
+        "users_daily",
+        "kafka_progress",
+    ];
+    let mut fed_before = 0;
+    for _ in 0..30 {
+        h.client
+            .query(&format!(
+                "CREATE MATERIALIZED VIEW price_check_mv TO refused_prices AS \
+                 SELECT throwIf(ifNull(price, 0) >= 10) AS refused FROM {}.events",
+                h.database
+            ))
+            .execute()
+            .await
+            .unwrap();
+        let probe = h
+            .client
+            .query(
+                "INSERT INTO events (kafka_topic, kafka_partition, kafka_offset, price, event_time) \
+                 VALUES ('probe', 0, 0, 99, now64(3))",
+            )
+            .execute()
+            .await;
+        assert!(probe.is_err(), "the probe row must be refused");
+        for rollup in rollups {
+            fed_before += h.count(&format!("SELECT count() FROM {rollup}")).await;
+        }
+        for table in rollups.iter().chain(&["events"]) {
+            h.client
+                .query(&format!("TRUNCATE TABLE {table}"))
+                .execute()
+                .await
+                .unwrap();
+        }
+        if fed_before > 0 {
+            break;
+        }
+        h.client
+            .query("DROP VIEW price_check_mv SYNC")
+            .execute()
+            .await
+            .unwrap();
+    }
+    assert!(
+        fed_before > 0,
+        "no order fed a rollup before the refusing view"
+    );
+
+    let all = messages(0..2_000);
+    let refused = (0..2_000u64)
+        .map(|i| event(i, Utc::now()))
+        .filter(|e| e.price.is_some_and(|p| p.cents() >= 1_000))
+        .count() as u64;
+    assert!(refused >= 5, "the test needs some refused rows: {refused}");
+    h.produce(&all).await;
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(2_000 - refused, Duration::from_secs(120)).await;
+    let letters = h.dead_letters(refused as usize).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    h.assert_exactly_once(2_000 - refused).await;
+    assert!(letters.iter().all(
+        |l| l.header("reason") == "rejected_by_clickhouse" && l.header("error").contains("395")
+    ));
+    let reports =
+        clickstream_sink::ops::verify::check_rollups(&h.client, &h.database, "events", None)
+            .await
+            .unwrap();
+    for report in &reports {
+        assert_eq!(
+            (report.differing_keys, report.rollup_total),
+            (0, report.raw_total),
+            "{report:?}"
+        );
+    }
+}

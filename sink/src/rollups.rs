@@ -1,0 +1,252 @@
+//! The rollups the events table feeds (its materialized views), and how to bring some of
+//! their keys back to what the table holds: delete the rollup's rows of those keys, then
+//! insert the view's own SELECT over the raw rows of those keys.
+//!
+//! Used by `replay` (a range re-read) and by the sink itself: ClickHouse does not roll back
+//! an INSERT whose table part and first views were written before a later view failed, so
+//! the views fed before the failing one hold rows the sink then writes again (as parts of
+//! a split, or without the rejected row). Which column of a rollup is its key, and which
+//! expression over a raw row gives it, is declared next to the view in
+//! clickhouse/schema.sql (`-- rebuild clickstream.<rollup>: <key> = <expression>`).
+
+use clickhouse::Client;
+use clickhouse::error::Error as ChError;
+use serde::Serialize;
+
+/// The schema, with its rebuild declarations.
+pub const SCHEMA_SQL: &str = include_str!("../../clickhouse/schema.sql");
+
+/// How to recompute one rollup for some of its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rebuild {
+    /// The rollup table (without database).
+    pub table: String,
+    /// Its key column(s) (e.g. `window_start`, `(kafka_topic, kafka_partition)`).
+    pub key: String,
+    /// The same key computed from a raw row (e.g. `toStartOfMinute(event_time)`).
+    pub expression: String,
+}
+
+/// The rebuild declarations of a schema file: `-- rebuild clickstream.<table>: <key> = <expr>`.
+pub fn rebuild_declarations(schema: &str) -> Vec<Rebuild> {
+    schema
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("-- rebuild "))
+        .filter_map(|rest| {
+            let (table, decl) = rest.split_once(':')?;
+            let (key, expression) = decl.split_once(" = ")?;
+            let table = table.trim();
+            let table = table.rsplit('.').next().unwrap_or(table);
+            Some(Rebuild {
+                table: table.to_owned(),
+                key: key.trim().to_owned(),
+                expression: expression.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ViewRow {
+    name: String,
+    create_table_query: String,
+    as_select: String,
+}
+
+/// A rollup fed by the events table, with what it takes to rebuild it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollup {
+    /// The materialized view.
+    pub view: String,
+    /// The table it writes (without database).
+    pub target: String,
+    /// Its declaration in schema.sql (none: it cannot be rebuilt).
+    pub rebuild: Option<Rebuild>,
+    /// The view's SELECT.
+    pub select: String,
+}
+
+/// The rollups fed by `database.table` (the materialized views reading it).
+pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec<Rollup>, ChError> {
+    let views: Vec<ViewRow> = client
+        .query(
+            "SELECT name, create_table_query, as_select FROM system.tables \
+             WHERE database = ? AND engine = 'MaterializedView' ORDER BY name",
+        )
+        .bind(database)
+        .fetch_all::<ViewRow>()
+        .await?;
+    let declared = rebuild_declarations(SCHEMA_SQL);
+    let source = format!("{database}.{table}");
+    let mut out = Vec::new();
+    for v in views {
+        let reads_events = v.as_select.contains(&format!("FROM {source}"))
+            || v.as_select
+                .contains(&format!("FROM `{database}`.`{table}`"));
+        if !reads_events {
+            continue;
+        }
+        let Some(target) = v
+            .create_table_query
+            .split(" TO ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|t| {
+                t.trim_matches('`')
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(t)
+                    .trim_matches('`')
+                    .to_owned()
+            })
+        else {
+            continue;
+        };
+        out.push(Rollup {
+            view: v.name,
+            rebuild: declared.iter().find(|d| d.table == target).cloned(),
+            target,
+            select: v.as_select,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes `rollup`'s rows of the keys `keys` (an SQL set of `toString(key)` values: a
+/// subquery or a literal tuple) and inserts the view's SELECT over the raw rows of those
+/// keys. Run again after a failure, it ends in the same state.
+pub async fn rebuild(
+    client: &Client,
+    db: &str,
+    rollup: &Rollup,
+    keys: &str,
+) -> Result<(), ChError> {
+    let key = &rollup.rebuild.as_ref().expect("declared").key;
+    let target = format!("{db}.`{}`", rollup.target);
+    client
+        .query(&format!(
+            "DELETE FROM {target} WHERE toString({key}) IN {keys}"
+        ))
+        .with_setting("lightweight_deletes_sync", "2")
+        .with_setting("mutations_sync", "2")
+        .with_setting("max_query_size", LARGE_QUERY)
+        .execute()
+        .await?;
+    // The view's columns are its SELECT's, by name (the view itself lists them).
+    let columns: Vec<String> = client
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = ? ORDER BY position")
+        .bind(db.trim_matches('`'))
+        .bind(&rollup.view)
+        .fetch_all::<String>()
+        .await?;
+    let list = columns
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    client
+        .query(&format!(
+            "INSERT INTO {target} ({list}) SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
+            rollup.select
+        ))
+        .with_setting("insert_deduplicate", "0")
+        .with_setting("max_query_size", LARGE_QUERY)
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Statements that carry a literal set of keys (thousands of session ids) may be longer than
+/// the server's default `max_query_size` (256 KiB).
+const LARGE_QUERY: &str = "67108864";
+
+/// The keys of each rollup that some raw rows touch (read before those rows are deleted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TouchedKeys {
+    /// Rollups with a rebuild declaration, and their keys (as `toString` of the key).
+    pub rollups: Vec<(Rollup, Vec<String>)>,
+    /// Views (with their targets) that cannot be rebuilt: no declaration in schema.sql.
+    pub undeclared: Vec<String>,
+}
+
+impl TouchedKeys {
+    pub fn is_empty(&self) -> bool {
+        self.rollups.iter().all(|(_, keys)| keys.is_empty()) && self.undeclared.is_empty()
+    }
+
+    pub fn keys(&self) -> usize {
+        self.rollups.iter().map(|(_, keys)| keys.len()).sum()
+    }
+
+    /// Adds `other`'s keys (each key once per rollup).
+    pub fn merge(&mut self, other: TouchedKeys) {
+        for (rollup, keys) in other.rollups {
+            match self
+                .rollups
+                .iter_mut()
+                .find(|(r, _)| r.target == rollup.target)
+            {
+                Some((_, mine)) => {
+                    mine.extend(keys);
+                    mine.sort_unstable();
+                    mine.dedup();
+                }
+                None => self.rollups.push((rollup, keys)),
+            }
+        }
+        for view in other.undeclared {
+            if !self.undeclared.contains(&view) {
+                self.undeclared.push(view);
+            }
+        }
+    }
+}
+
+/// Per rollup, the keys the rows of `database.table` matching `condition` touch.
+pub async fn touched_keys(
+    client: &Client,
+    database: &str,
+    table: &str,
+    condition: &str,
+) -> Result<TouchedKeys, ChError> {
+    let mut touched = TouchedKeys::default();
+    for rollup in rollups(client, database, table).await? {
+        let Some(rebuild) = &rollup.rebuild else {
+            touched
+                .undeclared
+                .push(format!("{} (→ {})", rollup.view, rollup.target));
+            continue;
+        };
+        let keys: Vec<String> = client
+            .query(&format!(
+                "SELECT DISTINCT toString({}) FROM `{database}`.`{table}` WHERE {condition}",
+                rebuild.expression
+            ))
+            .fetch_all::<String>()
+            .await?;
+        touched.rollups.push((rollup, keys));
+    }
+    Ok(touched)
+}
+
+/// A string literal: `'a\'b'`.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A literal set for `IN`: `('a', 'b')`.
+pub fn literal_set(keys: &[String]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| literal(k)).collect();
+    format!("({})", quoted.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_set_escapes_quotes_and_backslashes() {
+        let keys = vec!["('clickstream',0)".to_owned(), "a\\b".to_owned()];
+        assert_eq!(literal_set(&keys), r"('(\'clickstream\',0)', 'a\\b')");
+    }
+}
