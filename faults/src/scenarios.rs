@@ -769,6 +769,9 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     let removed = sink
         .metric("clickstream_sink_partial_rows_removed_total")
         .await;
+    let rebuilt = sink
+        .metric("clickstream_sink_rollup_keys_rebuilt_total")
+        .await;
     run.clear_fault().await?;
     let injected = json!({
         "max_memory_usage": MEMORY_LIMIT_BYTES,
@@ -776,6 +779,7 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
         "max_rows": 300_000,
         "insert_splits": splits,
         "rows_left_by_refused_inserts_removed": removed,
+        "rollup_keys_rebuilt": rebuilt,
     });
     let done = finish(run, sink, injected).await?;
     also(&done, |v| {
