@@ -4,6 +4,9 @@
 //!   (the ring provider, no OpenSSL) and trusts the system's CA certificates, or, with
 //!   [`Tls::ca_file`], only the CA in that file (a private CA); a client certificate and key add
 //!   mutual TLS. There is no switch that turns certificate checks off.
+//! - [`connect`]: the client of a [`Connection`] (URL, TLS files, database, user, password or
+//!   password file), as the sink and `clickstream-windows` configure it; [`setting_key`] names
+//!   the setting an error is about.
 //! - [`read_secret_file`]: a password from a file (Docker and Kubernetes secrets), without the
 //!   trailing newline editors and `echo` leave.
 //! - [`redact_url`] and [`has_credentials`]: URLs are logged without user, password or query,
@@ -125,6 +128,66 @@ pub fn client(url: &str, tls: &Tls) -> Result<Client, ConnectError> {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(https);
     Ok(Client::with_http_client(pool).with_url(url))
+}
+
+/// What a program's settings say about reaching ClickHouse, under the setting names the sink
+/// and `clickstream-windows` share (`clickhouse_url`, `clickhouse_ca_file`, ...). An empty
+/// string is a setting left out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection<'a> {
+    pub url: &'a str,
+    pub database: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// A file holding the password (read now; it wins over `password`).
+    pub password_file: &'a str,
+    pub ca_file: &'a str,
+    pub client_cert_file: &'a str,
+    pub client_key_file: &'a str,
+}
+
+/// The client a [`Connection`] describes: [`client`] with its TLS files, then its database,
+/// user and password. TLS files given with a plain `http://` URL are not used (a warning
+/// says so).
+pub fn connect(connection: &Connection) -> Result<Client, ConnectError> {
+    let file = |value: &str| (!value.is_empty()).then(|| PathBuf::from(value));
+    let tls = Tls {
+        ca_file: file(connection.ca_file),
+        client_cert_file: file(connection.client_cert_file),
+        client_key_file: file(connection.client_key_file),
+    };
+    if !is_https(connection.url) && tls != Tls::default() {
+        tracing::warn!(
+            clickhouse = %redact_url(connection.url),
+            "TLS files are set but clickhouse_url is plain http://: they are not used"
+        );
+    }
+    let password = if connection.password_file.is_empty() {
+        connection.password.to_owned()
+    } else {
+        read_secret_file(Path::new(connection.password_file))?
+    };
+    let mut client = client(connection.url, &tls)?.with_database(connection.database);
+    if !connection.user.is_empty() {
+        client = client.with_user(connection.user);
+    }
+    Ok(if password.is_empty() {
+        client
+    } else {
+        client.with_password(password)
+    })
+}
+
+/// The setting (of a [`Connection`]) an error is about: `clickhouse_ca_file`, ...,
+/// `clickhouse_url` when it is about no file.
+pub fn setting_key(error: &ConnectError) -> &'static str {
+    match error.file() {
+        Some(SecretFile::Ca) => "clickhouse_ca_file",
+        Some(SecretFile::ClientCert) => "clickhouse_client_cert_file",
+        Some(SecretFile::ClientKey) => "clickhouse_client_key_file",
+        Some(SecretFile::Password) => "clickhouse_password_file",
+        None => "clickhouse_url",
+    }
 }
 
 pub fn is_https(url: &str) -> bool {

@@ -6,55 +6,27 @@
 //! How a TLS failure of a request is reported is here too ([`tls_failure`]): such a failure
 //! never resolves itself, so the writer classifies it as fatal with what to change.
 
-use clickstream_connect::{ConnectError, SecretFile, Tls};
-
 use crate::SinkError;
 use crate::settings::Settings;
 
 /// The client every ClickHouse request of the sink goes through.
 pub fn client(settings: &Settings) -> Result<clickhouse::Client, SinkError> {
-    let file = |value: &str| (!value.is_empty()).then(|| value.into());
-    let tls = Tls {
-        ca_file: file(&settings.clickhouse_ca_file),
-        client_cert_file: file(&settings.clickhouse_client_cert_file),
-        client_key_file: file(&settings.clickhouse_client_key_file),
-    };
-    if !clickstream_connect::is_https(&settings.clickhouse_url) && tls != Tls::default() {
-        tracing::warn!(
-            clickhouse = %clickstream_connect::redact_url(&settings.clickhouse_url),
-            "TLS files are set but clickhouse_url is plain http://: they are not used"
-        );
-    }
-    let password = if settings.clickhouse_password_file.is_empty() {
-        settings.clickhouse_password.clone()
-    } else {
-        clickstream_connect::read_secret_file(settings.clickhouse_password_file.as_ref())
-            .map_err(setting_error)?
-    };
-    let client = clickstream_connect::client(&settings.clickhouse_url, &tls)
-        .map_err(setting_error)?
-        .with_user(&settings.clickhouse_user)
-        .with_database(&settings.database);
-    Ok(if password.is_empty() {
-        client
-    } else {
-        client.with_password(password)
+    clickstream_connect::connect(&clickstream_connect::Connection {
+        url: &settings.clickhouse_url,
+        database: &settings.database,
+        user: &settings.clickhouse_user,
+        password: &settings.clickhouse_password,
+        password_file: &settings.clickhouse_password_file,
+        ca_file: &settings.clickhouse_ca_file,
+        client_cert_file: &settings.clickhouse_client_cert_file,
+        client_key_file: &settings.clickhouse_client_key_file,
     })
-}
-
-/// The setting a TLS or password file came from.
-fn key_of(file: SecretFile) -> &'static str {
-    match file {
-        SecretFile::Ca => "clickhouse_ca_file",
-        SecretFile::ClientCert => "clickhouse_client_cert_file",
-        SecretFile::ClientKey => "clickhouse_client_key_file",
-        SecretFile::Password => "clickhouse_password_file",
-    }
-}
-
-fn setting_error(error: ConnectError) -> SinkError {
-    let key = error.file().map_or("clickhouse_url", key_of);
-    SinkError::Settings(format!("invalid value for `{key}`: {error}"))
+    .map_err(|error| {
+        SinkError::Settings(format!(
+            "invalid value for `{}`: {error}",
+            clickstream_connect::setting_key(&error)
+        ))
+    })
 }
 
 /// A TLS failure in `error`, as a message that says which setting to change; `None` when the

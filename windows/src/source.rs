@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use clickstream_connect::{ConnectError, SecretFile, Tls};
 use serde::Deserialize;
 
 use crate::Error;
@@ -14,36 +13,21 @@ use crate::window::WindowMessage;
 /// The ClickHouse client the settings describe (HTTPS, CA, client certificate and password
 /// file as the sink has them, built by `clickstream-connect`).
 pub fn client(settings: &Settings) -> Result<clickhouse::Client, Error> {
-    let file = |value: &str| (!value.is_empty()).then(|| value.into());
-    let tls = Tls {
-        ca_file: file(&settings.clickhouse_ca_file),
-        client_cert_file: file(&settings.clickhouse_client_cert_file),
-        client_key_file: file(&settings.clickhouse_client_key_file),
-    };
-    let setting_error = |error: ConnectError| {
-        let key = match error.file() {
-            Some(SecretFile::Ca) => "clickhouse_ca_file",
-            Some(SecretFile::ClientCert) => "clickhouse_client_cert_file",
-            Some(SecretFile::ClientKey) => "clickhouse_client_key_file",
-            Some(SecretFile::Password) => "clickhouse_password_file",
-            None => "clickhouse_url",
-        };
-        Error::Settings(format!("invalid value for `{key}`: {error}"))
-    };
-    let password = if settings.clickhouse_password_file.is_empty() {
-        settings.clickhouse_password.clone()
-    } else {
-        clickstream_connect::read_secret_file(settings.clickhouse_password_file.as_ref())
-            .map_err(setting_error)?
-    };
-    let client = clickstream_connect::client(&settings.clickhouse_url, &tls)
-        .map_err(setting_error)?
-        .with_user(&settings.clickhouse_user)
-        .with_database(&settings.database);
-    Ok(if password.is_empty() {
-        client
-    } else {
-        client.with_password(password)
+    clickstream_connect::connect(&clickstream_connect::Connection {
+        url: &settings.clickhouse_url,
+        database: &settings.database,
+        user: &settings.clickhouse_user,
+        password: &settings.clickhouse_password,
+        password_file: &settings.clickhouse_password_file,
+        ca_file: &settings.clickhouse_ca_file,
+        client_cert_file: &settings.clickhouse_client_cert_file,
+        client_key_file: &settings.clickhouse_client_key_file,
+    })
+    .map_err(|error| {
+        Error::Settings(format!(
+            "invalid value for `{}`: {error}",
+            clickstream_connect::setting_key(&error)
+        ))
     })
 }
 
