@@ -198,7 +198,10 @@ pub async fn run(
                 let mut burst = Vec::with_capacity(BURST);
                 let mut failed = None;
                 let mut next = Some(message);
+                // Errors count too: a stream of them must not keep this loop from `select!`.
+                let mut taken = 0;
                 while let Some(message) = next.take() {
+                    taken += 1;
                     match message {
                         Ok(message) => burst.push(message),
                         // librdkafka reconnects by itself; nothing is lost while the broker is away.
@@ -212,7 +215,7 @@ pub async fn run(
                             tracing::warn!(error = %error, "Kafka error");
                         }
                     }
-                    if burst.len() < BURST {
+                    if taken < BURST {
                         next = messages.next().now_or_never().flatten();
                     }
                 }
