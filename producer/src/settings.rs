@@ -37,22 +37,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
-/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...); the same rule as the sink's
-/// `is_secret_kafka_property` (a deploy test compares the two).
-pub fn is_secret_kafka_property(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "key.pem",
-        "sasl.oauthbearer.config",
-        "sasl.jaas.config",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-}
+/// librdkafka properties whose values are secrets: the sink's and the windows' rule.
+pub use clickstream_settings::is_secret_kafka_property;
 
 impl std::fmt::Debug for Settings {
     /// Every field (destructured: a new one cannot be forgotten), secrets redacted.

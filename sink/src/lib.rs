@@ -113,10 +113,6 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    fn settings(error: config::ConfigError) -> SinkError {
-        SinkError::Settings(error.to_string())
-    }
-
     pub(crate) fn kafka(
         operation: &'static str,
     ) -> impl FnOnce(rdkafka::error::KafkaError) -> SinkError {

@@ -38,7 +38,7 @@ fn command() -> Command {
                 .help("TOML settings file"),
         );
     for key in settings::KEYS.iter().filter(|key| key.flag) {
-        let default = key.default_shown();
+        let default = settings::default_shown(key.name);
         let help = if key.secret {
             key.help.to_owned()
         } else {

@@ -3,7 +3,6 @@
 //! A bad value stops start-up with the key named.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,102 +27,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// One setting, as defined once in [`settings!`]: what the TOML file, the environment, the
-/// command line, `Debug`, `--help` and the README's table (checked by a test) all come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key {
-    /// The TOML key; `CLICKSTREAM_SINK_<NAME>` in the environment.
-    pub name: &'static str,
-    /// Whether it has a flag, `--name-with-dashes`.
-    pub flag: bool,
-    /// Other environment variables read for it (below `CLICKSTREAM_SINK_*`).
-    pub env: &'static [&'static str],
-    /// Shown as `<redacted>` by `Debug` when set.
-    pub secret: bool,
-    pub help: &'static str,
-}
-
-impl Key {
-    /// `--name-with-dashes`, without the dashes.
-    pub fn flag_name(&self) -> String {
-        self.name.replace('_', "-")
-    }
-
-    pub fn value_name(&self) -> &'static str {
-        if self.name.ends_with("_file") {
-            "FILE"
-        } else if self.name.ends_with("_ms") {
-            "MS"
-        } else {
-            "VALUE"
-        }
-    }
-
-    /// The default as the README and `--help` show it.
-    pub fn default_shown(&self) -> String {
-        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
-        match &defaults[self.name] {
-            serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// Defines [`Settings`] (fields, `Default`, `Debug` without secrets) and [`KEYS`] from one
-/// list: key, type, default, flag, extra environment variables, secret, help.
-macro_rules! settings {
-    ($( $name:ident : $ty:ty = $default:expr, flag: $flag:literal, env: [$($env:literal),*], secret: $secret:literal, help: $help:literal; )*) => {
-        /// All settings of the sink, with their defaults. `Debug` leaves secrets out (see
-        /// [`is_secret_kafka_property`]).
-        #[derive(Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct Settings {
-            $( #[doc = $help] pub $name: $ty, )*
-            /// Extra librdkafka properties (TLS, SASL, tuning) for the consumer and the
-            /// dead-letter producer.
-            pub kafka: BTreeMap<String, String>,
-        }
-
-        impl Default for Settings {
-            fn default() -> Settings {
-                Settings {
-                    $( $name: $default, )*
-                    kafka: BTreeMap::new(),
-                }
-            }
-        }
-
-        /// Every setting but `kafka`, in the README's order.
-        pub const KEYS: &[Key] = &[
-            $( Key { name: stringify!($name), flag: $flag, env: &[$($env),*], secret: $secret, help: $help }, )*
-        ];
-
-        impl std::fmt::Debug for Settings {
-            /// Every field, with secrets replaced by `<redacted>` and the URL without
-            /// credentials.
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let mut out = f.debug_struct("Settings");
-                $( out.field(stringify!($name), &shown(stringify!($name), $secret, &self.$name)); )*
-                out.field("kafka", &self.kafka_redacted()).finish()
-            }
-        }
-    };
-}
-
-/// A value for `Debug`: secrets redacted when set, URLs without credentials.
-fn shown<T: std::fmt::Debug>(name: &str, secret: bool, value: &T) -> String {
-    let text = format!("{value:?}");
-    if secret && text != "\"\"" {
-        REDACTED.to_owned()
-    } else if name.ends_with("_url") {
-        clickstream_connect::redact_url(text.trim_matches('"')).to_string()
-    } else {
-        text
-    }
-}
+use clickstream_settings::settings;
+pub use clickstream_settings::{Key, Overrides, REDACTED, is_secret_kafka_property};
 
 settings! {
+    /// All settings of the sink, with their defaults. `Debug` leaves secrets out (see
+    /// [`is_secret_kafka_property`]); `kafka`: librdkafka properties for the consumer and the
+    /// dead-letter producer.
     brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
         help: "Kafka bootstrap servers";
     topic: String = "clickstream-events".into(), flag: true, env: [], secret: false,
@@ -207,7 +117,7 @@ pub fn markdown_table() -> String {
                 .trim()
                 .to_owned();
         }
-        let default = match key.default_shown() {
+        let default = match default_shown(key.name) {
             empty if empty == "empty" => empty,
             value => format!("`{value}`"),
         };
@@ -229,35 +139,6 @@ pub fn markdown_table() -> String {
     out
 }
 
-/// What `Debug` and logs show instead of a secret.
-pub const REDACTED: &str = "<redacted>";
-
-/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
-/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config`, ...).
-pub fn is_secret_kafka_property(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "key.pem",
-        "sasl.oauthbearer.config",
-        "sasl.jaas.config",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-}
-
-/// Values given on the command line; `None` leaves the lower layers' value.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub config_file: Option<PathBuf>,
-    /// (key, value) pairs, keys as in [`Settings`].
-    pub values: Vec<(String, String)>,
-    /// librdkafka properties (`-X key=value`), applied over the other layers' `kafka` table.
-    pub kafka: Vec<(String, String)>,
-}
-
 pub const ENV_PREFIX: &str = "CLICKSTREAM_SINK";
 
 impl Settings {
@@ -271,68 +152,11 @@ impl Settings {
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SinkError> {
-        let defaults =
-            config::Config::try_from(&Settings::default()).map_err(SinkError::settings)?;
-        let mut builder = config::Config::builder().add_source(defaults);
-        if let Some(path) = &overrides.config_file {
-            if !path.exists() {
-                return Err(SinkError::Settings(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            builder = builder
-                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
-        }
-        let env: BTreeMap<String, String> = env.into_iter().collect();
-        // Other variables read for a key (KAFKA_BROKERS, CLICKHOUSE_URL, ...): above the file,
-        // below flags.
-        for key in KEYS {
-            for var in key.env {
-                if let Some(value) = env.get(*var) {
-                    builder = builder
-                        .set_override(key.name, value.as_str())
-                        .map_err(SinkError::settings)?;
-                }
-            }
-        }
-        // librdkafka keys contain dots, which `config` would read as nesting: take
-        // CLICKSTREAM_SINK_KAFKA__SECURITY_PROTOCOL as `security.protocol` ourselves.
-        let kafka_prefix = format!("{ENV_PREFIX}_KAFKA__");
-        let env_kafka: Vec<(String, String)> = env
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix(&kafka_prefix)
-                    .map(|key| (key.to_ascii_lowercase().replace('_', "."), v.clone()))
-            })
-            .collect();
-        let prefixed: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| !k.starts_with(&kafka_prefix))
-            .filter_map(|(k, v)| {
-                k.strip_prefix(ENV_PREFIX)
-                    .and_then(|rest| rest.strip_prefix('_'))
-                    .map(|rest| (format!("{ENV_PREFIX}_{rest}"), v.clone()))
-            })
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(prefixed)),
-        );
-        for (key, value) in &overrides.values {
-            builder = builder
-                .set_override(key.as_str(), value.as_str())
-                .map_err(SinkError::settings)?;
-        }
-        let mut settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(SinkError::settings)?;
-        settings.kafka.extend(env_kafka);
-        settings.kafka.extend(overrides.kafka.iter().cloned());
+        let loaded =
+            clickstream_settings::load(&Settings::default(), KEYS, ENV_PREFIX, overrides, env)
+                .map_err(SinkError::Settings)?;
+        let mut settings = loaded.settings;
+        settings.kafka.extend(loaded.kafka);
         settings.validate()?;
         Ok(settings)
     }
@@ -447,17 +271,7 @@ impl Settings {
 
     /// The `kafka` properties with the values of secret ones replaced, for logs and `Debug`.
     pub fn kafka_redacted(&self) -> BTreeMap<&str, &str> {
-        self.kafka
-            .iter()
-            .map(|(key, value)| {
-                let shown = if is_secret_kafka_property(key) {
-                    REDACTED
-                } else {
-                    value.as_str()
-                };
-                (key.as_str(), shown)
-            })
-            .collect()
+        clickstream_settings::redacted_kafka(&self.kafka)
     }
 
     /// librdkafka config with the brokers and the `kafka` passthrough properties.
@@ -522,7 +336,7 @@ mod tests {
     #[test]
     fn every_key_is_read_from_its_environment_variable_and_its_flag_layer() {
         for key in KEYS {
-            let default = key.default_shown();
+            let default = default_shown(key.name);
             let value = match key.name {
                 "delivery" => "at-least-once".to_owned(),
                 "log_format" => "json".to_owned(),

@@ -85,12 +85,6 @@ pub enum Error {
     Io(#[source] std::io::Error),
 }
 
-impl Error {
-    fn settings(error: config::ConfigError) -> Error {
-        Error::Settings(error.to_string())
-    }
-}
-
 /// Runs until `shutdown` is cancelled (or a publish fails).
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());

@@ -29,7 +29,11 @@ fn command() -> Command {
         let help = if key.secret {
             key.help.to_owned()
         } else {
-            format!("{} [default: {}]", key.help, key.default_shown())
+            format!(
+                "{} [default: {}]",
+                key.help,
+                settings::default_shown(key.name)
+            )
         };
         command = command.arg(Arg::new(key.name).long(key.flag_name()).help(help));
     }

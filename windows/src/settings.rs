@@ -3,9 +3,6 @@
 //! (`CLICKSTREAM_WINDOWS_<KEY>`, plus `KAFKA_BROKERS` / `CLICKHOUSE_URL` / ...) < flags.
 //! A bad value stops start-up with the key named.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -18,146 +15,48 @@ pub enum LogFormat {
     Json,
 }
 
+use clickstream_settings::settings;
 /// One setting, as defined once in [`settings!`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key {
-    /// The TOML key; `CLICKSTREAM_WINDOWS_<NAME>` in the environment, `--name-with-dashes`.
-    pub name: &'static str,
-    /// Other environment variables read for it (below `CLICKSTREAM_WINDOWS_*`).
-    pub env: &'static [&'static str],
-    /// Shown as `<redacted>` by `Debug` when set.
-    pub secret: bool,
-    pub help: &'static str,
-}
-
-impl Key {
-    pub fn flag_name(&self) -> String {
-        self.name.replace('_', "-")
-    }
-
-    /// The default as the README and `--help` show it.
-    pub fn default_shown(&self) -> String {
-        let defaults = serde_json::to_value(Settings::default()).expect("settings serialize");
-        match &defaults[self.name] {
-            serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// Defines [`Settings`] (fields, `Default`, `Debug` without secrets) and [`KEYS`] from one
-/// list: key, type, default, extra environment variables, secret, help.
-macro_rules! settings {
-    ($( $name:ident : $ty:ty = $default:expr, env: [$($env:literal),*], secret: $secret:literal, help: $help:literal; )*) => {
-        /// All settings of clickstream-windows, with their defaults.
-        #[derive(Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        pub struct Settings {
-            $( #[doc = $help] pub $name: $ty, )*
-            /// Extra librdkafka properties (TLS, SASL) for the producer and the read-back.
-            pub kafka: BTreeMap<String, String>,
-        }
-
-        impl Default for Settings {
-            fn default() -> Settings {
-                Settings { $( $name: $default, )* kafka: BTreeMap::new() }
-            }
-        }
-
-        /// Every setting but `kafka`, in the README's order.
-        pub const KEYS: &[Key] = &[
-            $( Key { name: stringify!($name), env: &[$($env),*], secret: $secret, help: $help }, )*
-        ];
-
-        impl std::fmt::Debug for Settings {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let mut out = f.debug_struct("Settings");
-                $( out.field(stringify!($name), &shown(stringify!($name), $secret, &self.$name)); )*
-                let kafka: BTreeMap<&str, &str> = self
-                    .kafka
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), if is_secret_kafka_property(k) { REDACTED } else { v.as_str() }))
-                    .collect();
-                out.field("kafka", &kafka).finish()
-            }
-        }
-    };
-}
-
-pub const REDACTED: &str = "<redacted>";
-
-fn shown<T: std::fmt::Debug>(name: &str, secret: bool, value: &T) -> String {
-    let text = format!("{value:?}");
-    if secret && text != "\"\"" {
-        REDACTED.to_owned()
-    } else if name.ends_with("_url") {
-        clickstream_connect::redact_url(text.trim_matches('"'))
-    } else {
-        text
-    }
-}
-
-/// librdkafka properties whose values are secrets (the sink's rule).
-pub fn is_secret_kafka_property(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "token",
-        "key.pem",
-        "sasl.oauthbearer.config",
-        "sasl.jaas.config",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-}
+pub use clickstream_settings::{Key, Overrides, REDACTED, is_secret_kafka_property};
 
 settings! {
-    brokers: String = "localhost:9092".into(), env: ["KAFKA_BROKERS"], secret: false,
+    /// All settings of clickstream-windows, with their defaults (`Debug` leaves secrets out).
+    brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
         help: "Kafka bootstrap servers";
-    topic: String = "clickstream-metrics".into(), env: [], secret: false,
+    topic: String = "clickstream-metrics".into(), flag: true, env: [], secret: false,
         help: "topic the window messages are published on (created if missing, with `topic_retention_ms`)";
-    topic_retention_ms: u64 = 7 * 24 * 3_600_000, env: [], secret: false,
+    topic_retention_ms: u64 = 7 * 24 * 3_600_000, flag: true, env: [], secret: false,
         help: "retention.ms of the topic when this program creates it (7 days); windows older than this are neither read back nor corrected";
-    window: String = "5m".into(), env: [], secret: false,
+    window: String = "5m".into(), flag: true, env: [], secret: false,
         help: "window length, `1m` or `5m` (tumbling, aligned to the epoch)";
-    allowed_lateness_ms: u64 = 60_000, env: [], secret: false,
+    allowed_lateness_ms: u64 = 60_000, flag: true, env: [], secret: false,
         help: "a window is closed, and published, once its end plus this has passed";
-    since: String = String::new(), env: [], secret: false,
+    since: String = String::new(), flag: true, env: [], secret: false,
         help: "RFC 3339 time: publish (backfill) the windows from this one on; empty: from where the topic stops, or from the last closed window";
-    poll_interval_ms: u64 = 5_000, env: [], secret: false,
+    poll_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
         help: "how often ClickHouse is asked for closed windows and late rows";
-    top_n: usize = 10, env: [], secret: false,
+    top_n: usize = 10, flag: true, env: [], secret: false,
         help: "entries in `top_referrers` and `top_pages`";
-    clickhouse_url: String = "http://localhost:8123".into(), env: ["CLICKHOUSE_URL"], secret: false,
+    clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: ["CLICKHOUSE_URL"], secret: false,
         help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
-    clickhouse_user: String = "default".into(), env: ["CLICKHOUSE_USER"], secret: false,
+    clickhouse_user: String = "default".into(), flag: true, env: ["CLICKHOUSE_USER"], secret: false,
         help: "ClickHouse user (compose: `clickstream_reader`; it only reads)";
-    clickhouse_password: String = String::new(), env: ["CLICKHOUSE_PASSWORD"], secret: true,
+    clickhouse_password: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD"], secret: true,
         help: "its password (prefer the file below)";
-    clickhouse_password_file: String = String::new(), env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
+    clickhouse_password_file: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
         help: "file holding the password, read at start, trailing newline ignored; not together with `clickhouse_password`";
-    clickhouse_ca_file: String = String::new(), env: ["CLICKHOUSE_CA_FILE"], secret: false,
+    clickhouse_ca_file: String = String::new(), flag: true, env: ["CLICKHOUSE_CA_FILE"], secret: false,
         help: "for `https://`: PEM CA certificate(s) to trust instead of the system's";
-    clickhouse_client_cert_file: String = String::new(), env: [], secret: false,
+    clickhouse_client_cert_file: String = String::new(), flag: true, env: [], secret: false,
         help: "PEM client certificate for mutual TLS (with the key below)";
-    clickhouse_client_key_file: String = String::new(), env: [], secret: false,
+    clickhouse_client_key_file: String = String::new(), flag: true, env: [], secret: false,
         help: "its PEM private key";
-    database: String = "clickstream".into(), env: [], secret: false,
+    database: String = "clickstream".into(), flag: true, env: [], secret: false,
         help: "database of the rollups (`events_1m`) and of `events` (late rows are found by `inserted_at`)";
-    http_addr: String = "0.0.0.0:9102".into(), env: [], secret: false,
+    http_addr: String = "0.0.0.0:9102".into(), flag: true, env: [], secret: false,
         help: "address of `/metrics` and `/health`, or `off`";
-    log_format: LogFormat = LogFormat::Human, env: [], secret: false,
+    log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
         help: "`human` or `json`";
-}
-
-/// Values given on the command line.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub config_file: Option<PathBuf>,
-    pub values: Vec<(String, String)>,
-    pub kafka: Vec<(String, String)>,
 }
 
 pub const ENV_PREFIX: &str = "CLICKSTREAM_WINDOWS";
@@ -175,7 +74,7 @@ pub fn markdown_table() -> String {
             let aliases: Vec<String> = key.env.iter().map(|v| format!("`{v}`")).collect();
             vars = format!("{vars} (or {})", aliases.join(", "));
         }
-        let default = match key.default_shown() {
+        let default = match default_shown(key.name) {
             empty if empty == "empty" => empty,
             value => format!("`{value}`"),
         };
@@ -202,61 +101,11 @@ impl Settings {
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, Error> {
-        let defaults = config::Config::try_from(&Settings::default()).map_err(Error::settings)?;
-        let mut builder = config::Config::builder().add_source(defaults);
-        if let Some(path) = &overrides.config_file {
-            if !path.exists() {
-                return Err(Error::Settings(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            builder = builder
-                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
-        }
-        let env: BTreeMap<String, String> = env.into_iter().collect();
-        for key in KEYS {
-            for var in key.env {
-                if let Some(value) = env.get(*var) {
-                    builder = builder
-                        .set_override(key.name, value.as_str())
-                        .map_err(Error::settings)?;
-                }
-            }
-        }
-        let kafka_prefix = format!("{ENV_PREFIX}_KAFKA__");
-        let env_kafka: Vec<(String, String)> = env
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix(&kafka_prefix)
-                    .map(|key| (key.to_ascii_lowercase().replace('_', "."), v.clone()))
-            })
-            .collect();
-        let prefixed: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| {
-                !k.starts_with(&kafka_prefix) && k.starts_with(&format!("{ENV_PREFIX}_"))
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(prefixed)),
-        );
-        for (key, value) in &overrides.values {
-            builder = builder
-                .set_override(key.as_str(), value.as_str())
-                .map_err(Error::settings)?;
-        }
-        let mut settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(Error::settings)?;
-        settings.kafka.extend(env_kafka);
-        settings.kafka.extend(overrides.kafka.iter().cloned());
+        let loaded =
+            clickstream_settings::load(&Settings::default(), KEYS, ENV_PREFIX, overrides, env)
+                .map_err(Error::Settings)?;
+        let mut settings = loaded.settings;
+        settings.kafka.extend(loaded.kafka);
         settings.validate()?;
         Ok(settings)
     }

@@ -1,0 +1,334 @@
+//! clickstream-settings: settings defined once, for the sink and `clickstream-windows`.
+//!
+//! A program lists its keys once with [`settings!`] (name, type, default, flag, other
+//! environment variables, secret, help). That gives its `Settings` struct (with `Default`,
+//! serde, and a `Debug` that shows no secret and no URL credentials), its [`Key`]s (what its
+//! command line, `--help` and its README table are made from) and `default_shown`. [`load`]
+//! reads the layers, lowest first: the defaults < a TOML file < the environment
+//! (`<PREFIX>_<KEY>`, the key's other variables, `<PREFIX>_KAFKA__<PROPERTY>` for librdkafka
+//! properties) < flags. The program keeps its own validation (the error names the key).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One setting, as defined once in [`settings!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// The TOML key; `<PREFIX>_<NAME>` in the environment.
+    pub name: &'static str,
+    /// Whether it has a flag, `--name-with-dashes`.
+    pub flag: bool,
+    /// Other environment variables read for it (below `<PREFIX>_*`).
+    pub env: &'static [&'static str],
+    /// Shown as `<redacted>` by `Debug` when set.
+    pub secret: bool,
+    pub help: &'static str,
+}
+
+impl Key {
+    /// `--name-with-dashes`, without the dashes.
+    pub fn flag_name(&self) -> String {
+        self.name.replace('_', "-")
+    }
+
+    pub fn value_name(&self) -> &'static str {
+        if self.name.ends_with("_file") {
+            "FILE"
+        } else if self.name.ends_with("_ms") {
+            "MS"
+        } else {
+            "VALUE"
+        }
+    }
+}
+
+/// Defines `Settings` (the fields, `kafka` for librdkafka properties, `Default`, serde,
+/// `Debug` without secrets), `KEYS` and `default_shown` from one list: key, type, default,
+/// flag, extra environment variables, secret, help. Needs `serde` in scope.
+#[macro_export]
+macro_rules! settings {
+    ($(#[$meta:meta])* $( $name:ident : $ty:ty = $default:expr, flag: $flag:literal, env: [$($env:literal),*], secret: $secret:literal, help: $help:literal; )*) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Settings {
+            $( #[doc = $help] pub $name: $ty, )*
+            /// Extra librdkafka properties (TLS, SASL, tuning).
+            pub kafka: std::collections::BTreeMap<String, String>,
+        }
+
+        impl Default for Settings {
+            fn default() -> Settings {
+                Settings {
+                    $( $name: $default, )*
+                    kafka: std::collections::BTreeMap::new(),
+                }
+            }
+        }
+
+        /// Every setting but `kafka`, in the README's order.
+        pub const KEYS: &[$crate::Key] = &[
+            $( $crate::Key { name: stringify!($name), flag: $flag, env: &[$($env),*], secret: $secret, help: $help }, )*
+        ];
+
+        /// A setting's default as the README and `--help` show it.
+        pub fn default_shown(name: &str) -> String {
+            $crate::default_shown(&Settings::default(), name)
+        }
+
+        impl std::fmt::Debug for Settings {
+            /// Every field, with secrets replaced by `<redacted>` and URLs without
+            /// credentials.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct("Settings");
+                $( out.field(stringify!($name), &$crate::shown(stringify!($name), $secret, &self.$name)); )*
+                out.field("kafka", &$crate::redacted_kafka(&self.kafka)).finish()
+            }
+        }
+    };
+}
+
+/// What `Debug` and logs show instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// A value for `Debug`: secrets redacted when set, URLs without credentials.
+pub fn shown<T: std::fmt::Debug>(name: &str, secret: bool, value: &T) -> String {
+    let text = format!("{value:?}");
+    if secret && text != "\"\"" {
+        REDACTED.to_owned()
+    } else if name.ends_with("_url") {
+        clickstream_connect::redact_url(text.trim_matches('"'))
+    } else {
+        text
+    }
+}
+
+/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, `sasl.oauthbearer.config`, ...).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "token",
+        "key.pem",
+        "sasl.oauthbearer.config",
+        "sasl.jaas.config",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// librdkafka properties with the secret values replaced by [`REDACTED`].
+pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    kafka
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_kafka_property(k) {
+                REDACTED
+            } else {
+                v.as_str()
+            };
+            (k.as_str(), v)
+        })
+        .collect()
+}
+
+/// The default of `name` in `defaults` as the README and `--help` show it (`empty` for an
+/// empty string).
+pub fn default_shown<T: Serialize>(defaults: &T, name: &str) -> String {
+    let defaults = serde_json::to_value(defaults).expect("settings serialize");
+    match &defaults[name] {
+        serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    /// (key, value) pairs, keys as in the settings.
+    pub values: Vec<(String, String)>,
+    /// librdkafka properties (`-X key=value`), applied over the other layers' `kafka` table.
+    pub kafka: Vec<(String, String)>,
+}
+
+/// What [`load`] read: the settings, and the librdkafka properties from the environment and
+/// the flags, in that order (to add to the settings' `kafka` table).
+pub struct Loaded<T> {
+    pub settings: T,
+    pub kafka: Vec<(String, String)>,
+}
+
+/// Reads the layers over `defaults`: the TOML file, the environment (`env`; `prefix` is
+/// e.g. `CLICKSTREAM_SINK`), the flags. The error is a message for the user (a missing
+/// file, a value of the wrong type, an unknown key, named).
+pub fn load<T: Serialize + DeserializeOwned>(
+    defaults: &T,
+    keys: &[Key],
+    prefix: &str,
+    overrides: &Overrides,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded<T>, String> {
+    let text = |error: config::ConfigError| error.to_string();
+    let mut builder =
+        config::Config::builder().add_source(config::Config::try_from(defaults).map_err(text)?);
+    if let Some(path) = &overrides.config_file {
+        if !path.exists() {
+            return Err(format!("config file {} does not exist", path.display()));
+        }
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+    }
+    let env: BTreeMap<String, String> = env.into_iter().collect();
+    // Other variables read for a key (KAFKA_BROKERS, CLICKHOUSE_URL, ...): above the file,
+    // below flags.
+    for key in keys {
+        for var in key.env {
+            if let Some(value) = env.get(*var) {
+                builder = builder
+                    .set_override(key.name, value.as_str())
+                    .map_err(text)?;
+            }
+        }
+    }
+    // librdkafka keys contain dots, which `config` would read as nesting: take
+    // <PREFIX>_KAFKA__SECURITY_PROTOCOL as `security.protocol` ourselves.
+    let kafka_prefix = format!("{prefix}_KAFKA__");
+    let mut kafka: Vec<(String, String)> = env
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&kafka_prefix)
+                .map(|key| (key.to_ascii_lowercase().replace('_', "."), v.clone()))
+        })
+        .collect();
+    let prefixed: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with(&kafka_prefix) && k.starts_with(&format!("{prefix}_")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix(prefix)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(prefixed)),
+    );
+    for (key, value) in &overrides.values {
+        builder = builder
+            .set_override(key.as_str(), value.as_str())
+            .map_err(text)?;
+    }
+    let settings: T = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(text)?;
+    kafka.extend(overrides.kafka.iter().cloned());
+    Ok(Loaded { settings, kafka })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    mod example {
+        settings! {
+            /// An example program's settings.
+            brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
+                help: "Kafka bootstrap servers";
+            retries: u32 = 3, flag: false, env: [], secret: false,
+                help: "how often";
+            clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: [], secret: false,
+                help: "where";
+            password: String = String::new(), flag: false, env: [], secret: true,
+                help: "a secret";
+        }
+    }
+    use example::{KEYS, Settings};
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_layers_apply_lowest_first_and_kafka_properties_keep_their_dots() {
+        let overrides = Overrides {
+            values: vec![("retries".into(), "9".into())],
+            kafka: vec![("acks".into(), "all".into())],
+            ..Overrides::default()
+        };
+        let loaded = load(
+            &Settings::default(),
+            KEYS,
+            "EX",
+            &overrides,
+            env(&[
+                ("KAFKA_BROKERS", "b:1"),
+                ("EX_RETRIES", "5"),
+                ("EX_KAFKA__SECURITY_PROTOCOL", "SSL"),
+                ("OTHER_RETRIES", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.settings.brokers, "b:1");
+        assert_eq!(
+            loaded.settings.retries, 9,
+            "the flag wins over the environment"
+        );
+        assert_eq!(
+            loaded.kafka,
+            vec![
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("acks".to_owned(), "all".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_or_the_file() {
+        let bad = load(
+            &Settings::default(),
+            KEYS,
+            "EX",
+            &Overrides::default(),
+            env(&[("EX_RETRIES", "many")]),
+        )
+        .err()
+        .unwrap();
+        assert!(bad.contains("retries"), "{bad}");
+        let missing = Overrides {
+            config_file: Some("/nonexistent/settings.toml".into()),
+            ..Overrides::default()
+        };
+        let error = load(&Settings::default(), KEYS, "EX", &missing, Vec::new())
+            .err()
+            .unwrap();
+        assert!(error.contains("/nonexistent/settings.toml"), "{error}");
+    }
+
+    #[test]
+    fn debug_shows_no_secret_and_no_url_credentials() {
+        let mut settings = Settings {
+            password: "hunter2".into(),
+            clickhouse_url: "http://u:pw@host:8123".into(),
+            ..Settings::default()
+        };
+        settings.kafka = BTreeMap::from([("sasl.password".to_owned(), "s3cret".to_owned())]);
+        let shown = format!("{settings:?}");
+        for secret in ["hunter2", "pw@", "s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(example::default_shown("password"), "empty");
+        assert_eq!(example::default_shown("retries"), "3");
+    }
+}
