@@ -158,6 +158,75 @@ pub struct Overrides {
     pub kafka: Vec<(String, String)>,
 }
 
+/// The command line's flags from the keys (those with `flag`): `--config FILE`, one
+/// `--name-with-dashes VALUE` per key (its help with the default), and `-X KEY=VALUE` for
+/// librdkafka properties (`kafka_help`). Global, so that subcommands take them too.
+pub fn flags(
+    keys: &[Key],
+    default_shown: impl Fn(&str) -> String,
+    kafka_help: &'static str,
+) -> Vec<clap::Arg> {
+    use clap::{Arg, ArgAction};
+    let mut args = vec![
+        Arg::new("config")
+            .long("config")
+            .value_name("FILE")
+            .global(true)
+            .help("TOML settings file"),
+    ];
+    for key in keys.iter().filter(|key| key.flag) {
+        let help = if key.secret {
+            key.help.to_owned()
+        } else {
+            format!("{} [default: {}]", key.help, default_shown(key.name))
+        };
+        args.push(
+            Arg::new(key.name)
+                .long(key.flag_name())
+                .value_name(key.value_name())
+                .global(true)
+                .help(help),
+        );
+    }
+    args.push(
+        Arg::new("kafka")
+            .short('X')
+            .value_name("KEY=VALUE")
+            .action(ArgAction::Append)
+            .global(true)
+            .help(kafka_help),
+    );
+    args
+}
+
+/// The [`Overrides`] the flags of [`flags`] gave; an `-X` without `=` is an error.
+pub fn overrides(matches: &clap::ArgMatches, keys: &[Key]) -> Result<Overrides, String> {
+    let values = keys
+        .iter()
+        .filter(|key| key.flag)
+        .filter_map(|key| {
+            matches
+                .get_one::<String>(key.name)
+                .map(|value| (key.name.to_owned(), value.clone()))
+        })
+        .collect();
+    let kafka = matches
+        .get_many::<String>("kafka")
+        .into_iter()
+        .flatten()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("-X {pair}: expected KEY=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Overrides {
+        config_file: matches.get_one::<String>("config").map(PathBuf::from),
+        values,
+        kafka,
+    })
+}
+
 /// What [`load`] read: the settings, and the librdkafka properties from the environment and
 /// the flags, in that order (to add to the settings' `kafka` table).
 pub struct Loaded<T> {
@@ -314,6 +383,33 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.contains("/nonexistent/settings.toml"), "{error}");
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        let command = clap::Command::new("example").args(flags(
+            KEYS,
+            example::default_shown,
+            "librdkafka property",
+        ));
+        let matches = command
+            .clone()
+            .try_get_matches_from(["example", "--brokers", "b:2", "-X", "acks=all"])
+            .unwrap();
+        let got = overrides(&matches, KEYS).unwrap();
+        assert_eq!(got.values, vec![("brokers".to_owned(), "b:2".to_owned())]);
+        assert_eq!(got.kafka, vec![("acks".to_owned(), "all".to_owned())]);
+        assert!(
+            command
+                .clone()
+                .try_get_matches_from(["example", "--retries", "2"])
+                .is_err(),
+            "a key without a flag has none"
+        );
+        let bad = command
+            .try_get_matches_from(["example", "-X", "acks"])
+            .unwrap();
+        assert!(overrides(&bad, KEYS).unwrap_err().contains("KEY=VALUE"));
     }
 
     #[test]

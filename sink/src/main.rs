@@ -1,10 +1,7 @@
 //! `clickstream-sink`: loads settings, installs tracing, runs the sink until SIGINT/SIGTERM,
 //! or runs one of the operations commands (verify, replay, dlq) with the same settings.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
-use clap::{Arg, ArgAction, ArgMatches, Command};
+use clap::{ArgMatches, Command};
 use clickstream_sink::settings::{self, LogFormat, Overrides, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -26,68 +23,20 @@ the command) and exit 0 when all is well, 1 when they find a problem, 2 for bad 
 
 /// The command line, made from the settings' own definitions ([`settings::KEYS`]).
 fn command() -> Command {
-    let mut command = Command::new("clickstream-sink")
+    Command::new("clickstream-sink")
         .version(env!("CARGO_PKG_VERSION"))
         .about(ABOUT)
         .long_about(LONG_ABOUT)
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("FILE")
-                .global(true)
-                .help("TOML settings file"),
-        );
-    for key in settings::KEYS.iter().filter(|key| key.flag) {
-        let default = settings::default_shown(key.name);
-        let help = if key.secret {
-            key.help.to_owned()
-        } else {
-            format!("{} [default: {default}]", key.help)
-        };
-        command = command.arg(
-            Arg::new(key.name)
-                .long(key.flag_name())
-                .value_name(key.value_name())
-                .global(true)
-                .help(help),
-        );
-    }
-    command.arg(
-        Arg::new("kafka")
-            .short('X')
-            .value_name("KEY=VALUE")
-            .action(ArgAction::Append)
-            .global(true)
-            .help("librdkafka property for consumer and dead-letter producer (TLS, SASL, ...), repeatable"),
-    )
-    .subcommands(commands::all())
+        .args(clickstream_settings::flags(
+            settings::KEYS,
+            settings::default_shown,
+            "librdkafka property for consumer and dead-letter producer (TLS, SASL, ...), repeatable",
+        ))
+        .subcommands(commands::all())
 }
 
 fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
-    let values = settings::KEYS
-        .iter()
-        .filter(|key| key.flag)
-        .filter_map(|key| {
-            matches
-                .get_one::<String>(key.name)
-                .map(|value| (key.name.to_owned(), value.clone()))
-        })
-        .collect();
-    let kafka = matches
-        .get_many::<String>("kafka")
-        .into_iter()
-        .flatten()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("-X {pair}: expected KEY=VALUE"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Overrides {
-        config_file: matches.get_one::<String>("config").map(PathBuf::from),
-        values,
-        kafka,
-    })
+    clickstream_settings::overrides(matches, settings::KEYS).map_err(anyhow::Error::msg)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1,10 +1,7 @@
 //! `clickstream-windows`: loads settings, installs tracing, publishes closed windows until
 //! SIGINT/SIGTERM.
 
-use std::path::PathBuf;
-
-use anyhow::Context;
-use clap::{Arg, ArgAction, ArgMatches, Command};
+use clap::{ArgMatches, Command};
 use clickstream_windows::settings::{self, LogFormat, Overrides, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -15,61 +12,20 @@ environment CLICKSTREAM_WINDOWS_<KEY> (plus KAFKA_BROKERS, CLICKHOUSE_URL, CLICK
 CLICKHOUSE_PASSWORD, CLICKHOUSE_PASSWORD_FILE, CLICKHOUSE_CA_FILE; librdkafka properties as
 CLICKSTREAM_WINDOWS_KAFKA__SECURITY_PROTOCOL=...), then flags.";
 
+/// The command line, made from the settings' own definitions ([`settings::KEYS`]).
 fn command() -> Command {
-    let mut command = Command::new("clickstream-windows")
+    Command::new("clickstream-windows")
         .version(env!("CARGO_PKG_VERSION"))
         .about(ABOUT)
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .value_name("FILE")
-                .help("TOML settings file"),
-        );
-    for key in settings::KEYS {
-        let help = if key.secret {
-            key.help.to_owned()
-        } else {
-            format!(
-                "{} [default: {}]",
-                key.help,
-                settings::default_shown(key.name)
-            )
-        };
-        command = command.arg(Arg::new(key.name).long(key.flag_name()).help(help));
-    }
-    command.arg(
-        Arg::new("kafka")
-            .short('X')
-            .value_name("KEY=VALUE")
-            .action(ArgAction::Append)
-            .help("librdkafka property (TLS, SASL, ...), repeatable"),
-    )
+        .args(clickstream_settings::flags(
+            settings::KEYS,
+            settings::default_shown,
+            "librdkafka property (TLS, SASL, ...), repeatable",
+        ))
 }
 
 fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
-    let values = settings::KEYS
-        .iter()
-        .filter_map(|key| {
-            matches
-                .get_one::<String>(key.name)
-                .map(|value| (key.name.to_owned(), value.clone()))
-        })
-        .collect();
-    let kafka = matches
-        .get_many::<String>("kafka")
-        .into_iter()
-        .flatten()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .with_context(|| format!("-X {pair}: expected KEY=VALUE"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Overrides {
-        config_file: matches.get_one::<String>("config").map(PathBuf::from),
-        values,
-        kafka,
-    })
+    clickstream_settings::overrides(matches, settings::KEYS).map_err(anyhow::Error::msg)
 }
 
 fn main() -> anyhow::Result<()> {
