@@ -31,6 +31,7 @@ pub const ALL: &[&str] = &[
     "group-reset",
     "clickhouse-hang-on-assignment",
     "memory-limit",
+    "view-refuses-rows",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -49,6 +50,7 @@ pub const FAST: &[&str] = &[
     "group-reset",
     "clickhouse-hang-on-assignment",
     "memory-limit",
+    "view-refuses-rows",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -90,6 +92,7 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "group-reset" => group_reset(stack).await,
         "clickhouse-hang-on-assignment" => clickhouse_hang(stack).await,
         "memory-limit" => memory_limit(stack).await,
+        "view-refuses-rows" => view_refuses_rows(stack).await,
         "disk-full" => disk_full(stack).await,
         "unknown-error" => unknown_error(stack).await,
         "source-duplicates" => source_duplicates(stack).await,
@@ -785,6 +788,50 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     also(&done, |v| {
         anyhow::ensure!(splits > 0.0, "no insert hit the memory limit");
         none_dead_lettered(v)?;
+        Ok(())
+    })?;
+    Ok(done)
+}
+
+/// A materialized view of the user's own refuses some valid rows (`throwIf`, Code 395) and
+/// is fed after at least one rollup: each refused INSERT of the bisection left its rows in
+/// `events` and in the rollups fed before the view. The refused rows are dead-lettered, every
+/// other event is stored once, and every rollup equals the table again (the keys the refused
+/// inserts touched rebuilt from `events`).
+async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("view-refuses-rows", stack, 35, 0.0).await?);
+    let refused = "ifNull(price, 0) >= 300";
+    clickstream_testkit::add_refusing_view(&run.client, &run.database, refused)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    run.produce(20_000).await?;
+    let sink = run.start_sink(&[], &[])?;
+    let streamer = stream(&run, 1_000, 20);
+    streamer.await.context("streamer")??;
+    run.wait_accounted(Duration::from_secs(180)).await?;
+    let removed = sink
+        .metric("clickstream_sink_partial_rows_removed_total")
+        .await;
+    let rebuilt = sink
+        .metric("clickstream_sink_rollup_keys_rebuilt_total")
+        .await;
+    let injected = json!({
+        "view": format!("throwIf({refused}), fed after a rollup"),
+        "stream": "20,000 events pre-loaded + 1,000 events/s for 20 s",
+        "rows_left_by_refused_inserts_removed": removed,
+        "rollup_keys_rebuilt": rebuilt,
+    });
+    let done = finish(run, sink, injected).await?;
+    also(&done, |v| {
+        anyhow::ensure!(v.dead_lettered > 0, "the view refused no row");
+        anyhow::ensure!(
+            v.dead_letter_reasons
+                .keys()
+                .all(|r| r == "rejected_by_clickhouse"),
+            "other dead-letter reasons: {:?}",
+            v.dead_letter_reasons
+        );
+        anyhow::ensure!(rebuilt > 0.0, "no rollup key was rebuilt");
         Ok(())
     })?;
     Ok(done)

@@ -388,6 +388,80 @@ pub async fn apply_schema(client: &clickhouse::Client, database: &str) -> clickh
     client.clone().with_database(database)
 }
 
+/// The rollups of `clickhouse/schema.sql` (the targets of the views `events` feeds).
+pub const ROLLUPS: [&str; 6] = [
+    "events_1m",
+    "pages_5m",
+    "sessions",
+    "funnel_5m",
+    "users_daily",
+    "kafka_progress",
+];
+
+/// Adds a materialized view on `events` (of the schema in the client's database, still
+/// empty) that refuses the rows where `refused` holds (`throwIf`, ClickHouse's Code 395),
+/// fed after at least one rollup: ClickHouse feeds the views in an order of its own, so the
+/// view is made again until a probe row (refused, then everything emptied again) shows a
+/// rollup that took it first. Returns the view's name.
+pub async fn add_refusing_view(
+    client: &clickhouse::Client,
+    database: &str,
+    refused: &str,
+) -> Result<String, String> {
+    let text = |e: clickhouse::error::Error| e.to_string();
+    let view = "refuse_some_mv";
+    client
+        .query("CREATE TABLE IF NOT EXISTS refused_rows (refused UInt8) ENGINE = Null")
+        .execute()
+        .await
+        .map_err(text)?;
+    for _ in 0..30 {
+        client
+            .query(&format!(
+                "CREATE MATERIALIZED VIEW {view} TO refused_rows AS \
+                 SELECT throwIf({refused}) AS refused FROM `{database}`.events"
+            ))
+            .execute()
+            .await
+            .map_err(text)?;
+        // A row the view refuses (the probe's `refused` must hold for it: price 3,999.00).
+        let probe = client
+            .query(
+                "INSERT INTO events (kafka_topic, kafka_partition, kafka_offset, price, event_time) \
+                 VALUES ('probe', 0, 0, 3999, now64(3))",
+            )
+            .execute()
+            .await;
+        if probe.is_ok() {
+            return Err(format!("the probe row was not refused by `{refused}`"));
+        }
+        let mut fed_before = 0;
+        for rollup in ROLLUPS {
+            fed_before += client
+                .query(&format!("SELECT count() FROM {rollup}"))
+                .fetch_one::<u64>()
+                .await
+                .map_err(text)?;
+        }
+        for table in ROLLUPS.iter().chain(&["events"]) {
+            client
+                .query(&format!("TRUNCATE TABLE {table}"))
+                .execute()
+                .await
+                .map_err(text)?;
+        }
+        if fed_before > 0 {
+            return Ok(view.to_owned());
+        }
+        client
+            .query(&format!("DROP VIEW {view} SYNC"))
+            .execute()
+            .await
+            .map_err(text)?;
+    }
+    Err("no order of the views fed a rollup before the refusing one".to_owned())
+}
+
 /// Reads a Prometheus `/metrics` page on `127.0.0.1:port` and sums every sample of each
 /// metric family over its labels, e.g. `clickstream_sink_inserted_rows_total`.
 pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>> {

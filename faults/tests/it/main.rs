@@ -69,6 +69,7 @@ fast! {
     group_reset => "group-reset",
     clickhouse_hang_on_assignment => "clickhouse-hang-on-assignment",
     memory_limit => "memory-limit",
+    view_refuses_rows => "view-refuses-rows",
     disk_full => "disk-full",
     unknown_error => "unknown-error",
     source_duplicates => "source-duplicates",

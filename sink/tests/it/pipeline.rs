@@ -236,64 +236,9 @@ async fn reused_offsets_of_a_recreated_topic_stop_the_sink_instead_of_skipping()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_view_refusing_rows_leaves_every_rollup_equal_to_the_table() {
     let h = Harness::new("it_view_refuses").await;
-    h.client
-        .query("CREATE TABLE refused_prices (refused UInt8) ENGINE = Null")
-        .execute()
+    clickstream_testkit::add_refusing_view(&h.client, &h.database, "ifNull(price, 0) >= 10")
         .await
         .unwrap();
-    // ClickHouse feeds the views in an order of its own: make sure at least one rollup is fed
-    // before the refusing view (a probe row, then everything emptied again).
-    let rollups = [
-        "events_1m",
-        "pages_5m",
-        "sessions",
-        "funnel_5m",
-        "users_daily",
-        "kafka_progress",
-    ];
-    let mut fed_before = 0;
-    for _ in 0..30 {
-        h.client
-            .query(&format!(
-                "CREATE MATERIALIZED VIEW price_check_mv TO refused_prices AS \
-                 SELECT throwIf(ifNull(price, 0) >= 10) AS refused FROM {}.events",
-                h.database
-            ))
-            .execute()
-            .await
-            .unwrap();
-        let probe = h
-            .client
-            .query(
-                "INSERT INTO events (kafka_topic, kafka_partition, kafka_offset, price, event_time) \
-                 VALUES ('probe', 0, 0, 99, now64(3))",
-            )
-            .execute()
-            .await;
-        assert!(probe.is_err(), "the probe row must be refused");
-        for rollup in rollups {
-            fed_before += h.count(&format!("SELECT count() FROM {rollup}")).await;
-        }
-        for table in rollups.iter().chain(&["events"]) {
-            h.client
-                .query(&format!("TRUNCATE TABLE {table}"))
-                .execute()
-                .await
-                .unwrap();
-        }
-        if fed_before > 0 {
-            break;
-        }
-        h.client
-            .query("DROP VIEW price_check_mv SYNC")
-            .execute()
-            .await
-            .unwrap();
-    }
-    assert!(
-        fed_before > 0,
-        "no order fed a rollup before the refusing view"
-    );
 
     let all = messages(0..2_000);
     let refused = (0..2_000u64)
