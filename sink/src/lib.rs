@@ -45,7 +45,8 @@
 //! rebalances, pause/resume, commit) · [`pipeline`] (the loop, the write tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
 //! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
 //! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes;
-//! its client: [`clickhouse_client`]) · [`refetch`] (messages read back) · [`dead_letter`] ·
+//! its client: [`clickhouse_client`]) · [`rollups`] (the views' keys rebuilt after a refused
+//! insert, and by `replay`) · [`refetch`] (messages read back) · [`dead_letter`] ·
 //! [`ownership`] (rebalances, fencing) · [`retry`] · [`stall`] · [`freshness`] ·
 //! [`dedup_guard`] · [`metrics`] · [`http`] ·
 //! [`kafka_auth`] (refused logins stop the sink).
