@@ -90,6 +90,50 @@ pub async fn temp_database(
     (name, scoped)
 }
 
+/// Drops a test's database when dropped itself, unless the test is failing (then the
+/// database stays for a look). Blocking and plain HTTP (the stack's endpoint and compose's
+/// server), as `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` say; a failure to drop is ignored.
+pub struct DropDatabase {
+    pub url: String,
+    pub database: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let _ = drop_database_now(&self.url, &self.database);
+    }
+}
+
+/// `DROP DATABASE IF EXISTS database` over plain HTTP, without an async runtime.
+pub fn drop_database_now(url: &str, database: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let Some(address) = url.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let address = address.trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let body = format!("DROP DATABASE IF EXISTS `{database}` SYNC");
+    let mut auth = String::new();
+    if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
+        auth.push_str(&format!("X-ClickHouse-User: {user}\r\n"));
+    }
+    if let Ok(password) = std::env::var("CLICKHOUSE_PASSWORD") {
+        auth.push_str(&format!("X-ClickHouse-Key: {password}\r\n"));
+    }
+    write!(
+        stream,
+        "POST / HTTP/1.0\r\nHost: {address}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(())
+}
+
 /// Creates a topic on the stack's broker (tansu does not auto-create topics).
 pub async fn create_topic(name: &str, partitions: i32) {
     create_topic_on(&kafka_brokers(), name, partitions)

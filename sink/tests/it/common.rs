@@ -25,6 +25,8 @@ pub struct Harness {
     pub database: String,
     pub clickhouse_url: String,
     pub client: clickhouse::Client,
+    /// The database goes when the test ends (and stays when it fails).
+    _drop: clickstream_testkit::DropDatabase,
 }
 
 impl Harness {
@@ -45,6 +47,10 @@ impl Harness {
             group: format!("{topic}_group"),
             topic,
             dlq,
+            _drop: clickstream_testkit::DropDatabase {
+                url: url.to_owned(),
+                database: database.clone(),
+            },
             database,
             clickhouse_url: url.to_owned(),
             client,
