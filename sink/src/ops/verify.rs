@@ -86,6 +86,9 @@ impl RollupReport {
     }
 }
 
+/// How often `verify` reads the rollup checks while offsets are in flight, until they agree.
+const ROLLUP_READS: u32 = 5;
+
 /// Everything `verify` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -475,7 +478,20 @@ pub async fn verify(
         });
     }
 
-    let rollups = check_rollups(&client, &settings.database, &settings.table, since).await?;
+    // While sinks write (offsets in flight), an insert can land between the reads of a rollup
+    // and of the raw table, and a sink repairing a refused insert rebuilds the rollup keys it
+    // touched only once that flush's rows are in: a difference is read again (5 times at
+    // most, 3 s apart) before it is reported.
+    let live = reports
+        .iter()
+        .any(|p| p.in_flight > 0 || p.stored_uncommitted > 0);
+    let mut rollups = check_rollups(&client, &settings.database, &settings.table, since).await?;
+    let mut reads = 1;
+    while live && reads < ROLLUP_READS && rollups.iter().any(|r| !r.equal()) {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        rollups = check_rollups(&client, &settings.database, &settings.table, since).await?;
+        reads += 1;
+    }
     for r in rollups.iter().filter(|r| !r.equal()) {
         problems.push(format!(
             "rollup {}: {} keys differ from the raw table ({}; rollup total {}, raw {}), e.g. {}",
