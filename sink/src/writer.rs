@@ -248,6 +248,9 @@ pub struct ClickHouseWriter {
     replay_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// A rollup rebuild may take this many insert timeouts.
+const REBUILD_TIMEOUTS: u32 = 10;
+
 /// The progress table fed by a materialized view from the events table (schema.sql).
 pub const PROGRESS_TABLE: &str = "kafka_progress";
 
@@ -554,8 +557,11 @@ impl Writer for ClickHouseWriter {
             if keys.is_empty() {
                 continue;
             }
-            self.bounded(
-                "rebuilding a rollup's keys",
+            // It reads every raw row of its keys (a day, a partition): given ten insert
+            // timeouts, since a retry cannot stop a rebuild the server still runs.
+            let limit = self.insert_timeout * REBUILD_TIMEOUTS;
+            let rebuilt = tokio::time::timeout(
+                limit,
                 crate::rollups::rebuild(
                     &self.client,
                     &db,
@@ -563,7 +569,18 @@ impl Writer for ClickHouseWriter {
                     &crate::rollups::literal_set(keys),
                 ),
             )
-            .await?;
+            .await;
+            match rebuilt {
+                Ok(result) => result.map_err(|e| query_failure(&e))?,
+                Err(_) => {
+                    return Err(Failure::Transient(format!(
+                        "rebuilding the keys of rollup {} did not finish within {} s \
+                         ({REBUILD_TIMEOUTS} × insert_timeout_ms)",
+                        rollup.target,
+                        limit.as_secs()
+                    )));
+                }
+            }
         }
         Ok(())
     }
