@@ -147,7 +147,7 @@ pub async fn rebuild(
     client
         .query(&format!(
             "INSERT INTO {target} ({list}) SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
-            rollup.select
+            unbound(&rollup.select)
         ))
         .with_setting("insert_deduplicate", "0")
         .with_setting("max_query_size", LARGE_QUERY)
@@ -170,8 +170,9 @@ pub struct TouchedKeys {
 }
 
 impl TouchedKeys {
+    /// No key to rebuild.
     pub fn is_empty(&self) -> bool {
-        self.rollups.iter().all(|(_, keys)| keys.is_empty()) && self.undeclared.is_empty()
+        self.rollups.iter().all(|(_, keys)| keys.is_empty())
     }
 
     pub fn keys(&self) -> usize {
@@ -229,9 +230,22 @@ pub async fn touched_keys(
     Ok(touched)
 }
 
-/// A string literal: `'a\'b'`.
+/// A string literal: `'a\'b'`. A `?` is doubled: the client reads a single one as a bind
+/// placeholder in the query text.
 pub fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!(
+        "'{}'",
+        value
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'")
+            .replace('?', "??")
+    )
+}
+
+/// SQL text taken from the server (a view's SELECT) for the query text: its `?` doubled (the
+/// client reads a single one as a bind placeholder).
+fn unbound(sql: &str) -> String {
+    sql.replace('?', "??")
 }
 
 /// A literal set for `IN`: `('a', 'b')`.
@@ -248,5 +262,6 @@ mod tests {
     fn a_literal_set_escapes_quotes_and_backslashes() {
         let keys = vec!["('clickstream',0)".to_owned(), "a\\b".to_owned()];
         assert_eq!(literal_set(&keys), r"('(\'clickstream\',0)', 'a\\b')");
+        assert_eq!(literal("/p?x=1"), "'/p??x=1'");
     }
 }
