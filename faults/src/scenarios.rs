@@ -758,16 +758,7 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
         .await?;
     let sink = run.start_sink(&[("CLICKSTREAM_SINK_MAX_ROWS", "300000".to_owned())], &[])?;
     run.wait_accounted(Duration::from_secs(180)).await?;
-    // A refused insert's rows are in the table before the refusal reaches the sink, so every
-    // offset can look accounted for while the sink is still splitting: wait for its writes
-    // to end before reading what it did.
-    let settled = Instant::now();
-    while settled.elapsed() < Duration::from_secs(30)
-        && (sink.metric("clickstream_sink_inserts_in_flight").await > 0.0
-            || sink.metric("clickstream_sink_buffered_rows").await > 0.0)
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    settle(&sink, Duration::from_secs(30)).await;
     let splits = sink.metric("clickstream_sink_insert_splits_total").await;
     let removed = sink
         .metric("clickstream_sink_partial_rows_removed_total")
@@ -793,6 +784,19 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     Ok(done)
 }
 
+/// A refused insert's rows are in the table before the refusal reaches the sink, so every
+/// offset can look accounted for while the sink is still splitting: waits (up to `limit`)
+/// for its writes to end before what it did is read, or it is stopped.
+async fn settle(sink: &crate::run::SinkProcess, limit: Duration) {
+    let settled = Instant::now();
+    while settled.elapsed() < limit
+        && (sink.metric("clickstream_sink_inserts_in_flight").await > 0.0
+            || sink.metric("clickstream_sink_buffered_rows").await > 0.0)
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A materialized view of the user's own refuses some valid rows (`throwIf`, Code 395) and
 /// is fed after at least one rollup: each refused INSERT of the bisection left its rows in
 /// `events` and in the rollups fed before the view. The refused rows are dead-lettered, every
@@ -809,6 +813,7 @@ async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
     let streamer = stream(&run, 1_000, 20);
     streamer.await.context("streamer")??;
     run.wait_accounted(Duration::from_secs(180)).await?;
+    settle(&sink, Duration::from_secs(120)).await;
     let removed = sink
         .metric("clickstream_sink_partial_rows_removed_total")
         .await;
