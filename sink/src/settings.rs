@@ -2,7 +2,6 @@
 //! environment (`CLICKSTREAM_SINK_<KEY>`, plus `KAFKA_BROKERS` / `CLICKHOUSE_URL`) < flags.
 //! A bad value stops start-up with the key named.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -267,11 +266,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-
-    /// The `kafka` properties with the values of secret ones replaced, for logs and `Debug`.
-    pub fn kafka_redacted(&self) -> BTreeMap<&str, &str> {
-        clickstream_settings::redacted_kafka(&self.kafka)
     }
 
     /// librdkafka config with the brokers and the `kafka` passthrough properties.
