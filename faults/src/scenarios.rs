@@ -760,12 +760,7 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
     run.wait_accounted(Duration::from_secs(180)).await?;
     settle(&sink, Duration::from_secs(30)).await;
     let splits = sink.metric("clickstream_sink_insert_splits_total").await;
-    let removed = sink
-        .metric("clickstream_sink_partial_rows_removed_total")
-        .await;
-    let rebuilt = sink
-        .metric("clickstream_sink_rollup_keys_rebuilt_total")
-        .await;
+    let (removed, rebuilt) = repairs(&sink).await;
     run.clear_fault().await?;
     let injected = json!({
         "max_memory_usage": MEMORY_LIMIT_BYTES,
@@ -787,14 +782,30 @@ async fn memory_limit(stack: &Stack) -> anyhow::Result<Done> {
 /// A refused insert's rows are in the table before the refusal reaches the sink, so every
 /// offset can look accounted for while the sink is still splitting: waits (up to `limit`)
 /// for its writes to end before what it did is read, or it is stopped.
-async fn settle(sink: &crate::run::SinkProcess, limit: Duration) {
+async fn settle(sink: &crate::run::SinkProcess, limit: Duration) -> bool {
     let settled = Instant::now();
-    while settled.elapsed() < limit
-        && (sink.metric("clickstream_sink_inserts_in_flight").await > 0.0
-            || sink.metric("clickstream_sink_buffered_rows").await > 0.0)
-    {
+    loop {
+        let writing = sink.metric("clickstream_sink_inserts_in_flight").await > 0.0
+            || sink.metric("clickstream_sink_buffered_rows").await > 0.0;
+        if !writing {
+            return true;
+        }
+        if settled.elapsed() >= limit {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What the sink did about refused inserts: rows they left that it removed, rollup keys it
+/// rebuilt.
+async fn repairs(sink: &crate::run::SinkProcess) -> (f64, f64) {
+    (
+        sink.metric("clickstream_sink_partial_rows_removed_total")
+            .await,
+        sink.metric("clickstream_sink_rollup_keys_rebuilt_total")
+            .await,
+    )
 }
 
 /// A materialized view of the user's own refuses some valid rows (`throwIf`, Code 395) and
@@ -813,13 +824,11 @@ async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
     let streamer = stream(&run, 1_000, 20);
     streamer.await.context("streamer")??;
     run.wait_accounted(Duration::from_secs(180)).await?;
-    settle(&sink, Duration::from_secs(120)).await;
-    let removed = sink
-        .metric("clickstream_sink_partial_rows_removed_total")
-        .await;
-    let rebuilt = sink
-        .metric("clickstream_sink_rollup_keys_rebuilt_total")
-        .await;
+    anyhow::ensure!(
+        settle(&sink, Duration::from_secs(120)).await,
+        "the sink was still writing 120 s after every offset looked accounted for"
+    );
+    let (removed, rebuilt) = repairs(&sink).await;
     let injected = json!({
         "view": format!("throwIf({refused}), fed after a rollup"),
         "stream": "20,000 events pre-loaded + 1,000 events/s for 20 s",
