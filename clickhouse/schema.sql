@@ -366,6 +366,26 @@ GROUP BY kafka_topic, kafka_partition;
 
 ALTER TABLE clickstream.events ADD INDEX IF NOT EXISTS kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1;
 
+-- Rollup rebuilds the sink owes (exactly once under refused inserts)
+--
+-- An INSERT that ClickHouse refuses in a materialized view may have written its rows to
+-- `events` and to the views fed before the failing one. Before the sink deletes those rows
+-- (to write them again without the refused ones), it records here the rollup keys they touch;
+-- once the flush's rows are in, it rebuilds those keys from `events` and deletes the record.
+-- A sink stopped in between (killed, or its shutdown deadline passed) leaves the record: the
+-- next sink to own the partition rebuilds the keys at its first write, before any commit.
+CREATE TABLE IF NOT EXISTS clickstream.kafka_pending_rebuilds
+(
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    repair_id       UInt64,
+    rollup          LowCardinality(String),
+    key             String,
+    noted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = MergeTree
+ORDER BY (kafka_topic, kafka_partition, repair_id, rollup, key);
+
 -- Replays (`clickstream-sink replay`, `clickstream-sink dlq replay`)
 --
 -- A replay records its plan (the range per partition), the rollup keys its rows touch and

@@ -21,6 +21,9 @@ CREATE USER IF NOT EXISTS clickstream_sink
 GRANT INSERT, SELECT, ALTER DELETE ON clickstream.events TO clickstream_sink;
 -- The progress rollup answers "is anything of this partition stored?".
 GRANT SELECT ON clickstream.kafka_progress TO clickstream_sink;
+-- The rollup rebuilds it owes after a refused insert: recorded before the rows are deleted,
+-- read by the next owner of the partition, deleted once done.
+GRANT SELECT, INSERT, ALTER DELETE ON clickstream.kafka_pending_rebuilds TO clickstream_sink;
 -- Replays (`clickstream-sink replay`): the sink does not start while one is unfinished, and
 -- the newest one scopes its deduplication tokens. (The replay commands themselves run as an
 -- administrator: they delete rows of `events` and of every rollup.)

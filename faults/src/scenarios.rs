@@ -32,6 +32,7 @@ pub const ALL: &[&str] = &[
     "clickhouse-hang-on-assignment",
     "memory-limit",
     "view-refuses-rows",
+    "killed-before-rebuild",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -51,6 +52,7 @@ pub const FAST: &[&str] = &[
     "clickhouse-hang-on-assignment",
     "memory-limit",
     "view-refuses-rows",
+    "killed-before-rebuild",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -93,6 +95,7 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "clickhouse-hang-on-assignment" => clickhouse_hang(stack).await,
         "memory-limit" => memory_limit(stack).await,
         "view-refuses-rows" => view_refuses_rows(stack).await,
+        "killed-before-rebuild" => killed_before_rebuild(stack).await,
         "disk-full" => disk_full(stack).await,
         "unknown-error" => unknown_error(stack).await,
         "source-duplicates" => source_duplicates(stack).await,
@@ -849,6 +852,77 @@ async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
         Ok(())
     })?;
     Ok(done)
+}
+
+/// A sink killed (SIGABRT) after a refused insert's rows went in again but before the rollup
+/// keys they touch were rebuilt: the views fed before the failing one count those rows twice,
+/// and only ClickHouse knows which keys (`kafka_pending_rebuilds`). The restarted sink finds
+/// the rows stored, rebuilds the recorded keys at its first write and deletes the record:
+/// every rollup equals the table.
+async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("killed-before-rebuild", stack, 36, 0.0).await?);
+    let refused = "ifNull(price, 0) >= 300";
+    clickstream_testkit::add_refusing_view(&run.client, &run.database, refused)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    run.produce(6_000).await?;
+    let sink = run.start_sink(
+        &[("CLICKSTREAM_FAILPOINT", "abort-before-rebuild:1".to_owned())],
+        &[],
+    )?;
+    let status = sink.wait_exit(Duration::from_secs(180)).await?;
+    anyhow::ensure!(
+        status.signal() == Some(6),
+        "the failpoint run ended with {status:?}, not SIGABRT"
+    );
+    let count = |sql: &'static str| {
+        let client = run.client.clone();
+        async move { client.query(sql).fetch_one::<u64>().await }
+    };
+    let owed = count("SELECT count() FROM kafka_pending_rebuilds").await?;
+    anyhow::ensure!(owed > 0, "no rollup key was recorded before the abort");
+    // The product's own check of the rollups against the table, as left by the kill.
+    let checks =
+        clickstream_sink::ops::verify::check_rollups(&run.client, &run.database, "events", None)
+            .await?;
+    let differing: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.equal())
+        .map(|c| {
+            format!(
+                "{} {}: {} for {}",
+                c.rollup, c.measure, c.rollup_total, c.raw_total
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        !differing.is_empty(),
+        "after the abort every rollup equals the table: the kill left nothing to repair (the \
+         scenario tests nothing)"
+    );
+    run.stream(1_000, 5).await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(180)).await?;
+    anyhow::ensure!(
+        settle(&sink, Duration::from_secs(120)).await,
+        "the sink was still writing 120 s after every offset looked accounted for"
+    );
+    let left = count("SELECT count() FROM kafka_pending_rebuilds").await?;
+    anyhow::ensure!(
+        left == 0,
+        "{left} recorded rollup keys are left after the restart"
+    );
+    let (_, rebuilt) = repairs(&sink).await;
+    anyhow::ensure!(rebuilt > 0.0, "the restarted sink rebuilt no rollup key");
+    let injected = json!({
+        "view": format!("throwIf({refused}), fed after a rollup"),
+        "stream": "6,000 events pre-loaded; the sink aborted before its first rollup rebuild; 1,000 events/s for 5 s; restarted",
+        "rollup_keys_recorded_at_the_abort": owed,
+        "rollup_checks_differing_at_the_abort": differing.len(),
+        "first_differing_check_at_the_abort": differing[0],
+        "rollup_keys_rebuilt_after_the_restart": rebuilt,
+    });
+    finish(run, sink, injected).await
 }
 
 /// Low enough that an insert of 10,000 events with the rollups exceeds it, high enough for a

@@ -76,22 +76,34 @@ pub struct FlushReport {
 
 /// Fault injection for tests of crash recovery (environment `CLICKSTREAM_FAILPOINT`):
 /// `abort-after-insert:N` aborts the process right after the N-th successful insert, before
-/// its offsets are committed: the worst moment to crash.
+/// its offsets are committed: the worst moment to crash. `abort-before-rebuild:N` aborts it
+/// before the N-th rebuild of rollup keys a refused insert touched (its rows written again,
+/// the views fed before the failing one counting them twice).
 #[derive(Debug, Default)]
 pub struct Failpoint {
     abort_after_insert: Option<u64>,
     inserts: AtomicU64,
+    abort_before_rebuild: Option<u64>,
+    rebuilds: AtomicU64,
 }
 
 impl Failpoint {
     pub fn from_env() -> Failpoint {
-        let abort_after_insert = std::env::var("CLICKSTREAM_FAILPOINT").ok().and_then(|v| {
-            v.strip_prefix("abort-after-insert:")
-                .and_then(|n| n.parse().ok())
-        });
+        let value = std::env::var("CLICKSTREAM_FAILPOINT").unwrap_or_default();
+        let nth = |prefix: &str| value.strip_prefix(prefix).and_then(|n| n.parse().ok());
         Failpoint {
-            abort_after_insert,
+            abort_after_insert: nth("abort-after-insert:"),
             inserts: AtomicU64::new(0),
+            abort_before_rebuild: nth("abort-before-rebuild:"),
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
+    fn before_rebuild(&self) {
+        let n = self.rebuilds.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.abort_before_rebuild == Some(n) {
+            eprintln!("failpoint: aborting before rollup rebuild {n}");
+            std::process::abort();
         }
     }
 
@@ -117,11 +129,27 @@ fn failed_view(error: &str) -> Option<&str> {
 }
 
 /// What refused inserts of one flush left in the views fed before the failing one: the
-/// rollup keys to rebuild before its commits, and the offsets whose keys were read.
+/// rollup keys to rebuild before its commits, and the offsets whose keys were read. The keys
+/// are recorded in ClickHouse under `id` before the rows are deleted; `recovered` are the
+/// records a sink stopped before its rebuild left for this flush's partitions.
 #[derive(Default)]
 struct Repair {
     keys: TouchedKeys,
     captured: std::collections::HashMap<i32, std::collections::HashSet<i64>>,
+    /// This flush's record (0: none yet).
+    id: u64,
+    recovered: Vec<u64>,
+}
+
+impl Repair {
+    /// The records to delete once the keys are rebuilt.
+    fn records(&self) -> Vec<u64> {
+        let mut ids = self.recovered.clone();
+        if self.id != 0 {
+            ids.push(self.id);
+        }
+        ids
+    }
 }
 
 /// Everything a write needs; shared by the consume loop and the write tasks.
@@ -141,6 +169,8 @@ pub struct Flusher<W, D, C, F> {
     /// Held (shared) by every INSERT; a rollup repair holds it alone, so that no insert of
     /// this sink feeds a rollup between the repair's DELETE and its SELECT of the raw rows.
     pub repairing: tokio::sync::RwLock<()>,
+    /// Per partition, the assignment (epoch) whose recorded rebuilds were taken over.
+    pending_checked: std::sync::Mutex<std::collections::HashMap<i32, u64>>,
 }
 
 enum Stop {
@@ -248,6 +278,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             limits: settings.limits(),
             failpoint: Failpoint::from_env(),
             repairing: tokio::sync::RwLock::new(()),
+            pending_checked: Default::default(),
         }
     }
 
@@ -294,23 +325,22 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             writes.push(write);
         }
         let mut repair = Repair::default();
+        self.take_over_rebuilds(&writes, &mut repair)
+            .await
+            .map_err(fatal)?;
         let inserted = self.insert_all(&mut writes, &mut repair).await;
         // Rows a refused insert left in the views fed before the failing one: the rollups'
         // keys they touched are rebuilt from the table (now holding each row once) before
         // anything is committed; also when the flush stops early (a fatal error, shutdown),
-        // since a restart finds those rows stored and skips them.
-        if !repair.keys.is_empty()
-            && let Err(stop) = self.rebuild_rollups(&repair.keys).await
-        {
-            let from: Vec<String> = repair
-                .captured
-                .iter()
-                .filter_map(|(p, offsets)| offsets.iter().min().map(|o| format!("{p}:{o}")))
-                .collect();
+        // since a restart finds those rows stored and skips them. The keys are recorded in
+        // ClickHouse: a sink stopped before this leaves them to the partition's next owner.
+        if let Err(stop) = self.finish_repair(&repair).await {
+            let partitions: Vec<String> = repair.captured.keys().map(i32::to_string).collect();
             tracing::error!(
                 keys = repair.keys.keys(),
-                from = %from.join(","),
-                "the rollup keys a refused insert touched were not rebuilt: the views fed before the failing one may count those rows twice; check with `clickstream-sink verify`, repair with `clickstream-sink replay --from` (per partition, from the offsets named here)"
+                partitions = %partitions.join(","),
+                "the rollup keys a refused insert touched are not rebuilt yet: the views fed before the failing one count those rows twice until the next sink that owns these partitions rebuilds them at its first write (they are recorded in {})",
+                crate::writer::PENDING_REBUILDS_TABLE
             );
             inserted?;
             return Err(fatal(stop));
@@ -868,6 +898,18 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                     new[0]
                 );
             }
+            if !touched.is_empty() {
+                if repair.id == 0 {
+                    repair.id = rand::random::<u64>() >> 1 | 1;
+                }
+                let id = repair.id;
+                self.repair_step(
+                    Some(partition),
+                    "recording the rollup keys to rebuild (the sink user needs INSERT on kafka_pending_rebuilds)",
+                    || self.writer.note_rebuild(&self.topic, partition, id, &touched),
+                )
+                .await?;
+            }
             repair.keys.merge(touched);
             captured.extend(new);
         }
@@ -878,6 +920,67 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         )
         .await?;
         self.metrics.partial_rows_removed.inc_by(left.len() as u64);
+        Ok(())
+    }
+
+    /// At the first write of a partition's assignment: the rebuilds a sink stopped before
+    /// doing left for it (recorded in ClickHouse), added to this flush's repair.
+    async fn take_over_rebuilds(&self, writes: &[Write], repair: &mut Repair) -> Result<(), Stop> {
+        let unchecked: Vec<(i32, u64)> = {
+            let checked = self
+                .pending_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            writes
+                .iter()
+                .filter(|w| !w.revoked && checked.get(&w.partition) != Some(&w.epoch))
+                .map(|w| (w.partition, w.epoch))
+                .collect()
+        };
+        if unchecked.is_empty() {
+            return Ok(());
+        }
+        let partitions: Vec<i32> = unchecked.iter().map(|(p, _)| *p).collect();
+        let (ids, keys) = self
+            .repair_step(
+                None,
+                "reading the rollup rebuilds a stopped sink left (the sink user needs SELECT on kafka_pending_rebuilds)",
+                || self.writer.pending_rebuilds(&self.topic, &partitions),
+            )
+            .await?;
+        if !ids.is_empty() {
+            tracing::warn!(
+                partitions = ?partitions,
+                records = ids.len(),
+                keys = keys.keys(),
+                "a sink stopped before rebuilding the rollup keys a refused insert touched: rebuilding them once this flush's rows are in"
+            );
+            repair.keys.merge(keys);
+            repair.recovered.extend(ids);
+        }
+        let mut checked = self
+            .pending_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        checked.extend(unchecked);
+        Ok(())
+    }
+
+    /// Rebuilds the keys of `repair` (if any), then deletes their records.
+    async fn finish_repair(&self, repair: &Repair) -> Result<(), Stop> {
+        if !repair.keys.is_empty() {
+            self.failpoint.before_rebuild();
+            self.rebuild_rollups(&repair.keys).await?;
+        }
+        let records = repair.records();
+        if !records.is_empty() {
+            self.repair_step(
+                None,
+                "forgetting the rollup rebuilds done (the sink user needs ALTER DELETE on kafka_pending_rebuilds)",
+                || self.writer.forget_rebuilds(&self.topic, &records),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -1240,6 +1343,12 @@ mod tests {
         /// A rollup fed by a view that runs before the failing one (with `partial`): how
         /// many times it counted each offset.
         rollup: Mutex<BTreeMap<i64, u32>>,
+        /// Rebuilds recorded and not done: (partition, id, keys).
+        pending: Mutex<Vec<(i32, u64, TouchedKeys)>>,
+        /// The next rebuild fails (fatal), as a sink stopped before it.
+        fail_rebuild: std::sync::atomic::AtomicBool,
+        /// How many times the recorded rebuilds were read.
+        pending_reads: std::sync::atomic::AtomicUsize,
     }
 
     impl FakeWriter {
@@ -1259,6 +1368,9 @@ mod tests {
                 stored: Mutex::default(),
                 deleted: Mutex::default(),
                 rollup: Mutex::default(),
+                pending: Mutex::default(),
+                fail_rebuild: Default::default(),
+                pending_reads: Default::default(),
             }
         }
 
@@ -1357,6 +1469,9 @@ mod tests {
         }
 
         async fn rebuild_rollups(&self, keys: &TouchedKeys) -> Result<(), Failure> {
+            if self.fail_rebuild.swap(false, Ordering::SeqCst) {
+                return Err(Failure::Fatal("Code: 497. the sink stopped".into()));
+            }
             let stored = self.stored.lock().unwrap();
             let mut rollup = self.rollup.lock().unwrap();
             for key in keys.rollups.iter().flat_map(|(_, keys)| keys) {
@@ -1367,6 +1482,45 @@ mod tests {
                     rollup.remove(&offset);
                 }
             }
+            Ok(())
+        }
+
+        async fn note_rebuild(
+            &self,
+            _: &str,
+            partition: i32,
+            id: u64,
+            keys: &TouchedKeys,
+        ) -> Result<(), Failure> {
+            self.pending
+                .lock()
+                .unwrap()
+                .push((partition, id, keys.clone()));
+            Ok(())
+        }
+
+        async fn pending_rebuilds(
+            &self,
+            _: &str,
+            partitions: &[i32],
+        ) -> Result<(Vec<u64>, TouchedKeys), Failure> {
+            self.pending_reads.fetch_add(1, Ordering::SeqCst);
+            let mut ids = Vec::new();
+            let mut keys = TouchedKeys::default();
+            for (partition, id, owed) in self.pending.lock().unwrap().iter() {
+                if partitions.contains(partition) {
+                    ids.push(*id);
+                    keys.merge(owed.clone());
+                }
+            }
+            Ok((ids, keys))
+        }
+
+        async fn forget_rebuilds(&self, _: &str, ids: &[u64]) -> Result<(), Failure> {
+            self.pending
+                .lock()
+                .unwrap()
+                .retain(|(_, id, _)| !ids.contains(id));
             Ok(())
         }
 
@@ -1781,6 +1935,68 @@ mod tests {
             Some("events_1m_mv")
         );
         assert_eq!(failed_view("Code: 241. Memory limit exceeded"), None);
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_a_stopped_sink_left_is_done_by_the_partitions_next_owner() {
+        // The refused insert's leftovers are deleted and the parts written, then the sink
+        // stops before rebuilding the rollup: its keys are recorded, nothing is committed.
+        let mut writer = FakeWriter::new(memory_limit_above(4));
+        writer.partial = true;
+        writer.fail_rebuild = true.into();
+        let (stopped, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..8).map(|o| (o, 0)).collect();
+        assert!(
+            stopped
+                .write_one(batch(&stopped, epoch, &rows))
+                .await
+                .is_err()
+        );
+        assert!(commits(&stopped).is_empty());
+        assert_eq!(stopped.writer.stored.lock().unwrap().len(), 8);
+        assert!(
+            stopped
+                .writer
+                .rollup
+                .lock()
+                .unwrap()
+                .values()
+                .any(|&n| n > 1),
+            "the rollup counts some rows twice until the rebuild"
+        );
+        assert_eq!(stopped.writer.pending.lock().unwrap().len(), 1);
+
+        // The next owner (a restart) reads the same offsets: all stored, skipped; the
+        // recorded keys are rebuilt before its commit, and their record deleted.
+        let ownership = Arc::new(Ownership::default());
+        ownership.assign(&[0]);
+        let next = Flusher::new(
+            &Settings {
+                topic: "t".into(),
+                ..Settings::default()
+            },
+            stopped.writer.clone(),
+            FakeDeadLetters::default(),
+            FakeCommitter::default(),
+            FakeTopic::default(),
+            ownership.clone(),
+            RetryPolicy::immediate(),
+        );
+        let epoch = ownership.epoch(0).unwrap();
+        let report = next.write_one(batch(&next, epoch, &rows)).await.unwrap();
+        assert_eq!((report.already_stored, report.inserted), (8, 0));
+        assert_eq!(
+            next.writer.rollup.lock().unwrap().clone(),
+            (0..8).map(|o| (o, 1)).collect::<BTreeMap<_, _>>(),
+            "the rollup counts each row once"
+        );
+        assert!(next.writer.pending.lock().unwrap().is_empty());
+        assert_eq!(commits(&next), vec![(0, 8)]);
+        // Read once per assignment, not at every flush.
+        let reads = next.writer.pending_reads.load(Ordering::SeqCst);
+        let more: Vec<(i64, i64)> = (8..10).map(|o| (o, 0)).collect();
+        next.write_one(batch(&next, epoch, &more)).await.unwrap();
+        assert_eq!(next.writer.pending_reads.load(Ordering::SeqCst), reads);
     }
 
     #[tokio::test]

@@ -158,7 +158,7 @@ pub async fn rebuild(
 
 /// Statements that carry a literal set of keys (thousands of session ids) may be longer than
 /// the server's default `max_query_size` (256 KiB).
-const LARGE_QUERY: &str = "67108864";
+pub(crate) const LARGE_QUERY: &str = "67108864";
 
 /// The keys of each rollup that some raw rows touch (read before those rows are deleted).
 #[derive(Debug, Clone, Default, PartialEq)]

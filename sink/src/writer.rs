@@ -7,6 +7,7 @@
 //! - Rows are encoded by [`crate::schema::Layout`] for the table's structure as it is now.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -196,6 +197,30 @@ pub trait Writer: Send + Sync + 'static {
         keys: &TouchedKeys,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
+    /// Records `keys` as owed (repair `id`), before the rows they come from are deleted: a
+    /// sink stopped before its rebuild leaves them to the next owner of `partition`.
+    fn note_rebuild(
+        &self,
+        topic: &str,
+        partition: i32,
+        id: u64,
+        keys: &TouchedKeys,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// The rebuilds recorded for these partitions and not done: their ids, and their keys.
+    fn pending_rebuilds(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> impl Future<Output = Result<(Vec<u64>, TouchedKeys), Failure>> + Send;
+
+    /// Forgets the recorded rebuilds `ids` (done).
+    fn forget_rebuilds(
+        &self,
+        topic: &str,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
     /// Offsets of `partition` in `from..=to` that the table holds, with the event id stored
     /// at each (for replays: the sink skips them after checking the ids match).
     fn stored_offsets(
@@ -253,6 +278,16 @@ const REBUILD_TIMEOUTS: u32 = 10;
 
 /// The progress table fed by a materialized view from the events table (schema.sql).
 pub const PROGRESS_TABLE: &str = "kafka_progress";
+
+/// The rollup rebuilds owed after refused inserts (schema.sql).
+pub const PENDING_REBUILDS_TABLE: &str = "kafka_pending_rebuilds";
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct PendingKey {
+    repair_id: u64,
+    rollup: String,
+    key: String,
+}
 
 impl ClickHouseWriter {
     /// Fails when a TLS or password file of the settings cannot be used.
@@ -359,6 +394,24 @@ impl ClickHouseWriter {
         }
         self.replay_generation
             .store(replays.generation, std::sync::atomic::Ordering::Relaxed);
+        let pending: u64 = self
+            .bounded(
+                "start-up check",
+                self.client
+                    .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.database)
+                    .bind(PENDING_REBUILDS_TABLE)
+                    .fetch_one(),
+            )
+            .await?;
+        if pending == 0 {
+            return Err(Failure::Fatal(format!(
+                "table {}.{PENDING_REBUILDS_TABLE} does not exist: the sink records there the \
+                 rollup keys it owes a rebuild after a refused insert; apply \
+                 clickhouse/schema.sql (idempotent) to create it",
+                self.database
+            )));
+        }
         if self.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
@@ -583,6 +636,127 @@ impl Writer for ClickHouseWriter {
             }
         }
         Ok(())
+    }
+
+    async fn note_rebuild(
+        &self,
+        topic: &str,
+        partition: i32,
+        id: u64,
+        keys: &TouchedKeys,
+    ) -> Result<(), Failure> {
+        use crate::rollups::literal;
+        let topic = literal(topic);
+        let mut values = String::new();
+        for (rollup, keys) in &keys.rollups {
+            let rollup = literal(&rollup.target);
+            for key in keys {
+                if !values.is_empty() {
+                    values.push_str(", ");
+                }
+                let _ = write!(
+                    values,
+                    "({topic}, {partition}, {id}, {rollup}, {})",
+                    literal(key)
+                );
+            }
+        }
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.bounded(
+            "recording the rollup keys to rebuild",
+            self.client
+                .query(&format!(
+                    "INSERT INTO {PENDING_REBUILDS_TABLE} \
+                     (kafka_topic, kafka_partition, repair_id, rollup, key) VALUES {values}"
+                ))
+                .with_setting("insert_deduplicate", "0")
+                .with_setting("max_query_size", crate::rollups::LARGE_QUERY)
+                .execute(),
+        )
+        .await
+    }
+
+    async fn pending_rebuilds(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<(Vec<u64>, TouchedKeys), Failure> {
+        let list = partitions
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: Vec<PendingKey> = self
+            .bounded(
+                "reading the rollup rebuilds a stopped sink left",
+                self.client
+                    .query(&format!(
+                        "SELECT repair_id, rollup, key FROM {PENDING_REBUILDS_TABLE} \
+                         WHERE kafka_topic = ? AND kafka_partition IN ({list})"
+                    ))
+                    .bind(topic)
+                    .fetch_all(),
+            )
+            .await?;
+        let mut ids: Vec<u64> = rows.iter().map(|r| r.repair_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut keys = TouchedKeys::default();
+        if rows.is_empty() {
+            return Ok((ids, keys));
+        }
+        let rollups = self
+            .bounded(
+                "reading the rollups",
+                crate::rollups::rollups(&self.client, &self.database, &self.table),
+            )
+            .await?;
+        let mut by_rollup: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in rows {
+            by_rollup.entry(row.rollup).or_default().push(row.key);
+        }
+        for (target, mut owed) in by_rollup {
+            match rollups
+                .iter()
+                .find(|r| r.target == target && r.rebuild.is_some())
+            {
+                Some(rollup) => {
+                    owed.sort_unstable();
+                    owed.dedup();
+                    keys.rollups.push((rollup.clone(), owed));
+                }
+                None => tracing::warn!(
+                    rollup = %target,
+                    keys = owed.len(),
+                    "a recorded rollup rebuild names a rollup that is gone (or lost its rebuild declaration): skipped"
+                ),
+            }
+        }
+        Ok((ids, keys))
+    }
+
+    async fn forget_rebuilds(&self, topic: &str, ids: &[u64]) -> Result<(), Failure> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let list = ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.bounded(
+            "forgetting the rollup rebuilds done",
+            self.client
+                .query(&format!(
+                    "DELETE FROM {PENDING_REBUILDS_TABLE} WHERE kafka_topic = ? AND repair_id IN ({list})"
+                ))
+                .bind(topic)
+                .with_setting("lightweight_deletes_sync", "2")
+                .execute(),
+        )
+        .await
     }
 
     async fn stored_offsets(

@@ -300,6 +300,20 @@ async fn the_sink_users_grants_are_exactly_what_it_runs_and_what_its_views_write
         .rebuild_rollups(&keys)
         .await
         .expect("rollups rebuilt as the sink user");
+    // Its record of the keys owed: written, read back by the next owner, deleted once done.
+    writer
+        .note_rebuild(&h.topic, 0, 7, &keys)
+        .await
+        .expect("keys recorded as the sink user");
+    let (ids, owed) = writer
+        .pending_rebuilds(&h.topic, &[0])
+        .await
+        .expect("records read as the sink user");
+    assert_eq!((ids, owed.keys()), (vec![7], keys.keys()));
+    writer
+        .forget_rebuilds(&h.topic, &[7])
+        .await
+        .expect("records deleted as the sink user");
 
     let statements = statements_seen(CHECKED_USER, &h.database);
     assert!(
