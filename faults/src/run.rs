@@ -446,6 +446,22 @@ impl Run {
 
     /// The oracle: per partition, the offsets in ClickHouse plus those in the dead-letter topic
     /// are exactly the produced ones (no gap, no repeat), and every rollup equals the raw table.
+    /// The product's own `clickstream-sink verify` of this run's topic, group and database.
+    pub async fn product_verify(&self) -> anyhow::Result<clickstream_sink::ops::verify::Report> {
+        let settings = clickstream_sink::Settings {
+            brokers: self.stack.brokers.clone(),
+            clickhouse_url: self.stack.clickhouse_url.clone(),
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            dlq_topic: self.dlq.clone(),
+            database: self.database.clone(),
+            ..clickstream_sink::Settings::default()
+        };
+        clickstream_sink::ops::verify::verify(&settings, None)
+            .await
+            .context("clickstream-sink verify")
+    }
+
     pub async fn verdict(&self) -> anyhow::Result<Verdict> {
         // Give late dead-letter reads a moment.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -519,18 +535,7 @@ impl Run {
                 *entry = (check.rollup_total as u64, check.raw_total as u64);
             }
         }
-        let settings = clickstream_sink::Settings {
-            brokers: self.stack.brokers.clone(),
-            clickhouse_url: self.stack.clickhouse_url.clone(),
-            topic: self.topic.clone(),
-            group: self.group.clone(),
-            dlq_topic: self.dlq.clone(),
-            database: self.database.clone(),
-            ..clickstream_sink::Settings::default()
-        };
-        let product = clickstream_sink::ops::verify::verify(&settings, None)
-            .await
-            .context("clickstream-sink verify")?;
+        let product = self.product_verify().await?;
         Ok(Verdict {
             product_verify_ok: product.ok(),
             product_verify_problems: product.problems,

@@ -900,6 +900,13 @@ async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
         "after the abort every rollup equals the table: the kill left nothing to repair (the \
          scenario tests nothing)"
     );
+    // What an operator sees meanwhile: `verify` names the keys owed and what to do.
+    let verify = run.product_verify().await?;
+    anyhow::ensure!(
+        verify.problems.iter().any(|p| p.contains("owed a rebuild")),
+        "verify after the abort does not name the rebuild owed: {:?}",
+        verify.problems
+    );
     run.stream(1_000, 5).await?;
     let sink = run.start_sink(&[], &[])?;
     run.wait_accounted(Duration::from_secs(180)).await?;
@@ -919,6 +926,7 @@ async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
         "stream": "6,000 events pre-loaded; the sink aborted before its first rollup rebuild; 1,000 events/s for 5 s; restarted",
         "rollup_keys_recorded_at_the_abort": owed,
         "rollup_checks_differing_at_the_abort": differing.len(),
+        "verify_at_the_abort": verify.problems.iter().find(|p| p.contains("owed a rebuild")),
         "first_differing_check_at_the_abort": differing[0],
         "rollup_keys_rebuilt_after_the_restart": rebuilt,
     });
