@@ -146,6 +146,49 @@ pub struct Connection<'a> {
     pub client_key_file: &'a str,
 }
 
+impl Connection<'_> {
+    /// The first of these settings that cannot work, as (its key, why): a URL that is not
+    /// HTTP(S) or carries credentials, a password given twice, half a client certificate.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(("clickhouse_url", "must start with http:// or https://"));
+        }
+        if has_credentials(self.url) {
+            return Err((
+                "clickhouse_url",
+                "must not carry credentials (user:password@ or ?password=), which would show \
+                 wherever the URL is logged: set clickhouse_user and clickhouse_password_file",
+            ));
+        }
+        if !self.password.is_empty() && !self.password_file.is_empty() {
+            return Err((
+                "clickhouse_password_file",
+                "set either it or `clickhouse_password`, not both",
+            ));
+        }
+        match (
+            self.client_cert_file.is_empty(),
+            self.client_key_file.is_empty(),
+        ) {
+            (false, true) => Err((
+                "clickhouse_client_key_file",
+                "is needed with `clickhouse_client_cert_file`",
+            )),
+            (true, false) => Err((
+                "clickhouse_client_cert_file",
+                "is needed with `clickhouse_client_key_file`",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`connect`], its error said as the setting to change (`invalid value for `key`: ...`).
+    pub fn client(&self) -> Result<Client, String> {
+        connect(self)
+            .map_err(|error| format!("invalid value for `{}`: {error}", setting_key(&error)))
+    }
+}
+
 /// The client a [`Connection`] describes: [`client`] with its TLS files, then its database,
 /// user and password. TLS files given with a plain `http://` URL are not used (a warning
 /// says so).
@@ -411,6 +454,60 @@ pub fn describe(error: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_that_cannot_work_names_the_setting() {
+        let fine = Connection {
+            url: "https://ch:8443",
+            ..Connection::default()
+        };
+        assert_eq!(fine.check(), Ok(()));
+        let cases = [
+            (
+                Connection {
+                    url: "ch:8123",
+                    ..fine
+                },
+                "clickhouse_url",
+            ),
+            (
+                Connection {
+                    url: "https://u:pw@ch:8443",
+                    ..fine
+                },
+                "clickhouse_url",
+            ),
+            (
+                Connection {
+                    password: "p",
+                    password_file: "/run/p",
+                    ..fine
+                },
+                "clickhouse_password_file",
+            ),
+            (
+                Connection {
+                    client_cert_file: "c.pem",
+                    ..fine
+                },
+                "clickhouse_client_key_file",
+            ),
+            (
+                Connection {
+                    client_key_file: "k.pem",
+                    ..fine
+                },
+                "clickhouse_client_cert_file",
+            ),
+        ];
+        for (connection, key) in cases {
+            assert_eq!(
+                connection.check().map_err(|(k, _)| k),
+                Err(key),
+                "{connection:?}"
+            );
+        }
+    }
 
     #[test]
     fn urls_are_logged_without_credentials() {

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
+
+#[doc(hidden)]
+pub use clickstream_connect;
 use serde::de::DeserializeOwned;
 
 /// One setting, as defined once in [`settings!`].
@@ -43,6 +46,52 @@ impl Key {
             "VALUE"
         }
     }
+}
+
+/// [`settings!`] with the settings of reaching ClickHouse that every program shares
+/// (`clickhouse_url`, `clickhouse_user`, password and its file, TLS files) between the keys
+/// `before` and `after`, defined here once; `user` is the help of `clickhouse_user` (which
+/// user the program runs as). The struct also gets `connection()` (with its `database`).
+#[macro_export]
+macro_rules! settings_with_clickhouse {
+    ($(#[$meta:meta])* before: { $($before:tt)* } user: $user:literal, after: { $($after:tt)* }) => {
+        $crate::settings! {
+            $(#[$meta])*
+            $($before)*
+            clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: ["CLICKHOUSE_URL"], secret: false,
+                help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
+            clickhouse_user: String = "default".into(), flag: true, env: ["CLICKHOUSE_USER"], secret: false,
+                help: $user;
+            clickhouse_password: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD"], secret: true,
+                help: "its password (prefer the file below)";
+            clickhouse_password_file: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
+                help: "file holding the password (a Docker or Kubernetes secret), read at start, trailing newline ignored; not together with `clickhouse_password`";
+            clickhouse_ca_file: String = String::new(), flag: true, env: ["CLICKHOUSE_CA_FILE"], secret: false,
+                help: "for `https://`: PEM CA certificate(s) to trust instead of the system's (a private CA); empty: the system's CAs";
+            clickhouse_client_cert_file: String = String::new(), flag: true, env: [], secret: false,
+                help: "PEM client certificate for mutual TLS (with the key below)";
+            clickhouse_client_key_file: String = String::new(), flag: true, env: [], secret: false,
+                help: "its PEM private key";
+            $($after)*
+        }
+
+        impl Settings {
+            /// How these settings reach ClickHouse (checked with `check()`, a client with
+            /// `client()`).
+            pub fn connection(&self) -> $crate::clickstream_connect::Connection<'_> {
+                $crate::clickstream_connect::Connection {
+                    url: &self.clickhouse_url,
+                    database: &self.database,
+                    user: &self.clickhouse_user,
+                    password: &self.clickhouse_password,
+                    password_file: &self.clickhouse_password_file,
+                    ca_file: &self.clickhouse_ca_file,
+                    client_cert_file: &self.clickhouse_client_cert_file,
+                    client_key_file: &self.clickhouse_client_key_file,
+                }
+            }
+        }
+    };
 }
 
 /// Defines `Settings` (the fields, `kafka` for librdkafka properties, `Default`, serde,

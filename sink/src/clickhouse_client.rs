@@ -11,22 +11,7 @@ use crate::settings::Settings;
 
 /// The client every ClickHouse request of the sink goes through.
 pub fn client(settings: &Settings) -> Result<clickhouse::Client, SinkError> {
-    clickstream_connect::connect(&clickstream_connect::Connection {
-        url: &settings.clickhouse_url,
-        database: &settings.database,
-        user: &settings.clickhouse_user,
-        password: &settings.clickhouse_password,
-        password_file: &settings.clickhouse_password_file,
-        ca_file: &settings.clickhouse_ca_file,
-        client_cert_file: &settings.clickhouse_client_cert_file,
-        client_key_file: &settings.clickhouse_client_key_file,
-    })
-    .map_err(|error| {
-        SinkError::Settings(format!(
-            "invalid value for `{}`: {error}",
-            clickstream_connect::setting_key(&error)
-        ))
-    })
+    settings.connection().client().map_err(SinkError::Settings)
 }
 
 /// A TLS failure in `error`, as a message that says which setting to change; `None` when the

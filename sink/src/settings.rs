@@ -26,75 +26,66 @@ pub enum LogFormat {
     Json,
 }
 
-use clickstream_settings::settings;
+use clickstream_settings::settings_with_clickhouse;
 pub use clickstream_settings::{Key, Overrides, REDACTED, is_secret_kafka_property};
 
-settings! {
+settings_with_clickhouse! {
     /// All settings of the sink, with their defaults. `Debug` leaves secrets out (see
     /// [`is_secret_kafka_property`]); `kafka`: librdkafka properties for the consumer and the
     /// dead-letter producer.
-    brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
-        help: "Kafka bootstrap servers";
-    topic: String = "clickstream-events".into(), flag: true, env: [], secret: false,
-        help: "topic to consume";
-    group: String = "clickstream-sink".into(), flag: true, env: [], secret: false,
-        help: "consumer group; sinks in one group share the partitions";
-    dlq_topic: String = "clickstream-dlq".into(), flag: true, env: [], secret: false,
-        help: "dead-letter topic; must differ from `topic`";
-    clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: ["CLICKHOUSE_URL"], secret: false,
-        help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
-    clickhouse_user: String = "default".into(), flag: true, env: ["CLICKHOUSE_USER"], secret: false,
-        help: "ClickHouse user (compose: `clickstream_sink`)";
-    clickhouse_password: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD"], secret: true,
-        help: "its password (prefer the file below)";
-    clickhouse_password_file: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
-        help: "file holding the password (a Docker or Kubernetes secret), read at start, trailing newline ignored; not together with `clickhouse_password`";
-    clickhouse_ca_file: String = String::new(), flag: true, env: ["CLICKHOUSE_CA_FILE"], secret: false,
-        help: "for `https://`: PEM CA certificate(s) to trust instead of the system's (a private CA); empty: the system's CAs";
-    clickhouse_client_cert_file: String = String::new(), flag: true, env: [], secret: false,
-        help: "PEM client certificate for mutual TLS (with the key below)";
-    clickhouse_client_key_file: String = String::new(), flag: true, env: [], secret: false,
-        help: "its PEM private key";
-    database: String = "clickstream".into(), flag: true, env: [], secret: false,
-        help: "database";
-    table: String = "events".into(), flag: true, env: [], secret: false,
-        help: "table";
-    max_rows: usize = 1_000, flag: true, env: [], secret: false,
-        help: "the buffered rows (all partitions) are inserted once there are this many ...";
-    flush_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
-        help: "... or when its oldest row has waited this long";
-    max_batch_bytes: usize = 64 * 1024 * 1024, flag: true, env: [], secret: false,
-        help: "memory the rows may take, buffered and being inserted (counted as held, not as payload); consumption pauses at it";
-    max_inserts_per_second: f64 = 2.0, flag: true, env: [], secret: false,
-        help: "at most about this many inserts a second for the whole sink; batches grow instead";
-    max_parallel_inserts: usize = 4, flag: true, env: [], secret: false,
-        help: "INSERTs in flight at once across partitions (never more than one per partition: each partition commits in offset order)";
-    partitions_per_insert: usize = 64, flag: true, env: [], secret: false,
-        help: "partitions whose rows one INSERT carries at most: a flush writes the partitions it takes together, so a sink makes max_inserts_per_second inserts however many partitions it reads (1: an INSERT per partition)";
-    delivery: Delivery = Delivery::ExactlyOnce, flag: true, env: [], secret: false,
-        help: "`exactly-once` or `at-least-once` (see below)";
-    max_message_bytes: usize = 64 * 1024, flag: true, env: [], secret: false,
-        help: "larger messages are dead-lettered as `oversized`";
-    max_event_age_s: u64 = 7 * 24 * 3_600, flag: false, env: [], secret: false,
-        help: "events older than this (7 days, against the message's Kafka timestamp) are dead-lettered";
-    max_clock_skew_s: u64 = 300, flag: false, env: [], secret: false,
-        help: "events further in the future are dead-lettered";
-    retry_initial_ms: u64 = 100, flag: false, env: [], secret: false,
-        help: "first retry delay after a transient failure; doubles, with jitter ...";
-    retry_max_ms: u64 = 10_000, flag: false, env: [], secret: false,
-        help: "... up to this";
-    insert_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
-        help: "one insert taking longer counts as a transient failure";
-    shutdown_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
-        help: "on SIGTERM, time to flush and commit before giving up (nothing is lost: the rest is replayed)";
-    stall_timeout_ms: u64 = 60_000, flag: false, env: [], secret: false,
-        help: "with work waiting but nothing written for this long, the sink reports itself stalled (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the partition and the cause)";
-    dedup_window_events: usize = 10_000, flag: false, env: [], secret: false,
-        help: "per partition, how many recent event ids are remembered to count an event id seen again at another offset (`clickstream_sink_duplicate_event_ids_total`); 0 turns it off";
-    http_addr: String = "0.0.0.0:9100".into(), flag: true, env: [], secret: false,
-        help: "address of `/metrics`, `/health`, `/ready`, or `off`";
-    log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
-        help: "`human` or `json`";
+    before: {
+        brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
+            help: "Kafka bootstrap servers";
+        topic: String = "clickstream-events".into(), flag: true, env: [], secret: false,
+            help: "topic to consume";
+        group: String = "clickstream-sink".into(), flag: true, env: [], secret: false,
+            help: "consumer group; sinks in one group share the partitions";
+        dlq_topic: String = "clickstream-dlq".into(), flag: true, env: [], secret: false,
+            help: "dead-letter topic; must differ from `topic`";
+    }
+    user: "ClickHouse user (compose: `clickstream_sink`)",
+    after: {
+        database: String = "clickstream".into(), flag: true, env: [], secret: false,
+            help: "database";
+        table: String = "events".into(), flag: true, env: [], secret: false,
+            help: "table";
+        max_rows: usize = 1_000, flag: true, env: [], secret: false,
+            help: "the buffered rows (all partitions) are inserted once there are this many ...";
+        flush_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
+            help: "... or when its oldest row has waited this long";
+        max_batch_bytes: usize = 64 * 1024 * 1024, flag: true, env: [], secret: false,
+            help: "memory the rows may take, buffered and being inserted (counted as held, not as payload); consumption pauses at it";
+        max_inserts_per_second: f64 = 2.0, flag: true, env: [], secret: false,
+            help: "at most about this many inserts a second for the whole sink; batches grow instead";
+        max_parallel_inserts: usize = 4, flag: true, env: [], secret: false,
+            help: "INSERTs in flight at once across partitions (never more than one per partition: each partition commits in offset order)";
+        partitions_per_insert: usize = 64, flag: true, env: [], secret: false,
+            help: "partitions whose rows one INSERT carries at most: a flush writes the partitions it takes together, so a sink makes max_inserts_per_second inserts however many partitions it reads (1: an INSERT per partition)";
+        delivery: Delivery = Delivery::ExactlyOnce, flag: true, env: [], secret: false,
+            help: "`exactly-once` or `at-least-once` (see below)";
+        max_message_bytes: usize = 64 * 1024, flag: true, env: [], secret: false,
+            help: "larger messages are dead-lettered as `oversized`";
+        max_event_age_s: u64 = 7 * 24 * 3_600, flag: false, env: [], secret: false,
+            help: "events older than this (7 days, against the message's Kafka timestamp) are dead-lettered";
+        max_clock_skew_s: u64 = 300, flag: false, env: [], secret: false,
+            help: "events further in the future are dead-lettered";
+        retry_initial_ms: u64 = 100, flag: false, env: [], secret: false,
+            help: "first retry delay after a transient failure; doubles, with jitter ...";
+        retry_max_ms: u64 = 10_000, flag: false, env: [], secret: false,
+            help: "... up to this";
+        insert_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
+            help: "one insert taking longer counts as a transient failure";
+        shutdown_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
+            help: "on SIGTERM, time to flush and commit before giving up (nothing is lost: the rest is replayed)";
+        stall_timeout_ms: u64 = 60_000, flag: false, env: [], secret: false,
+            help: "with work waiting but nothing written for this long, the sink reports itself stalled (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the partition and the cause)";
+        dedup_window_events: usize = 10_000, flag: false, env: [], secret: false,
+            help: "per partition, how many recent event ids are remembered to count an event id seen again at another offset (`clickstream_sink_duplicate_event_ids_total`); 0 turns it off";
+        http_addr: String = "0.0.0.0:9100".into(), flag: true, env: [], secret: false,
+            help: "address of `/metrics`, `/health`, `/ready`, or `off`";
+        log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
+            help: "`human` or `json`";
+    }
 }
 
 /// Where the README's settings table starts and ends.
@@ -180,41 +171,8 @@ impl Settings {
         if self.dlq_topic == self.topic {
             return bad("dlq_topic", "must differ from `topic`");
         }
-        if !(self.clickhouse_url.starts_with("http://")
-            || self.clickhouse_url.starts_with("https://"))
-        {
-            return bad("clickhouse_url", "must start with http:// or https://");
-        }
-        if clickstream_connect::has_credentials(&self.clickhouse_url) {
-            return bad(
-                "clickhouse_url",
-                "must not carry credentials (user:password@ or ?password=), which would show \
-                 wherever the URL is logged: set clickhouse_user and clickhouse_password_file",
-            );
-        }
-        if !self.clickhouse_password.is_empty() && !self.clickhouse_password_file.is_empty() {
-            return bad(
-                "clickhouse_password_file",
-                "set either it or `clickhouse_password`, not both",
-            );
-        }
-        match (
-            self.clickhouse_client_cert_file.is_empty(),
-            self.clickhouse_client_key_file.is_empty(),
-        ) {
-            (false, true) => {
-                return bad(
-                    "clickhouse_client_key_file",
-                    "is needed with `clickhouse_client_cert_file`",
-                );
-            }
-            (true, false) => {
-                return bad(
-                    "clickhouse_client_cert_file",
-                    "is needed with `clickhouse_client_key_file`",
-                );
-            }
-            _ => {}
+        if let Err((key, why)) = self.connection().check() {
+            return bad(key, why);
         }
         for (key, value) in [("database", &self.database), ("table", &self.table)] {
             if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -15,48 +15,39 @@ pub enum LogFormat {
     Json,
 }
 
-use clickstream_settings::settings;
+use clickstream_settings::settings_with_clickhouse;
 /// One setting, as defined once in [`settings!`].
 pub use clickstream_settings::{Key, Overrides, REDACTED, is_secret_kafka_property};
 
-settings! {
+settings_with_clickhouse! {
     /// All settings of clickstream-windows, with their defaults (`Debug` leaves secrets out).
-    brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
-        help: "Kafka bootstrap servers";
-    topic: String = "clickstream-metrics".into(), flag: true, env: [], secret: false,
-        help: "topic the window messages are published on (created if missing, with `topic_retention_ms`)";
-    topic_retention_ms: u64 = 7 * 24 * 3_600_000, flag: true, env: [], secret: false,
-        help: "retention.ms of the topic when this program creates it (7 days); windows older than this are neither read back nor corrected";
-    window: String = "5m".into(), flag: true, env: [], secret: false,
-        help: "window length, `1m` or `5m` (tumbling, aligned to the epoch)";
-    allowed_lateness_ms: u64 = 60_000, flag: true, env: [], secret: false,
-        help: "a window is closed, and published, once its end plus this has passed";
-    since: String = String::new(), flag: true, env: [], secret: false,
-        help: "RFC 3339 time: publish (backfill) the windows from this one on; empty: from where the topic stops, or from the last closed window";
-    poll_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
-        help: "how often ClickHouse is asked for closed windows and late rows";
-    top_n: usize = 10, flag: true, env: [], secret: false,
-        help: "entries in `top_referrers` and `top_pages`";
-    clickhouse_url: String = "http://localhost:8123".into(), flag: true, env: ["CLICKHOUSE_URL"], secret: false,
-        help: "ClickHouse HTTP(S) URL (`https://host:8443` for TLS); credentials in it are refused";
-    clickhouse_user: String = "default".into(), flag: true, env: ["CLICKHOUSE_USER"], secret: false,
-        help: "ClickHouse user (compose: `clickstream_reader`; it only reads)";
-    clickhouse_password: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD"], secret: true,
-        help: "its password (prefer the file below)";
-    clickhouse_password_file: String = String::new(), flag: true, env: ["CLICKHOUSE_PASSWORD_FILE"], secret: false,
-        help: "file holding the password, read at start, trailing newline ignored; not together with `clickhouse_password`";
-    clickhouse_ca_file: String = String::new(), flag: true, env: ["CLICKHOUSE_CA_FILE"], secret: false,
-        help: "for `https://`: PEM CA certificate(s) to trust instead of the system's";
-    clickhouse_client_cert_file: String = String::new(), flag: true, env: [], secret: false,
-        help: "PEM client certificate for mutual TLS (with the key below)";
-    clickhouse_client_key_file: String = String::new(), flag: true, env: [], secret: false,
-        help: "its PEM private key";
-    database: String = "clickstream".into(), flag: true, env: [], secret: false,
-        help: "database of the rollups (`events_1m`) and of `events` (late rows are found by `inserted_at`)";
-    http_addr: String = "0.0.0.0:9102".into(), flag: true, env: [], secret: false,
-        help: "address of `/metrics` and `/health`, or `off`";
-    log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
-        help: "`human` or `json`";
+    before: {
+        brokers: String = "localhost:9092".into(), flag: true, env: ["KAFKA_BROKERS"], secret: false,
+            help: "Kafka bootstrap servers";
+        topic: String = "clickstream-metrics".into(), flag: true, env: [], secret: false,
+            help: "topic the window messages are published on (created if missing, with `topic_retention_ms`)";
+        topic_retention_ms: u64 = 7 * 24 * 3_600_000, flag: true, env: [], secret: false,
+            help: "retention.ms of the topic when this program creates it (7 days); windows older than this are neither read back nor corrected";
+        window: String = "5m".into(), flag: true, env: [], secret: false,
+            help: "window length, `1m` or `5m` (tumbling, aligned to the epoch)";
+        allowed_lateness_ms: u64 = 60_000, flag: true, env: [], secret: false,
+            help: "a window is closed, and published, once its end plus this has passed";
+        since: String = String::new(), flag: true, env: [], secret: false,
+            help: "RFC 3339 time: publish (backfill) the windows from this one on; empty: from where the topic stops, or from the last closed window";
+        poll_interval_ms: u64 = 5_000, flag: true, env: [], secret: false,
+            help: "how often ClickHouse is asked for closed windows and late rows";
+        top_n: usize = 10, flag: true, env: [], secret: false,
+            help: "entries in `top_referrers` and `top_pages`";
+    }
+    user: "ClickHouse user (compose: `clickstream_reader`; it only reads)",
+    after: {
+        database: String = "clickstream".into(), flag: true, env: [], secret: false,
+            help: "database of the rollups (`events_1m`) and of `events` (late rows are found by `inserted_at`)";
+        http_addr: String = "0.0.0.0:9102".into(), flag: true, env: [], secret: false,
+            help: "address of `/metrics` and `/health`, or `off`";
+        log_format: LogFormat = LogFormat::Human, flag: true, env: [], secret: false,
+            help: "`human` or `json`";
+    }
 }
 
 pub const ENV_PREFIX: &str = "CLICKSTREAM_WINDOWS";
@@ -129,29 +120,8 @@ impl Settings {
                 "must be an RFC 3339 time, e.g. 2026-11-30T10:00:00Z",
             );
         }
-        if !(self.clickhouse_url.starts_with("http://")
-            || self.clickhouse_url.starts_with("https://"))
-        {
-            return bad("clickhouse_url", "must start with http:// or https://");
-        }
-        if clickstream_connect::has_credentials(&self.clickhouse_url) {
-            return bad(
-                "clickhouse_url",
-                "must not carry credentials: set clickhouse_user and clickhouse_password_file",
-            );
-        }
-        if !self.clickhouse_password.is_empty() && !self.clickhouse_password_file.is_empty() {
-            return bad(
-                "clickhouse_password_file",
-                "set either it or `clickhouse_password`, not both",
-            );
-        }
-        if self.clickhouse_client_cert_file.is_empty() != self.clickhouse_client_key_file.is_empty()
-        {
-            return bad(
-                "clickhouse_client_key_file",
-                "client certificate and key go together",
-            );
+        if let Err((key, why)) = self.connection().check() {
+            return bad(key, why);
         }
         if self.database.is_empty()
             || !self

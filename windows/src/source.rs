@@ -13,22 +13,7 @@ use crate::window::WindowMessage;
 /// The ClickHouse client the settings describe (HTTPS, CA, client certificate and password
 /// file as the sink has them, built by `clickstream-connect`).
 pub fn client(settings: &Settings) -> Result<clickhouse::Client, Error> {
-    clickstream_connect::connect(&clickstream_connect::Connection {
-        url: &settings.clickhouse_url,
-        database: &settings.database,
-        user: &settings.clickhouse_user,
-        password: &settings.clickhouse_password,
-        password_file: &settings.clickhouse_password_file,
-        ca_file: &settings.clickhouse_ca_file,
-        client_cert_file: &settings.clickhouse_client_cert_file,
-        client_key_file: &settings.clickhouse_client_key_file,
-    })
-    .map_err(|error| {
-        Error::Settings(format!(
-            "invalid value for `{}`: {error}",
-            clickstream_connect::setting_key(&error)
-        ))
-    })
+    settings.connection().client().map_err(Error::Settings)
 }
 
 /// Reads windows from the rollups.
