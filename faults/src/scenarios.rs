@@ -33,6 +33,7 @@ pub const ALL: &[&str] = &[
     "memory-limit",
     "view-refuses-rows",
     "killed-before-rebuild",
+    "sigterm-mid-isolation",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -53,6 +54,7 @@ pub const FAST: &[&str] = &[
     "memory-limit",
     "view-refuses-rows",
     "killed-before-rebuild",
+    "sigterm-mid-isolation",
     "disk-full",
     "unknown-error",
     "source-duplicates",
@@ -96,6 +98,7 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "memory-limit" => memory_limit(stack).await,
         "view-refuses-rows" => view_refuses_rows(stack).await,
         "killed-before-rebuild" => killed_before_rebuild(stack).await,
+        "sigterm-mid-isolation" => sigterm_mid_isolation(stack).await,
         "disk-full" => disk_full(stack).await,
         "unknown-error" => unknown_error(stack).await,
         "source-duplicates" => source_duplicates(stack).await,
@@ -929,6 +932,77 @@ async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
         "verify_at_the_abort": verify.problems.iter().find(|p| p.contains("owed a rebuild")),
         "first_differing_check_at_the_abort": differing[0],
         "rollup_keys_rebuilt_after_the_restart": rebuilt,
+    });
+    finish(run, sink, injected).await
+}
+
+/// SIGTERM while the sink isolates the rows a view refuses, with a shutdown deadline (1 s)
+/// that passes before the isolation ends: the sink stops without committing what it had not
+/// written, and before rebuilding the rollup keys the refused inserts touched (the last
+/// session's failure: rollups doubled for good). The restarted sink rebuilds the recorded
+/// keys; every event is stored or dead-lettered once and every rollup equals the table.
+async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("sigterm-mid-isolation", stack, 37, 0.0).await?);
+    let refused = "ifNull(price, 0) >= 300";
+    clickstream_testkit::add_refusing_view(&run.client, &run.database, refused)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    run.produce(20_000).await?;
+    let sink = run.start_sink(
+        &[("CLICKSTREAM_SINK_SHUTDOWN_TIMEOUT_MS", "1000".to_owned())],
+        &[],
+    )?;
+    // The first refused insert's leftovers removed, no rebuild yet: isolating.
+    let began = Instant::now();
+    loop {
+        let (removed, rebuilt) = repairs(&sink).await;
+        if removed > 0.0 && rebuilt == 0.0 {
+            break;
+        }
+        anyhow::ensure!(
+            rebuilt == 0.0 && began.elapsed() < Duration::from_secs(120),
+            "never caught the sink isolating refused rows (removed {removed}, rebuilt {rebuilt})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (removed_before, _) = repairs(&sink).await;
+    let log_path = sink.log.clone();
+    sink.signal("TERM")?;
+    let status = sink.wait_exit(Duration::from_secs(60)).await?;
+    let log = std::fs::read_to_string(log_path)?;
+    let last_error: Option<String> = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("ERROR"))
+        .map(|l| l.chars().take(400).collect());
+    let owed = run
+        .client
+        .query("SELECT count() FROM kafka_pending_rebuilds")
+        .fetch_one::<u64>()
+        .await?;
+    let sink = run.start_sink(&[], &[])?;
+    run.wait_accounted(Duration::from_secs(240)).await?;
+    anyhow::ensure!(
+        settle(&sink, Duration::from_secs(120)).await,
+        "the sink was still writing 120 s after every offset looked accounted for"
+    );
+    let left = run
+        .client
+        .query("SELECT count() FROM kafka_pending_rebuilds")
+        .fetch_one::<u64>()
+        .await?;
+    anyhow::ensure!(
+        left == 0,
+        "{left} recorded rollup keys are left after the restart"
+    );
+    let injected = json!({
+        "view": format!("throwIf({refused}), fed after a rollup"),
+        "stream": "20,000 events pre-loaded",
+        "sigterm": "once the first refused insert's leftovers were removed, before any rebuild; shutdown_timeout_ms 1000",
+        "leftover_rows_removed_before_the_sigterm": removed_before,
+        "first_sink_exit": format!("{status:?}"),
+        "rollup_keys_owed_after_the_first_sink": owed,
+        "first_sink_last_error": last_error,
     });
     finish(run, sink, injected).await
 }
