@@ -620,6 +620,10 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             if part.rows.is_empty() {
                 continue;
             }
+            // Past the shutdown deadline: no new insert (what was left is recorded).
+            if self.retry.cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
             match self
                 .insert_with_retry(partition, epoch, &mut rows, &part)
                 .await
@@ -651,11 +655,39 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 }
                 Err(Stop::BadData(message)) if part.rows.len() > 1 => {
                     tracing::warn!(partition, rows = part.rows.len(), error = %message, "ClickHouse rejected a batch; isolating the bad rows");
-                    self.undo_partial(partition, &rows, &part, &message, repair)
+                    // The rollup keys of what the refused insert left are recorded first; the
+                    // refused rows are then found by SELECTs over those rows, when that can tell.
+                    let left = self
+                        .capture(partition, &rows, &part, &message, repair)
                         .await?;
-                    let (first, second) = part.halves();
-                    pending.push(second);
-                    pending.push(first);
+                    let refused = self
+                        .pinpoint(partition, &rows, &part, &left, &message)
+                        .await;
+                    self.remove(partition, &left).await?;
+                    match refused {
+                        Some(refused) => {
+                            let kept: Vec<usize> = part
+                                .rows
+                                .iter()
+                                .copied()
+                                .filter(|i| refused.binary_search(i).is_err())
+                                .collect();
+                            for &i in &refused {
+                                self.reject(partition, rows.offset(i), message.clone())
+                                    .await?;
+                                report.rejected += 1;
+                            }
+                            pending.push(Part {
+                                rows: kept,
+                                run: false,
+                            });
+                        }
+                        None => {
+                            let (first, second) = part.halves();
+                            pending.push(second);
+                            pending.push(first);
+                        }
+                    }
                 }
                 Err(Stop::BadData(message)) => {
                     self.undo_partial(partition, &rows, &part, &message, repair)
@@ -669,6 +701,79 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         }
         report.insert_ms += inserting.elapsed().as_millis() as u64;
         Ok(())
+    }
+
+    /// The rows of `part` (indices, increasing) that the view named in `error` refuses, found
+    /// by running the view's SELECT over what the refused insert left in the table, halving
+    /// the rows that fail until each is one row: SELECTs that write nothing, instead of
+    /// inserts that each leave rows to delete and rollup keys to rebuild. `None` when that
+    /// cannot tell: not every row was left, the view is not named or does not read the table
+    /// plainly, no row fails alone (a refusal of several rows together), too many probes.
+    async fn pinpoint(
+        &self,
+        partition: i32,
+        rows: &Sealed,
+        part: &Part,
+        left: &[i64],
+        error: &str,
+    ) -> Option<Vec<usize>> {
+        /// SELECTs at most per refused part (two per halving of a refused set).
+        const PROBES: usize = 1_000;
+        let view = failed_view(error)?;
+        // Stopping (the shutdown deadline): no more work than needed.
+        if self.retry.cancel.is_cancelled() || left.len() != part.rows.len() {
+            return None;
+        }
+        let offsets = |set: &[usize]| -> Vec<i64> { set.iter().map(|&i| rows.offset(i)).collect() };
+        let all = offsets(&part.rows);
+        let refuses = |set: Vec<i64>| async move {
+            self.writer
+                .view_refuses(&self.topic, partition, view, &set)
+                .await
+                .map_err(|failure| {
+                    tracing::info!(partition, view, error = %failure, "cannot find the refused rows with the view's SELECT; bisecting with inserts");
+                })
+        };
+        if !refuses(all).await.ok()? {
+            return None;
+        }
+        let mut refused = Vec::new();
+        let mut todo = vec![part.rows.clone()];
+        let mut probes = 1;
+        while let Some(mut set) = todo.pop() {
+            if self.retry.cancel.is_cancelled() {
+                return None;
+            }
+            if set.len() == 1 {
+                refused.push(set[0]);
+                continue;
+            }
+            let second = set.split_off(set.len() / 2);
+            let (first_refuses, second_refuses) = (
+                refuses(offsets(&set)).await.ok()?,
+                refuses(offsets(&second)).await.ok()?,
+            );
+            probes += 2;
+            if !(first_refuses || second_refuses) || probes > PROBES {
+                return None;
+            }
+            if second_refuses {
+                todo.push(second);
+            }
+            if first_refuses {
+                todo.push(set);
+            }
+        }
+        refused.sort_unstable();
+        tracing::info!(
+            partition,
+            rows = part.rows.len(),
+            refused = refused.len(),
+            probes,
+            view,
+            "found the rows the view refuses with its SELECT over the rows the refused insert left"
+        );
+        Some(refused)
     }
 
     /// Dead-letters the message at `offset`, which ClickHouse rejected, as Kafka holds it.
@@ -850,6 +955,20 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         error: &str,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
+        let left = self.capture(partition, rows, part, error, repair).await?;
+        self.remove(partition, &left).await
+    }
+
+    /// The first half of [`Self::undo_partial`]: which rows of `part` the refused insert left
+    /// in the table (offsets), with the rollup keys they touch read and recorded.
+    async fn capture(
+        &self,
+        partition: i32,
+        rows: &Sealed,
+        part: &Part,
+        error: &str,
+        repair: &mut Repair,
+    ) -> Result<Vec<i64>, Stop> {
         let from = rows.offset(part.rows[0]);
         let to = rows.offset(part.rows[part.rows.len() - 1]);
         let stored = self.stored(partition, from, to).await?;
@@ -860,7 +979,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             .filter(|offset| stored.contains_key(offset))
             .collect();
         if left.is_empty() {
-            return Ok(());
+            return Ok(left);
         }
         tracing::warn!(
             partition,
@@ -913,10 +1032,18 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             repair.keys.merge(touched);
             captured.extend(new);
         }
+        Ok(left)
+    }
+
+    /// The second half of [`Self::undo_partial`]: deletes the rows a refused insert left.
+    async fn remove(&self, partition: i32, left: &[i64]) -> Result<(), Stop> {
+        if left.is_empty() {
+            return Ok(());
+        }
         self.repair_step(
             Some(partition),
             "removing a partly written insert (the sink user needs ALTER DELETE on the events table)",
-            || self.writer.delete_offsets(&self.topic, partition, &left),
+            || self.writer.delete_offsets(&self.topic, partition, left),
         )
         .await?;
         self.metrics.partial_rows_removed.inc_by(left.len() as u64);
@@ -1349,6 +1476,8 @@ mod tests {
         fail_rebuild: std::sync::atomic::AtomicBool,
         /// How many times the recorded rebuilds were read.
         pending_reads: std::sync::atomic::AtomicUsize,
+        /// SELECTs of a view over some rows.
+        probes: std::sync::atomic::AtomicUsize,
     }
 
     impl FakeWriter {
@@ -1371,6 +1500,7 @@ mod tests {
                 pending: Mutex::default(),
                 fail_rebuild: Default::default(),
                 pending_reads: Default::default(),
+                probes: Default::default(),
             }
         }
 
@@ -1483,6 +1613,18 @@ mod tests {
                 }
             }
             Ok(())
+        }
+
+        async fn view_refuses(
+            &self,
+            _: &str,
+            _: i32,
+            _: &str,
+            offsets: &[i64],
+        ) -> Result<bool, Failure> {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+            let seen: Vec<(i64, i64)> = offsets.iter().map(|&o| (o, 0)).collect();
+            Ok(matches!((self.rule)(&seen), Err(Failure::BadData(_))))
         }
 
         async fn note_rebuild(
@@ -1805,6 +1947,65 @@ mod tests {
             .expect_err("fatal");
         assert!(matches!(error, SinkError::ClickHouse { .. }), "{error}");
         assert!(flusher.committer.commits.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_a_view_refuses_are_found_with_its_select_over_what_the_insert_left() {
+        // A view named in the error refuses offsets 3 and 11; the table took the rows first.
+        let mut writer = FakeWriter::new(|rows| {
+            if rows.iter().any(|r| r.0 == 3 || r.0 == 11) {
+                Err(Failure::BadData(
+                    "Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero: \
+                     while pushing to view db.refuse_mv (5f6b). (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)"
+                        .into(),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        writer.partial = true;
+        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..16).map(|o| (o, 0)).collect();
+        let report = flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
+        assert_eq!((report.inserted, report.rejected), (14, 2));
+        let failed = flusher
+            .writer
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| !a.2)
+            .count();
+        assert_eq!(failed, 1, "one refused insert: the rest found by SELECTs");
+        assert!(flusher.writer.probes.load(Ordering::SeqCst) <= 1 + 2 * 2 * 4);
+        let letters: Vec<i64> = flusher
+            .dead_letters
+            .confirmed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.source_offset)
+            .collect();
+        assert_eq!(letters, vec![3, 11]);
+        let stored: Vec<i64> = flusher
+            .writer
+            .stored
+            .lock()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect();
+        let kept: Vec<i64> = (0..16).filter(|o| *o != 3 && *o != 11).collect();
+        assert_eq!(stored, kept);
+        assert_eq!(
+            flusher.writer.rollup.lock().unwrap().clone(),
+            kept.iter().map(|&o| (o, 1)).collect::<BTreeMap<_, _>>(),
+            "the rollup fed before the failing view counts every kept row once"
+        );
+        assert_eq!(commits(&flusher), vec![(0, 16)]);
     }
 
     #[tokio::test]

@@ -34,6 +34,9 @@ use crate::writer::{ClickHouseWriter, Failure};
 
 type Ack = <KafkaDeadLetters as DeadLetterSink>::Ack;
 
+/// After `shutdown_timeout_ms`, how long writes get to reach a step where they can stop.
+pub const RECORD_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs the sink until `shutdown` is cancelled (then drains in order) or a fatal error.
 pub async fn run(
     settings: Settings,
@@ -276,6 +279,15 @@ pub async fn run(
                 shutdown_timeout_ms = settings.shutdown_timeout_ms,
                 "could not flush before the shutdown timeout; uncommitted rows will be replayed"
             );
+            // Writes stop at their next step; one that ClickHouse just refused records the
+            // rollup keys of what it left (for the next owner) before it stops.
+            let stopped = tokio::time::timeout(RECORD_GRACE, writes.wait_all(&mut batcher)).await;
+            if stopped.is_err() {
+                tracing::warn!(
+                    grace_ms = RECORD_GRACE.as_millis() as u64,
+                    "writes still running after the shutdown timeout and its grace: stopped where they were"
+                );
+            }
             Ok(())
         }
     };
@@ -334,7 +346,7 @@ fn spawn_heartbeat(ownership: Arc<Ownership>, session_timeout_ms: u64) -> JoinHa
 const BURST: usize = 512;
 
 /// How long closing the Kafka clients may take at exit.
-const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Drops the Kafka clients on a thread of their own and waits at most `limit`. librdkafka's
 /// close can hang: a broker that went away, or a wall clock stepped back (its timed waits run

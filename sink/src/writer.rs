@@ -197,6 +197,18 @@ pub trait Writer: Send + Sync + 'static {
         keys: &TouchedKeys,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
+    /// Whether the materialized view `view` refuses the stored rows of these offsets of
+    /// `partition`: its own SELECT, run over just those rows of the table (what a refused
+    /// insert left there), fails as the INSERT did. An error: it cannot tell (a view that does
+    /// not read the table plainly, a failure of another kind).
+    fn view_refuses(
+        &self,
+        topic: &str,
+        partition: i32,
+        view: &str,
+        offsets: &[i64],
+    ) -> impl Future<Output = Result<bool, Failure>> + Send;
+
     /// Records `keys` as owed (repair `id`), before the rows they come from are deleted: a
     /// sink stopped before its rebuild leaves them to the next owner of `partition`.
     fn note_rebuild(
@@ -636,6 +648,58 @@ impl Writer for ClickHouseWriter {
             }
         }
         Ok(())
+    }
+
+    async fn view_refuses(
+        &self,
+        topic: &str,
+        partition: i32,
+        view: &str,
+        offsets: &[i64],
+    ) -> Result<bool, Failure> {
+        let select: Option<String> = self
+            .bounded(
+                "reading a view's SELECT",
+                self.client
+                    .query("SELECT as_select FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(&self.database)
+                    .bind(view)
+                    .fetch_optional(),
+            )
+            .await?;
+        // Its `?` doubled (the client reads a single one as a bind placeholder).
+        let select = select.unwrap_or_default().replace('?', "??");
+        let (db, table) = (&self.database, &self.table);
+        let rows = format!(
+            "FROM (SELECT * FROM `{db}`.`{table}` WHERE kafka_topic = {} AND kafka_partition = {partition} AND ({}))",
+            crate::rollups::literal(topic),
+            offsets_condition(offsets)
+        );
+        let Some(probe) = [
+            format!("FROM {db}.{table}"),
+            format!("FROM `{db}`.`{table}`"),
+        ]
+        .iter()
+        .find(|source| select.matches(source.as_str()).count() == 1)
+        .map(|source| select.replacen(source.as_str(), &rows, 1)) else {
+            return Err(Failure::Fatal(format!(
+                "view {view} does not read {db}.{table} once, plainly"
+            )));
+        };
+        let probe = self
+            .client
+            .query(&format!("SELECT * FROM ({probe}) FORMAT Null"));
+        match tokio::time::timeout(self.insert_timeout, probe.execute()).await {
+            Ok(Ok(())) => Ok(false),
+            Ok(Err(error)) => match classify(&error) {
+                (Class::BadData, _) => Ok(true),
+                (_, text) => Err(Failure::Transient(text)),
+            },
+            Err(_) => Err(Failure::Transient(format!(
+                "a view's SELECT over some rows did not finish within insert_timeout_ms = {}",
+                self.insert_timeout.as_millis()
+            ))),
+        }
     }
 
     async fn note_rebuild(

@@ -453,15 +453,11 @@ pub async fn add_refusing_view(
     refused: &str,
 ) -> Result<String, String> {
     let text = |e: clickhouse::error::Error| e.to_string();
-    for table in ["refused_rows", "spacer_rows"] {
-        client
-            .query(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} (refused UInt8) ENGINE = Null"
-            ))
-            .execute()
-            .await
-            .map_err(text)?;
-    }
+    client
+        .query("CREATE TABLE IF NOT EXISTS refused_rows (refused UInt8) ENGINE = Null")
+        .execute()
+        .await
+        .map_err(text)?;
     let mut last = String::new();
     for attempt in 0..30 {
         let view = format!("refuse_some_mv_{attempt}");
@@ -503,14 +499,14 @@ pub async fn add_refusing_view(
         if fed_before > 0 {
             return Ok(view);
         }
-        // The engine keeps a table's views in a hash set of pointers: a view made again at
-        // once can take the freed memory and the same place. A harmless view on another
-        // table, kept, moves the next one elsewhere.
+        // The engine keeps a table's views in a hash set: the same set again gives the same
+        // order (a view made again at once even takes the freed place). One more harmless
+        // view on `events` (no target table of its own: not a rollup) changes the set.
         for statement in [
             format!("DROP VIEW {view} SYNC"),
             format!(
-                "CREATE MATERIALIZED VIEW spacer_mv_{attempt} TO spacer_rows AS \
-                 SELECT refused FROM refused_rows"
+                "CREATE MATERIALIZED VIEW spacer_mv_{attempt} ENGINE = Null AS \
+                 SELECT 0 AS spacer FROM `{database}`.events"
             ),
         ] {
             client.query(&statement).execute().await.map_err(text)?;

@@ -215,15 +215,18 @@ fn the_sink_deployment_is_probed_bounded_and_stops_gracefully() {
             assert_eq!(get["port"].as_str(), Some("metrics"), "{which}: {probe}");
         }
 
-        // Graceful: longer than the drain (shutdown_timeout_ms) plus closing the Kafka
-        // clients (at most 10 s, sink/src/pipeline.rs CLOSE_LIMIT).
+        // Graceful: longer than the drain (shutdown_timeout_ms), the writes' grace to stop
+        // and closing the Kafka clients (sink/src/pipeline.rs RECORD_GRACE, CLOSE_LIMIT).
         let grace_ms = spec["terminationGracePeriodSeconds"]
             .as_u64()
             .expect("terminationGracePeriodSeconds")
             * 1_000;
+        let after_drain = (clickstream_sink::pipeline::RECORD_GRACE
+            + clickstream_sink::pipeline::CLOSE_LIMIT)
+            .as_millis() as u64;
         assert!(
-            grace_ms > settings.shutdown_timeout_ms + 10_000,
-            "{which}: {grace_ms} ms to stop, the sink may need {} + 10000",
+            grace_ms > settings.shutdown_timeout_ms + after_drain,
+            "{which}: {grace_ms} ms to stop, the sink may need {} + {after_drain}",
             settings.shutdown_timeout_ms
         );
 
