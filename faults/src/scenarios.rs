@@ -835,8 +835,17 @@ async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
         "the sink was still writing 120 s after every offset looked accounted for"
     );
     let (removed, rebuilt) = repairs(&sink).await;
+    let found = sink
+        .log_text()
+        .matches("found the rows the view refuses")
+        .count();
+    anyhow::ensure!(
+        found > 0,
+        "the refused rows were never found with the view's SELECT (bisected with inserts)"
+    );
     let injected = json!({
         "view": format!("throwIf({refused}), fed after a rollup"),
+        "refused_inserts_resolved_by_the_views_select": found,
         "stream": "20,000 events pre-loaded + 1,000 events/s for 20 s",
         "rows_left_by_refused_inserts_removed": removed,
         "rollup_keys_rebuilt": rebuilt,

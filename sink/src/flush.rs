@@ -171,6 +171,9 @@ pub struct Flusher<W, D, C, F> {
     pub repairing: tokio::sync::RwLock<()>,
     /// Per partition, the assignment (epoch) whose recorded rebuilds were taken over.
     pending_checked: std::sync::Mutex<std::collections::HashMap<i32, u64>>,
+    /// How long the SELECTs finding the rows a view refuses may take (half an insert
+    /// timeout: well within what a revoke waits for a flush).
+    probe_budget: std::time::Duration,
 }
 
 enum Stop {
@@ -279,6 +282,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             failpoint: Failpoint::from_env(),
             repairing: tokio::sync::RwLock::new(()),
             pending_checked: Default::default(),
+            probe_budget: std::time::Duration::from_millis(settings.insert_timeout_ms / 2),
         }
     }
 
@@ -583,8 +587,15 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                             rows: (0..rows.len()).collect(),
                             run: true,
                         };
-                        self.undo_partial(write.partition, rows, &part, &message, repair)
-                            .await?;
+                        self.undo_partial(
+                            write.partition,
+                            write.epoch,
+                            rows,
+                            &part,
+                            &message,
+                            repair,
+                        )
+                        .await?;
                     }
                     return Ok(());
                 }
@@ -644,7 +655,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                             },
                         ))
                         .inc();
-                    self.undo_partial(partition, &rows, &part, &message, repair)
+                    self.undo_partial(partition, epoch, &rows, &part, &message, repair)
                         .await?;
                     let (first, second) = match split {
                         Split::ByTime => part.time_halves(&rows),
@@ -661,9 +672,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                         .capture(partition, &rows, &part, &message, repair)
                         .await?;
                     let refused = self
-                        .pinpoint(partition, &rows, &part, &left, &message)
+                        .pinpoint(partition, epoch, &rows, &part, &left, &message)
                         .await;
-                    self.remove(partition, &left).await?;
+                    self.remove(partition, epoch, &left).await?;
                     match refused {
                         Some(refused) => {
                             let kept: Vec<usize> = part
@@ -690,7 +701,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                     }
                 }
                 Err(Stop::BadData(message)) => {
-                    self.undo_partial(partition, &rows, &part, &message, repair)
+                    self.undo_partial(partition, epoch, &rows, &part, &message, repair)
                         .await?;
                     let offset = rows.offset(part.rows[0]);
                     self.reject(partition, offset, message).await?;
@@ -712,6 +723,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     async fn pinpoint(
         &self,
         partition: i32,
+        epoch: u64,
         rows: &Sealed,
         part: &Part,
         left: &[i64],
@@ -720,15 +732,19 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         /// SELECTs at most per refused part (two per halving of a refused set).
         const PROBES: usize = 1_000;
         let view = failed_view(error)?;
+        let code = crate::writer::error_code(error)?;
         // Stopping (the shutdown deadline): no more work than needed.
         if self.retry.cancel.is_cancelled() || left.len() != part.rows.len() {
             return None;
         }
+        // The partition lost, or the search long: a new owner would take the rows left in the
+        // table for stored ones (a revoke waits about one insert timeout for a flush).
+        let budget = Instant::now() + self.probe_budget;
         let offsets = |set: &[usize]| -> Vec<i64> { set.iter().map(|&i| rows.offset(i)).collect() };
         let all = offsets(&part.rows);
         let refuses = |set: Vec<i64>| async move {
             self.writer
-                .view_refuses(&self.topic, partition, view, &set)
+                .view_refuses(&self.topic, partition, view, code, &set)
                 .await
                 .map_err(|failure| {
                     tracing::info!(partition, view, error = %failure, "cannot find the refused rows with the view's SELECT; bisecting with inserts");
@@ -741,7 +757,10 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         let mut todo = vec![part.rows.clone()];
         let mut probes = 1;
         while let Some(mut set) = todo.pop() {
-            if self.retry.cancel.is_cancelled() {
+            if self.retry.cancel.is_cancelled()
+                || Instant::now() > budget
+                || !self.ownership.owns(partition, epoch)
+            {
                 return None;
             }
             if set.len() == 1 {
@@ -947,16 +966,18 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     /// that back). Before the rows go in again as parts (new tokens) or to the dead-letter
     /// topic, the leftovers are deleted from the table; the rollup keys they touch are noted
     /// in `repair` first (rebuilt once the flush's rows are in, before its commits).
+    #[allow(clippy::too_many_arguments)]
     async fn undo_partial(
         &self,
         partition: i32,
+        epoch: u64,
         rows: &Sealed,
         part: &Part,
         error: &str,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
         let left = self.capture(partition, rows, part, error, repair).await?;
-        self.remove(partition, &left).await
+        self.remove(partition, epoch, &left).await
     }
 
     /// The first half of [`Self::undo_partial`]: which rows of `part` the refused insert left
@@ -1035,9 +1056,19 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         Ok(left)
     }
 
-    /// The second half of [`Self::undo_partial`]: deletes the rows a refused insert left.
-    async fn remove(&self, partition: i32, left: &[i64]) -> Result<(), Stop> {
+    /// The second half of [`Self::undo_partial`]: deletes the rows a refused insert left,
+    /// unless the partition was lost meanwhile: its new owner may have found them stored and
+    /// skipped them, so they stay (stored once; their rollup keys are recorded and rebuilt).
+    async fn remove(&self, partition: i32, epoch: u64, left: &[i64]) -> Result<(), Stop> {
         if left.is_empty() {
+            return Ok(());
+        }
+        if !self.ownership.owns(partition, epoch) {
+            tracing::warn!(
+                partition,
+                rows = left.len(),
+                "the partition was lost while its refused insert was repaired: the rows it left stay stored (their rollup keys are rebuilt)"
+            );
             return Ok(());
         }
         self.repair_step(
@@ -1620,6 +1651,7 @@ mod tests {
             _: &str,
             _: i32,
             _: &str,
+            _: u32,
             offsets: &[i64],
         ) -> Result<bool, Failure> {
             self.probes.fetch_add(1, Ordering::SeqCst);
@@ -1647,11 +1679,18 @@ mod tests {
             partitions: &[i32],
         ) -> Result<(Vec<u64>, TouchedKeys), Failure> {
             self.pending_reads.fetch_add(1, Ordering::SeqCst);
-            let mut ids = Vec::new();
+            // Records whole: every partition's keys of a record that names one of these.
+            let pending = self.pending.lock().unwrap();
+            let mut ids: Vec<u64> = pending
+                .iter()
+                .filter(|(partition, _, _)| partitions.contains(partition))
+                .map(|(_, id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
             let mut keys = TouchedKeys::default();
-            for (partition, id, owed) in self.pending.lock().unwrap().iter() {
-                if partitions.contains(partition) {
-                    ids.push(*id);
+            for (_, id, owed) in pending.iter() {
+                if ids.contains(id) {
                     keys.merge(owed.clone());
                 }
             }
@@ -2198,6 +2237,58 @@ mod tests {
         let more: Vec<(i64, i64)> = (8..10).map(|o| (o, 0)).collect();
         next.write_one(batch(&next, epoch, &more)).await.unwrap();
         assert_eq!(next.writer.pending_reads.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test]
+    async fn a_record_of_several_partitions_is_rebuilt_whole_by_the_owner_of_one() {
+        // A refused insert of three partitions, then the sink stops before the rebuild: one
+        // record (one id) names keys of all three.
+        let mut writer = FakeWriter::new(|rows| {
+            if rows.iter().any(|r| r.0 == 1_000_005) {
+                Err(Failure::BadData("Code: 469. constraint".into()))
+            } else {
+                Ok(())
+            }
+        });
+        writer.partial = true;
+        writer.fail_rebuild = true.into();
+        let (stopped, _) = new_flusher(writer, FakeCommitter::default());
+        assert!(stopped.write(three_partitions(&stopped)).await.is_err());
+        let ids: HashSet<u64> = stopped
+            .writer
+            .pending
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, id, _)| *id)
+            .collect();
+        assert_eq!(ids.len(), 1);
+
+        // The next owner writes partition 0 only: the whole record is rebuilt and forgotten.
+        let ownership = Arc::new(Ownership::default());
+        ownership.assign(&[0]);
+        let next = Flusher::new(
+            &Settings {
+                topic: "t".into(),
+                ..Settings::default()
+            },
+            stopped.writer.clone(),
+            FakeDeadLetters::default(),
+            FakeCommitter::default(),
+            FakeTopic::default(),
+            ownership.clone(),
+            RetryPolicy::immediate(),
+        );
+        let epoch = ownership.epoch(0).unwrap();
+        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
+        next.write_one(batch(&next, epoch, &rows)).await.unwrap();
+        assert!(next.writer.pending.lock().unwrap().is_empty());
+        let stored = next.writer.stored.lock().unwrap().clone();
+        assert_eq!(
+            next.writer.rollup.lock().unwrap().clone(),
+            stored.keys().map(|&o| (o, 1)).collect::<BTreeMap<_, _>>(),
+            "every partition's rows counted once"
+        );
     }
 
     #[tokio::test]

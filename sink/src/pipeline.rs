@@ -281,14 +281,17 @@ pub async fn run(
             );
             // Writes stop at their next step; one that ClickHouse just refused records the
             // rollup keys of what it left (for the next owner) before it stops.
-            let stopped = tokio::time::timeout(RECORD_GRACE, writes.wait_all(&mut batcher)).await;
-            if stopped.is_err() {
-                tracing::warn!(
-                    grace_ms = RECORD_GRACE.as_millis() as u64,
-                    "writes still running after the shutdown timeout and its grace: stopped where they were"
-                );
+            match tokio::time::timeout(RECORD_GRACE, writes.wait_all(&mut batcher)).await {
+                Ok(Ok(())) | Ok(Err(SinkError::Stopped)) => Ok(()),
+                Ok(Err(error)) => Err(error),
+                Err(_) => {
+                    tracing::warn!(
+                        grace_ms = RECORD_GRACE.as_millis() as u64,
+                        "writes still running after the shutdown timeout and its grace: stopped where they were"
+                    );
+                    Ok(())
+                }
             }
-            Ok(())
         }
     };
     hard_stop.cancel();

@@ -199,13 +199,14 @@ pub trait Writer: Send + Sync + 'static {
 
     /// Whether the materialized view `view` refuses the stored rows of these offsets of
     /// `partition`: its own SELECT, run over just those rows of the table (what a refused
-    /// insert left there), fails as the INSERT did. An error: it cannot tell (a view that does
+    /// insert left there), fails as the INSERT did (error `code`). An error: it cannot tell (a view that does
     /// not read the table plainly, a failure of another kind).
     fn view_refuses(
         &self,
         topic: &str,
         partition: i32,
         view: &str,
+        code: u32,
         offsets: &[i64],
     ) -> impl Future<Output = Result<bool, Failure>> + Send;
 
@@ -219,7 +220,8 @@ pub trait Writer: Send + Sync + 'static {
         keys: &TouchedKeys,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// The rebuilds recorded for these partitions and not done: their ids, and their keys.
+    /// The rebuilds recorded for these partitions and not done: their ids, and all their keys
+    /// (a record of several partitions whole, since it is forgotten whole).
     fn pending_rebuilds(
         &self,
         topic: &str,
@@ -655,6 +657,7 @@ impl Writer for ClickHouseWriter {
         topic: &str,
         partition: i32,
         view: &str,
+        code: u32,
         offsets: &[i64],
     ) -> Result<bool, Failure> {
         let select: Option<String> = self
@@ -686,13 +689,17 @@ impl Writer for ClickHouseWriter {
                 "view {view} does not read {db}.{table} once, plainly"
             )));
         };
+        // Conditions stay where the view has them: pushed into the subquery or PREWHERE, a
+        // `throwIf` would also see the other rows of a granule.
         let probe = self
             .client
-            .query(&format!("SELECT * FROM ({probe}) FORMAT Null"));
+            .query(&format!("SELECT * FROM ({probe}) FORMAT Null"))
+            .with_setting("enable_optimize_predicate_expression", "0")
+            .with_setting("optimize_move_to_prewhere", "0");
         match tokio::time::timeout(self.insert_timeout, probe.execute()).await {
             Ok(Ok(())) => Ok(false),
             Ok(Err(error)) => match classify(&error) {
-                (Class::BadData, _) => Ok(true),
+                (Class::BadData, text) if error_code(&text) == Some(code) => Ok(true),
                 (_, text) => Err(Failure::Transient(text)),
             },
             Err(_) => Err(Failure::Transient(format!(
@@ -758,8 +765,10 @@ impl Writer for ClickHouseWriter {
                 self.client
                     .query(&format!(
                         "SELECT repair_id, rollup, key FROM {PENDING_REBUILDS_TABLE} \
-                         WHERE kafka_topic = ? AND kafka_partition IN ({list})"
+                         WHERE kafka_topic = ? AND repair_id IN (SELECT repair_id FROM \
+                         {PENDING_REBUILDS_TABLE} WHERE kafka_topic = ? AND kafka_partition IN ({list}))"
                     ))
+                    .bind(topic)
                     .bind(topic)
                     .fetch_all(),
             )

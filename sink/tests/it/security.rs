@@ -309,20 +309,34 @@ async fn the_sink_users_grants_are_exactly_what_it_runs_and_what_its_views_write
     // Finding the rows a view refuses: the view's SELECT over some stored rows.
     assert!(
         !writer
-            .view_refuses(&h.topic, 0, "events_1m_mv", &[0, 1])
+            .view_refuses(&h.topic, 0, "events_1m_mv", 395, &[0, 1])
             .await
             .expect("a view's SELECT as the sink user")
     );
     // Its record of the keys owed: written, read back by the next owner, deleted once done.
-    writer
-        .note_rebuild(&h.topic, 0, 7, &keys)
-        .await
-        .expect("keys recorded as the sink user");
+    // One record of two partitions, taken over whole by the owner of one of them.
+    let mut others = keys.clone();
+    for (_, keys) in &mut others.rollups {
+        for key in keys.iter_mut() {
+            key.push_str(" (another partition)");
+        }
+    }
+    for (partition, keys) in [(0, &keys), (1, &others)] {
+        writer
+            .note_rebuild(&h.topic, partition, 7, keys)
+            .await
+            .expect("keys recorded as the sink user");
+    }
     let (ids, owed) = writer
         .pending_rebuilds(&h.topic, &[0])
         .await
         .expect("records read as the sink user");
-    assert_eq!((ids, owed.keys()), (vec![7], keys.keys()));
+    assert_eq!(ids, vec![7]);
+    assert_eq!(
+        owed.rollups.iter().map(|(_, k)| k.len()).sum::<usize>(),
+        2 * keys.keys(),
+        "both partitions' keys"
+    );
     writer
         .forget_rebuilds(&h.topic, &[7])
         .await
