@@ -444,31 +444,64 @@ pub const ROLLUPS: [&str; 6] = [
 
 /// Adds a materialized view on `events` (of the schema in the client's database, still
 /// empty) that refuses the rows where `refused` holds (`throwIf`, ClickHouse's Code 395),
-/// fed after at least one rollup: ClickHouse feeds the views in an order of its own, so the
-/// view is made again until a probe row (refused, then everything emptied again) shows a
-/// rollup that took it first. Returns the view's name.
+/// fed after at least one rollup. ClickHouse feeds a table's views in the order of a hash set
+/// of pointers, which depends on the order the views were made in and on where the allocator
+/// put them: a probe row (refused, then everything emptied again) shows whether a rollup took
+/// it first; if none did, every view on `events` is dropped and made again from its own
+/// `CREATE`, the others in a shuffled order and the refusing one last. Making only the
+/// refusing view again (it takes the freed place: CI failed 30 attempts in a row) or adding
+/// views beside it is not enough; this way 30 fresh databases took at most 5 attempts.
+/// Returns the refusing view's name.
 pub async fn add_refusing_view(
     client: &clickhouse::Client,
     database: &str,
     refused: &str,
 ) -> Result<String, String> {
+    use rand::seq::SliceRandom;
     let text = |e: clickhouse::error::Error| e.to_string();
-    client
-        .query("CREATE TABLE IF NOT EXISTS refused_rows (refused UInt8) ENGINE = Null")
-        .execute()
+    let view = "refuse_some_mv".to_owned();
+    for statement in [
+        "CREATE TABLE refused_rows (refused UInt8) ENGINE = Null".to_owned(),
+        format!(
+            "CREATE MATERIALIZED VIEW {view} TO refused_rows AS \
+             SELECT throwIf({refused}) AS refused FROM `{database}`.events"
+        ),
+    ] {
+        client.query(&statement).execute().await.map_err(text)?;
+    }
+    // Every view on `events` and its CREATE (a `?` doubled: the client reads one as a bind).
+    let mut views: Vec<(String, String)> = client
+        .query(
+            "SELECT name, replaceAll(create_table_query, '??', '????') FROM system.tables \
+             WHERE database = ? AND has((SELECT any(dependencies_table) FROM system.tables \
+             WHERE database = ? AND name = 'events'), name)",
+        )
+        .bind(database)
+        .bind(database)
+        .fetch_all()
         .await
         .map_err(text)?;
+    if !views.iter().any(|(name, _)| *name == view) {
+        return Err(format!(
+            "{view} is not among the views on events: {views:?}"
+        ));
+    }
     let mut last = String::new();
-    for attempt in 0..30 {
-        let view = format!("refuse_some_mv_{attempt}");
-        client
-            .query(&format!(
-                "CREATE MATERIALIZED VIEW {view} TO refused_rows AS \
-                 SELECT throwIf({refused}) AS refused FROM `{database}`.events"
-            ))
-            .execute()
-            .await
-            .map_err(text)?;
+    for attempt in 0..60 {
+        if attempt > 0 {
+            for (name, _) in &views {
+                client
+                    .query(&format!("DROP VIEW {name} SYNC"))
+                    .execute()
+                    .await
+                    .map_err(text)?;
+            }
+            views.shuffle(&mut rand::rng());
+            views.sort_by_key(|(name, _)| *name == view);
+            for (_, create) in &views {
+                client.query(create).execute().await.map_err(text)?;
+            }
+        }
         // A row the view refuses (the probe's `refused` must hold for it: price 3,999.00).
         let probe = client
             .query(
@@ -498,18 +531,6 @@ pub async fn add_refusing_view(
         }
         if fed_before > 0 {
             return Ok(view);
-        }
-        // The engine keeps a table's views in a hash set: the same set again gives the same
-        // order (a view made again at once even takes the freed place). One more harmless
-        // view on `events` (no target table of its own: not a rollup) changes the set.
-        for statement in [
-            format!("DROP VIEW {view} SYNC"),
-            format!(
-                "CREATE MATERIALIZED VIEW spacer_mv_{attempt} ENGINE = Null AS \
-                 SELECT 0 AS spacer FROM `{database}`.events"
-            ),
-        ] {
-            client.query(&statement).execute().await.map_err(text)?;
         }
     }
     Err(format!(

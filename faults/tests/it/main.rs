@@ -70,6 +70,8 @@ fast! {
     clickhouse_hang_on_assignment => "clickhouse-hang-on-assignment",
     memory_limit => "memory-limit",
     view_refuses_rows => "view-refuses-rows",
+    killed_before_rebuild => "killed-before-rebuild",
+    sigterm_mid_isolation => "sigterm-mid-isolation",
     disk_full => "disk-full",
     unknown_error => "unknown-error",
     source_duplicates => "source-duplicates",
