@@ -426,6 +426,26 @@ impl ClickHouseWriter {
                 self.database
             )));
         }
+        // Written only after a refused insert, maybe weeks from now: a missing grant found
+        // then would stop the sink in the middle of isolating rows. An INSERT of no rows
+        // needs the same INSERT (and SELECT) grant.
+        self.bounded(
+            "start-up check",
+            self.client
+                .query(&format!(
+                    "INSERT INTO {PENDING_REBUILDS_TABLE} SELECT * FROM {PENDING_REBUILDS_TABLE} WHERE 0"
+                ))
+                .execute(),
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::Fatal(text) => Failure::Fatal(format!(
+                "start-up check: the sink's user cannot write {}.{PENDING_REBUILDS_TABLE} \
+                 (where it records the rollup keys it owes a rebuild): {text}",
+                self.database
+            )),
+            other => other,
+        })?;
         if self.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
