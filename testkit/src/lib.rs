@@ -451,7 +451,8 @@ pub const ROLLUPS: [&str; 6] = [
 /// `CREATE`, the others in a shuffled order and the refusing one last. Making only the
 /// refusing view again (it takes the freed place: CI failed 30 attempts in a row) or adding
 /// views beside it is not enough; this way 30 fresh databases took at most 5 attempts.
-/// Returns the refusing view's name.
+/// Once per database (the view and its Null target have fixed names). Returns the refusing
+/// view's name.
 pub async fn add_refusing_view(
     client: &clickhouse::Client,
     database: &str,
