@@ -408,27 +408,9 @@ impl ClickHouseWriter {
         }
         self.replay_generation
             .store(replays.generation, std::sync::atomic::Ordering::Relaxed);
-        let pending: u64 = self
-            .bounded(
-                "start-up check",
-                self.client
-                    .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
-                    .bind(&self.database)
-                    .bind(PENDING_REBUILDS_TABLE)
-                    .fetch_one(),
-            )
-            .await?;
-        if pending == 0 {
-            return Err(Failure::Fatal(format!(
-                "table {}.{PENDING_REBUILDS_TABLE} does not exist: the sink records there the \
-                 rollup keys it owes a rebuild after a refused insert; apply \
-                 clickhouse/schema.sql (idempotent) to create it",
-                self.database
-            )));
-        }
-        // Written only after a refused insert, maybe weeks from now: a missing grant found
-        // then would stop the sink in the middle of isolating rows. An INSERT of no rows
-        // needs the same INSERT (and SELECT) grant.
+        // Written only after a refused insert, maybe weeks from now: a missing table or grant
+        // found then would stop the sink in the middle of isolating rows. An INSERT of no rows
+        // needs both (a user without a grant does not see the table in system.tables).
         self.bounded(
             "start-up check",
             self.client
@@ -439,6 +421,12 @@ impl ClickHouseWriter {
         )
         .await
         .map_err(|failure| match failure {
+            Failure::Fatal(text) if error_code(&text) == Some(60) => Failure::Fatal(format!(
+                "table {}.{PENDING_REBUILDS_TABLE} does not exist: the sink records there the \
+                 rollup keys it owes a rebuild after a refused insert; apply \
+                 clickhouse/schema.sql (idempotent) to create it",
+                self.database
+            )),
             Failure::Fatal(text) => Failure::Fatal(format!(
                 "start-up check: the sink's user cannot write {}.{PENDING_REBUILDS_TABLE} \
                  (where it records the rollup keys it owes a rebuild): {text}",

@@ -191,6 +191,24 @@ async fn refuses_to_start_without_what_exactly_once_needs() {
     let (_, sink) = spawn_sink(at_least_once);
     let error = sink.await.unwrap().expect_err("missing table");
     assert!(error.to_string().contains("does not exist"), "{error}");
+
+    // The table of owed rollup rebuilds, written only after a refused insert: checked at start.
+    h.client
+        .query("DROP TABLE kafka_pending_rebuilds SYNC")
+        .execute()
+        .await
+        .unwrap();
+    let (_, sink) = spawn_sink(h.settings());
+    let error = sink
+        .await
+        .unwrap()
+        .expect_err("missing kafka_pending_rebuilds");
+    let message = error.to_string();
+    assert!(
+        message.contains("kafka_pending_rebuilds does not exist")
+            && message.contains("clickhouse/schema.sql"),
+        "{message}"
+    );
 }
 
 /// The topic was deleted and recreated (its offsets start again) but ClickHouse still holds the
