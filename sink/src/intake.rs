@@ -364,7 +364,9 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
     }
 
     /// Takes the messages of a burst in order (decoded ahead by [`Intake::decode_burst`] when
-    /// `burst` is given); the partitions to pause.
+    /// `burst` is given); the partitions to pause. Each partition's epoch is read once per
+    /// burst: a partition lost meanwhile has its rows buffered under the old epoch, which no
+    /// flush writes or commits (as if lost just after the burst).
     pub fn handle_burst<M: Keep>(
         &mut self,
         messages: &[M],
@@ -382,7 +384,17 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             }) => (Some(layout), buffers, decoded.into_iter()),
             None => (None, Vec::new(), Vec::new().into_iter()),
         };
+        let mut epochs: Vec<(i32, Option<u64>)> = Vec::new();
         for message in messages {
+            let partition = message.partition();
+            let epoch = match epochs.iter().find(|(p, _)| *p == partition) {
+                Some(&(_, epoch)) => epoch,
+                None => {
+                    let epoch = ownership.epoch(partition);
+                    epochs.push((partition, epoch));
+                    epoch
+                }
+            };
             let ahead = match (&layout, decoded.next()) {
                 (Some(layout), Some((buffer, decoded))) => Some(Ahead {
                     layout,
@@ -391,27 +403,27 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                 }),
                 _ => None,
             };
-            if let Step::Pause(partition) = self.handle(message, ahead, ownership, batcher, now)? {
+            if let Step::Pause(partition) = self.handle(message, epoch, ahead, batcher, now)? {
                 pause.push(partition);
             }
         }
         Ok(pause)
     }
 
-    /// Takes one message from the consumer, read at `now` (one clock reading per burst);
-    /// `ahead`: its decoding, done already.
+    /// Takes one message from the consumer, read at `now` (one clock reading per burst), of a
+    /// partition owned under `epoch` (None: not owned); `ahead`: its decoding, done already.
     fn handle<M: Keep>(
         &mut self,
         message: &M,
+        epoch: Option<u64>,
         ahead: Option<Ahead<'_>>,
-        ownership: &Ownership,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
     ) -> Result<Step, SinkError> {
         self.context.metrics.consumed.inc();
         let partition = message.partition();
         let offset = message.offset();
-        let Some(epoch) = ownership.epoch(partition) else {
+        let Some(epoch) = epoch else {
             return Ok(Step::Continue); // revoked meanwhile: its next owner reads it
         };
         if self.partitions.get(&partition).map(|s| s.epoch) != Some(epoch) {
