@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -115,16 +114,8 @@ impl Endpoint {
 
 /// Binds `addr` and serves `/metrics` and `/health` until the returned [`Endpoint`] is dropped.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Endpoint, Error> {
-    let listen_error = |source| Error::MetricsEndpoint { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(listen_error)?;
-    let bound = listener.local_addr().map_err(listen_error)?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
-        )
+    let rendered = metrics.clone();
+    let app = clickstream_status::metrics(move || rendered.render())
         .route(
             "/health",
             get(|State(m): State<Arc<Metrics>>| async move {
@@ -137,15 +128,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Endpoint, 
         )
         .with_state(metrics);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        // A dropped sender completes the receiver with an error: that is the stop signal.
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        });
-        if let Err(error) = server.await {
-            tracing::warn!(error = %error, "metrics endpoint stopped");
-        }
-    });
+    // A dropped sender completes the receiver with an error: that is the stop signal.
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let bound = clickstream_status::serve(addr, app, stopped)
+        .await
+        .map_err(|source| Error::MetricsEndpoint { addr, source })?;
     Ok(Endpoint {
         addr: bound,
         _stop: stop,

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -40,19 +39,8 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, SinkError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        SinkError::Settings(format!(
-            "invalid value for `http_addr`: cannot listen on {addr}: {e}"
-        ))
-    })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| SinkError::Internal(e.to_string()))?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(h): State<Arc<Health>>| async move { h.metrics.render() }),
-        )
+    let metrics = health.metrics.clone();
+    let app = clickstream_status::metrics(move || metrics.render())
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -71,12 +59,11 @@ pub async fn serve(
             }),
         )
         .with_state(health);
-    tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(error) = server.await {
-            tracing::warn!(error = %error, "metrics endpoint stopped");
-        }
-    });
-    Ok(bound)
+    clickstream_status::serve(addr, app, async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| {
+            SinkError::Settings(format!(
+                "invalid value for `http_addr`: cannot listen on {addr}: {e}"
+            ))
+        })
 }

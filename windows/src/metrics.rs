@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -92,25 +90,13 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, Error> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::Settings(format!(
-            "invalid value for `http_addr`: cannot listen on {addr}: {e}"
-        ))
-    })?;
-    let bound = listener.local_addr().map_err(Error::Io)?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
-        )
-        .route("/health", get(|| async { "ok\n" }))
-        .with_state(metrics);
-    tokio::spawn(async move {
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(error) = server.await {
-            tracing::warn!(error = %error, "metrics endpoint stopped");
-        }
-    });
-    Ok(bound)
+    let app = clickstream_status::metrics(move || metrics.render())
+        .route("/health", get(|| async { "ok\n" }));
+    clickstream_status::serve(addr, app, async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| {
+            Error::Settings(format!(
+                "invalid value for `http_addr`: cannot listen on {addr}: {e}"
+            ))
+        })
 }
