@@ -148,6 +148,20 @@ fn query_failure(error: &ChError) -> Failure {
     }
 }
 
+/// A failure of a rollup's rebuild. Its view's SELECT refusing rows the table holds (a
+/// `throwIf`, a constraint) refuses them again at every try: that stops the sink, whose record
+/// of the keys owed stays for its next start; anything else as any query.
+fn rebuild_failure(rollup: &str, error: &ChError) -> Failure {
+    match classify(error) {
+        (Class::BadData, text) => Failure::Fatal(format!(
+            "the query of rollup {rollup} refuses rows the events table holds ({text}): fix the \
+             view, then start the sink again; the keys it owes stay recorded in \
+             kafka_pending_rebuilds and are rebuilt first (`clickstream-sink verify` lists them)"
+        )),
+        _ => query_failure(error),
+    }
+}
+
 /// Where rows go. One call = one INSERT of all `rows`.
 pub trait Writer: Send + Sync + 'static {
     /// Inserts the rows `part` of `rows` (indices, increasing); with a `token`, an insert
@@ -646,7 +660,7 @@ impl Writer for ClickHouseWriter {
             )
             .await;
             match rebuilt {
-                Ok(result) => result.map_err(|e| query_failure(&e))?,
+                Ok(result) => result.map_err(|e| rebuild_failure(&rollup.target, &e))?,
                 Err(_) => {
                     return Err(Failure::Transient(format!(
                         "rebuilding the keys of rollup {} did not finish within {} s \

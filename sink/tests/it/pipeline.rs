@@ -286,3 +286,81 @@ async fn a_view_refusing_rows_leaves_every_rollup_equal_to_the_table() {
         );
     }
 }
+
+/// A rollup whose view's SELECT refuses rows the table already holds (here: a `throwIf` on the
+/// older events, put in after they were written) cannot be rebuilt by retrying: the sink that
+/// owes its keys stops, saying which rollup and what to do, and the record of those keys stays
+/// for its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
+    use clickstream_sink::writer::{ClickHouseWriter, Writer};
+    let h = Harness::new("it_rebuild_refused").await;
+    h.produce(&messages(0..600)).await;
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(600, Duration::from_secs(120)).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+
+    // Keys owed by a sink that stopped before rebuilding them (as after a refused insert).
+    let writer = ClickHouseWriter::new(&h.settings()).expect("writer");
+    let keys = writer
+        .touched_keys(&h.topic, 0, &[0, 1])
+        .await
+        .expect("rollup keys");
+    assert!(keys.keys() > 0, "{keys:?}");
+    writer
+        .note_rebuild(&h.topic, 0, 7, &keys)
+        .await
+        .expect("keys recorded");
+    // The sessions rollup's view, made again refusing every event written so far.
+    let cutoff: String = h
+        .client
+        .query("SELECT toString(max(event_time)) FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    let (view, create): (String, String) = h
+        .client
+        .query(
+            "SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() \
+             AND engine = 'MaterializedView' AND create_table_query LIKE '% TO %.sessions %'",
+        )
+        .fetch_one()
+        .await
+        .expect("the view feeding sessions");
+    let source = format!("FROM {}.events", h.database);
+    assert!(create.contains(&source), "{create}");
+    let refusing = create.replacen(
+        &source,
+        &format!(
+            "FROM (SELECT * FROM {}.events WHERE throwIf(event_time <= toDateTime64('{cutoff}', 3, 'UTC'), 'refused by the test') = 0)",
+            h.database
+        ),
+        1,
+    );
+    h.client
+        .query(&format!("DROP VIEW {view} SYNC"))
+        .execute()
+        .await
+        .unwrap();
+    h.client.query(&refusing).execute().await.unwrap();
+
+    // Newer events (the view takes them): the sink's first write of partition 0 takes the
+    // record over and rebuilds its keys, which reads the older events.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.produce(&messages(600..900)).await;
+    let (_stop, sink) = spawn_sink(h.settings());
+    let error = tokio::time::timeout(Duration::from_secs(120), sink)
+        .await
+        .expect("the sink stops instead of retrying the rebuild")
+        .unwrap()
+        .expect_err("a rebuild that cannot succeed");
+    let text = error.to_string();
+    assert!(text.contains("rollup sessions refuses rows"), "{text}");
+    assert!(text.contains("kafka_pending_rebuilds"), "{text}");
+    let (ids, _) = writer
+        .pending_rebuilds(&h.topic, &[0])
+        .await
+        .expect("records");
+    assert_eq!(ids, vec![7], "the keys stay owed for the next start");
+}
