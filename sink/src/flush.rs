@@ -174,6 +174,10 @@ pub struct Flusher<W, D, C, F> {
     /// How long the SELECTs finding the rows a view refuses may take (half an insert
     /// timeout: well within what a revoke waits for a flush).
     probe_budget: std::time::Duration,
+    /// How long a rollup's query may go on refusing rows before the rebuild stops the sink
+    /// (`stall_timeout_ms` + `insert_timeout_ms`: longer than another write's isolation of
+    /// refused rows, which leaves them in the table meanwhile).
+    refusal_limit: std::time::Duration,
 }
 
 enum Stop {
@@ -283,6 +287,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             repairing: tokio::sync::RwLock::new(()),
             pending_checked: Default::default(),
             probe_budget: std::time::Duration::from_millis(settings.insert_timeout_ms / 2),
+            refusal_limit: std::time::Duration::from_millis(
+                settings.stall_timeout_ms + settings.insert_timeout_ms,
+            ),
         }
     }
 
@@ -1145,14 +1152,47 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     /// Brings the rollups' rows of `keys` back to what the table holds, with no insert of
     /// this sink running meanwhile (one fed between the rollup's DELETE and its SELECT of the
     /// table would count twice).
+    ///
+    /// A rollup's query refusing rows of `events` is retried for `refusal_limit`: another
+    /// write may be isolating refused rows it has yet to delete. Refused longer, the sink stops:
+    /// the view refuses rows that stay (changed after they were stored, or left by a refused
+    /// insert whose partition moved meanwhile), which only an operator can settle.
     async fn rebuild_rollups(&self, keys: &TouchedKeys) -> Result<(), Stop> {
         let _alone = self.repairing.write().await;
-        self.repair_step(
-            None,
-            "rebuilding the rollup keys of a partly written insert (the sink user needs INSERT and ALTER DELETE on the rollups)",
-            || self.writer.rebuild_rollups(keys),
-        )
-        .await?;
+        let what = "rebuilding the rollup keys of a partly written insert (the sink user needs INSERT and ALTER DELETE on the rollups)";
+        let mut retry = self.retry.start(Operation::Insert);
+        let mut refused_since = None;
+        loop {
+            match self.writer.rebuild_rollups(keys).await {
+                Ok(()) => break,
+                Err(Failure::Fatal(message)) => {
+                    return Err(Stop::Fatal(SinkError::clickhouse(what)(Failure::Fatal(
+                        message,
+                    ))));
+                }
+                Err(Failure::BadData(message))
+                    if refused_since.get_or_insert_with(Instant::now).elapsed()
+                        >= self.refusal_limit =>
+                {
+                    return Err(Stop::Fatal(SinkError::clickhouse(what)(Failure::Fatal(
+                        format!(
+                            "{message}, still after {} s (stall_timeout_ms + insert_timeout_ms): \
+                             a view changed to refuse rows already stored, or rows a refused \
+                             insert left when its partition moved to another sink; fix the \
+                             view or delete those rows, then start the sink again. The keys it \
+                             owes stay recorded in kafka_pending_rebuilds and are rebuilt first \
+                             (`clickstream-sink verify` lists them); meanwhile that rollup lacks \
+                             their rows",
+                            self.refusal_limit.as_secs()
+                        ),
+                    ))));
+                }
+                Err(failure) => retry
+                    .wait(None, failure.kind(), failure.message())
+                    .await
+                    .map_err(|_| Stop::Cancelled)?,
+            }
+        }
         tracing::info!(
             keys = keys.keys(),
             rollups = keys.rollups.len(),

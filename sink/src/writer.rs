@@ -148,15 +148,13 @@ fn query_failure(error: &ChError) -> Failure {
     }
 }
 
-/// A failure of a rollup's rebuild. Its view's SELECT refusing rows the table holds (a
-/// `throwIf`, a constraint) refuses them again at every try: that stops the sink, whose record
-/// of the keys owed stays for its next start; anything else as any query.
+/// A failure of a rollup's rebuild: its view's SELECT refusing rows the table holds (a
+/// `throwIf`, a constraint) is [`Failure::BadData`], naming the rollup (the flusher stops on
+/// it if it persists); anything else as any query.
 fn rebuild_failure(rollup: &str, error: &ChError) -> Failure {
     match classify(error) {
-        (Class::BadData, text) => Failure::Fatal(format!(
-            "the query of rollup {rollup} refuses rows the events table holds ({text}): fix the \
-             view, then start the sink again; the keys it owes stay recorded in \
-             kafka_pending_rebuilds and are rebuilt first (`clickstream-sink verify` lists them)"
+        (Class::BadData, text) => Failure::BadData(format!(
+            "the query of rollup {rollup} refuses rows the events table holds ({text})"
         )),
         _ => query_failure(error),
     }

@@ -81,8 +81,6 @@ pub enum Error {
     Encode(#[source] serde_json::Error),
     #[error("ClickHouse query: {0}")]
     Query(#[source] clickhouse::error::Error),
-    #[error("I/O: {0}")]
-    Io(#[source] std::io::Error),
 }
 
 /// Runs until `shutdown` is cancelled (or a publish fails).

@@ -288,18 +288,29 @@ async fn a_view_refusing_rows_leaves_every_rollup_equal_to_the_table() {
 }
 
 /// A rollup whose view's SELECT refuses rows the table already holds (here: a `throwIf` on the
-/// older events, put in after they were written) cannot be rebuilt by retrying: the sink that
-/// owes its keys stops, saying which rollup and what to do, and the record of those keys stays
-/// for its next start.
+/// older events, put in after they were written) cannot be rebuilt by trying again: once the
+/// refusal has lasted `stall_timeout_ms` + `insert_timeout_ms` the sink that owes its keys
+/// stops, saying which rollup and what to do; nothing of the flush is committed and the record
+/// of those keys stays for its next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
     use clickstream_sink::writer::{ClickHouseWriter, Writer};
     let h = Harness::new("it_rebuild_refused").await;
-    h.produce(&messages(0..600)).await;
+    let batch = |range: std::ops::Range<u64>, at| -> Vec<(String, Vec<u8>)> {
+        range
+            .map(|i| {
+                let e = event(i, at);
+                (e.user_id.clone(), e.to_json())
+            })
+            .collect()
+    };
+    let older = Utc::now() - chrono::Duration::seconds(10);
+    h.produce(&batch(0..600, older)).await;
     let (stop, sink) = spawn_sink(h.settings());
     h.wait_rows(600, Duration::from_secs(120)).await;
     stop.cancel();
     sink.await.unwrap().expect("clean shutdown");
+    let committed = h.committed_offsets();
 
     // Keys owed by a sink that stopped before rebuilding them (as after a refused insert).
     let writer = ClickHouseWriter::new(&h.settings()).expect("writer");
@@ -313,12 +324,6 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         .await
         .expect("keys recorded");
     // The sessions rollup's view, made again refusing every event written so far.
-    let cutoff: String = h
-        .client
-        .query("SELECT toString(max(event_time)) FROM events")
-        .fetch_one()
-        .await
-        .unwrap();
     let (view, create): (String, String) = h
         .client
         .query(
@@ -330,6 +335,7 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         .expect("the view feeding sessions");
     let source = format!("FROM {}.events", h.database);
     assert!(create.contains(&source), "{create}");
+    let cutoff = older.format("%Y-%m-%d %H:%M:%S%.3f");
     let refusing = create.replacen(
         &source,
         &format!(
@@ -347,17 +353,31 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
 
     // Newer events (the view takes them): the sink's first write of partition 0 takes the
     // record over and rebuilds its keys, which reads the older events.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    h.produce(&messages(600..900)).await;
-    let (_stop, sink) = spawn_sink(h.settings());
+    h.produce(&batch(600..900, older + chrono::Duration::seconds(5)))
+        .await;
+    let mut settings = h.settings();
+    settings.stall_timeout_ms = 1_000;
+    settings.insert_timeout_ms = 3_000;
+    let started = std::time::Instant::now();
+    let (_stop, sink) = spawn_sink(settings);
     let error = tokio::time::timeout(Duration::from_secs(120), sink)
         .await
-        .expect("the sink stops instead of retrying the rebuild")
+        .expect("the sink stops instead of retrying the rebuild without end")
         .unwrap()
         .expect_err("a rebuild that cannot succeed");
     let text = error.to_string();
     assert!(text.contains("rollup sessions refuses rows"), "{text}");
     assert!(text.contains("kafka_pending_rebuilds"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "retried for stall_timeout_ms + insert_timeout_ms first: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        h.committed_offsets().get(&0),
+        committed.get(&0),
+        "nothing of partition 0 committed past the failed rebuild"
+    );
     let (ids, _) = writer
         .pending_rebuilds(&h.topic, &[0])
         .await
