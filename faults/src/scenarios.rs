@@ -30,6 +30,7 @@ pub const ALL: &[&str] = &[
     "incompatible-alter",
     "group-reset",
     "clickhouse-hang-on-assignment",
+    "rebalance-mid-lookup",
     "memory-limit",
     "view-refuses-rows",
     "killed-before-rebuild",
@@ -51,6 +52,7 @@ pub const FAST: &[&str] = &[
     "incompatible-alter",
     "group-reset",
     "clickhouse-hang-on-assignment",
+    "rebalance-mid-lookup",
     "memory-limit",
     "view-refuses-rows",
     "killed-before-rebuild",
@@ -95,6 +97,7 @@ pub async fn run(name: &str, stack: &Stack) -> Outcome {
         "incompatible-alter" => incompatible_alter(stack).await,
         "group-reset" => group_reset(stack).await,
         "clickhouse-hang-on-assignment" => clickhouse_hang(stack).await,
+        "rebalance-mid-lookup" => rebalance_mid_lookup(stack).await,
         "memory-limit" => memory_limit(stack).await,
         "view-refuses-rows" => view_refuses_rows(stack).await,
         "killed-before-rebuild" => killed_before_rebuild(stack).await,
@@ -753,6 +756,39 @@ async fn clickhouse_hang(stack: &Stack) -> anyhow::Result<Done> {
         "lookup_retries": sink.metric("clickstream_sink_retries_total").await,
     });
     finish(run, sink, injected).await
+}
+
+/// A second sink joins while the first one's stored-offset lookups hang (each waits, its
+/// partition paused): the group takes every partition from the first sink and gives some
+/// back. A partition it gets back must be read again once the lookups answer, though the
+/// lookup it paused for belongs to the old assignment.
+async fn rebalance_mid_lookup(stack: &Stack) -> anyhow::Result<Done> {
+    let run = Arc::new(Run::new("rebalance-mid-lookup", stack, 38, 0.0).await?);
+    run.produce(3_000).await?;
+    let hang = json!({"queries": true, "match": "maxOrNull(max_offset)", "database": run.database, "delay_ms": 25_000});
+    run.inject(hang).await?;
+    let env = [("CLICKSTREAM_SINK_INSERT_TIMEOUT_MS", "3000".to_owned())];
+    let first = run.start_sink(&env, &[])?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let second = run.start_sink(&env, &[])?;
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    run.clear_fault_matching("maxOrNull(max_offset)").await?;
+    run.wait_accounted(Duration::from_secs(90)).await?;
+    let log = first.log_text();
+    let revokes = log.matches("partitions revoked").count();
+    anyhow::ensure!(
+        revokes > 0,
+        "the group did not rebalance while the lookups hung"
+    );
+    let status = second.terminate(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "second sink's SIGTERM exit: {status:?}");
+    let injected = json!({
+        "hang": "stored-offset lookups answer after 25 s (insert_timeout_ms 3000) for 25 s",
+        "second_sink_joined_after_s": 8,
+        "first_sink_revokes": revokes,
+        "first_sink_assignments": log.matches("partitions assigned").count(),
+    });
+    finish(run, first, injected).await
 }
 
 /// The engine's own memory limit, set low for this table's inserts: big inserts fail with

@@ -304,6 +304,14 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             .collect()
     }
 
+    /// Forgets the state of partitions no longer owned under the epoch it was made for
+    /// (revoked, lost, or assigned again since): a partition assigned again starts anew at its
+    /// next message, and no longer counts as waiting for a lookup of its old assignment.
+    pub fn forget_stale(&mut self, ownership: &Ownership) {
+        self.partitions
+            .retain(|&partition, state| ownership.owns(partition, state.epoch));
+    }
+
     /// The next finished lookup (pending forever while none runs: guard with
     /// [`Intake::has_lookups`]).
     pub async fn next_lookup(&mut self) -> LookupDone {

@@ -121,6 +121,11 @@ impl Ownership {
         }
     }
 
+    /// Changes whenever a partition is assigned (the newest epoch handed out).
+    pub fn generation(&self) -> u64 {
+        self.lock().next_epoch
+    }
+
     /// The current epoch of `partition`, if this sink owns it.
     pub fn epoch(&self, partition: i32) -> Option<u64> {
         self.lock().epochs.get(&partition).copied()

@@ -136,6 +136,7 @@ pub async fn run(
     let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
     let mut writes = SinkWrites::default();
     let mut paused = false;
+    let mut generation = ownership.generation();
     // The newest event time of each partition's segment being written (for freshness).
     let mut writing: HashMap<i32, Option<i64>> = HashMap::new();
 
@@ -241,7 +242,16 @@ pub async fn run(
             .set(batcher.in_flight_bytes() as i64);
         metrics.inserts_in_flight.set(writes.running() as i64);
         let full = batcher.should_pause();
-        if full != paused {
+        // Partitions were assigned: librdkafka keeps a partition paused across a revoke and a
+        // new assignment, so one paused for a lookup of its old assignment would never be read
+        // again (measured: `rebalance-mid-lookup`). Old assignments' state is forgotten, and
+        // every assigned partition paused or resumed as the buffer says.
+        let assigned = ownership.generation() != generation;
+        if assigned {
+            generation = ownership.generation();
+            intake.forget_stale(&ownership);
+        }
+        if assigned || full != paused {
             back_pressure(
                 &consumer,
                 &settings.topic,

@@ -68,6 +68,7 @@ fast! {
     incompatible_alter => "incompatible-alter",
     group_reset => "group-reset",
     clickhouse_hang_on_assignment => "clickhouse-hang-on-assignment",
+    rebalance_mid_lookup => "rebalance-mid-lookup",
     memory_limit => "memory-limit",
     view_refuses_rows => "view-refuses-rows",
     killed_before_rebuild => "killed-before-rebuild",
