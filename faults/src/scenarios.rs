@@ -765,30 +765,60 @@ async fn clickhouse_hang(stack: &Stack) -> anyhow::Result<Done> {
 async fn rebalance_mid_lookup(stack: &Stack) -> anyhow::Result<Done> {
     let run = Arc::new(Run::new("rebalance-mid-lookup", stack, 38, 0.0).await?);
     run.produce(3_000).await?;
-    let hang = json!({"queries": true, "match": "maxOrNull(max_offset)", "database": run.database, "delay_ms": 25_000});
+    let lookups = "maxOrNull(max_offset)";
+    let hang =
+        json!({"queries": true, "match": lookups, "database": run.database, "delay_ms": 60_000});
     run.inject(hang).await?;
     let env = [("CLICKSTREAM_SINK_INSERT_TIMEOUT_MS", "3000".to_owned())];
     let first = run.start_sink(&env, &[])?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Its lookups started (and hang): its partitions are paused.
+    wait_for_log(&first, |log| log.contains("reading partition"), 60).await?;
     let second = run.start_sink(&env, &[])?;
-    tokio::time::sleep(Duration::from_secs(17)).await;
-    run.clear_fault_matching("maxOrNull(max_offset)").await?;
+    // The group took the first sink's partitions and gave some back, all while they hang.
+    wait_for_log(
+        &first,
+        |log| {
+            log.split_once("partitions revoked")
+                .is_some_and(|(_, after)| after.contains("partitions assigned"))
+        },
+        50,
+    )
+    .await
+    .context("the group did not rebalance while the lookups hung")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.clear_fault_matching(lookups).await?;
     run.wait_accounted(Duration::from_secs(90)).await?;
     let log = first.log_text();
-    let revokes = log.matches("partitions revoked").count();
+    let (_, after) = log.split_once("partitions revoked").unwrap_or_default();
     anyhow::ensure!(
-        revokes > 0,
-        "the group did not rebalance while the lookups hung"
+        after.contains("reading partition"),
+        "the first sink did not read again what it got back"
     );
     let status = second.terminate(Duration::from_secs(60)).await?;
     anyhow::ensure!(status.success(), "second sink's SIGTERM exit: {status:?}");
     let injected = json!({
-        "hang": "stored-offset lookups answer after 25 s (insert_timeout_ms 3000) for 25 s",
-        "second_sink_joined_after_s": 8,
-        "first_sink_revokes": revokes,
+        "hang": "stored-offset lookups answer after 60 s (insert_timeout_ms 3000) until the group has rebalanced",
+        "first_sink_revokes": log.matches("partitions revoked").count(),
         "first_sink_assignments": log.matches("partitions assigned").count(),
     });
     finish(run, first, injected).await
+}
+
+/// Waits up to `seconds` for the sink's log to satisfy `done`.
+async fn wait_for_log(
+    sink: &crate::run::SinkProcess,
+    done: impl Fn(&str) -> bool,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done(&sink.log_text()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not in the sink's log after {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// The engine's own memory limit, set low for this table's inserts: big inserts fail with

@@ -413,7 +413,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                     // Not ours any more: insert and commit nothing more of this partition
                     // until the group assigns it again (then it is replayed from the
                     // committed offset and the rows written here are skipped).
-                    self.ownership.lose(&[partition]);
+                    self.ownership.lose(partition, epoch);
                     self.metrics.commits_fenced.inc();
                     tracing::warn!(partition, error = %error, "the group coordinator refused the commit: this partition is no longer ours; its rows are in ClickHouse and its next owner skips them");
                     return false;
@@ -1997,7 +1997,8 @@ mod tests {
     async fn a_partition_revoked_before_the_insert_together_is_neither_written_nor_committed() {
         let (flusher, _) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
         let segments = three_partitions(&flusher);
-        flusher.ownership.lose(&[1]);
+        let epoch = flusher.ownership.epoch(1).unwrap();
+        flusher.ownership.lose(1, epoch);
         let reports = flusher.write(segments).await.unwrap();
         let inserted = flusher.writer.inserted().concat();
         assert_eq!(inserted.len(), 20);

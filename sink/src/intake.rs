@@ -494,14 +494,16 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             epoch,
             result,
         } = done;
-        let (max_stored, window) = result?;
         let Some(state) = self
             .partitions
             .get_mut(&partition)
             .filter(|s| s.epoch == epoch && ownership.owns(partition, epoch))
         else {
-            return Ok(None); // revoked or reassigned meanwhile: replayed under the new epoch
+            // Revoked or reassigned meanwhile: replayed under the new epoch, whatever this
+            // lookup of the old one found (or failed with).
+            return Ok(None);
         };
+        let (max_stored, window) = result?;
         if max_stored.is_some() {
             state.max_stored = max_stored;
         }

@@ -112,12 +112,14 @@ impl Ownership {
         finished
     }
 
-    /// Partitions this sink lost without a revoke (the group coordinator refused a commit):
-    /// nothing more is inserted or committed for them until they are assigned again.
-    pub fn lose(&self, partitions: &[i32]) {
+    /// `partition`, owned under `epoch`, lost without a revoke (the group coordinator refused
+    /// a commit of that assignment): nothing more is inserted or committed for it until it is
+    /// assigned again. A later assignment (the refusal answered after the partition came back)
+    /// is kept: no rebalance would follow to give it back.
+    pub fn lose(&self, partition: i32, epoch: u64) {
         let mut state = self.lock();
-        for partition in partitions {
-            state.epochs.remove(partition);
+        if state.epochs.get(&partition) == Some(&epoch) {
+            state.epochs.remove(&partition);
         }
     }
 
@@ -224,11 +226,29 @@ mod tests {
         let ownership = Ownership::default();
         ownership.assign(&[0, 1]);
         let epoch = ownership.epoch(1).unwrap();
-        ownership.lose(&[1]);
+        ownership.lose(1, epoch);
         assert!(!ownership.owns(1, epoch));
         assert_eq!(ownership.begin_flush(&[(1, epoch)]), Vec::<i32>::new());
         ownership.assign(&[1]);
-        assert!(ownership.epoch(1).is_some_and(|e| e != epoch));
+        let again = ownership.epoch(1).unwrap();
+        assert_ne!(again, epoch);
+        // A refusal of the old assignment's commit, answered late, keeps the new one.
+        ownership.lose(1, epoch);
+        assert!(ownership.owns(1, again));
+    }
+
+    #[test]
+    fn the_generation_changes_with_every_assignment_only() {
+        let ownership = Ownership::default();
+        let start = ownership.generation();
+        ownership.assign(&[0, 1]);
+        let assigned = ownership.generation();
+        assert_ne!(assigned, start);
+        ownership.revoke(&[0], Duration::ZERO);
+        ownership.lose(1, ownership.epoch(1).unwrap());
+        assert_eq!(ownership.generation(), assigned, "revoke and loss");
+        ownership.assign(&[0]);
+        assert_ne!(ownership.generation(), assigned);
     }
 
     #[test]

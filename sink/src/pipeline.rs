@@ -245,10 +245,13 @@ pub async fn run(
         // Partitions were assigned: librdkafka keeps a partition paused across a revoke and a
         // new assignment, so one paused for a lookup of its old assignment would never be read
         // again (measured: `rebalance-mid-lookup`). Old assignments' state is forgotten, and
-        // every assigned partition paused or resumed as the buffer says.
-        let assigned = ownership.generation() != generation;
+        // every assigned partition paused or resumed as the buffer says. (A rebalance event
+        // ends a burst: a message of the new assignment comes in a later turn, whose lookup
+        // pauses its partition after this resume; resuming one not paused does nothing.)
+        let now_generation = ownership.generation();
+        let assigned = now_generation != generation;
         if assigned {
-            generation = ownership.generation();
+            generation = now_generation;
             intake.forget_stale(&ownership);
         }
         if assigned || full != paused {
@@ -261,6 +264,7 @@ pub async fn run(
             );
             tracing::debug!(
                 paused = full,
+                assigned,
                 buffered_bytes = batcher.bytes(),
                 in_flight_bytes = batcher.in_flight_bytes(),
                 "back-pressure"
