@@ -1489,7 +1489,7 @@ impl Drop for InFlight<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The flush stage against fakes of its three seams.
 
     use std::collections::{BTreeMap, HashSet};
@@ -1527,7 +1527,7 @@ mod tests {
     /// Inserts are judged by a rule; every attempt is recorded (offsets, token, success).
     /// `stored` is the table: a successful insert adds its rows, and so does a failed one
     /// when `partial` says a view failed after the table was written.
-    struct FakeWriter {
+    pub(crate) struct FakeWriter {
         rule: Rule,
         partial: bool,
         /// How long each insert takes, and how many ran at once at most.
@@ -1549,10 +1549,23 @@ mod tests {
         pending_reads: std::sync::atomic::AtomicUsize,
         /// SELECTs of a view over some rows.
         probes: std::sync::atomic::AtomicUsize,
+        /// Stored-offset lookups never answer (ClickHouse hangs) while set.
+        pub(crate) hang_lookups: std::sync::atomic::AtomicBool,
+        /// Lookups hanging now (a cancelled one is no longer counted).
+        pub(crate) hanging: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    /// Counts a hanging lookup while it lives.
+    struct Hanging(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Hanging {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     impl FakeWriter {
-        fn new(
+        pub(crate) fn new(
             rule: impl Fn(&[(i64, i64)]) -> Result<(), Failure> + Send + Sync + 'static,
         ) -> Self {
             FakeWriter {
@@ -1572,6 +1585,8 @@ mod tests {
                 fail_rebuild: Default::default(),
                 pending_reads: Default::default(),
                 probes: Default::default(),
+                hang_lookups: Default::default(),
+                hanging: Default::default(),
             }
         }
 
@@ -1638,6 +1653,11 @@ mod tests {
         }
 
         async fn max_stored_offset(&self, _: &str, _: i32) -> Result<Option<i64>, Failure> {
+            if self.hang_lookups.load(Ordering::SeqCst) {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
+                let _hanging = Hanging(self.hanging.clone());
+                std::future::pending::<()>().await;
+            }
             Ok(self.stored.lock().unwrap().keys().last().copied())
         }
 
@@ -1759,7 +1779,7 @@ mod tests {
 
     /// Dead letters are acknowledged at once and remembered.
     #[derive(Default)]
-    struct FakeDeadLetters {
+    pub(crate) struct FakeDeadLetters {
         confirmed: Mutex<Vec<DeadLetter>>,
     }
 
@@ -1794,7 +1814,7 @@ mod tests {
     type TestFlusher = Flusher<FakeWriter, FakeDeadLetters, FakeCommitter, FakeTopic>;
 
     /// The event at `offset`, `day` days after a fixed start.
-    fn event(offset: i64, day: i64) -> ClickEvent {
+    pub(crate) fn event(offset: i64, day: i64) -> ClickEvent {
         ClickEvent {
             event_id: Uuid::from_u128(offset as u128 + 1),
             timestamp: Utc.timestamp_opt(1_700_000_000 + day * 86_400, 0).unwrap(),

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use clickstream_event::{Limits, Rejection};
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers, OwnedMessage};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -241,6 +241,18 @@ struct PartitionState {
     /// While a lookup runs: the messages that arrived meanwhile, in offset order.
     waiting: Option<VecDeque<OwnedMessage>>,
     recent: RecentIds,
+    /// The lookup running for this state, if any: cancelled when the state is dropped (its
+    /// partition revoked or assigned again), instead of retrying until ClickHouse answers a
+    /// question nobody asks any more.
+    lookup: Option<AbortHandle>,
+}
+
+impl Drop for PartitionState {
+    fn drop(&mut self) {
+        if let Some(lookup) = &self.lookup {
+            lookup.abort();
+        }
+    }
 }
 
 /// A finished lookup.
@@ -315,14 +327,18 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
     /// The next finished lookup (pending forever while none runs: guard with
     /// [`Intake::has_lookups`]).
     pub async fn next_lookup(&mut self) -> LookupDone {
-        match self.lookups.join_next().await {
-            Some(Ok(done)) => done,
-            Some(Err(join)) => LookupDone {
-                partition: -1,
-                epoch: 0,
-                result: Err(SinkError::Internal(format!("lookup task failed: {join}"))),
-            },
-            None => std::future::pending().await,
+        loop {
+            return match self.lookups.join_next().await {
+                Some(Ok(done)) => done,
+                // Cancelled with its partition's state (see [`PartitionState::lookup`]).
+                Some(Err(join)) if join.is_cancelled() => continue,
+                Some(Err(join)) => LookupDone {
+                    partition: -1,
+                    epoch: 0,
+                    result: Err(SinkError::Internal(format!("lookup task failed: {join}"))),
+                },
+                None => std::future::pending().await,
+            };
         }
     }
 
@@ -456,6 +472,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                     },
                     waiting: lookup.then(VecDeque::new),
                     recent: RecentIds::new(self.context.dedup_window),
+                    lookup: None,
                 },
             );
             if lookup {
@@ -536,7 +553,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
         let writer = self.context.writer.clone();
         let retry = self.context.retry.clone();
         let topic = self.context.topic.clone();
-        self.lookups.spawn(async move {
+        let handle = self.lookups.spawn(async move {
             let result = lookup(&*writer, &retry, &topic, partition, from, to).await;
             LookupDone {
                 partition,
@@ -544,6 +561,9 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                 result,
             }
         });
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.lookup = Some(handle);
+        }
     }
 }
 
@@ -881,6 +901,105 @@ mod tests {
         );
     }
 
+    /// ClickHouse hangs while a partition's stored offsets are looked up, and the group
+    /// takes the partition away and gives it back meanwhile.
+    #[tokio::test]
+    async fn a_lookup_of_an_old_assignment_is_cancelled_and_holds_nothing() {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        use crate::batch::Policy;
+        use crate::flush::tests::{FakeDeadLetters, FakeWriter, event};
+
+        let settings = Settings::default();
+        let writer = Arc::new(FakeWriter::new(|_| Ok(())));
+        writer.hang_lookups.store(true, SeqCst);
+        let ownership = Ownership::new(std::time::Duration::from_secs(10));
+        ownership.assign(&[0]);
+        let mut intake = Intake::new(
+            &settings,
+            writer.clone(),
+            FakeDeadLetters::default(),
+            RetryPolicy::immediate(),
+        );
+        let mut batcher: Batcher<Rows, DeadLetter> = Batcher::new(Policy {
+            max_rows: 1_000,
+            flush_interval: std::time::Duration::from_secs(1),
+            max_batch_bytes: usize::MAX,
+            min_flush_gap: std::time::Duration::ZERO,
+            partitions_per_insert: 1,
+            burst: 1,
+            split_bytes: usize::MAX,
+        });
+        let message = OwnedMessage::new(
+            Some(event(5, 0).to_json()),
+            Some(b"u".to_vec()),
+            settings.topic.clone(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            5,
+            None,
+        );
+        let read = |intake: &mut Intake<_, _>, batcher: &mut _| {
+            intake
+                .handle_burst(
+                    std::slice::from_ref(&message),
+                    None,
+                    &ownership,
+                    batcher,
+                    Instant::now(),
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            read(&mut intake, &mut batcher),
+            vec![0],
+            "paused for a lookup"
+        );
+        async fn settle(count: &std::sync::atomic::AtomicUsize, want: usize) -> usize {
+            for _ in 0..100 {
+                if count.load(SeqCst) == want {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            count.load(SeqCst)
+        }
+        assert_eq!(settle(&writer.hanging, 1).await, 1, "the lookup hangs");
+        assert_eq!(intake.waiting(), HashSet::from([0]));
+
+        ownership.revoke(&[0], std::time::Duration::ZERO);
+        ownership.assign(&[0]);
+        intake.forget_stale(&ownership);
+        assert!(
+            intake.waiting().is_empty(),
+            "the old assignment's lookup no longer holds the partition paused"
+        );
+        assert_eq!(
+            settle(&writer.hanging, 0).await,
+            0,
+            "the old assignment's lookup is cancelled, not left retrying"
+        );
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), intake.next_lookup())
+                .await
+                .is_err(),
+            "a cancelled lookup is not reported as finished"
+        );
+
+        // Read again under the new assignment: a new lookup, answered now.
+        writer.hang_lookups.store(false, SeqCst);
+        assert_eq!(read(&mut intake, &mut batcher), vec![0]);
+        let done = intake.next_lookup().await;
+        assert_eq!(
+            intake
+                .finish_lookup(done, &ownership, &mut batcher)
+                .unwrap(),
+            Some(0),
+            "resumed after the new lookup"
+        );
+        assert!(!batcher.is_empty(), "the message that waited was taken");
+    }
+
     #[test]
     fn windows_are_read_only_where_stored_offsets_can_be() {
         let mut state = PartitionState {
@@ -892,6 +1011,7 @@ mod tests {
             },
             waiting: None,
             recent: RecentIds::new(0),
+            lookup: None,
         };
         assert_eq!(next_window(&state, 50_000), None, "inside the window");
         assert_eq!(next_window(&state, 100_000), Some(199_999));

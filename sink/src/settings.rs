@@ -124,7 +124,8 @@ pub fn markdown_table() -> String {
     out.push_str(
         "| `kafka` | `-X KEY=VALUE` | none | librdkafka properties (TLS, SASL, tuning) for the \
          consumer and the dead-letter producer; `bootstrap.servers`, `group.id` and the commit \
-         settings are the sink's own |\n",
+         settings are the sink's own; rebalancing is eager (a cooperative \
+         `partition.assignment.strategy` or `group.protocol=consumer` is refused) |\n",
     );
     out
 }
@@ -222,6 +223,27 @@ impl Settings {
             ) {
                 return bad(&format!("kafka.{key}"), "is set by the sink itself");
             }
+        }
+        // An incremental (cooperative) rebalance keeps a partition across a rebalance without
+        // giving it back in an assignment; a partition the sink let go on a refused commit would
+        // then stay assigned and never be read again. The sink needs eager rebalances.
+        if let Some(strategy) = self.kafka.get("partition.assignment.strategy")
+            && strategy.to_ascii_lowercase().contains("cooperative")
+        {
+            return bad(
+                "kafka.partition.assignment.strategy",
+                "cooperative (incremental) rebalancing is not supported: the sink needs eager \
+                 rebalances; use `range` or `roundrobin`, or leave it unset",
+            );
+        }
+        if let Some(protocol) = self.kafka.get("group.protocol")
+            && !protocol.eq_ignore_ascii_case("classic")
+        {
+            return bad(
+                "kafka.group.protocol",
+                "only `classic` is supported (the `consumer` protocol rebalances \
+                 incrementally; the sink needs eager rebalances)",
+            );
         }
         Ok(())
     }
@@ -430,6 +452,19 @@ mod tests {
             (&[("http_addr", "nowhere")], &[], "http_addr"),
             (&[("stall_timeout_ms", "10")], &[], "stall_timeout_ms"),
             (&[("delivery", "maybe-once")], &[], "delivery"),
+            (
+                &[],
+                &[(
+                    "CLICKSTREAM_SINK_KAFKA__PARTITION_ASSIGNMENT_STRATEGY",
+                    "range,cooperative-sticky",
+                )],
+                "kafka.partition.assignment.strategy",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__GROUP_PROTOCOL", "consumer")],
+                "kafka.group.protocol",
+            ),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
             (
                 &[("clickhouse_url", "https://sink:pw@ch:8443")],
