@@ -49,6 +49,12 @@ pub fn hint(code: u32) -> Option<&'static str> {
             "the user lacks a privilege the sink needs: grant it as clickhouse/users.sql does \
              for clickstream_sink",
         ),
+        // UNKNOWN_TABLE, UNKNOWN_DATABASE: dropped under a running sink, or the wrong name
+        60 | 81 => Some(
+            "a table or database the sink writes or reads does not exist: check `database` and \
+             `table`, or create it again by applying clickhouse/schema.sql (idempotent), then \
+             start the sink; it resumes from the group's committed offsets",
+        ),
         _ => None,
     }
 }

@@ -1009,6 +1009,13 @@ mod tests {
         for (message, class) in cases {
             assert_eq!(classify(&response(message)).0, class, "{message}");
         }
+        let (_, text) = classify(&response(
+            "Code: 60. DB::Exception: Unknown table expression identifier 'events'. (UNKNOWN_TABLE)",
+        ));
+        assert!(
+            text.contains("clickhouse/schema.sql"),
+            "a missing table says what to do: {text}"
+        );
         assert_eq!(classify(&ChError::TimedOut).0, Transient);
         assert_eq!(
             classify(&ChError::Network("connection refused".into())).0,
