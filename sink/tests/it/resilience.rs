@@ -199,3 +199,48 @@ async fn the_producers_poison_of_every_kind_is_dead_lettered_with_its_reason() {
         );
     }
 }
+
+/// The events table dropped under a running sink (by mistake, or to start again): the next
+/// insert stops the sink with what to do, and nothing that did not land is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_dropped_under_the_sink_stops_it_saying_what_to_do() {
+    let h = Harness::new("it_table_dropped").await;
+    h.produce(&messages(0..300)).await;
+    let (_stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(300, Duration::from_secs(120)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let committed = loop {
+        let committed = h.committed_offsets();
+        if committed.values().sum::<i64>() == 300 {
+            break committed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first 300 rows committed: {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    h.client
+        .query(&format!("DROP TABLE {}.events SYNC", h.database))
+        .execute()
+        .await
+        .expect("drop");
+    h.produce(&messages(300..400)).await;
+    let error = tokio::time::timeout(Duration::from_secs(60), sink)
+        .await
+        .expect("the sink stops instead of retrying")
+        .unwrap()
+        .expect_err("no table to write");
+    let text = error.to_string();
+    assert!(text.contains("UNKNOWN_TABLE"), "{text}");
+    assert!(
+        text.contains("apply") && text.contains("clickhouse/schema.sql"),
+        "says what to do: {text}"
+    );
+    assert_eq!(
+        h.committed_offsets(),
+        committed,
+        "nothing committed past what landed"
+    );
+}
