@@ -1181,8 +1181,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                              insert left when its partition moved to another sink; fix the \
                              view or delete those rows, then start the sink again. The keys it \
                              owes stay recorded in kafka_pending_rebuilds and are rebuilt first \
-                             (`clickstream-sink verify` lists them); meanwhile that rollup lacks \
-                             their rows",
+                             (`clickstream-sink verify` lists them); meanwhile that rollup \
+                             keeps its rows of those keys as they were, not rebuilt",
                             self.refusal_limit.as_secs()
                         ),
                     ))));

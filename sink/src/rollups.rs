@@ -114,7 +114,9 @@ pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec
 
 /// Deletes `rollup`'s rows of the keys `keys` (an SQL set of `toString(key)` values: a
 /// subquery or a literal tuple) and inserts the view's SELECT over the raw rows of those
-/// keys. Run again after a failure, it ends in the same state.
+/// keys. Run again after a failure, it ends in the same state. The SELECT runs once first with
+/// its result discarded: a view's query that refuses rows the table holds (a `throwIf`, a
+/// cast) fails there, and the rollup keeps its rows of those keys instead of losing them.
 pub async fn rebuild(
     client: &Client,
     db: &str,
@@ -123,15 +125,6 @@ pub async fn rebuild(
 ) -> Result<(), ChError> {
     let key = &rollup.rebuild.as_ref().expect("declared").key;
     let target = format!("{db}.`{}`", rollup.target);
-    client
-        .query(&format!(
-            "DELETE FROM {target} WHERE toString({key}) IN {keys}"
-        ))
-        .with_setting("lightweight_deletes_sync", "2")
-        .with_setting("mutations_sync", "2")
-        .with_setting("max_query_size", LARGE_QUERY)
-        .execute()
-        .await?;
     // The view's columns are its SELECT's, by name (the view itself lists them).
     let columns: Vec<String> = client
         .query("SELECT name FROM system.columns WHERE database = ? AND table = ? ORDER BY position")
@@ -144,11 +137,26 @@ pub async fn rebuild(
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
         .join(", ");
+    let select = format!(
+        "SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
+        unbound(&rollup.select)
+    );
+    client
+        .query(&format!("{select} FORMAT Null"))
+        .with_setting("max_query_size", LARGE_QUERY)
+        .execute()
+        .await?;
     client
         .query(&format!(
-            "INSERT INTO {target} ({list}) SELECT {list} FROM ({}) WHERE toString({key}) IN {keys}",
-            unbound(&rollup.select)
+            "DELETE FROM {target} WHERE toString({key}) IN {keys}"
         ))
+        .with_setting("lightweight_deletes_sync", "2")
+        .with_setting("mutations_sync", "2")
+        .with_setting("max_query_size", LARGE_QUERY)
+        .execute()
+        .await?;
+    client
+        .query(&format!("INSERT INTO {target} ({list}) {select}"))
         .with_setting("insert_deduplicate", "0")
         .with_setting("max_query_size", LARGE_QUERY)
         .execute()

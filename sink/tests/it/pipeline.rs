@@ -323,6 +323,18 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         .note_rebuild(&h.topic, 0, 7, &keys)
         .await
         .expect("keys recorded");
+    let (sessions, session_keys) = keys
+        .rollups
+        .iter()
+        .find(|(rollup, _)| rollup.target == "sessions")
+        .expect("the sessions rollup is touched");
+    let sessions_of_keys = format!(
+        "SELECT count() FROM sessions WHERE toString({}) IN {}",
+        sessions.rebuild.as_ref().expect("declared").key,
+        clickstream_sink::rollups::literal_set(session_keys)
+    );
+    let sessions_before = h.count(&sessions_of_keys).await;
+    assert!(sessions_before > 0, "{sessions_of_keys}");
     // The sessions rollup's view, made again refusing every event written so far.
     let (view, create): (String, String) = h
         .client
@@ -383,4 +395,9 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         .await
         .expect("records");
     assert_eq!(ids, vec![7], "the keys stay owed for the next start");
+    assert_eq!(
+        h.count(&sessions_of_keys).await,
+        sessions_before,
+        "the refused rebuild deleted none of the rollup's rows of its keys"
+    );
 }
