@@ -242,8 +242,9 @@ struct PartitionState {
     waiting: Option<VecDeque<OwnedMessage>>,
     recent: RecentIds,
     /// The lookup running for this state, if any: cancelled when the state is dropped (its
-    /// partition revoked or assigned again), instead of retrying until ClickHouse answers a
-    /// question nobody asks any more.
+    /// partition assigned again, or forgotten by [`Intake::forget_stale`] at the next
+    /// assignment), instead of retrying until ClickHouse answers a question nobody asks any
+    /// more.
     lookup: Option<AbortHandle>,
 }
 

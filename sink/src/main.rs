@@ -103,7 +103,12 @@ fn main() -> anyhow::Result<()> {
     });
     if let Err(error) = result {
         // Once, as a log line (JSON too with `log_format = "json"`), the last thing it says.
-        tracing::error!("the sink stopped: {}", with_causes(&error));
+        let text = with_causes(&error);
+        tracing::error!("the sink stopped: {text}");
+        if !tracing::enabled!(tracing::Level::ERROR) {
+            // Filtered out (RUST_LOG): said anyway.
+            eprintln!("error: the sink stopped: {text}");
+        }
         std::process::exit(1);
     }
     Ok(())

@@ -299,8 +299,9 @@ pub struct ClickHouseWriter {
     replay_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// A rollup rebuild may take this many insert timeouts.
-const REBUILD_TIMEOUTS: u32 = 10;
+/// A rollup rebuild may take this many insert timeouts (it reads the raw rows of its keys
+/// twice: the view's query checked, then inserted).
+const REBUILD_TIMEOUTS: u32 = 20;
 
 /// The progress table fed by a materialized view from the events table (schema.sql).
 pub const PROGRESS_TABLE: &str = "kafka_progress";
@@ -644,8 +645,8 @@ impl Writer for ClickHouseWriter {
             if keys.is_empty() {
                 continue;
             }
-            // It reads every raw row of its keys (a day, a partition): given ten insert
-            // timeouts, since a retry cannot stop a rebuild the server still runs.
+            // It reads every raw row of its keys (a day, a partition) twice: given twenty
+            // insert timeouts, since a retry cannot stop a rebuild the server still runs.
             let limit = self.insert_timeout * REBUILD_TIMEOUTS;
             let rebuilt = tokio::time::timeout(
                 limit,

@@ -329,7 +329,7 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         .find(|(rollup, _)| rollup.target == "sessions")
         .expect("the sessions rollup is touched");
     let sessions_of_keys = format!(
-        "SELECT count() FROM sessions WHERE toString({}) IN {}",
+        "SELECT count() FROM sessions FINAL WHERE toString({}) IN {}",
         sessions.rebuild.as_ref().expect("declared").key,
         clickstream_sink::rollups::literal_set(session_keys)
     );
