@@ -456,6 +456,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_error_is_described_once_with_the_sources_it_does_not_say() {
+        #[derive(Debug)]
+        struct Error(&'static str, Option<Box<Error>>);
+        impl std::fmt::Display for Error {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for Error {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let inner = || Some(Box::new(Error("inner", None)));
+        assert_eq!(describe(&Error("outer: inner", inner())), "outer: inner");
+        assert_eq!(describe(&Error("outer", inner())), "outer: inner");
+    }
+
+    #[test]
     fn a_connection_that_cannot_work_names_the_setting() {
         let fine = Connection {
             url: "https://ch:8443",

@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     });
     if let Err(error) = result {
         // Once, as a log line (JSON too with `log_format = "json"`), the last thing it says.
-        let text = with_causes(&error);
+        let text = clickstream_connect::describe(&error);
         tracing::error!("the sink stopped: {text}");
         if !tracing::enabled!(tracing::Level::ERROR) {
             // Filtered out (RUST_LOG): said anyway.
@@ -112,42 +112,4 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-/// An error and those of its causes its own text does not already say.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_causes;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer: {0}")]
-    struct Repeats(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Hides(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("inner")]
-    struct Inner;
-
-    #[test]
-    fn an_error_is_told_once_with_the_causes_it_does_not_say() {
-        assert_eq!(with_causes(&Repeats(Inner)), "outer: inner");
-        assert_eq!(with_causes(&Hides(Inner)), "outer: inner");
-    }
 }
