@@ -242,8 +242,8 @@ struct PartitionState {
     waiting: Option<VecDeque<OwnedMessage>>,
     recent: RecentIds,
     /// The lookup running for this state, if any: cancelled when the state is dropped (its
-    /// partition assigned again, or forgotten by [`Intake::forget_stale`] at the next
-    /// assignment), instead of retrying until ClickHouse answers a question nobody asks any
+    /// partition assigned again, or forgotten by [`Intake::forget_stale`] at the next change
+    /// of the owned partitions), instead of retrying until ClickHouse answers a question nobody asks any
     /// more.
     lookup: Option<AbortHandle>,
 }

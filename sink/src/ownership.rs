@@ -36,6 +36,8 @@ impl Default for Ownership {
 struct State {
     epochs: HashMap<i32, u64>,
     next_epoch: u64,
+    /// Counts every change of `epochs` (assignments, revokes, losses).
+    changes: u64,
     in_flight: HashSet<i32>,
 }
 
@@ -81,6 +83,7 @@ impl Ownership {
     /// Partitions newly assigned to this sink.
     pub fn assign(&self, partitions: &[i32]) {
         let mut state = self.lock();
+        state.changes += 1;
         for &partition in partitions {
             state.next_epoch += 1;
             let epoch = state.next_epoch;
@@ -109,6 +112,7 @@ impl Ownership {
         for partition in partitions {
             state.epochs.remove(partition);
         }
+        state.changes += 1;
         finished
     }
 
@@ -120,12 +124,14 @@ impl Ownership {
         let mut state = self.lock();
         if state.epochs.get(&partition) == Some(&epoch) {
             state.epochs.remove(&partition);
+            state.changes += 1;
         }
     }
 
-    /// Changes whenever a partition is assigned (the newest epoch handed out).
-    pub fn generation(&self) -> u64 {
-        self.lock().next_epoch
+    /// Changes whenever the owned partitions may have changed: an assignment (even of no
+    /// partition: an eager rebalance can leave this sink none), a revoke or a loss.
+    pub fn changes(&self) -> u64 {
+        self.lock().changes
     }
 
     /// The current epoch of `partition`, if this sink owns it.
@@ -238,17 +244,31 @@ mod tests {
     }
 
     #[test]
-    fn the_generation_changes_with_every_assignment_only() {
+    fn every_change_of_the_owned_partitions_is_counted() {
         let ownership = Ownership::default();
-        let start = ownership.generation();
+        let mut seen = ownership.changes();
+        let mut changed = |what: &str| {
+            let now = ownership.changes();
+            assert_ne!(now, seen, "{what}");
+            seen = now;
+        };
         ownership.assign(&[0, 1]);
-        let assigned = ownership.generation();
-        assert_ne!(assigned, start);
-        ownership.revoke(&[0], Duration::ZERO);
-        ownership.lose(1, ownership.epoch(1).unwrap());
-        assert_eq!(ownership.generation(), assigned, "revoke and loss");
-        ownership.assign(&[0]);
-        assert_ne!(ownership.generation(), assigned);
+        changed("assignment");
+        ownership.revoke(&[0, 1], Duration::ZERO);
+        changed("a revoke of everything, with no new assignment to follow");
+        ownership.assign(&[]);
+        changed("an empty assignment (more sinks than partitions)");
+        ownership.assign(&[1]);
+        let epoch = ownership.epoch(1).unwrap();
+        changed("assignment");
+        ownership.lose(1, epoch + 1);
+        assert_eq!(
+            ownership.changes(),
+            seen,
+            "losing an older epoch changes nothing"
+        );
+        ownership.lose(1, epoch);
+        assert_ne!(ownership.changes(), seen, "a loss");
     }
 
     #[test]

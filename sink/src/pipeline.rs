@@ -136,7 +136,7 @@ pub async fn run(
     let heartbeat = spawn_heartbeat(ownership.clone(), session_timeout_ms);
     let mut writes = SinkWrites::default();
     let mut paused = false;
-    let mut generation = ownership.generation();
+    let mut ownership_seen = ownership.changes();
     // The newest event time of each partition's segment being written (for freshness).
     let mut writing: HashMap<i32, Option<i64>> = HashMap::new();
 
@@ -242,19 +242,21 @@ pub async fn run(
             .set(batcher.in_flight_bytes() as i64);
         metrics.inserts_in_flight.set(writes.running() as i64);
         let full = batcher.should_pause();
-        // Partitions were assigned: librdkafka keeps a partition paused across a revoke and a
-        // new assignment, so one paused for a lookup of its old assignment would never be read
-        // again (measured: `rebalance-mid-lookup`). Old assignments' state is forgotten, and
-        // every assigned partition paused or resumed as the buffer says. (A rebalance event
-        // ends a burst: a message of the new assignment comes in a later turn, whose lookup
-        // pauses its partition after this resume; resuming one not paused does nothing.)
-        let now_generation = ownership.generation();
-        let assigned = now_generation != generation;
-        if assigned {
-            generation = now_generation;
+        // The owned partitions changed (an assignment, even an empty one, a revoke, a loss):
+        // librdkafka keeps a partition paused across a revoke and a new assignment, so one
+        // paused for a lookup of its old assignment would never be read again (measured:
+        // `rebalance-mid-lookup`). Old assignments' state is forgotten (their lookups
+        // cancelled) and every assigned partition paused or resumed as the buffer says. (A
+        // rebalance event ends a burst: a message of the new assignment comes in a later turn,
+        // whose lookup pauses its partition after this resume; resuming one not paused does
+        // nothing.)
+        let ownership_now = ownership.changes();
+        let rebalanced = ownership_now != ownership_seen;
+        if rebalanced {
+            ownership_seen = ownership_now;
             intake.forget_stale(&ownership);
         }
-        if assigned || full != paused {
+        if rebalanced || full != paused {
             back_pressure(
                 &consumer,
                 &settings.topic,
@@ -264,7 +266,7 @@ pub async fn run(
             );
             tracing::debug!(
                 paused = full,
-                assigned,
+                rebalanced,
                 buffered_bytes = batcher.bytes(),
                 in_flight_bytes = batcher.in_flight_bytes(),
                 "back-pressure"
