@@ -17,6 +17,8 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+mod fast;
+
 /// What a visitor did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,7 +354,10 @@ pub fn decode_ref<'a>(
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Rejection::new(RejectReason::InvalidUtf8, e.to_string()))?;
-    let event: ClickEventRef<'a> = serde_json::from_str(text).map_err(classify_json_error)?;
+    let event: ClickEventRef<'a> = match fast::parse(text) {
+        Some(event) => event,
+        None => serde_json::from_str(text).map_err(classify_json_error)?,
+    };
     event.validate(limits, now)?;
     Ok(event)
 }
