@@ -344,7 +344,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
     }
 
     /// Decodes the messages of a burst and encodes their rows ahead, on two cores when the
-    /// burst is big enough (this thread a quarter, the decode thread the rest); [`Intake::handle`] then takes each in order. `None` before the
+    /// burst is big enough (this thread half, the decode thread the other half); [`Intake::handle`] then takes each in order. `None` before the
     /// table's structure is known.
     pub fn decode_burst<M: Message + Sync>(&self, messages: &[M]) -> Option<Burst> {
         let layout = self.context.writer.layout()?;
@@ -361,10 +361,12 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             .collect();
         let (topic, limits) = (&self.context.topic, &self.context.limits);
         let halves = if work.len() >= PARALLEL_DECODE_MIN {
-            // This thread decodes the first quarter while the decode thread does the rest:
-            // taking each message in order afterwards costs this thread about as much as
-            // decoding half of them (measured: then both threads are equally busy).
-            let (first, second) = work.split_at(work.len() / 4);
+            // This thread decodes the first half while the decode thread does the other: it
+            // waits for both before taking the messages in order, so even halves finish
+            // first. (A quarter here balanced the threads' CPU while decoding was twice as
+            // slow; with the event's fast path, the half measured 435k events/s steady for the
+            // sink alone against 408k.)
+            let (first, second) = work.split_at(work.len() / 2);
             let mut theirs = None;
             let mine = decoder().in_place_scope(|scope| {
                 scope.spawn(|_| theirs = Some(decode_all(second, topic, limits, &layout)));
