@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{ClickEventRef, EventType, Price};
+use crate::{ClickEventRef, EventType, FIELDS, Price};
 
 /// Reads `text` if it is an event in the plain form; `None` sends it to serde.
 pub(crate) fn parse(text: &str) -> Option<ClickEventRef<'_>> {
@@ -173,25 +173,6 @@ fn first_special(bytes: &[u8]) -> Option<usize> {
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
     Some(at + rest)
 }
-
-/// The fields, in the order the producer writes them.
-const FIELDS: [&str; 15] = [
-    "event_id",
-    "timestamp",
-    "user_id",
-    "session_id",
-    "event_type",
-    "page_url",
-    "page_category",
-    "referrer",
-    "device_type",
-    "browser",
-    "country",
-    "duration_ms",
-    "product_id",
-    "price",
-    "quantity",
-];
 
 struct Scan<'a> {
     text: &'a str,

@@ -126,6 +126,29 @@ pub struct ClickEvent {
     pub quantity: Option<u16>,
 }
 
+/// The fields of an event in the order it is written; the first [`REQUIRED_FIELDS`] are
+/// required (the rest are `Option`s).
+pub const FIELDS: [&str; 15] = [
+    "event_id",
+    "timestamp",
+    "user_id",
+    "session_id",
+    "event_type",
+    "page_url",
+    "page_category",
+    "referrer",
+    "device_type",
+    "browser",
+    "country",
+    "duration_ms",
+    "product_id",
+    "price",
+    "quantity",
+];
+
+/// How many of [`FIELDS`], from the first, no event decodes without.
+pub const REQUIRED_FIELDS: usize = 12;
+
 /// A decoded event that borrows its text from the payload: what the sink encodes from, with
 /// no copy of any string unless the JSON escapes it. [`decode_ref`] makes it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -511,6 +534,37 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_slice(&purchase().to_json()).unwrap();
         json.as_object_mut().unwrap().remove(field);
         json.to_string()
+    }
+
+    #[test]
+    fn fields_are_listed_in_the_order_written_the_required_first() {
+        let json = String::from_utf8(purchase().to_json()).unwrap();
+        let mut at = 0;
+        for field in FIELDS {
+            let found = json[at..]
+                .find(&format!("\"{field}\":"))
+                .unwrap_or_else(|| {
+                    panic!("{field} is not the next field of {json}");
+                });
+            at += found;
+        }
+        for (i, field) in FIELDS.iter().enumerate() {
+            // A page view: it needs none of the optional fields.
+            let mut json: serde_json::Value =
+                serde_json::from_slice(&purchase().to_json()).unwrap();
+            json["event_type"] = "page_view".into();
+            json.as_object_mut().unwrap().remove(*field);
+            let decoded = decode_json(&json.to_string());
+            if i < REQUIRED_FIELDS {
+                assert_eq!(
+                    decoded.unwrap_err().reason,
+                    RejectReason::MissingField,
+                    "{field}"
+                );
+            } else {
+                assert!(decoded.is_ok(), "{field} may be absent: {decoded:?}");
+            }
+        }
     }
 
     #[test]

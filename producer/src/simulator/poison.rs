@@ -2,27 +2,14 @@
 //! a real event so that only the one defect of its kind is wrong.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use clickstream_event::{ClickEvent, EventType};
+use clickstream_event::{ClickEvent, EventType, FIELDS, REQUIRED_FIELDS};
 use rand::{Rng, RngExt};
 use serde_json::{Map, Value, json};
 
 use super::PoisonKind;
 
 /// Fields without which no event decodes (the `Option` ones may be absent).
-const REQUIRED: &[&str] = &[
-    "event_id",
-    "timestamp",
-    "user_id",
-    "session_id",
-    "event_type",
-    "page_url",
-    "page_category",
-    "referrer",
-    "device_type",
-    "browser",
-    "country",
-    "duration_ms",
-];
+const REQUIRED: &[&str] = FIELDS.split_at(REQUIRED_FIELDS).0;
 
 pub(super) fn make<R: Rng>(
     kind: PoisonKind,
