@@ -265,7 +265,7 @@ mod tests {
         assert_eq!(
             ownership.changes(),
             seen,
-            "losing an older epoch changes nothing"
+            "losing another epoch changes nothing"
         );
         ownership.lose(1, epoch);
         assert_ne!(ownership.changes(), seen, "a loss");
