@@ -339,6 +339,22 @@ pub fn spawn_sink(
     (shutdown, handle)
 }
 
+/// Waits for a spawned sink to stop by itself, with an error: within `limit` (a guard against
+/// a hang, not a measurement). `why`: why it must stop, for the failure message.
+pub async fn stops_with_error(
+    sink: JoinHandle<Result<(), clickstream_sink::SinkError>>,
+    limit: Duration,
+    why: &str,
+) -> clickstream_sink::SinkError {
+    let Ok(joined) = tokio::time::timeout(limit, sink).await else {
+        panic!("the sink did not stop by itself within {limit:?} ({why})");
+    };
+    match joined.expect("sink task") {
+        Ok(()) => panic!("the sink stopped without an error ({why})"),
+        Err(error) => error,
+    }
+}
+
 /// The sink's `/metrics` on `127.0.0.1:port`, each family summed over its labels.
 pub async fn scrape(port: u16) -> BTreeMap<String, f64> {
     clickstream_testkit::scrape_metrics(port)

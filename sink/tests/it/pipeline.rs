@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Harness, event, messages, spawn_sink};
+use crate::common::{Harness, event, messages, spawn_sink, stops_with_error};
 use chrono::Utc;
 use clickstream_event::{Limits, RejectReason};
 use clickstream_sink::{Delivery, SinkError};
@@ -232,11 +232,7 @@ async fn reused_offsets_of_a_recreated_topic_stop_the_sink_instead_of_skipping()
     h.produce(&messages(0..300)).await;
 
     let (_stop, sink) = spawn_sink(h.settings());
-    let error = tokio::time::timeout(Duration::from_secs(60), sink)
-        .await
-        .expect("the sink stops by itself")
-        .expect("sink task")
-        .expect_err("the sink refuses to go on");
+    let error = stops_with_error(sink, Duration::from_secs(60), "the sink refuses to go on").await;
     let text = error.to_string();
     assert!(text.contains("recreated"), "{text}");
     assert!(text.contains(&h.topic), "{text}");
@@ -372,11 +368,12 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
     settings.insert_timeout_ms = 3_000;
     let started = std::time::Instant::now();
     let (_stop, sink) = spawn_sink(settings);
-    let error = tokio::time::timeout(Duration::from_secs(120), sink)
-        .await
-        .expect("the sink stops instead of retrying the rebuild without end")
-        .unwrap()
-        .expect_err("a rebuild that cannot succeed");
+    let error = stops_with_error(
+        sink,
+        Duration::from_secs(120),
+        "a rebuild that cannot succeed is not retried without end",
+    )
+    .await;
     let text = error.to_string();
     assert!(text.contains("rollup sessions refuses rows"), "{text}");
     assert!(text.contains("kafka_pending_rebuilds"), "{text}");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::{Harness, messages, metric, scrape, spawn_sink};
+use crate::common::{Harness, messages, metric, scrape, spawn_sink, stops_with_error};
 use chrono::Utc;
 use clickstream_producer::simulator::{Generated, PoisonKind, Simulator, SimulatorConfig};
 use clickstream_sink::Settings;
@@ -227,11 +227,12 @@ async fn a_table_dropped_under_the_sink_stops_it_saying_what_to_do() {
         .await
         .expect("drop");
     h.produce(&messages(300..400)).await;
-    let error = tokio::time::timeout(Duration::from_secs(60), sink)
-        .await
-        .expect("the sink stops instead of retrying")
-        .unwrap()
-        .expect_err("no table to write");
+    let error = stops_with_error(
+        sink,
+        Duration::from_secs(60),
+        "no table to write: it stops instead of retrying",
+    )
+    .await;
     let text = error.to_string();
     assert!(text.contains("UNKNOWN_TABLE"), "{text}");
     assert!(

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Harness, messages, spawn_sink};
+use crate::common::{Harness, messages, spawn_sink, stops_with_error};
 use clickstream_sink::writer::ClickHouseWriter;
 use clickstream_sink::{Settings, SinkError};
 use clickstream_testkit::{
@@ -34,11 +34,7 @@ async fn run_to_error(settings: Settings) -> SinkError {
     let (_stop, sink) = spawn_sink(settings);
     // A guard against a hang, not a measurement: the failures here end start-up at once
     // (ClickHouse) or after librdkafka's two 10 s metadata waits (Kafka).
-    tokio::time::timeout(Duration::from_secs(120), sink)
-        .await
-        .expect("the sink stops by itself")
-        .expect("sink task")
-        .expect_err("the sink must not start")
+    stops_with_error(sink, Duration::from_secs(120), "the sink must not start").await
 }
 
 /// The start-up check of the writer alone (the positive controls).
