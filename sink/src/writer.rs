@@ -211,8 +211,8 @@ pub trait Writer: Send + Sync + 'static {
 
     /// Whether the materialized view `view` refuses the stored rows of these offsets of
     /// `partition`: its own SELECT, run over just those rows of the table (what a refused
-    /// insert left there), fails as the INSERT did (error `code`). An error: it cannot tell (a view that does
-    /// not read the table plainly, a failure of another kind).
+    /// insert left there), fails as the INSERT did (error `code`). An error: it cannot tell
+    /// (a view that does not read the table plainly, a failure of another kind).
     fn view_refuses(
         &self,
         topic: &str,
