@@ -22,6 +22,7 @@ use serde::Serialize;
 use super::kafka::{OpsKafka, headers_of};
 use super::{ch, ch_error};
 use crate::SinkError;
+use crate::flush::{FNV_START, fnv};
 use crate::row::RowRef;
 use crate::rows::Sealed;
 use crate::settings::Settings;
@@ -475,13 +476,12 @@ async fn insert_chunk(
             RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
         })
         .collect();
+    // Named by the rows' offsets and event ids (see `flush::ids_mark`: a recreated topic's
+    // letters at the old offsets are other events).
     let token_of = |rows: &[RowRef<'_>]| {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for r in rows {
-            for byte in r.kafka_offset.to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        let hash = rows.iter().fold(FNV_START, |h, r| {
+            fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes())
+        });
         format!(
             "dlq:{}:{}:{}x{hash:016x}",
             settings.topic,

@@ -218,24 +218,7 @@ impl Harness {
 
     /// Produces keyed payloads (key = user id) and waits for every delivery.
     pub async fn produce(&self, messages: &[(String, Vec<u8>)]) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", kafka_brokers())
-            .set("linger.ms", "5")
-            .set("message.max.bytes", "2000000")
-            .create()
-            .expect("producer");
-        let deliveries: Vec<_> = messages
-            .iter()
-            .map(|(key, payload)| {
-                producer
-                    .send_result(FutureRecord::to(&self.topic).key(key).payload(payload))
-                    .map_err(|(e, _)| e)
-                    .expect("enqueue")
-            })
-            .collect();
-        for delivery in deliveries {
-            delivery.await.expect("delivery future").expect("delivered");
-        }
+        produce_on(&kafka_brokers(), &self.topic, messages).await;
     }
 
     /// Reads `expected` dead letters (panics after 60 s).
@@ -287,6 +270,28 @@ impl DeadLetterSeen {
             .get(key)
             .map(String::as_str)
             .unwrap_or_else(|| panic!("no header {key}: {:?}", self.headers))
+    }
+}
+
+/// Produces keyed payloads (key = user id) to `topic` on `brokers`; waits for every delivery.
+pub async fn produce_on(brokers: &str, topic: &str, messages: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer");
+    let deliveries: Vec<_> = messages
+        .iter()
+        .map(|(key, payload)| {
+            producer
+                .send_result(FutureRecord::to(topic).key(key).payload(payload))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery.await.expect("delivery future").expect("delivered");
     }
 }
 
