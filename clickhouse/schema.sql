@@ -341,8 +341,8 @@ GROUP BY day, user_id;
 -- Exactly-once support (sink)
 --
 -- The sink inserts each partition's rows with insert_deduplication_token =
--- 'topic:partition:first-last' (the events table's non_replicated_deduplication_window keeps
--- the last 1000 tokens), and when it is assigned a partition it asks this table whether
+-- 'topic:partition:first-last@mark' (the mark a hash of the first and last rows' event ids;
+-- the events table's non_replicated_deduplication_window keeps the last 1000 tokens), and when it is assigned a partition it asks this table whether
 -- anything from its starting offset on is already stored; only then does it read those
 -- offsets from the events table (helped by the minmax index) and skip them. Fed by the same
 -- INSERT as the events, so it can never disagree with them.
