@@ -476,19 +476,6 @@ async fn insert_chunk(
             RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
         })
         .collect();
-    // Named by the rows' offsets and event ids (see `flush::ids_mark`: a recreated topic's
-    // letters at the old offsets are other events).
-    let token_of = |rows: &[RowRef<'_>]| {
-        let hash = rows.iter().fold(FNV_START, |h, r| {
-            fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes())
-        });
-        format!(
-            "dlq:{}:{}:{}x{hash:016x}",
-            settings.topic,
-            rows.first().map_or(0, |r| r.kafka_partition),
-            rows.len()
-        )
-    };
     let mut pending: Vec<Vec<RowRef<'_>>> = vec![rows];
     while let Some(rows) = pending.pop() {
         if rows.is_empty() {
@@ -506,7 +493,10 @@ async fn insert_chunk(
             };
             let sealed = Sealed::encode(Arc::clone(&layout), &rows);
             let all: Vec<usize> = (0..sealed.len()).collect();
-            match writer.insert(&sealed, &all, Some(&token_of(&rows))).await {
+            match writer
+                .insert(&sealed, &all, Some(&letters_token(&settings.topic, &rows)))
+                .await
+            {
                 Ok(()) => {
                     out.inserted += rows.len() as u64;
                     break;
@@ -562,5 +552,40 @@ impl fmt::Display for Replayed {
             writeln!(f, "  cannot replay: {line}")?;
         }
         Ok(())
+    }
+}
+
+/// The deduplication token of replayed letters (one partition): named by their offsets and
+/// event ids, so a retry deduplicates while a recreated topic's letters at the old offsets,
+/// other events, do not match the old replay's token (see `flush::ids_mark`).
+fn letters_token(topic: &str, rows: &[RowRef<'_>]) -> String {
+    let hash = rows.iter().fold(FNV_START, |h, r| {
+        fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes())
+    });
+    format!(
+        "dlq:{topic}:{}:{}x{hash:016x}",
+        rows.first().map_or(0, |r| r.kafka_partition),
+        rows.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letters_token_names_its_events_not_only_their_offsets() {
+        let rows = |ids: u128| -> Vec<RowRef<'static>> {
+            (10..13)
+                .map(|offset| RowRef {
+                    event_id: uuid::Uuid::from_u128(ids + offset as u128),
+                    ..crate::rows::tests::row(offset, 0)
+                })
+                .collect()
+        };
+        let token = letters_token("t", &rows(1));
+        assert!(token.starts_with("dlq:t:0:3x"), "{token}");
+        assert_eq!(letters_token("t", &rows(1)), token, "the same letters");
+        assert_ne!(letters_token("t", &rows(500)), token, "other events");
     }
 }
