@@ -525,8 +525,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             fenced?;
         }
         let check_ms = checking.elapsed().as_millis() as u64;
+        // Rows read again go in on their own, where the write stage checks they landed.
         let together: Vec<usize> = (0..writes.len())
-            .filter(|&i| writes[i].rows.is_some())
+            .filter(|&i| writes[i].rows.as_ref().is_some_and(|r| !r.reread()))
             .collect();
         let parts: Vec<&Sealed> = together
             .iter()
@@ -934,7 +935,10 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 );
             }
         }
-        Ok(again.seal().unwrap_or_else(|| Sealed::encode(layout, &[])))
+        Ok(again
+            .seal()
+            .unwrap_or_else(|| Sealed::encode(layout, &[]))
+            .with_reread(rows.reread()))
     }
 
     async fn confirm(&self, ack: D::Ack) -> Result<(), Stop> {
@@ -1337,8 +1341,11 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.failpoint.after_insert();
     }
 
-    /// One INSERT of `part`, retried while the failure is transient; after the table changed,
-    /// the rows are encoded again (all of them: later parts need the new encoding too).
+    /// One INSERT of `part` (see [`Flusher::insert_retrying`]). Rows read again at offsets
+    /// ClickHouse once held are then looked for: if their rows were deleted by hand, ClickHouse
+    /// may still remember the original inserts' tokens and drop the new insert as a duplicate,
+    /// reporting success. Rows it dropped so go in again under a token of their own; if even
+    /// that does not store them, the sink stops rather than commit what it did not write.
     async fn insert_with_retry(
         &self,
         partition: i32,
@@ -1347,6 +1354,81 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         part: &Part,
     ) -> Result<(), Stop> {
         let token = self.token(partition, rows, part);
+        self.insert_retrying(partition, epoch, rows, part, token.as_deref())
+            .await?;
+        let Some(token) = token.filter(|_| rows.reread()) else {
+            return Ok(());
+        };
+        let missing = self.not_stored(partition, rows, &part.rows).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            partition,
+            rows = missing.len(),
+            first_offset = rows.offset(missing[0]),
+            "ClickHouse dropped rows read again as duplicates of an earlier insert whose rows \
+             are gone (deleted by hand?); inserting them again under a new token"
+        );
+        self.metrics
+            .rows_dropped_as_duplicates
+            .inc_by(missing.len() as u64);
+        let again = Part {
+            rows: missing,
+            run: false,
+        };
+        let fresh = format!(
+            "{token}~{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        self.insert_retrying(partition, epoch, rows, &again, Some(&fresh))
+            .await?;
+        let missing = self.not_stored(partition, rows, &again.rows).await?;
+        if let Some(&first) = missing.first() {
+            return Err(Stop::Fatal(SinkError::Inconsistent(format!(
+                "{}[{partition}]: {} rows from offset {} are not in the events table after two \
+                 INSERTs that ClickHouse reported as successful (the second under a new \
+                 deduplication token). Nothing was committed for them. Check the table for a \
+                 row policy, a TTL or a mutation that removes them, then start the sink again",
+                self.topic,
+                missing.len(),
+                rows.offset(first),
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Of the rows `part` of `rows` (indices), those ClickHouse does not hold (an event id
+    /// other than the row's at its offset is an inconsistency, as in [`Flusher::fence`]).
+    async fn not_stored(
+        &self,
+        partition: i32,
+        rows: &Sealed,
+        part: &[usize],
+    ) -> Result<Vec<usize>, Stop> {
+        let (from, to) = (rows.offset(part[0]), rows.offset(part[part.len() - 1]));
+        let stored = self.stored(partition, from, to).await?;
+        Ok(part
+            .iter()
+            .copied()
+            .filter(|&i| stored.get(&rows.offset(i)) != Some(&rows.id_and_time(i).0))
+            .collect())
+    }
+
+    /// One INSERT of `part` under `token`, retried while the failure is transient; after the
+    /// table changed, the rows are encoded again (all of them: later parts need the new
+    /// encoding too).
+    async fn insert_retrying(
+        &self,
+        partition: i32,
+        epoch: u64,
+        rows: &mut Sealed,
+        part: &Part,
+        token: Option<&str>,
+    ) -> Result<(), Stop> {
         let mut retry = self.retry.start(Operation::Insert);
         let mut schema_changes = 0;
         loop {
@@ -1354,7 +1436,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             let started = Instant::now();
             let inserted = {
                 let _shared = self.repairing.read().await;
-                self.writer.insert(rows, &part.rows, token.as_deref()).await
+                self.writer.insert(rows, &part.rows, token).await
             };
             let failure = match inserted {
                 Ok(()) => {
@@ -1575,6 +1657,9 @@ pub(crate) mod tests {
         pub(crate) hang_lookups: std::sync::atomic::AtomicBool,
         /// Lookups hanging now (a cancelled one is no longer counted).
         pub(crate) hanging: Arc<std::sync::atomic::AtomicUsize>,
+        /// Deduplicates by token as ClickHouse does (`Some`: the tokens of inserts that
+        /// succeeded, kept when their rows are deleted); an insert repeating one stores nothing.
+        remembered: Option<Mutex<HashSet<String>>>,
     }
 
     /// Counts a hanging lookup while it lives.
@@ -1609,6 +1694,7 @@ pub(crate) mod tests {
                 probes: Default::default(),
                 hang_lookups: Default::default(),
                 hanging: Default::default(),
+                remembered: None,
             }
         }
 
@@ -1658,7 +1744,13 @@ pub(crate) mod tests {
                     .collect();
                 (self.rule)(&seen)
             };
-            if result.is_ok() || self.partial {
+            let repeated = match (&self.remembered, token) {
+                (Some(remembered), Some(token)) if result.is_ok() => {
+                    !remembered.lock().unwrap().insert(token.to_owned())
+                }
+                _ => false,
+            };
+            if (result.is_ok() || self.partial) && !repeated {
                 let mut stored = self.stored.lock().unwrap();
                 let mut rollup = self.rollup.lock().unwrap();
                 for &i in part {
@@ -2306,6 +2398,51 @@ pub(crate) mod tests {
                 "{old} {new}"
             );
         }
+    }
+
+    /// Rows deleted by hand and read again (a group reset) go into inserts with their original
+    /// tokens, which ClickHouse still remembers: it drops them and reports success. Rows read
+    /// again are looked for after their insert and, missing, written under a new token.
+    #[tokio::test]
+    async fn rows_read_again_that_clickhouse_drops_as_duplicates_go_in_again() {
+        let mut writer = FakeWriter::new(|_| Ok(()));
+        writer.remembered = Some(Mutex::default());
+        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
+        flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
+        // Deleted by hand, then the same messages read again.
+        flusher.writer.stored.lock().unwrap().clear();
+        let mut reread = batch(&flusher, epoch, &rows);
+        reread.rows.mark_reread();
+        let report = flusher.write_one(reread).await.unwrap();
+        assert_eq!(report.inserted, 10);
+        assert_eq!(
+            flusher.writer.stored.lock().unwrap().len(),
+            10,
+            "every row stored again"
+        );
+        let tokens = flusher.writer.tokens();
+        assert_eq!(tokens.len(), 3, "{tokens:?}");
+        assert_eq!(tokens[0], tokens[1], "the re-read rows' own token first");
+        assert!(
+            tokens[2].starts_with(&format!("{}~", tokens[0])),
+            "then a new one: {tokens:?}"
+        );
+        assert_eq!(commits(&flusher), vec![(0, 10), (0, 10)]);
+
+        // Rows not read again are not looked for (the normal path costs no query).
+        flusher.writer.stored.lock().unwrap().clear();
+        flusher
+            .write_one(batch(&flusher, epoch, &rows))
+            .await
+            .unwrap();
+        assert!(
+            flusher.writer.stored.lock().unwrap().is_empty(),
+            "dropped: nothing told the sink these rows were read again"
+        );
     }
 
     #[test]

@@ -676,6 +676,9 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
             batcher.push(partition, epoch, offset, Entry::AlreadyStored, now);
             return Ok(());
         }
+        // At or below what ClickHouse holds at most, yet not stored (deleted by hand, before
+        // a group reset): the write stage checks such rows landed.
+        let reread = state.max_stored.is_some_and(|max| offset <= max);
         // Validate against the message's own timestamp, so a replay decides the same way.
         let timestamp_ms = message.timestamp().to_millis();
         let outcome = match ahead {
@@ -694,6 +697,9 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                 let mut pushed = false;
                 batcher.push_row(partition, epoch, offset, now, |rows| {
                     pushed = rows.push_encoded(layout, &buffer[start..end], offset, event_time_ms);
+                    if pushed && reread {
+                        rows.mark_reread();
+                    }
                 });
                 if pushed {
                     return Ok(());
@@ -725,7 +731,10 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                                 .expect("the table's structure is read at start")
                         },
                         &row,
-                    )
+                    );
+                    if reread {
+                        rows.mark_reread();
+                    }
                 });
             }
             Err(rejection) => {
@@ -733,7 +742,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     .dead_lettered
                     .get_or_create(&Metrics::label("reason", rejection.reason.as_str()))
                     .inc();
-                if state.max_stored.is_some_and(|max| offset <= max) {
+                if reread {
                     // Read again after a crash or rebalance: the topic has it already.
                     self.metrics.dead_letters_repeated.inc();
                 }

@@ -62,6 +62,9 @@ pub struct Metrics {
     /// Rows a refused insert left in the table (and in the views fed before the failing
     /// one), deleted before inserting them again.
     pub partial_rows_removed: Counter,
+    /// Rows read again that ClickHouse dropped as duplicates of an insert whose rows are gone
+    /// (its token remembered), inserted again under a new token.
+    pub rows_dropped_as_duplicates: Counter,
     /// Rollup keys (windows, sessions, days, ...) rebuilt from the table after such a delete.
     pub rollup_keys_rebuilt: Counter,
     /// Newest event time among the rows written, by partition (unix seconds).
@@ -112,6 +115,7 @@ impl Metrics {
             dead_letters_repeated: Counter::default(),
             duplicate_event_ids: Counter::default(),
             partial_rows_removed: Counter::default(),
+            rows_dropped_as_duplicates: Counter::default(),
             rollup_keys_rebuilt: Counter::default(),
             newest_event_time_seconds: Family::default(),
             seconds_since_insert: Family::default(),
@@ -240,6 +244,12 @@ impl Metrics {
             "partial_rows_removed",
             "Rows a refused insert left in the table, deleted before inserting again",
             metrics.partial_rows_removed.clone(),
+        );
+        registry.register(
+            "rows_dropped_as_duplicates",
+            "Rows read again that ClickHouse dropped as duplicates of an insert whose rows are \
+             gone, inserted again under a new token",
+            metrics.rows_dropped_as_duplicates.clone(),
         );
         registry.register(
             "rollup_keys_rebuilt",

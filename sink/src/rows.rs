@@ -42,9 +42,17 @@ pub struct Rows {
     /// Capacity of every piece but the last (they no longer change): `bytes` stays O(1).
     closed_bytes: usize,
     newest_event_ms: Option<i64>,
+    /// Some rows are at offsets ClickHouse once held (see [`Sealed::reread`]).
+    reread: bool,
 }
 
 impl Rows {
+    /// Notes that a row pushed is at an offset at or below the highest one ClickHouse holds
+    /// for its partition: read again (a group reset, a replay after rows were deleted).
+    pub fn mark_reread(&mut self) {
+        self.reread = true;
+    }
+
     /// Encodes `row` with the layout of this segment (the first row's: `layout` is asked only
     /// then), so that one buffer is in one structure.
     pub fn push(&mut self, layout: impl FnOnce() -> Arc<Layout>, row: &RowRef<'_>) {
@@ -128,6 +136,7 @@ impl Rows {
             layout,
             chunks: self.chunks.into_iter().map(Bytes::from).collect(),
             index: self.index,
+            reread: self.reread,
         })
     }
 }
@@ -147,6 +156,10 @@ pub struct Sealed {
     pub layout: Arc<Layout>,
     chunks: Vec<Bytes>,
     index: Vec<Entry>,
+    /// Some rows were read again at offsets ClickHouse once held: their inserts may repeat
+    /// deduplication tokens it still remembers after the rows were deleted, so the write
+    /// stage checks that they landed.
+    reread: bool,
 }
 
 impl Sealed {
@@ -160,6 +173,7 @@ impl Sealed {
             layout,
             chunks: Vec::new(),
             index: Vec::new(),
+            reread: false,
         })
     }
 
@@ -184,6 +198,7 @@ impl Sealed {
             layout,
             chunks,
             index,
+            reread: parts.iter().any(|p| p.reread),
         })
     }
 
@@ -193,6 +208,17 @@ impl Sealed {
 
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    /// Whether some rows were read again at offsets ClickHouse once held.
+    pub fn reread(&self) -> bool {
+        self.reread
+    }
+
+    /// These rows, marked as read again or not (rows encoded again keep their origin's mark).
+    pub fn with_reread(mut self, reread: bool) -> Sealed {
+        self.reread = reread;
+        self
     }
 
     pub fn bytes(&self) -> usize {
@@ -265,6 +291,7 @@ impl Sealed {
         }
         let mut rows = Rows {
             layout: Some(self.layout.clone()),
+            reread: self.reread,
             ..Rows::default()
         };
         for &i in &kept {
@@ -290,6 +317,7 @@ impl Sealed {
             layout: self.layout,
             chunks: Vec::new(),
             index: Vec::new(),
+            reread: self.reread,
         })
     }
 }

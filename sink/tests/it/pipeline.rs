@@ -330,6 +330,45 @@ async fn a_recreated_topic_whose_old_rows_were_deleted_is_stored_whole() {
     }
 }
 
+/// Rows deleted by hand, then read again after a group reset: the inserts cover the same
+/// offset ranges with the same events, so the same deduplication tokens, which ClickHouse
+/// still remembers. It drops them and reports success; had the sink believed it, it would have
+/// committed rows it never stored. Every row must be stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
+    let h = Harness::new("it_deleted_reread").await;
+    h.produce(&messages(0..300)).await;
+    let run = |group: String| {
+        let h = &h;
+        async move {
+            let settings = Settings {
+                group,
+                // Every partition's rows in one flush, in one insert each: the same offset
+                // ranges in both runs.
+                flush_interval_ms: 3_000,
+                partitions_per_insert: 1,
+                ..h.settings()
+            };
+            let (stop, sink) = spawn_sink(settings);
+            h.wait_rows(300, Duration::from_secs(60)).await;
+            stop.cancel();
+            sink.await.unwrap().expect("clean shutdown");
+        }
+    };
+    run(h.group.clone()).await;
+    h.client
+        .query("ALTER TABLE events DELETE WHERE kafka_topic = ? SETTINGS mutations_sync = 2")
+        .bind(&h.topic)
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!(h.count("SELECT count() FROM events").await, 0);
+    // A group reset: a new group reads the topic from its start.
+    run(format!("{}_reset", h.group)).await;
+    assert_eq!(h.count("SELECT count() FROM events").await, 300);
+    assert_eq!(h.count("SELECT uniqExact(event_id) FROM events").await, 300);
+}
+
 /// A view that refuses some rows (a user's own check, `throwIf`) runs after the table and
 /// some rollups took the block: the rows the sink then writes again (the bisection's halves)
 /// must not be counted twice by those rollups.
