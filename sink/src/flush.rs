@@ -668,7 +668,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 return Err(Stop::Cancelled);
             }
             match self
-                .insert_with_retry(partition, epoch, &mut rows, &part)
+                .insert_with_retry(partition, epoch, &mut rows, &part, repair)
                 .await
             {
                 Ok(()) => {
@@ -1346,12 +1346,15 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     /// may still remember the original inserts' tokens and drop the new insert as a duplicate,
     /// reporting success. Rows it dropped so go in again under a token of their own; if even
     /// that does not store them, the sink stops rather than commit what it did not write.
+    /// Stored, their rollup keys are rebuilt with the flush's `repair`: the rollups may still
+    /// count them from before (a delete by hand leaves the rollups as they were).
     async fn insert_with_retry(
         &self,
         partition: i32,
         epoch: u64,
         rows: &mut Sealed,
         part: &Part,
+        repair: &mut Repair,
     ) -> Result<(), Stop> {
         let token = self.token(partition, rows, part);
         self.insert_retrying(partition, epoch, rows, part, token.as_deref())
@@ -1359,6 +1362,21 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         let Some(token) = token.filter(|_| rows.reread()) else {
             return Ok(());
         };
+        self.insert_dropped(partition, epoch, rows, part, &token)
+            .await?;
+        self.rebuild_reread(partition, rows, part, repair).await
+    }
+
+    /// Rows read again, inserted under `token`: those ClickHouse dropped as duplicates go in
+    /// again under a new token (see [`Flusher::insert_with_retry`]).
+    async fn insert_dropped(
+        &self,
+        partition: i32,
+        epoch: u64,
+        rows: &mut Sealed,
+        part: &Part,
+        token: &str,
+    ) -> Result<(), Stop> {
         let missing = self.not_stored(partition, rows, &part.rows).await?;
         if missing.is_empty() {
             return Ok(());
@@ -1398,6 +1416,49 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 rows.offset(first),
             ))));
         }
+        Ok(())
+    }
+
+    /// Rows read again are stored: the rollup keys they touch are recorded and rebuilt once the
+    /// flush's rows are in (as after a refused insert), so the rollups count them once.
+    async fn rebuild_reread(
+        &self,
+        partition: i32,
+        rows: &Sealed,
+        part: &Part,
+        repair: &mut Repair,
+    ) -> Result<(), Stop> {
+        let offsets: Vec<i64> = part.rows.iter().map(|&i| rows.offset(i)).collect();
+        let touched = self
+            .repair_step(
+                Some(partition),
+                "reading the rollup keys of rows read again",
+                || self.writer.touched_keys(&self.topic, partition, &offsets),
+            )
+            .await?;
+        if !touched.undeclared.is_empty() {
+            tracing::error!(
+                partition,
+                from = offsets[0],
+                views = %touched.undeclared.join(", "),
+                "these materialized views have no rebuild declaration in clickhouse/schema.sql: \
+                 they may count rows read again twice; check with `clickstream-sink verify`"
+            );
+        }
+        if touched.is_empty() {
+            return Ok(());
+        }
+        if repair.id == 0 {
+            repair.id = rand::random::<u64>() >> 1 | 1;
+        }
+        let id = repair.id;
+        self.repair_step(
+            Some(partition),
+            "recording the rollup keys to rebuild (the sink user needs INSERT on kafka_pending_rebuilds)",
+            || self.writer.note_rebuild(&self.topic, partition, id, &touched),
+        )
+        .await?;
+        repair.keys.merge(touched);
         Ok(())
     }
 
@@ -2402,7 +2463,8 @@ pub(crate) mod tests {
 
     /// Rows deleted by hand and read again (a group reset) go into inserts with their original
     /// tokens, which ClickHouse still remembers: it drops them and reports success. Rows read
-    /// again are looked for after their insert and, missing, written under a new token.
+    /// again are looked for after their insert and, missing, written under a new token; then
+    /// the rollup keys they touch are rebuilt (the delete left the rollups counting them).
     #[tokio::test]
     async fn rows_read_again_that_clickhouse_drops_as_duplicates_go_in_again() {
         let mut writer = FakeWriter::new(|_| Ok(()));
@@ -2432,6 +2494,10 @@ pub(crate) mod tests {
             "then a new one: {tokens:?}"
         );
         assert_eq!(commits(&flusher), vec![(0, 10), (0, 10)]);
+        // The delete left the rollup counting the rows; stored again, they are counted once.
+        let rollup = flusher.writer.rollup.lock().unwrap().clone();
+        assert_eq!(rollup, (0..10).map(|o| (o, 1)).collect(), "counted once");
+        assert!(flusher.writer.pending.lock().unwrap().is_empty(), "record gone");
 
         // Rows not read again are not looked for (the normal path costs no query).
         flusher.writer.stored.lock().unwrap().clear();

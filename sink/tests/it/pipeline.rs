@@ -333,7 +333,8 @@ async fn a_recreated_topic_whose_old_rows_were_deleted_is_stored_whole() {
 /// Rows deleted by hand, then read again after a group reset: the inserts cover the same
 /// offset ranges with the same events, so the same deduplication tokens, which ClickHouse
 /// still remembers. It drops them and reports success; had the sink believed it, it would have
-/// committed rows it never stored. Every row must be stored again.
+/// committed rows it never stored. Every row must be stored again, and counted once by the
+/// rollups (which the delete left as they were).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
     let h = Harness::new("it_deleted_reread").await;
@@ -367,6 +368,20 @@ async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
     run(format!("{}_reset", h.group)).await;
     assert_eq!(h.count("SELECT count() FROM events").await, 300);
     assert_eq!(h.count("SELECT uniqExact(event_id) FROM events").await, 300);
+    // The delete left the rollups counting the rows: their keys were rebuilt, so they count
+    // each stored row once.
+    let reports =
+        clickstream_sink::ops::verify::check_rollups(&h.client, &h.database, "events", None)
+            .await
+            .unwrap();
+    assert!(!reports.is_empty());
+    for report in &reports {
+        assert_eq!(
+            (report.differing_keys, report.rollup_total),
+            (0, report.raw_total),
+            "{report:?}"
+        );
+    }
 }
 
 /// A view that refuses some rows (a user's own check, `throwIf`) runs after the table and
