@@ -2497,7 +2497,10 @@ pub(crate) mod tests {
         // The delete left the rollup counting the rows; stored again, they are counted once.
         let rollup = flusher.writer.rollup.lock().unwrap().clone();
         assert_eq!(rollup, (0..10).map(|o| (o, 1)).collect(), "counted once");
-        assert!(flusher.writer.pending.lock().unwrap().is_empty(), "record gone");
+        assert!(
+            flusher.writer.pending.lock().unwrap().is_empty(),
+            "record gone"
+        );
 
         // Rows not read again are not looked for (the normal path costs no query).
         flusher.writer.stored.lock().unwrap().clear();
