@@ -48,7 +48,7 @@ pub struct Rows {
 
 impl Rows {
     /// Notes that a row pushed is at an offset at or below the highest one ClickHouse holds
-    /// for its partition: read again (a group reset, a replay after rows were deleted).
+    /// for its partition: read again (a group reset after rows were deleted by hand).
     pub fn mark_reread(&mut self) {
         self.reread = true;
     }
