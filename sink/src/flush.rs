@@ -372,7 +372,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             tracing::error!(
                 keys = repair.keys.keys(),
                 partitions = %partitions.join(","),
-                "the rollup keys a refused insert touched are not rebuilt yet: the views fed before the failing one count those rows twice until the next sink that owns these partitions rebuilds them at its first write (they are recorded in {})",
+                "the rollup keys a refused insert (or rows read again) touched are not rebuilt yet: the rollups count those rows twice until the next sink that owns these partitions rebuilds them at its first write (they are recorded in {})",
                 crate::writer::PENDING_REBUILDS_TABLE
             );
             inserted?;
@@ -527,7 +527,12 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         let check_ms = checking.elapsed().as_millis() as u64;
         // Rows read again go in on their own, where the write stage checks they landed.
         let together: Vec<usize> = (0..writes.len())
-            .filter(|&i| writes[i].rows.as_ref().is_some_and(|r| !r.reread()))
+            .filter(|&i| {
+                writes[i]
+                    .rows
+                    .as_ref()
+                    .is_some_and(|r| r.reread_through().is_none())
+            })
             .collect();
         let parts: Vec<&Sealed> = together
             .iter()
@@ -938,7 +943,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         Ok(again
             .seal()
             .unwrap_or_else(|| Sealed::encode(layout, &[]))
-            .with_reread(rows.reread()))
+            .with_reread_through(rows.reread_through()))
     }
 
     async fn confirm(&self, ack: D::Ack) -> Result<(), Stop> {
@@ -1146,7 +1151,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 partitions = ?partitions,
                 records = ids.len(),
                 keys = keys.keys(),
-                "a sink stopped before rebuilding the rollup keys a refused insert touched: rebuilding them once this flush's rows are in"
+                "a sink stopped before rebuilding the rollup keys a refused insert (or rows read again) touched: rebuilding them once this flush's rows are in"
             );
             repair.keys.merge(keys);
             repair.recovered.extend(ids);
@@ -1224,7 +1229,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         tracing::info!(
             keys = keys.keys(),
             rollups = keys.rollups.len(),
-            "rebuilt the rollup keys a refused insert touched from the table"
+            "rebuilt the rollup keys a refused insert (or rows read again) touched from the table"
         );
         self.metrics.rollup_keys_rebuilt.inc_by(keys.keys() as u64);
         Ok(())
@@ -1341,13 +1346,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.failpoint.after_insert();
     }
 
-    /// One INSERT of `part` (see [`Flusher::insert_retrying`]). Rows read again at offsets
-    /// ClickHouse once held are then looked for: if their rows were deleted by hand, ClickHouse
-    /// may still remember the original inserts' tokens and drop the new insert as a duplicate,
-    /// reporting success. Rows it dropped so go in again under a token of their own; if even
-    /// that does not store them, the sink stops rather than commit what it did not write.
-    /// Stored, their rollup keys are rebuilt with the flush's `repair`: the rollups may still
-    /// count them from before (a delete by hand leaves the rollups as they were).
+    /// One INSERT of `part` (see [`Flusher::insert_retrying`]), then, for its rows read again
+    /// at offsets ClickHouse once held (see [`Sealed::reread_through`]):
+    /// - the rollup keys of those that landed are recorded and rebuilt with the flush's
+    ///   `repair`: the rollups may still count them from before (a delete by hand leaves them
+    ///   as they were);
+    /// - those that did not land were dropped as duplicates: their rows were deleted by hand,
+    ///   but ClickHouse still remembers the original inserts' tokens. They go in again under
+    ///   a new token (see [`Flusher::insert_dropped`]).
     async fn insert_with_retry(
         &self,
         partition: i32,
@@ -1359,83 +1365,119 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         let token = self.token(partition, rows, part);
         self.insert_retrying(partition, epoch, rows, part, token.as_deref())
             .await?;
-        let Some(token) = token.filter(|_| rows.reread()) else {
+        let (Some(token), Some(ceiling)) = (token, rows.reread_through()) else {
             return Ok(());
         };
-        self.insert_dropped(partition, epoch, rows, part, &token)
+        let reread: Vec<usize> = part
+            .rows
+            .iter()
+            .copied()
+            .filter(|&i| rows.offset(i) <= ceiling)
+            .collect();
+        if reread.is_empty() {
+            return Ok(());
+        }
+        // Recorded at once (a crash now leaves them to the partition's next owner).
+        self.rebuild_reread(partition, rows, &reread, ceiling, repair)
             .await?;
-        self.rebuild_reread(partition, rows, part, repair).await
+        self.insert_dropped(partition, epoch, rows, reread, &token, ceiling, repair)
+            .await
     }
 
-    /// Rows read again, inserted under `token`: those ClickHouse dropped as duplicates go in
-    /// again under a new token (see [`Flusher::insert_with_retry`]).
+    /// Of the rows `reread` (read again, inserted under `token`), those ClickHouse dropped as
+    /// duplicates go in again under a new token: first one derived from `token` (the same for
+    /// any sink that does this, so two of them still deduplicate), then, should that be
+    /// remembered too (a second delete by hand), a unique one. Stored, their rollup keys are
+    /// recorded for the rebuild. If even that does not store them, the sink stops rather than
+    /// commit what it did not write.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_dropped(
         &self,
         partition: i32,
         epoch: u64,
         rows: &mut Sealed,
-        part: &Part,
+        reread: Vec<usize>,
         token: &str,
+        ceiling: i64,
+        repair: &mut Repair,
     ) -> Result<(), Stop> {
-        let missing = self.not_stored(partition, rows, &part.rows).await?;
-        if missing.is_empty() {
+        let mut missing = self.not_stored(partition, rows, &reread).await?;
+        for round in 1..=2 {
+            if missing.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(
+                partition,
+                rows = missing.len(),
+                first_offset = rows.offset(missing[0]),
+                "ClickHouse dropped rows read again as duplicates of an earlier insert whose \
+                 rows are gone (deleted by hand?); inserting them again under a new token"
+            );
+            self.metrics
+                .rows_dropped_as_duplicates
+                .inc_by(missing.len() as u64);
+            let fresh = if round == 1 {
+                format!("{token}~again")
+            } else {
+                format!(
+                    "{token}~{:x}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos()
+                )
+            };
+            let again = Part {
+                rows: missing,
+                run: false,
+            };
+            self.insert_retrying(partition, epoch, rows, &again, Some(&fresh))
+                .await?;
+            self.rebuild_reread(partition, rows, &again.rows, ceiling, repair)
+                .await?;
+            missing = self.not_stored(partition, rows, &again.rows).await?;
+        }
+        let Some(&first) = missing.first() else {
             return Ok(());
-        }
-        tracing::warn!(
-            partition,
-            rows = missing.len(),
-            first_offset = rows.offset(missing[0]),
-            "ClickHouse dropped rows read again as duplicates of an earlier insert whose rows \
-             are gone (deleted by hand?); inserting them again under a new token"
-        );
-        self.metrics
-            .rows_dropped_as_duplicates
-            .inc_by(missing.len() as u64);
-        let again = Part {
-            rows: missing,
-            run: false,
         };
-        let fresh = format!(
-            "{token}~{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
-        self.insert_retrying(partition, epoch, rows, &again, Some(&fresh))
-            .await?;
-        let missing = self.not_stored(partition, rows, &again.rows).await?;
-        if let Some(&first) = missing.first() {
-            return Err(Stop::Fatal(SinkError::Inconsistent(format!(
-                "{}[{partition}]: {} rows from offset {} are not in the events table after two \
-                 INSERTs that ClickHouse reported as successful (the second under a new \
-                 deduplication token). Nothing was committed for them. Check the table for a \
-                 row policy, a TTL or a mutation that removes them, then start the sink again",
-                self.topic,
-                missing.len(),
-                rows.offset(first),
-            ))));
-        }
-        Ok(())
+        Err(Stop::Fatal(SinkError::Inconsistent(format!(
+            "{}[{partition}]: {} rows from offset {} are not in the events table after INSERTs \
+             that ClickHouse reported as successful (the last under a new deduplication token). \
+             Nothing was committed for them. Check the table for a row policy, a TTL or a \
+             mutation that removes them, then start the sink again",
+            self.topic,
+            missing.len(),
+            rows.offset(first),
+        ))))
     }
 
-    /// Rows read again are stored: the rollup keys they touch are recorded and rebuilt once the
-    /// flush's rows are in (as after a refused insert), so the rollups count them once.
+    /// The rows `reread` (read again, through `ceiling`) that ClickHouse holds now: the rollup
+    /// keys they touch are recorded and rebuilt once the flush's rows are in (as after a
+    /// refused insert), so the rollups count them once. The progress table is rebuilt only
+    /// once the rows reach `ceiling`: rebuilt earlier, from the rows read again so far, it
+    /// would forget how far ClickHouse held the partition, and a sink restarted meanwhile
+    /// would no longer know the rest is read again.
     async fn rebuild_reread(
         &self,
         partition: i32,
         rows: &Sealed,
-        part: &Part,
+        reread: &[usize],
+        ceiling: i64,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
-        let offsets: Vec<i64> = part.rows.iter().map(|&i| rows.offset(i)).collect();
-        let touched = self
+        let offsets: Vec<i64> = reread.iter().map(|&i| rows.offset(i)).collect();
+        let mut touched = self
             .repair_step(
                 Some(partition),
                 "reading the rollup keys of rows read again",
                 || self.writer.touched_keys(&self.topic, partition, &offsets),
             )
             .await?;
+        if offsets.last().is_some_and(|&last| last < ceiling) {
+            touched
+                .rollups
+                .retain(|(rollup, _)| rollup.target != crate::writer::PROGRESS_TABLE);
+        }
         if !touched.undeclared.is_empty() {
             tracing::error!(
                 partition,
@@ -1462,8 +1504,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         Ok(())
     }
 
-    /// Of the rows `part` of `rows` (indices), those ClickHouse does not hold (an event id
-    /// other than the row's at its offset is an inconsistency, as in [`Flusher::fence`]).
+    /// Of the rows `part` of `rows` (indices), those ClickHouse does not hold; another event
+    /// at one of their offsets is an inconsistency, as in [`Flusher::fence`].
     async fn not_stored(
         &self,
         partition: i32,
@@ -1472,11 +1514,22 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     ) -> Result<Vec<usize>, Stop> {
         let (from, to) = (rows.offset(part[0]), rows.offset(part[part.len() - 1]));
         let stored = self.stored(partition, from, to).await?;
-        Ok(part
-            .iter()
-            .copied()
-            .filter(|&i| stored.get(&rows.offset(i)) != Some(&rows.id_and_time(i).0))
-            .collect())
+        let mut missing = Vec::new();
+        for &i in part {
+            let (offset, id) = (rows.offset(i), rows.id_and_time(i).0);
+            match stored.get(&offset) {
+                Some(held) if *held == id => {}
+                Some(held) => {
+                    return Err(Stop::Fatal(SinkError::Inconsistent(format!(
+                        "{}[{partition}] offset {offset}: ClickHouse holds event {held} there, \
+                         but the message is event {id}. {REUSED_OFFSETS}",
+                        self.topic
+                    ))));
+                }
+                None => missing.push(i),
+            }
+        }
+        Ok(missing)
     }
 
     /// One INSERT of `part` under `token`, retried while the failure is transient; after the
@@ -1721,6 +1774,8 @@ pub(crate) mod tests {
         /// Deduplicates by token as ClickHouse does (`Some`: the tokens of inserts that
         /// succeeded, kept when their rows are deleted); an insert repeating one stores nothing.
         remembered: Option<Mutex<HashSet<String>>>,
+        /// The rows also feed the progress table (one key, `-1`, per partition).
+        progress: bool,
     }
 
     /// Counts a hanging lookup while it lives.
@@ -1756,6 +1811,7 @@ pub(crate) mod tests {
                 hang_lookups: Default::default(),
                 hanging: Default::default(),
                 remembered: None,
+                progress: false,
             }
         }
 
@@ -1858,8 +1914,18 @@ pub(crate) mod tests {
                 select: String::new(),
             };
             let keys = offsets.iter().map(|o| o.to_string()).collect();
+            let mut rollups = vec![(rollup, keys)];
+            if self.progress {
+                let progress = Rollup {
+                    view: "progress_mv".into(),
+                    target: crate::writer::PROGRESS_TABLE.into(),
+                    rebuild: None,
+                    select: String::new(),
+                };
+                rollups.push((progress, vec!["-1".into()]));
+            }
             Ok(TouchedKeys {
-                rollups: vec![(rollup, keys)],
+                rollups,
                 undeclared: Vec::new(),
             })
         }
@@ -2478,7 +2544,7 @@ pub(crate) mod tests {
         // Deleted by hand, then the same messages read again.
         flusher.writer.stored.lock().unwrap().clear();
         let mut reread = batch(&flusher, epoch, &rows);
-        reread.rows.mark_reread();
+        reread.rows.mark_reread(9);
         let report = flusher.write_one(reread).await.unwrap();
         assert_eq!(report.inserted, 10);
         assert_eq!(
@@ -2511,6 +2577,42 @@ pub(crate) mod tests {
         assert!(
             flusher.writer.stored.lock().unwrap().is_empty(),
             "dropped: nothing told the sink these rows were read again"
+        );
+    }
+
+    /// The progress table says how far ClickHouse held a partition: what tells a sink which
+    /// rows it reads again. Rebuilt from the rows read again so far, it would forget the rest,
+    /// and a sink restarted half-way would insert those unchecked (dropped as duplicates, the
+    /// loss above). It is rebuilt only with the rows that reach how far it held.
+    #[tokio::test]
+    async fn rows_read_again_rebuild_the_progress_table_only_once_they_reach_its_maximum() {
+        let mut writer = FakeWriter::new(|_| Ok(()));
+        writer.progress = true;
+        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
+        let sealed = batch(&flusher, epoch, &rows).rows.seal().unwrap();
+        let targets = |repair: &Repair| -> Vec<String> {
+            repair
+                .keys
+                .rollups
+                .iter()
+                .map(|(r, _)| r.target.clone())
+                .collect()
+        };
+        let mut repair = Repair::default();
+        flusher
+            .rebuild_reread(0, &sealed, &[0, 1, 2, 3, 4], 9, &mut repair)
+            .await
+            .unwrap_or_else(|_| panic!("recorded"));
+        assert_eq!(targets(&repair), ["rollup"], "half-way");
+        flusher
+            .rebuild_reread(0, &sealed, &[5, 6, 7, 8, 9], 9, &mut repair)
+            .await
+            .unwrap_or_else(|_| panic!("recorded"));
+        assert_eq!(
+            targets(&repair),
+            ["rollup", crate::writer::PROGRESS_TABLE],
+            "through the maximum"
         );
     }
 

@@ -678,7 +678,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
         }
         // At or below what ClickHouse holds at most, yet not stored (deleted by hand, before
         // a group reset): the write stage checks such rows landed.
-        let reread = state.max_stored.is_some_and(|max| offset <= max);
+        let reread = state.max_stored.filter(|&max| offset <= max);
         // Validate against the message's own timestamp, so a replay decides the same way.
         let timestamp_ms = message.timestamp().to_millis();
         let outcome = match ahead {
@@ -697,8 +697,8 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                 let mut pushed = false;
                 batcher.push_row(partition, epoch, offset, now, |rows| {
                     pushed = rows.push_encoded(layout, &buffer[start..end], offset, event_time_ms);
-                    if pushed && reread {
-                        rows.mark_reread();
+                    if let Some(ceiling) = reread.filter(|_| pushed) {
+                        rows.mark_reread(ceiling);
                     }
                 });
                 if pushed {
@@ -732,8 +732,8 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                         },
                         &row,
                     );
-                    if reread {
-                        rows.mark_reread();
+                    if let Some(ceiling) = reread {
+                        rows.mark_reread(ceiling);
                     }
                 });
             }
@@ -742,7 +742,7 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
                     .dead_lettered
                     .get_or_create(&Metrics::label("reason", rejection.reason.as_str()))
                     .inc();
-                if reread {
+                if reread.is_some() {
                     // Read again after a crash or rebalance: the topic has it already.
                     self.metrics.dead_letters_repeated.inc();
                 }

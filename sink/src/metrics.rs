@@ -248,12 +248,13 @@ impl Metrics {
         registry.register(
             "rows_dropped_as_duplicates",
             "Rows read again that ClickHouse dropped as duplicates of an insert whose rows are \
-             gone, inserted again under a new token",
+             gone (then inserted again under a new token)",
             metrics.rows_dropped_as_duplicates.clone(),
         );
         registry.register(
             "rollup_keys_rebuilt",
-            "Rollup keys rebuilt from the table after a refused insert's rows were deleted",
+            "Rollup keys rebuilt from the table after a refused insert's rows were deleted, or \
+             after rows deleted by hand were read again",
             metrics.rollup_keys_rebuilt.clone(),
         );
         registry.register(

@@ -42,15 +42,16 @@ pub struct Rows {
     /// Capacity of every piece but the last (they no longer change): `bytes` stays O(1).
     closed_bytes: usize,
     newest_event_ms: Option<i64>,
-    /// Some rows are at offsets ClickHouse once held (see [`Sealed::reread`]).
-    reread: bool,
+    /// Some rows are at offsets ClickHouse once held (see [`Sealed::reread_through`]).
+    reread_through: Option<i64>,
 }
 
 impl Rows {
-    /// Notes that a row pushed is at an offset at or below the highest one ClickHouse holds
-    /// for its partition: read again (a group reset after rows were deleted by hand).
-    pub fn mark_reread(&mut self) {
-        self.reread = true;
+    /// Notes that a row pushed is at an offset at or below `ceiling`, the highest one
+    /// ClickHouse held for its partition when it was assigned: read again (a group reset
+    /// after rows were deleted by hand).
+    pub fn mark_reread(&mut self, ceiling: i64) {
+        self.reread_through = self.reread_through.max(Some(ceiling));
     }
 
     /// Encodes `row` with the layout of this segment (the first row's: `layout` is asked only
@@ -136,7 +137,7 @@ impl Rows {
             layout,
             chunks: self.chunks.into_iter().map(Bytes::from).collect(),
             index: self.index,
-            reread: self.reread,
+            reread_through: self.reread_through,
         })
     }
 }
@@ -156,10 +157,10 @@ pub struct Sealed {
     pub layout: Arc<Layout>,
     chunks: Vec<Bytes>,
     index: Vec<Entry>,
-    /// Some rows were read again at offsets ClickHouse once held: their inserts may repeat
-    /// deduplication tokens it still remembers after the rows were deleted, so the write
-    /// stage checks that they landed.
-    reread: bool,
+    /// Rows at or below this offset were read again at offsets ClickHouse once held (it is
+    /// the highest one it held): their inserts may repeat deduplication tokens it still
+    /// remembers after the rows were deleted, so the write stage checks that they landed.
+    reread_through: Option<i64>,
 }
 
 impl Sealed {
@@ -173,7 +174,7 @@ impl Sealed {
             layout,
             chunks: Vec::new(),
             index: Vec::new(),
-            reread: false,
+            reread_through: None,
         })
     }
 
@@ -198,7 +199,7 @@ impl Sealed {
             layout,
             chunks,
             index,
-            reread: parts.iter().any(|p| p.reread),
+            reread_through: parts.iter().filter_map(|p| p.reread_through).max(),
         })
     }
 
@@ -210,14 +211,16 @@ impl Sealed {
         self.index.is_empty()
     }
 
-    /// Whether some rows were read again at offsets ClickHouse once held.
-    pub fn reread(&self) -> bool {
-        self.reread
+    /// Rows at or below this offset were read again at offsets ClickHouse once held (`None`:
+    /// none were).
+    pub fn reread_through(&self) -> Option<i64> {
+        self.reread_through
     }
 
-    /// These rows, marked as read again or not (rows encoded again keep their origin's mark).
-    pub fn with_reread(mut self, reread: bool) -> Sealed {
-        self.reread = reread;
+    /// These rows, marked as read again through `ceiling` or not (rows encoded again keep
+    /// their origin's mark).
+    pub fn with_reread_through(mut self, ceiling: Option<i64>) -> Sealed {
+        self.reread_through = ceiling;
         self
     }
 
@@ -291,7 +294,7 @@ impl Sealed {
         }
         let mut rows = Rows {
             layout: Some(self.layout.clone()),
-            reread: self.reread,
+            reread_through: self.reread_through,
             ..Rows::default()
         };
         for &i in &kept {
@@ -317,7 +320,7 @@ impl Sealed {
             layout: self.layout,
             chunks: Vec::new(),
             index: Vec::new(),
-            reread: self.reread,
+            reread_through: self.reread_through,
         })
     }
 }
