@@ -243,6 +243,18 @@ fn ids_mark(rows: &Sealed, first: usize, last: usize) -> u64 {
     fnv(fnv(FNV_START, id(first).as_bytes()), id(last).as_bytes())
 }
 
+/// The indices of `all` not in `gone` (both increasing).
+fn without(all: &[usize], gone: &[usize]) -> Vec<usize> {
+    let mut gone = gone.iter().peekable();
+    all.iter()
+        .copied()
+        .filter(|&i| {
+            while gone.next_if(|&&g| g < i).is_some() {}
+            gone.next_if_eq(&&i).is_none()
+        })
+        .collect()
+}
+
 /// Some of a segment's rows (indices into it), inserted as one INSERT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Part {
@@ -1377,45 +1389,44 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         if reread.is_empty() {
             return Ok(());
         }
-        // Recorded at once (a crash now leaves them to the partition's next owner).
-        self.rebuild_reread(partition, rows, &reread, ceiling, repair)
+        let missing = self.not_stored(partition, rows, &reread).await?;
+        // Recorded at once (a sink stopped now leaves them to the partition's next owner).
+        let landed = without(&reread, &missing);
+        self.rebuild_reread(partition, rows, &landed, repair)
             .await?;
-        self.insert_dropped(partition, epoch, rows, reread, &token, ceiling, repair)
+        self.insert_dropped(partition, epoch, rows, missing, &token, repair)
             .await
     }
 
-    /// Of the rows `reread` (read again, inserted under `token`), those ClickHouse dropped as
-    /// duplicates go in again under a new token: first one derived from `token` (the same for
-    /// any sink that does this, so two of them still deduplicate), then, should that be
-    /// remembered too (a second delete by hand), a unique one. Stored, their rollup keys are
+    /// The rows `missing` (read again, inserted under `token`, not stored: ClickHouse dropped
+    /// them as duplicates) go in again under a new token: first one derived from `token` (the
+    /// same for any sink that does this, so two of them still deduplicate), then, should that
+    /// be remembered too (a second delete by hand), a unique one. Stored, their rollup keys are
     /// recorded for the rebuild. If even that does not store them, the sink stops rather than
     /// commit what it did not write.
-    #[allow(clippy::too_many_arguments)]
     async fn insert_dropped(
         &self,
         partition: i32,
         epoch: u64,
         rows: &mut Sealed,
-        reread: Vec<usize>,
+        mut missing: Vec<usize>,
         token: &str,
-        ceiling: i64,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
-        let mut missing = self.not_stored(partition, rows, &reread).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            partition,
+            rows = missing.len(),
+            first_offset = rows.offset(missing[0]),
+            "ClickHouse dropped rows read again as duplicates of an earlier insert whose rows are \
+             gone (deleted by hand?); inserting them again under a new token"
+        );
+        self.metrics
+            .rows_dropped_as_duplicates
+            .inc_by(missing.len() as u64);
         for round in 1..=2 {
-            if missing.is_empty() {
-                return Ok(());
-            }
-            tracing::warn!(
-                partition,
-                rows = missing.len(),
-                first_offset = rows.offset(missing[0]),
-                "ClickHouse dropped rows read again as duplicates of an earlier insert whose \
-                 rows are gone (deleted by hand?); inserting them again under a new token"
-            );
-            self.metrics
-                .rows_dropped_as_duplicates
-                .inc_by(missing.len() as u64);
             let fresh = if round == 1 {
                 format!("{token}~again")
             } else {
@@ -1433,13 +1444,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             };
             self.insert_retrying(partition, epoch, rows, &again, Some(&fresh))
                 .await?;
-            self.rebuild_reread(partition, rows, &again.rows, ceiling, repair)
-                .await?;
             missing = self.not_stored(partition, rows, &again.rows).await?;
+            let landed = without(&again.rows, &missing);
+            self.rebuild_reread(partition, rows, &landed, repair)
+                .await?;
+            if missing.is_empty() {
+                return Ok(());
+            }
         }
-        let Some(&first) = missing.first() else {
-            return Ok(());
-        };
         Err(Stop::Fatal(SinkError::Inconsistent(format!(
             "{}[{partition}]: {} rows from offset {} are not in the events table after INSERTs \
              that ClickHouse reported as successful (the last under a new deduplication token). \
@@ -1447,25 +1459,24 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
              mutation that removes them, then start the sink again",
             self.topic,
             missing.len(),
-            rows.offset(first),
+            rows.offset(missing[0]),
         ))))
     }
 
-    /// The rows `reread` (read again, through `ceiling`) that ClickHouse holds now: the rollup
-    /// keys they touch are recorded and rebuilt once the flush's rows are in (as after a
-    /// refused insert), so the rollups count them once. The progress table is rebuilt only
-    /// once the rows reach `ceiling`: rebuilt earlier, from the rows read again so far, it
-    /// would forget how far ClickHouse held the partition, and a sink restarted meanwhile
-    /// would no longer know the rest is read again.
+    /// The rows `landed` (read again, stored now): the rollup keys they touch are recorded and
+    /// rebuilt once the flush's rows are in (as after a refused insert), so the rollups count
+    /// them once (the progress table's maximum is kept: see the writer's `rebuild_rollups`).
     async fn rebuild_reread(
         &self,
         partition: i32,
         rows: &Sealed,
-        reread: &[usize],
-        ceiling: i64,
+        landed: &[usize],
         repair: &mut Repair,
     ) -> Result<(), Stop> {
-        let offsets: Vec<i64> = reread.iter().map(|&i| rows.offset(i)).collect();
+        if landed.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<i64> = landed.iter().map(|&i| rows.offset(i)).collect();
         let mut touched = self
             .repair_step(
                 Some(partition),
@@ -1473,11 +1484,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 || self.writer.touched_keys(&self.topic, partition, &offsets),
             )
             .await?;
-        if offsets.last().is_some_and(|&last| last < ceiling) {
-            touched
-                .rollups
-                .retain(|(rollup, _)| rollup.target != crate::writer::PROGRESS_TABLE);
-        }
+        touched.keep_progress_max = true;
         if !touched.undeclared.is_empty() {
             tracing::error!(
                 partition,
@@ -1494,14 +1501,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             repair.id = rand::random::<u64>() >> 1 | 1;
         }
         let id = repair.id;
+        // Rebuilt by this sink even if recording them fails.
+        repair.keys.merge(touched.clone());
         self.repair_step(
             Some(partition),
             "recording the rollup keys to rebuild (the sink user needs INSERT on kafka_pending_rebuilds)",
             || self.writer.note_rebuild(&self.topic, partition, id, &touched),
         )
-        .await?;
-        repair.keys.merge(touched);
-        Ok(())
+        .await
     }
 
     /// Of the rows `part` of `rows` (indices), those ClickHouse does not hold; another event
@@ -1774,8 +1781,6 @@ pub(crate) mod tests {
         /// Deduplicates by token as ClickHouse does (`Some`: the tokens of inserts that
         /// succeeded, kept when their rows are deleted); an insert repeating one stores nothing.
         remembered: Option<Mutex<HashSet<String>>>,
-        /// The rows also feed the progress table (one key, `-1`, per partition).
-        progress: bool,
     }
 
     /// Counts a hanging lookup while it lives.
@@ -1811,7 +1816,6 @@ pub(crate) mod tests {
                 hang_lookups: Default::default(),
                 hanging: Default::default(),
                 remembered: None,
-                progress: false,
             }
         }
 
@@ -1914,19 +1918,10 @@ pub(crate) mod tests {
                 select: String::new(),
             };
             let keys = offsets.iter().map(|o| o.to_string()).collect();
-            let mut rollups = vec![(rollup, keys)];
-            if self.progress {
-                let progress = Rollup {
-                    view: "progress_mv".into(),
-                    target: crate::writer::PROGRESS_TABLE.into(),
-                    rebuild: None,
-                    select: String::new(),
-                };
-                rollups.push((progress, vec!["-1".into()]));
-            }
             Ok(TouchedKeys {
-                rollups,
+                rollups: vec![(rollup, keys)],
                 undeclared: Vec::new(),
+                keep_progress_max: false,
             })
         }
 
@@ -2580,40 +2575,11 @@ pub(crate) mod tests {
         );
     }
 
-    /// The progress table says how far ClickHouse held a partition: what tells a sink which
-    /// rows it reads again. Rebuilt from the rows read again so far, it would forget the rest,
-    /// and a sink restarted half-way would insert those unchecked (dropped as duplicates, the
-    /// loss above). It is rebuilt only with the rows that reach how far it held.
-    #[tokio::test]
-    async fn rows_read_again_rebuild_the_progress_table_only_once_they_reach_its_maximum() {
-        let mut writer = FakeWriter::new(|_| Ok(()));
-        writer.progress = true;
-        let (flusher, epoch) = new_flusher(writer, FakeCommitter::default());
-        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
-        let sealed = batch(&flusher, epoch, &rows).rows.seal().unwrap();
-        let targets = |repair: &Repair| -> Vec<String> {
-            repair
-                .keys
-                .rollups
-                .iter()
-                .map(|(r, _)| r.target.clone())
-                .collect()
-        };
-        let mut repair = Repair::default();
-        flusher
-            .rebuild_reread(0, &sealed, &[0, 1, 2, 3, 4], 9, &mut repair)
-            .await
-            .unwrap_or_else(|_| panic!("recorded"));
-        assert_eq!(targets(&repair), ["rollup"], "half-way");
-        flusher
-            .rebuild_reread(0, &sealed, &[5, 6, 7, 8, 9], 9, &mut repair)
-            .await
-            .unwrap_or_else(|_| panic!("recorded"));
-        assert_eq!(
-            targets(&repair),
-            ["rollup", crate::writer::PROGRESS_TABLE],
-            "through the maximum"
-        );
+    #[test]
+    fn without_leaves_out_the_indices_gone() {
+        assert_eq!(without(&[1, 2, 3, 5, 8], &[2, 5, 6, 9]), vec![1, 3, 8]);
+        assert_eq!(without(&[1, 2], &[]), vec![1, 2]);
+        assert_eq!(without(&[], &[1]), Vec::<usize>::new());
     }
 
     #[test]

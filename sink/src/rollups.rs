@@ -175,6 +175,9 @@ pub struct TouchedKeys {
     pub rollups: Vec<(Rollup, Vec<String>)>,
     /// Views (with their targets) that cannot be rebuilt: no declaration in schema.sql.
     pub undeclared: Vec<String>,
+    /// A rebuild keeps the progress table's maximum offsets: the keys are of rows read again
+    /// (deleted by hand, maybe not all read again yet). Otherwise it follows the table.
+    pub keep_progress_max: bool,
 }
 
 impl TouchedKeys {
@@ -208,6 +211,7 @@ impl TouchedKeys {
                 self.undeclared.push(view);
             }
         }
+        self.keep_progress_max |= other.keep_progress_max;
     }
 }
 

@@ -309,6 +309,14 @@ pub const PROGRESS_TABLE: &str = "kafka_progress";
 /// The rollup rebuilds owed after refused inserts (schema.sql).
 pub const PENDING_REBUILDS_TABLE: &str = "kafka_pending_rebuilds";
 
+/// How far the progress table holds one partition.
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct ProgressMax {
+    kafka_topic: String,
+    kafka_partition: i32,
+    max_offset: i64,
+}
+
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct PendingKey {
     repair_id: u64,
@@ -641,10 +649,35 @@ impl Writer for ClickHouseWriter {
 
     async fn rebuild_rollups(&self, keys: &TouchedKeys) -> Result<(), Failure> {
         let db = format!("`{}`", self.database);
+        let keep_max = keys.keep_progress_max;
         for (rollup, keys) in &keys.rollups {
             if keys.is_empty() {
                 continue;
             }
+            // How far ClickHouse held each partition tells a sink which rows it reads again
+            // (after rows were deleted by hand): rebuilt from the rows read again so far, it
+            // would forget the rest. Then its maximum is kept. (After a refused insert the
+            // table is whole again and the maximum follows it; a `replay` lowers it on purpose.)
+            let declared = rollup.rebuild.as_ref().map(|r| r.key.as_str());
+            let progress = keep_max && rollup.target == self.progress_table;
+            let floor = if let (true, Some(key)) = (progress, declared) {
+                self.bounded(
+                    "reading how far the progress table goes",
+                    self.client
+                        .query(&format!(
+                            "SELECT kafka_topic, kafka_partition, max(max_offset) AS max_offset \
+                             FROM {} WHERE toString({key}) IN {} \
+                             GROUP BY kafka_topic, kafka_partition",
+                            self.progress_table,
+                            crate::rollups::literal_set(keys)
+                        ))
+                        .with_setting("max_query_size", crate::rollups::LARGE_QUERY)
+                        .fetch_all::<ProgressMax>(),
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
             // It reads every raw row of its keys (a day, a partition) twice: given twenty
             // insert timeouts, since a retry cannot stop a rebuild the server still runs.
             let limit = self.insert_timeout * REBUILD_TIMEOUTS;
@@ -668,6 +701,23 @@ impl Writer for ClickHouseWriter {
                         limit.as_secs()
                     )));
                 }
+            }
+            for held in floor {
+                self.bounded(
+                    "keeping how far the progress table goes",
+                    self.client
+                        .query(&format!(
+                            "INSERT INTO {} (kafka_topic, kafka_partition, max_offset, rows) \
+                             VALUES (?, ?, ?, 0)",
+                            self.progress_table
+                        ))
+                        .bind(&held.kafka_topic)
+                        .bind(held.kafka_partition)
+                        .bind(held.max_offset)
+                        .with_setting("insert_deduplicate", "0")
+                        .execute(),
+                )
+                .await?;
             }
         }
         Ok(())

@@ -384,6 +384,59 @@ async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
     }
 }
 
+/// The progress table says how far ClickHouse held each partition, which tells a sink what it
+/// reads again. A rebuild of its keys from rows read again so far (the newest deleted by hand,
+/// not read again yet) keeps that maximum: lowered, a sink restarted meanwhile would insert the
+/// rest unchecked, and ClickHouse would drop them as duplicates of their old inserts. Its row
+/// count follows the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_of_the_progress_table_keeps_how_far_it_held_each_partition() {
+    use clickstream_sink::writer::{ClickHouseWriter, Writer};
+    let h = Harness::new("it_progress_floor").await;
+    h.produce(&messages(0..300)).await;
+    let (stop, sink) = spawn_sink(h.settings());
+    h.wait_rows(300, Duration::from_secs(60)).await;
+    stop.cancel();
+    sink.await.unwrap().expect("clean shutdown");
+    let max = "SELECT toUInt64(max(max_offset)) FROM kafka_progress WHERE kafka_partition = 0";
+    let held = h.count(max).await as i64;
+    assert!(held >= 10, "partition 0 holds {held}");
+    h.client
+        .query(
+            "ALTER TABLE events DELETE WHERE kafka_partition = 0 AND kafka_offset > ? \
+             SETTINGS mutations_sync = 2",
+        )
+        .bind(held / 2)
+        .execute()
+        .await
+        .unwrap();
+
+    let writer = ClickHouseWriter::new(&h.settings()).unwrap();
+    let older: Vec<i64> = (0..=held / 2).collect();
+    let mut keys = writer.touched_keys(&h.topic, 0, &older).await.unwrap();
+    // As the sink marks the keys of rows read again.
+    keys.keep_progress_max = true;
+    assert!(
+        keys.rollups
+            .iter()
+            .any(|(r, k)| r.target == "kafka_progress" && !k.is_empty()),
+        "{keys:?}"
+    );
+    writer.rebuild_rollups(&keys).await.unwrap();
+    assert_eq!(
+        h.count(max).await as i64,
+        held,
+        "how far it held partition 0"
+    );
+    assert_eq!(
+        h.count("SELECT toUInt64(sum(rows)) FROM kafka_progress WHERE kafka_partition = 0")
+            .await,
+        h.count("SELECT count() FROM events WHERE kafka_partition = 0")
+            .await,
+        "rows as in the table"
+    );
+}
+
 /// A view that refuses some rows (a user's own check, `throwIf`) runs after the table and
 /// some rollups took the block: the rows the sink then writes again (the bisection's halves)
 /// must not be counted twice by those rollups.
