@@ -1392,9 +1392,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         let missing = self.not_stored(partition, rows, &reread).await?;
         // Recorded at once (a sink stopped now leaves them to the partition's next owner).
         let landed = without(&reread, &missing);
-        self.rebuild_reread(partition, rows, &landed, repair)
+        self.rebuild_reread(partition, rows, &landed, ceiling, repair)
             .await?;
-        self.insert_dropped(partition, epoch, rows, missing, &token, repair)
+        self.insert_dropped(partition, epoch, rows, missing, &token, ceiling, repair)
             .await
     }
 
@@ -1404,6 +1404,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     /// be remembered too (a second delete by hand), a unique one. Stored, their rollup keys are
     /// recorded for the rebuild. If even that does not store them, the sink stops rather than
     /// commit what it did not write.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_dropped(
         &self,
         partition: i32,
@@ -1411,6 +1412,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         rows: &mut Sealed,
         mut missing: Vec<usize>,
         token: &str,
+        ceiling: i64,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
         if missing.is_empty() {
@@ -1446,7 +1448,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 .await?;
             missing = self.not_stored(partition, rows, &again.rows).await?;
             let landed = without(&again.rows, &missing);
-            self.rebuild_reread(partition, rows, &landed, repair)
+            self.rebuild_reread(partition, rows, &landed, ceiling, repair)
                 .await?;
             if missing.is_empty() {
                 return Ok(());
@@ -1463,14 +1465,16 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         ))))
     }
 
-    /// The rows `landed` (read again, stored now): the rollup keys they touch are recorded and
-    /// rebuilt once the flush's rows are in (as after a refused insert), so the rollups count
-    /// them once (the progress table's maximum is kept: see the writer's `rebuild_rollups`).
+    /// The rows `landed` (read again through `ceiling`, stored now): the rollup keys they touch
+    /// are recorded and rebuilt once the flush's rows are in (as after a refused insert), so
+    /// the rollups count them once; the progress table's maximum is kept at `ceiling` or more
+    /// (see [`TouchedKeys::progress_floor`]).
     async fn rebuild_reread(
         &self,
         partition: i32,
         rows: &Sealed,
         landed: &[usize],
+        ceiling: i64,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
         if landed.is_empty() {
@@ -1484,7 +1488,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 || self.writer.touched_keys(&self.topic, partition, &offsets),
             )
             .await?;
-        touched.keep_progress_max = true;
+        touched.progress_floor.insert(partition, ceiling);
         if !touched.undeclared.is_empty() {
             tracing::error!(
                 partition,
@@ -1921,7 +1925,7 @@ pub(crate) mod tests {
             Ok(TouchedKeys {
                 rollups: vec![(rollup, keys)],
                 undeclared: Vec::new(),
-                keep_progress_max: false,
+                progress_floor: Default::default(),
             })
         }
 

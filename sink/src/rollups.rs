@@ -175,9 +175,10 @@ pub struct TouchedKeys {
     pub rollups: Vec<(Rollup, Vec<String>)>,
     /// Views (with their targets) that cannot be rebuilt: no declaration in schema.sql.
     pub undeclared: Vec<String>,
-    /// A rebuild keeps the progress table's maximum offsets: the keys are of rows read again
-    /// (deleted by hand, maybe not all read again yet). Otherwise it follows the table.
-    pub keep_progress_max: bool,
+    /// Per partition, the offset the progress table's maximum must not fall below in a
+    /// rebuild: how far ClickHouse held it when rows deleted by hand were read again (maybe not
+    /// all read again yet). Other partitions' maximum follows the table.
+    pub progress_floor: std::collections::BTreeMap<i32, i64>,
 }
 
 impl TouchedKeys {
@@ -211,7 +212,10 @@ impl TouchedKeys {
                 self.undeclared.push(view);
             }
         }
-        self.keep_progress_max |= other.keep_progress_max;
+        for (partition, floor) in other.progress_floor {
+            let mine = self.progress_floor.entry(partition).or_insert(floor);
+            *mine = (*mine).max(floor);
+        }
     }
 }
 

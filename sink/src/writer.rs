@@ -309,17 +309,14 @@ pub const PROGRESS_TABLE: &str = "kafka_progress";
 /// The rollup rebuilds owed after refused inserts (schema.sql).
 pub const PENDING_REBUILDS_TABLE: &str = "kafka_pending_rebuilds";
 
-/// How far the progress table holds one partition.
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct ProgressMax {
-    kafka_topic: String,
-    kafka_partition: i32,
-    max_offset: i64,
-}
+/// The `rollup` of a recorded rebuild's row that holds no key but the offset the progress
+/// table's maximum must keep for its partition (see [`TouchedKeys::progress_floor`]).
+const PROGRESS_FLOOR: &str = "(kafka_progress floor)";
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct PendingKey {
     repair_id: u64,
+    kafka_partition: i32,
     rollup: String,
     key: String,
 }
@@ -649,35 +646,11 @@ impl Writer for ClickHouseWriter {
 
     async fn rebuild_rollups(&self, keys: &TouchedKeys) -> Result<(), Failure> {
         let db = format!("`{}`", self.database);
-        let keep_max = keys.keep_progress_max;
+        let floors = &keys.progress_floor;
         for (rollup, keys) in &keys.rollups {
             if keys.is_empty() {
                 continue;
             }
-            // How far ClickHouse held each partition tells a sink which rows it reads again
-            // (after rows were deleted by hand): rebuilt from the rows read again so far, it
-            // would forget the rest. Then its maximum is kept. (After a refused insert the
-            // table is whole again and the maximum follows it; a `replay` lowers it on purpose.)
-            let declared = rollup.rebuild.as_ref().map(|r| r.key.as_str());
-            let progress = keep_max && rollup.target == self.progress_table;
-            let floor = if let (true, Some(key)) = (progress, declared) {
-                self.bounded(
-                    "reading how far the progress table goes",
-                    self.client
-                        .query(&format!(
-                            "SELECT kafka_topic, kafka_partition, max(max_offset) AS max_offset \
-                             FROM {} WHERE toString({key}) IN {} \
-                             GROUP BY kafka_topic, kafka_partition",
-                            self.progress_table,
-                            crate::rollups::literal_set(keys)
-                        ))
-                        .with_setting("max_query_size", crate::rollups::LARGE_QUERY)
-                        .fetch_all::<ProgressMax>(),
-                )
-                .await?
-            } else {
-                Vec::new()
-            };
             // It reads every raw row of its keys (a day, a partition) twice: given twenty
             // insert timeouts, since a retry cannot stop a rebuild the server still runs.
             let limit = self.insert_timeout * REBUILD_TIMEOUTS;
@@ -702,7 +675,15 @@ impl Writer for ClickHouseWriter {
                     )));
                 }
             }
-            for held in floor {
+            // How far ClickHouse held a partition tells a sink which rows it reads again (after
+            // rows were deleted by hand): rebuilt from the rows read again so far, it would
+            // forget the rest. So the floor recorded with the keys is added back (a row of no
+            // rows). After a refused insert the maximum follows the table; a `replay` lowers
+            // it on purpose.
+            if rollup.target != self.progress_table {
+                continue;
+            }
+            for (partition, floor) in floors {
                 self.bounded(
                     "keeping how far the progress table goes",
                     self.client
@@ -711,9 +692,9 @@ impl Writer for ClickHouseWriter {
                              VALUES (?, ?, ?, 0)",
                             self.progress_table
                         ))
-                        .bind(&held.kafka_topic)
-                        .bind(held.kafka_partition)
-                        .bind(held.max_offset)
+                        .bind(&self.topic)
+                        .bind(*partition)
+                        .bind(*floor)
                         .with_setting("insert_deduplicate", "0")
                         .execute(),
                 )
@@ -806,6 +787,13 @@ impl Writer for ClickHouseWriter {
         if values.is_empty() {
             return Ok(());
         }
+        for (floor_partition, floor) in &keys.progress_floor {
+            let _ = write!(
+                values,
+                ", ({topic}, {floor_partition}, {id}, {}, '{floor}')",
+                literal(PROGRESS_FLOOR)
+            );
+        }
         self.bounded(
             "recording the rollup keys to rebuild",
             self.client
@@ -835,7 +823,7 @@ impl Writer for ClickHouseWriter {
                 "reading the rollup rebuilds a stopped sink left",
                 self.client
                     .query(&format!(
-                        "SELECT repair_id, rollup, key FROM {PENDING_REBUILDS_TABLE} \
+                        "SELECT repair_id, kafka_partition, rollup, key FROM {PENDING_REBUILDS_TABLE} \
                          WHERE kafka_topic = ? AND repair_id IN (SELECT repair_id FROM \
                          {PENDING_REBUILDS_TABLE} WHERE kafka_topic = ? AND kafka_partition IN ({list}))"
                     ))
@@ -859,6 +847,16 @@ impl Writer for ClickHouseWriter {
             .await?;
         let mut by_rollup: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for row in rows {
+            if row.rollup == PROGRESS_FLOOR {
+                if let Ok(floor) = row.key.parse::<i64>() {
+                    let mine = keys
+                        .progress_floor
+                        .entry(row.kafka_partition)
+                        .or_insert(floor);
+                    *mine = (*mine).max(floor);
+                }
+                continue;
+            }
             by_rollup.entry(row.rollup).or_default().push(row.key);
         }
         for (target, mut owed) in by_rollup {

@@ -414,8 +414,14 @@ async fn a_rebuild_of_the_progress_table_keeps_how_far_it_held_each_partition() 
     let writer = ClickHouseWriter::new(&h.settings()).unwrap();
     let older: Vec<i64> = (0..=held / 2).collect();
     let mut keys = writer.touched_keys(&h.topic, 0, &older).await.unwrap();
-    // As the sink marks the keys of rows read again.
-    keys.keep_progress_max = true;
+    // As the sink marks the keys of rows read again: with how far ClickHouse held partition 0
+    // when they were read (recorded, so the floor survives a stop before the rebuild).
+    keys.progress_floor.insert(0, held);
+    writer.note_rebuild(&h.topic, 0, 77, &keys).await.unwrap();
+    let (ids, recorded) = writer.pending_rebuilds(&h.topic, &[0]).await.unwrap();
+    assert_eq!(ids, [77]);
+    assert_eq!(recorded.progress_floor.get(&0), Some(&held), "{recorded:?}");
+    let keys = recorded;
     assert!(
         keys.rollups
             .iter()
