@@ -131,6 +131,26 @@ impl Harness {
 
     /// The exactly-once oracle on the table: `expected` rows, each event id and each
     /// (partition, offset) exactly once, and the progress rollup agreeing with the table.
+    /// Every rollup equals the events table (`verify`'s rollup checks).
+    pub async fn assert_rollups_equal(&self) {
+        let reports = clickstream_sink::ops::verify::check_rollups(
+            &self.client,
+            &self.database,
+            "events",
+            None,
+        )
+        .await
+        .expect("verify's rollup checks");
+        assert!(!reports.is_empty(), "no rollup checked");
+        for report in &reports {
+            assert_eq!(
+                (report.differing_keys, report.rollup_total),
+                (0, report.raw_total),
+                "{report:?}"
+            );
+        }
+    }
+
     pub async fn assert_exactly_once(&self, expected: u64) {
         assert_eq!(
             self.count("SELECT count() FROM events").await,

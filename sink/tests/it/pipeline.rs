@@ -370,18 +370,7 @@ async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
     assert_eq!(h.count("SELECT uniqExact(event_id) FROM events").await, 300);
     // The delete left the rollups counting the rows: their keys were rebuilt, so they count
     // each stored row once.
-    let reports =
-        clickstream_sink::ops::verify::check_rollups(&h.client, &h.database, "events", None)
-            .await
-            .unwrap();
-    assert!(!reports.is_empty());
-    for report in &reports {
-        assert_eq!(
-            (report.differing_keys, report.rollup_total),
-            (0, report.raw_total),
-            "{report:?}"
-        );
-    }
+    h.assert_rollups_equal().await;
 }
 
 /// The progress table says how far ClickHouse held each partition, which tells a sink what it
@@ -469,17 +458,7 @@ async fn a_view_refusing_rows_leaves_every_rollup_equal_to_the_table() {
     assert!(letters.iter().all(
         |l| l.header("reason") == "rejected_by_clickhouse" && l.header("error").contains("395")
     ));
-    let reports =
-        clickstream_sink::ops::verify::check_rollups(&h.client, &h.database, "events", None)
-            .await
-            .unwrap();
-    for report in &reports {
-        assert_eq!(
-            (report.differing_keys, report.rollup_total),
-            (0, report.raw_total),
-            "{report:?}"
-        );
-    }
+    h.assert_rollups_equal().await;
 }
 
 /// A rollup whose view's SELECT refuses rows the table already holds (here: a `throwIf` on the
