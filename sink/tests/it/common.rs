@@ -131,6 +131,14 @@ impl Harness {
 
     /// The exactly-once oracle on the table: `expected` rows, each event id and each
     /// (partition, offset) exactly once, and the progress rollup agreeing with the table.
+    /// Runs a sink with `settings` until the table holds `rows` rows, then stops it cleanly.
+    pub async fn sink_until(&self, settings: Settings, rows: u64) {
+        let (stop, sink) = spawn_sink(settings);
+        self.wait_rows(rows, Duration::from_secs(60)).await;
+        stop.cancel();
+        sink.await.expect("sink task").expect("clean shutdown");
+    }
+
     /// Every rollup equals the events table (`verify`'s rollup checks).
     pub async fn assert_rollups_equal(&self) {
         let reports = clickstream_sink::ops::verify::check_rollups(

@@ -279,10 +279,7 @@ async fn a_recreated_topic_whose_old_rows_were_deleted_is_stored_whole() {
                 partitions_per_insert: 1,
                 ..h.settings()
             };
-            let (stop, sink) = spawn_sink(settings);
-            h.wait_rows(300, Duration::from_secs(60)).await;
-            stop.cancel();
-            sink.await.unwrap().expect("clean shutdown");
+            h.sink_until(settings, 300).await;
         }
     };
     let old = Broker::start(&[]);
@@ -340,21 +337,17 @@ async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
     let h = Harness::new("it_deleted_reread").await;
     h.produce(&messages(0..300)).await;
     let run = |group: String| {
-        let h = &h;
-        async move {
-            let settings = Settings {
+        h.sink_until(
+            Settings {
                 group,
                 // Every partition's rows in one flush, in one insert each: the same offset
                 // ranges in both runs.
                 flush_interval_ms: 3_000,
                 partitions_per_insert: 1,
                 ..h.settings()
-            };
-            let (stop, sink) = spawn_sink(settings);
-            h.wait_rows(300, Duration::from_secs(60)).await;
-            stop.cancel();
-            sink.await.unwrap().expect("clean shutdown");
-        }
+            },
+            300,
+        )
     };
     run(h.group.clone()).await;
     h.client
@@ -383,10 +376,7 @@ async fn a_rebuild_of_the_progress_table_keeps_how_far_it_held_each_partition() 
     use clickstream_sink::writer::{ClickHouseWriter, Writer};
     let h = Harness::new("it_progress_floor").await;
     h.produce(&messages(0..300)).await;
-    let (stop, sink) = spawn_sink(h.settings());
-    h.wait_rows(300, Duration::from_secs(60)).await;
-    stop.cancel();
-    sink.await.unwrap().expect("clean shutdown");
+    h.sink_until(h.settings(), 300).await;
     let max = "SELECT toUInt64(max(max_offset)) FROM kafka_progress WHERE kafka_partition = 0";
     let held = h.count(max).await as i64;
     assert!(held >= 10, "partition 0 holds {held}");
