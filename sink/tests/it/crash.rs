@@ -40,16 +40,15 @@ fn kill(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Waits for `child` to exit on its own; kills it and panics after `limit`.
-async fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+/// Waits up to `limit` for `child` to exit on its own.
+async fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait for clickstream-sink") {
-            return status;
+            return Some(status);
         }
         if std::time::Instant::now() > deadline {
-            kill(child);
-            panic!("the sink did not reach its failpoint within {limit:?}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -62,22 +61,34 @@ async fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatu
 async fn crash_repeatedly(h: &Harness, args: &[&str]) -> u64 {
     const FAILPOINT_STAGE: u64 = 5_000;
     const KILL_STAGE: u64 = 800;
+    const MORE: u64 = 1_000;
     let mut produced = 0;
     let mut stage = |n: u64| {
         let range = produced..produced + n;
         produced += n;
         messages(range)
     };
-    // Aborts right after an insert, before its commit: the classic duplicate maker. A batch
-    // covers one partition, so 5,000 fresh events (on 3 partitions) make at least 3 inserts.
+    // Aborts right after an insert, before its commit: the classic duplicate maker. How many
+    // INSERTs a stage makes depends on timing (a flush writes its partitions together, and
+    // rows wait for the rate limit), so more events follow until the N-th insert happens.
     for n in [1, 2, 3, 1] {
         h.produce(&stage(FAILPOINT_STAGE)).await;
-        let child = start(
+        let mut child = start(
             h,
             &[("CLICKSTREAM_FAILPOINT", format!("abort-after-insert:{n}"))],
             args,
         );
-        let status = wait_exit(child, Duration::from_secs(120)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = wait_exit(&mut child, Duration::from_secs(10)).await {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                kill(child);
+                panic!("the sink did not reach its failpoint (insert {n}) within 120 s");
+            }
+            h.produce(&stage(MORE)).await;
+        };
         assert_eq!(
             status.signal(),
             Some(SIGABRT),
@@ -114,7 +125,7 @@ const SIGABRT: i32 = 6;
 async fn crashes_at_random_moments_and_between_insert_and_commit_lose_and_duplicate_nothing() {
     let h = Harness::new("it_crash").await;
     let produced = crash_repeatedly(&h, &[]).await;
-    assert_eq!(produced, 30_000);
+    assert!(produced >= 30_000, "{produced} events produced");
     h.assert_exactly_once(produced).await;
 }
 
@@ -139,7 +150,7 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
     let h = Harness::new("it_sigterm").await;
     h.produce(&messages(0..3_000)).await;
     let port = clickstream_testkit::free_port();
-    let child = start(
+    let mut child = start(
         &h,
         &[
             // Nothing is flushed before the signal: the whole run is one buffered batch.
@@ -179,7 +190,10 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
         .status()
         .expect("run kill");
     assert!(sent.success());
-    let status = wait_exit(child, Duration::from_secs(30)).await;
+    let Some(status) = wait_exit(&mut child, Duration::from_secs(30)).await else {
+        kill(child);
+        panic!("no exit within 30 s of the SIGTERM");
+    };
     assert!(status.success(), "exit code 0 after SIGTERM: {status:?}");
     assert!(
         signalled.elapsed() < Duration::from_secs(25),
