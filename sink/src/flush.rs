@@ -129,10 +129,12 @@ fn failed_view(error: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// What refused inserts of one flush left in the views fed before the failing one: the
-/// rollup keys to rebuild before its commits, and the offsets whose keys were read. The keys
-/// are recorded in ClickHouse under `id` before the rows are deleted; `recovered` are the
-/// records a sink stopped before its rebuild left for this flush's partitions.
+/// The rollup keys one flush rebuilds before its commits: those refused inserts left in the
+/// views fed before the failing one, and those of rows read again (see
+/// [`Sealed::reread_through`]); `captured`: the offsets whose keys were read. They are
+/// recorded in ClickHouse under `id` (the keys before the rows are deleted, the offsets of
+/// rows read again before their INSERT); `recovered` are the records a sink stopped before
+/// its rebuild left for this flush's partitions.
 #[derive(Default)]
 struct Repair {
     keys: TouchedKeys,
@@ -140,6 +142,26 @@ struct Repair {
     /// This flush's record (0: none yet).
     id: u64,
     recovered: Vec<u64>,
+    /// Ranges of rows read again recorded under `id` whose keys are not read yet (a flush
+    /// stopped between their INSERT and the look-up): read from the table before the rebuild.
+    unresolved: Vec<RereadRange>,
+}
+
+/// Offsets `first..=last` of `partition` read again, through `ceiling` (see [`Reread`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RereadRange {
+    partition: i32,
+    first: i64,
+    last: i64,
+    ceiling: i64,
+}
+
+/// The rows of a part read again (indices, at offsets through `ceiling`, ClickHouse's
+/// maximum when the partition was assigned) and the part's deduplication token.
+struct Reread {
+    token: String,
+    ceiling: i64,
+    indices: Vec<usize>,
 }
 
 impl Repair {
@@ -377,8 +399,9 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         // Rows a refused insert left in the views fed before the failing one: the rollups'
         // keys they touched are rebuilt from the table (now holding each row once) before
         // anything is committed; also when the flush stops early (a fatal error, shutdown),
-        // since a restart finds those rows stored and skips them. The keys are recorded in
-        // ClickHouse: a sink stopped before this leaves them to the partition's next owner.
+        // since a restart finds those rows stored and skips them. The keys (or the offsets of
+        // rows read again) are recorded in ClickHouse: a sink killed, or failing to rebuild,
+        // leaves them to the partition's next owner.
         if let Err(stop) = self.finish_repair(&repair).await {
             let partitions: Vec<String> = repair.captured.keys().map(i32::to_string).collect();
             tracing::error!(
@@ -1178,9 +1201,33 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
 
     /// Rebuilds the keys of `repair` (if any), then deletes their records.
     async fn finish_repair(&self, repair: &Repair) -> Result<(), Stop> {
-        if !repair.keys.is_empty() {
+        let mut resolved;
+        let mut keys = &repair.keys;
+        if !repair.unresolved.is_empty() {
+            // Forgotten below with the record: read their keys now.
+            resolved = repair.keys.clone();
+            for range in &repair.unresolved {
+                let offsets: Vec<i64> = (range.first..=range.last).collect();
+                let mut touched = self
+                    .repair_step(
+                        Some(range.partition),
+                        "reading the rollup keys of rows read again",
+                        || {
+                            self.writer
+                                .touched_keys(&self.topic, range.partition, &offsets)
+                        },
+                    )
+                    .await?;
+                touched
+                    .progress_floor
+                    .insert(range.partition, range.ceiling);
+                resolved.merge(touched);
+            }
+            keys = &resolved;
+        }
+        if !keys.is_empty() {
             self.failpoint.before_rebuild();
-            self.rebuild_rollups(&repair.keys).await?;
+            self.rebuild_rollups(keys).await?;
         }
         let records = repair.records();
         if !records.is_empty() {
@@ -1358,11 +1405,14 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.failpoint.after_insert();
     }
 
-    /// One INSERT of `part` (see [`Flusher::insert_retrying`]), then, for its rows read again
-    /// at offsets ClickHouse once held (see [`Sealed::reread_through`]):
-    /// - the rollup keys of those that landed are recorded and rebuilt with the flush's
-    ///   `repair`: the rollups may still count them from before (a delete by hand leaves them
-    ///   as they were);
+    /// One INSERT of `part` (see [`Flusher::insert_retrying`]). For its rows read again at
+    /// offsets ClickHouse once held (see [`Sealed::reread_through`]):
+    /// - their offsets are recorded before the INSERT: a sink killed after it leaves their
+    ///   rollup keys to be rebuilt by the partition's next owner, which finds the rows stored
+    ///   and skips them (a flush that stops reads them in [`Flusher::finish_repair`]);
+    /// - after it, the rollup keys of those that landed are rebuilt with the flush's `repair`:
+    ///   the rollups may still count them from before (a delete by hand leaves them as they
+    ///   were);
     /// - those that did not land were dropped as duplicates: their rows were deleted by hand,
     ///   but ClickHouse still remembers the original inserts' tokens. They go in again under
     ///   a new token (see [`Flusher::insert_dropped`]).
@@ -1375,44 +1425,88 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         repair: &mut Repair,
     ) -> Result<(), Stop> {
         let token = self.token(partition, rows, part);
+        let reread = match (&token, rows.reread_through()) {
+            (Some(token), Some(ceiling)) => {
+                let indices: Vec<usize> = part
+                    .rows
+                    .iter()
+                    .copied()
+                    .filter(|&i| rows.offset(i) <= ceiling)
+                    .collect();
+                (!indices.is_empty()).then(|| Reread {
+                    token: token.clone(),
+                    ceiling,
+                    indices,
+                })
+            }
+            _ => None,
+        };
+        let range = match &reread {
+            Some(reread) => Some(self.note_reread(partition, rows, reread, repair).await?),
+            None => None,
+        };
         self.insert_retrying(partition, epoch, rows, part, token.as_deref())
             .await?;
-        let (Some(token), Some(ceiling)) = (token, rows.reread_through()) else {
+        let (Some(reread), Some(range)) = (reread, range) else {
             return Ok(());
         };
-        let reread: Vec<usize> = part
-            .rows
-            .iter()
-            .copied()
-            .filter(|&i| rows.offset(i) <= ceiling)
-            .collect();
-        if reread.is_empty() {
-            return Ok(());
-        }
-        let missing = self.not_stored(partition, rows, &reread).await?;
-        // Recorded at once (a sink stopped now leaves them to the partition's next owner).
-        let landed = without(&reread, &missing);
-        self.rebuild_reread(partition, rows, &landed, ceiling, repair)
+        let missing = self.not_stored(partition, rows, &reread.indices).await?;
+        let landed = without(&reread.indices, &missing);
+        self.rebuild_reread(partition, rows, &landed, reread.ceiling, repair)
             .await?;
-        self.insert_dropped(partition, epoch, rows, missing, &token, ceiling, repair)
-            .await
+        self.insert_dropped(partition, epoch, rows, missing, &reread, repair)
+            .await?;
+        // Every row of the range is stored and its keys read.
+        repair.unresolved.retain(|r| *r != range);
+        Ok(())
     }
 
-    /// The rows `missing` (read again, inserted under `token`, not stored: ClickHouse dropped
-    /// them as duplicates) go in again under a new token: first one derived from `token` (the
-    /// same for any sink that does this, so two of them still deduplicate), then, should that
-    /// be remembered too (a second delete by hand), a unique one. Stored, their rollup keys are
-    /// recorded for the rebuild. If even that does not store them, the sink stops rather than
+    /// Records the offsets of the rows `reread` (with the progress table's floor) as owed a
+    /// rebuild, before their INSERT (see [`TouchedKeys::reread`]).
+    async fn note_reread(
+        &self,
+        partition: i32,
+        rows: &Sealed,
+        reread: &Reread,
+        repair: &mut Repair,
+    ) -> Result<RereadRange, Stop> {
+        let range = RereadRange {
+            partition,
+            first: rows.offset(reread.indices[0]),
+            last: rows.offset(reread.indices[reread.indices.len() - 1]),
+            ceiling: reread.ceiling,
+        };
+        let mut owed = TouchedKeys::default();
+        owed.reread
+            .insert(partition, vec![(range.first, range.last)]);
+        owed.progress_floor.insert(partition, range.ceiling);
+        if repair.id == 0 {
+            repair.id = rand::random::<u64>() >> 1 | 1;
+        }
+        let id = repair.id;
+        self.repair_step(
+            Some(partition),
+            "recording the offsets of rows read again (the sink user needs INSERT on kafka_pending_rebuilds)",
+            || self.writer.note_rebuild(&self.topic, partition, id, &owed),
+        )
+        .await?;
+        repair.unresolved.push(range);
+        Ok(range)
+    }
+
+    /// The rows `missing` (of `reread`, inserted under its token, not stored: ClickHouse
+    /// dropped them as duplicates) go in again under a new token: first one derived from the
+    /// first (the same for any sink that does this, so two of them still deduplicate), then,
+    /// should that be remembered too (a second delete by hand), a unique one. Stored, their
+    /// rollup keys are rebuilt. If even that does not store them, the sink stops rather than
     /// commit what it did not write.
-    #[allow(clippy::too_many_arguments)]
     async fn insert_dropped(
         &self,
         partition: i32,
         epoch: u64,
         rows: &mut Sealed,
         mut missing: Vec<usize>,
-        token: &str,
-        ceiling: i64,
+        reread: &Reread,
         repair: &mut Repair,
     ) -> Result<(), Stop> {
         if missing.is_empty() {
@@ -1428,6 +1522,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.metrics
             .rows_dropped_as_duplicates
             .inc_by(missing.len() as u64);
+        let token = &reread.token;
         for round in 1..=2 {
             let fresh = if round == 1 {
                 format!("{token}~again")
@@ -1448,7 +1543,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 .await?;
             missing = self.not_stored(partition, rows, &again.rows).await?;
             let landed = without(&again.rows, &missing);
-            self.rebuild_reread(partition, rows, &landed, ceiling, repair)
+            self.rebuild_reread(partition, rows, &landed, reread.ceiling, repair)
                 .await?;
             if missing.is_empty() {
                 return Ok(());
@@ -1466,9 +1561,11 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     }
 
     /// The rows `landed` (read again through `ceiling`, stored now): the rollup keys they touch
-    /// are recorded and rebuilt once the flush's rows are in (as after a refused insert), so
-    /// the rollups count them once; the progress table's maximum is kept at `ceiling` or more
-    /// (see [`TouchedKeys::progress_floor`]).
+    /// are rebuilt once the flush's rows are in (as after a refused insert), so the rollups
+    /// count them once; the progress table's maximum is kept at `ceiling` or more (see
+    /// [`TouchedKeys::progress_floor`]). Their offsets were recorded before their INSERT (see
+    /// [`Flusher::note_reread`]), so the keys are not: a sink killed before the rebuild
+    /// leaves them to the next owner all the same.
     async fn rebuild_reread(
         &self,
         partition: i32,
@@ -1498,21 +1595,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                  they may count rows read again twice; check with `clickstream-sink verify`"
             );
         }
-        if touched.is_empty() {
-            return Ok(());
-        }
-        if repair.id == 0 {
-            repair.id = rand::random::<u64>() >> 1 | 1;
-        }
-        let id = repair.id;
-        // Rebuilt by this sink even if recording them fails.
-        repair.keys.merge(touched.clone());
-        self.repair_step(
-            Some(partition),
-            "recording the rollup keys to rebuild (the sink user needs INSERT on kafka_pending_rebuilds)",
-            || self.writer.note_rebuild(&self.topic, partition, id, &touched),
-        )
-        .await
+        repair.keys.merge(touched);
+        Ok(())
     }
 
     /// Of the rows `part` of `rows` (indices), those ClickHouse does not hold; another event
@@ -1774,6 +1858,8 @@ pub(crate) mod tests {
         pending: Mutex<Vec<(i32, u64, TouchedKeys)>>,
         /// The next rebuild fails (fatal), as a sink stopped before it.
         fail_rebuild: std::sync::atomic::AtomicBool,
+        /// The next readings of rollup keys fail (fatal): how many.
+        fail_touched: std::sync::atomic::AtomicU32,
         /// How many times the recorded rebuilds were read.
         pending_reads: std::sync::atomic::AtomicUsize,
         /// SELECTs of a view over some rows.
@@ -1785,6 +1871,16 @@ pub(crate) mod tests {
         /// Deduplicates by token as ClickHouse does (`Some`: the tokens of inserts that
         /// succeeded, kept when their rows are deleted); an insert repeating one stores nothing.
         remembered: Option<Mutex<HashSet<String>>>,
+    }
+
+    /// The rollup of the fake writer: one key per offset.
+    fn test_rollup() -> Rollup {
+        Rollup {
+            view: "rollup_mv".into(),
+            target: "rollup".into(),
+            rebuild: None,
+            select: String::new(),
+        }
     }
 
     /// Counts a hanging lookup while it lives.
@@ -1815,6 +1911,7 @@ pub(crate) mod tests {
                 rollup: Mutex::default(),
                 pending: Mutex::default(),
                 fail_rebuild: Default::default(),
+                fail_touched: Default::default(),
                 pending_reads: Default::default(),
                 probes: Default::default(),
                 hang_lookups: Default::default(),
@@ -1915,17 +2012,18 @@ pub(crate) mod tests {
             _: i32,
             offsets: &[i64],
         ) -> Result<TouchedKeys, Failure> {
-            let rollup = Rollup {
-                view: "rollup_mv".into(),
-                target: "rollup".into(),
-                rebuild: None,
-                select: String::new(),
-            };
+            let rollup = test_rollup();
             let keys = offsets.iter().map(|o| o.to_string()).collect();
+            if self
+                .fail_touched
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(Failure::Fatal("Code: 497. no grant".into()));
+            }
             Ok(TouchedKeys {
                 rollups: vec![(rollup, keys)],
-                undeclared: Vec::new(),
-                progress_floor: Default::default(),
+                ..TouchedKeys::default()
             })
         }
 
@@ -1993,6 +2091,18 @@ pub(crate) mod tests {
                 if ids.contains(id) {
                     keys.merge(owed.clone());
                 }
+            }
+            // The keys of the rows stored in recorded ranges of rows read again.
+            let stored = self.stored.lock().unwrap();
+            let mut in_ranges = Vec::new();
+            for (first, last) in keys.reread.values().flatten() {
+                in_ranges.extend(stored.range(first..=last).map(|(o, _)| o.to_string()));
+            }
+            if !in_ranges.is_empty() {
+                keys.merge(TouchedKeys {
+                    rollups: vec![(test_rollup(), in_ranges)],
+                    ..TouchedKeys::default()
+                });
             }
             Ok((ids, keys))
         }
@@ -2577,6 +2687,78 @@ pub(crate) mod tests {
             flusher.writer.stored.lock().unwrap().is_empty(),
             "dropped: nothing told the sink these rows were read again"
         );
+    }
+
+    #[tokio::test]
+    async fn rows_read_again_have_their_keys_rebuilt_even_if_the_sink_stops_right_after_their_insert()
+     {
+        let (stopped, epoch) = new_flusher(FakeWriter::new(|_| Ok(())), FakeCommitter::default());
+        let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
+        stopped
+            .write_one(batch(&stopped, epoch, &rows))
+            .await
+            .unwrap();
+        let reread = |flusher: &TestFlusher, epoch| {
+            let mut segment = batch(flusher, epoch, &rows);
+            segment.rows.mark_reread(9);
+            segment
+        };
+        let rollup = |flusher: &TestFlusher| flusher.writer.rollup.lock().unwrap().clone();
+        let once: BTreeMap<i64, u32> = (0..10).map(|o| (o, 1)).collect();
+
+        // Deleted by hand, read again, inserted; the flush stops when it reads their keys.
+        // It reads them again before its rebuild: counted once, the record forgotten.
+        stopped.writer.stored.lock().unwrap().clear();
+        stopped.writer.fail_touched.store(1, Ordering::SeqCst);
+        assert!(stopped.write_one(reread(&stopped, epoch)).await.is_err());
+        assert_eq!(stopped.writer.stored.lock().unwrap().len(), 10);
+        assert_eq!(rollup(&stopped), once, "counted once");
+        assert!(stopped.writer.pending.lock().unwrap().is_empty());
+
+        // Once more, and the keys cannot be read at all (as for a sink killed right after
+        // the INSERT): nothing committed, the rollup counts the rows twice, and their offsets
+        // stay recorded, from before the INSERT.
+        stopped.writer.stored.lock().unwrap().clear();
+        stopped
+            .writer
+            .fail_touched
+            .store(u32::MAX, Ordering::SeqCst);
+        assert!(stopped.write_one(reread(&stopped, epoch)).await.is_err());
+        assert_eq!(commits(&stopped), vec![(0, 10)], "only the first committed");
+        assert_eq!(stopped.writer.stored.lock().unwrap().len(), 10);
+        let twice: BTreeMap<i64, u32> = (0..10).map(|o| (o, 2)).collect();
+        assert_eq!(rollup(&stopped), twice, "counted twice");
+        assert_eq!(
+            stopped.writer.pending.lock().unwrap().len(),
+            1,
+            "their offsets were recorded before the insert"
+        );
+
+        // The next owner finds the rows stored, skips them, and rebuilds their keys.
+        stopped.writer.fail_touched.store(0, Ordering::SeqCst);
+        let ownership = Arc::new(Ownership::default());
+        ownership.assign(&[0]);
+        let next = Flusher::new(
+            &Settings {
+                topic: "t".into(),
+                ..Settings::default()
+            },
+            stopped.writer.clone(),
+            FakeDeadLetters::default(),
+            FakeCommitter::default(),
+            FakeTopic::default(),
+            ownership.clone(),
+            RetryPolicy::immediate(),
+        );
+        let epoch = ownership.epoch(0).unwrap();
+        let report = next.write_one(reread(&next, epoch)).await.unwrap();
+        assert_eq!((report.already_stored, report.inserted), (10, 0));
+        assert_eq!(rollup(&next), once, "counted once");
+        assert!(
+            next.writer.pending.lock().unwrap().is_empty(),
+            "record gone"
+        );
+        assert_eq!(commits(&next), vec![(0, 10)]);
     }
 
     #[test]

@@ -179,6 +179,10 @@ pub struct TouchedKeys {
     /// rebuild: how far ClickHouse held it when rows deleted by hand were read again (maybe not
     /// all read again yet). Other partitions' maximum follows the table.
     pub progress_floor: std::collections::BTreeMap<i32, i64>,
+    /// Per partition, offset ranges of rows read again, recorded before their INSERT: a sink
+    /// killed after it, before it read their keys, leaves them to be read from the table by
+    /// whoever takes the record over. Not keys themselves: a rebuild skips them.
+    pub reread: std::collections::BTreeMap<i32, Vec<(i64, i64)>>,
 }
 
 impl TouchedKeys {
@@ -215,6 +219,12 @@ impl TouchedKeys {
         for (partition, floor) in other.progress_floor {
             let mine = self.progress_floor.entry(partition).or_insert(floor);
             *mine = (*mine).max(floor);
+        }
+        for (partition, ranges) in other.reread {
+            let mine = self.reread.entry(partition).or_default();
+            mine.extend(ranges);
+            mine.sort_unstable();
+            mine.dedup();
         }
     }
 }

@@ -222,8 +222,9 @@ pub trait Writer: Send + Sync + 'static {
         offsets: &[i64],
     ) -> impl Future<Output = Result<bool, Failure>> + Send;
 
-    /// Records `keys` as owed (repair `id`), before the rows they come from are deleted: a
-    /// sink stopped before its rebuild leaves them to the next owner of `partition`.
+    /// Records `keys` as owed (repair `id`), before the rows they come from are deleted (or,
+    /// for ranges of rows read again, inserted): a sink stopped before its rebuild leaves them
+    /// to the next owner of `partition`.
     fn note_rebuild(
         &self,
         topic: &str,
@@ -233,7 +234,8 @@ pub trait Writer: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
     /// The rebuilds recorded for these partitions and not done: their ids, and all their keys
-    /// (a record of several partitions whole, since it is forgotten whole).
+    /// (a record of several partitions whole, since it is forgotten whole), with those of the
+    /// rows the table holds now in recorded ranges of rows read again.
     fn pending_rebuilds(
         &self,
         topic: &str,
@@ -312,6 +314,11 @@ pub const PENDING_REBUILDS_TABLE: &str = "kafka_pending_rebuilds";
 /// The `rollup` of a recorded rebuild's row that holds no key but the offset the progress
 /// table's maximum must keep for its partition (see [`TouchedKeys::progress_floor`]).
 const PROGRESS_FLOOR: &str = "(kafka_progress floor)";
+
+/// The `rollup` of a recorded rebuild's row that holds no key but a range of offsets
+/// (`first-last`) of rows read again: their keys are read from the table when the record is
+/// taken over (see [`TouchedKeys::reread`]).
+const REREAD_RANGE: &str = "(kafka rows read again)";
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct PendingKey {
@@ -784,6 +791,18 @@ impl Writer for ClickHouseWriter {
                 );
             }
         }
+        for (range_partition, ranges) in &keys.reread {
+            for (first, last) in ranges {
+                if !values.is_empty() {
+                    values.push_str(", ");
+                }
+                let _ = write!(
+                    values,
+                    "({topic}, {range_partition}, {id}, {}, '{first}-{last}')",
+                    literal(REREAD_RANGE)
+                );
+            }
+        }
         if values.is_empty() {
             return Ok(());
         }
@@ -857,7 +876,45 @@ impl Writer for ClickHouseWriter {
                 }
                 continue;
             }
+            if row.rollup == REREAD_RANGE {
+                if let Some((first, last)) = row.key.split_once('-')
+                    && let (Ok(first), Ok(last)) = (first.parse::<i64>(), last.parse::<i64>())
+                {
+                    keys.reread
+                        .entry(row.kafka_partition)
+                        .or_default()
+                        .push((first, last));
+                }
+                continue;
+            }
             by_rollup.entry(row.rollup).or_default().push(row.key);
+        }
+        // The keys of the rows read again that the table holds now (a sink stopped right
+        // after their INSERT never read them).
+        for (partition, ranges) in &keys.reread {
+            let condition = format!(
+                "kafka_topic = {} AND kafka_partition = {partition} AND ({})",
+                crate::rollups::literal(topic),
+                ranges
+                    .iter()
+                    .map(|(a, b)| format!("kafka_offset BETWEEN {a} AND {b}"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            );
+            let touched = self
+                .bounded(
+                    "reading the rollup keys of rows read again",
+                    crate::rollups::touched_keys(
+                        &self.client,
+                        &self.database,
+                        &self.table,
+                        &condition,
+                    ),
+                )
+                .await?;
+            for (rollup, owed) in touched.rollups {
+                by_rollup.entry(rollup.target).or_default().extend(owed);
+            }
         }
         for (target, mut owed) in by_rollup {
             match rollups

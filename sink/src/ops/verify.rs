@@ -552,9 +552,10 @@ async fn owed_rebuilds(client: &clickhouse::Client, topic: &str) -> Option<Strin
     let keys: u64 = owed.iter().map(|(_, n)| n).sum();
     let partitions: Vec<String> = owed.iter().map(|(p, _)| p.to_string()).collect();
     Some(format!(
-        "{keys} rollup keys of partition(s) {} are owed a rebuild ({}: a sink stopped between a \
-         refused insert and its rebuild): the next sink that owns those partitions rebuilds \
-         them at its first write; start the sink, let it write, and verify again",
+        "{keys} rollup keys (or ranges of rows read again) of partition(s) {} are owed a rebuild \
+         ({}: a sink stopped between a refused insert, or an insert of rows read again, and its \
+         rebuild): the next sink that owns those partitions rebuilds them at its first write; \
+         start the sink, let it write, and verify again",
         partitions.join(", "),
         crate::writer::PENDING_REBUILDS_TABLE
     ))
