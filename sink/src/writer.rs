@@ -884,6 +884,12 @@ impl Writer for ClickHouseWriter {
                         .entry(row.kafka_partition)
                         .or_default()
                         .push((first, last));
+                } else {
+                    tracing::warn!(
+                        partition = row.kafka_partition,
+                        key = %row.key,
+                        "a recorded range of rows read again is not `first-last`: skipped"
+                    );
                 }
                 continue;
             }
@@ -912,6 +918,14 @@ impl Writer for ClickHouseWriter {
                     ),
                 )
                 .await?;
+            if !touched.undeclared.is_empty() {
+                tracing::error!(
+                    partition,
+                    views = %touched.undeclared.join(", "),
+                    "these materialized views have no rebuild declaration in clickhouse/schema.sql: \
+                     they may count rows read again twice; check with `clickstream-sink verify`"
+                );
+            }
             for (rollup, owed) in touched.rollups {
                 by_rollup.entry(rollup.target).or_default().extend(owed);
             }
