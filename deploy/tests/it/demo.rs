@@ -258,8 +258,10 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
     assert_eq!(summary["delivered"], summary["sent"], "{summary}");
     assert!(!Path::new(&data.path().join("run/sink.pid")).exists());
+    // A bound on the whole, well above the steps' own limits' usual sum: CI runs this next to
+    // the other tests on two cores, where starting a broker and ClickHouse alone can take 2 min.
     assert!(
-        started.elapsed() < Duration::from_secs(150),
+        started.elapsed() < Duration::from_secs(400),
         "{:?}",
         started.elapsed()
     );

@@ -110,31 +110,40 @@ async fn two_sinks_in_one_group_share_the_work_and_write_every_event_once() {
     let (stop_a, sink_a) = spawn_sink(settings(port_a));
     let (stop_b, sink_b) = spawn_sink(settings(port_b));
 
-    // Stream while both are members, so both get partitions and write.
-    for stage in 0..20 {
-        h.produce(&messages(stage * 1_000..(stage + 1) * 1_000))
-            .await;
+    // Stream while both are members, so both get partitions and write: 20 stages of 1,000
+    // events, then more until both wrote (on a loaded machine the second join can come late).
+    let mut produced = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        h.produce(&messages(produced..produced + 1_000)).await;
+        produced += 1_000;
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if produced < 20_000 {
+            continue;
+        }
+        h.wait_rows(produced, Duration::from_secs(120)).await;
+        let wrote = |port| async move {
+            metric(&scrape(port).await, "clickstream_sink_inserted_rows_total")
+        };
+        let (a, b) = (wrote(port_a).await, wrote(port_b).await);
+        if a > 0.0 && b > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both sinks wrote: {a} and {b} rows"
+        );
     }
-    h.wait_rows(20_000, Duration::from_secs(120)).await;
-    let a = metric(
-        &scrape(port_a).await,
-        "clickstream_sink_inserted_rows_total",
-    );
-    let b = metric(
-        &scrape(port_b).await,
-        "clickstream_sink_inserted_rows_total",
-    );
-    assert!(a > 0.0 && b > 0.0, "both sinks wrote: {a} and {b} rows");
 
     // A leaves; B takes over its partitions.
     stop_a.cancel();
     sink_a.await.expect("sink task").expect("clean shutdown");
-    h.produce(&messages(20_000..30_000)).await;
-    h.wait_rows(30_000, Duration::from_secs(120)).await;
+    h.produce(&messages(produced..produced + 10_000)).await;
+    produced += 10_000;
+    h.wait_rows(produced, Duration::from_secs(120)).await;
     stop_b.cancel();
     sink_b.await.expect("sink task").expect("clean shutdown");
-    h.assert_exactly_once(30_000).await;
+    h.assert_exactly_once(produced).await;
 }
 
 /// Every kind of poison the producer's `--bad-ratio` injects is dead-lettered with the reason

@@ -84,9 +84,10 @@ async fn the_sink_stores_each_messages_kafka_timestamp() {
         50,
         "kafka_timestamp is the message's timestamp, not the event time"
     );
-    // Pipeline latency is small; lateness is the 90 s.
+    // Pipeline latency is small (under 100 s even on a loaded machine: the timestamps are
+    // 30 s old at the start); the event time would be 120 s or more.
     assert_eq!(
-        h.count("SELECT countIf(inserted_at >= kafka_timestamp AND inserted_at - kafka_timestamp < 60) FROM events")
+        h.count("SELECT countIf(inserted_at >= kafka_timestamp AND inserted_at - kafka_timestamp < 100) FROM events")
             .await,
         50
     );
