@@ -139,6 +139,17 @@ impl Harness {
         sink.await.expect("sink task").expect("clean shutdown");
     }
 
+    /// Deletes every row of the topic from `events` as an operator would (`ALTER TABLE ...
+    /// DELETE`): the rollups keep counting them, and ClickHouse keeps their inserts' tokens.
+    pub async fn delete_all_rows_by_hand(&self) {
+        self.client
+            .query("ALTER TABLE events DELETE WHERE kafka_topic = ? SETTINGS mutations_sync = 2")
+            .bind(&self.topic)
+            .execute()
+            .await
+            .expect("ALTER TABLE events DELETE");
+    }
+
     /// Every rollup equals the events table (`verify`'s rollup checks).
     pub async fn assert_rollups_equal(&self) {
         let reports = clickstream_sink::ops::verify::check_rollups(

@@ -226,12 +226,7 @@ async fn a_sink_killed_right_after_inserting_rows_read_again_leaves_the_rollups_
     h.sink_until(h.settings(), 150).await;
     h.produce(&messages(150..300)).await;
     h.sink_until(h.settings(), 300).await;
-    h.client
-        .query("ALTER TABLE events DELETE WHERE kafka_topic = ? SETTINGS mutations_sync = 2")
-        .bind(&h.topic)
-        .execute()
-        .await
-        .unwrap();
+    h.delete_all_rows_by_hand().await;
     let group = format!("{}_reset", h.group);
     let mut child = start(
         &h,

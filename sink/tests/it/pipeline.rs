@@ -350,12 +350,7 @@ async fn rows_deleted_by_hand_and_read_again_after_a_group_reset_are_stored() {
         )
     };
     run(h.group.clone()).await;
-    h.client
-        .query("ALTER TABLE events DELETE WHERE kafka_topic = ? SETTINGS mutations_sync = 2")
-        .bind(&h.topic)
-        .execute()
-        .await
-        .unwrap();
+    h.delete_all_rows_by_hand().await;
     assert_eq!(h.count("SELECT count() FROM events").await, 0);
     // A group reset: a new group reads the topic from its start.
     run(format!("{}_reset", h.group)).await;
