@@ -124,6 +124,11 @@ impl SinkProcess {
         self.exit_within(limit, "exit after SIGTERM").await
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Waits for the process to exit by itself (a failpoint), up to `limit`.
     pub async fn wait_exit(self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
         self.exit_within(limit, "reach its failpoint").await

@@ -204,11 +204,28 @@ async fn kills(stack: &Stack, name: &str, args: &[&str]) -> anyhow::Result<Done>
             let run = run.clone();
             tokio::spawn(async move { run.stream(1_000, 15).await })
         };
-        let sink = run.start_sink(
+        let mut sink = run.start_sink(
             &[("CLICKSTREAM_FAILPOINT", format!("abort-after-insert:{n}"))],
             args,
         )?;
-        let status = sink.wait_exit(Duration::from_secs(120)).await?;
+        // After the stream, 1,000 more every 5 s until the n-th insert happens (a slow group
+        // join can leave the stream short of it).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut fed = Instant::now();
+        let status = loop {
+            if let Some(status) = sink.exited()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                sink.kill();
+                anyhow::bail!("the sink did not reach its failpoint (insert {n}) within 120 s");
+            }
+            if streamer.is_finished() && fed.elapsed() > Duration::from_secs(5) {
+                run.produce(1_000).await?;
+                fed = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         streamer.await.context("streamer")??;
         anyhow::ensure!(
             status.signal() == Some(6),
@@ -239,7 +256,7 @@ async fn kills(stack: &Stack, name: &str, args: &[&str]) -> anyhow::Result<Done>
         "sigkills_at_random_moments": random_kills.len(),
         "sigkill_after_ms": random_kills,
         "delivery": if args.is_empty() { "exactly-once" } else { "at-least-once" },
-        "stream": "6 stages of 4,000 events pre-loaded + 1,000 events/s for 15 s, then 2,000 events/s for 50 s",
+        "stream": "6 stages of 4,000 events pre-loaded + 1,000 events/s for 15 s (then 1,000 more every 5 s until the failpoint fired), then 2,000 events/s for 50 s",
     });
     finish(run, last, injected).await
 }
