@@ -2185,22 +2185,31 @@ pub(crate) mod tests {
     }
 
     fn new_flusher(writer: FakeWriter, committer: FakeCommitter) -> (TestFlusher, u64) {
+        flusher_owning(Arc::new(writer), committer, &[0, 1, 2])
+    }
+
+    /// A flusher on `writer` (shared with a stopped one, for a restart) that owns
+    /// `partitions`, with partition 0's epoch.
+    fn flusher_owning(
+        writer: Arc<FakeWriter>,
+        committer: FakeCommitter,
+        partitions: &[i32],
+    ) -> (TestFlusher, u64) {
         let ownership = Arc::new(Ownership::default());
-        ownership.assign(&[0, 1, 2]);
+        ownership.assign(partitions);
         let epoch = ownership.epoch(0).unwrap();
         let settings = Settings {
             topic: "t".into(),
             ..Settings::default()
         };
-        let retry = RetryPolicy::immediate();
         let flusher = Flusher::new(
             &settings,
-            Arc::new(writer),
+            writer,
             FakeDeadLetters::default(),
             committer,
             FakeTopic::default(),
             ownership,
-            retry,
+            RetryPolicy::immediate(),
         );
         (flusher, epoch)
     }
@@ -2736,21 +2745,7 @@ pub(crate) mod tests {
 
         // The next owner finds the rows stored, skips them, and rebuilds their keys.
         stopped.writer.fail_touched.store(0, Ordering::SeqCst);
-        let ownership = Arc::new(Ownership::default());
-        ownership.assign(&[0]);
-        let next = Flusher::new(
-            &Settings {
-                topic: "t".into(),
-                ..Settings::default()
-            },
-            stopped.writer.clone(),
-            FakeDeadLetters::default(),
-            FakeCommitter::default(),
-            FakeTopic::default(),
-            ownership.clone(),
-            RetryPolicy::immediate(),
-        );
-        let epoch = ownership.epoch(0).unwrap();
+        let (next, epoch) = flusher_owning(stopped.writer.clone(), FakeCommitter::default(), &[0]);
         let report = next.write_one(reread(&next, epoch)).await.unwrap();
         assert_eq!((report.already_stored, report.inserted), (10, 0));
         assert_eq!(rollup(&next), once, "counted once");
@@ -2812,21 +2807,7 @@ pub(crate) mod tests {
 
         // The next owner (a restart) reads the same offsets: all stored, skipped; the
         // recorded keys are rebuilt before its commit, and their record deleted.
-        let ownership = Arc::new(Ownership::default());
-        ownership.assign(&[0]);
-        let next = Flusher::new(
-            &Settings {
-                topic: "t".into(),
-                ..Settings::default()
-            },
-            stopped.writer.clone(),
-            FakeDeadLetters::default(),
-            FakeCommitter::default(),
-            FakeTopic::default(),
-            ownership.clone(),
-            RetryPolicy::immediate(),
-        );
-        let epoch = ownership.epoch(0).unwrap();
+        let (next, epoch) = flusher_owning(stopped.writer.clone(), FakeCommitter::default(), &[0]);
         let report = next.write_one(batch(&next, epoch, &rows)).await.unwrap();
         assert_eq!((report.already_stored, report.inserted), (8, 0));
         assert_eq!(
@@ -2869,21 +2850,7 @@ pub(crate) mod tests {
         assert_eq!(ids.len(), 1);
 
         // The next owner writes partition 0 only: the whole record is rebuilt and forgotten.
-        let ownership = Arc::new(Ownership::default());
-        ownership.assign(&[0]);
-        let next = Flusher::new(
-            &Settings {
-                topic: "t".into(),
-                ..Settings::default()
-            },
-            stopped.writer.clone(),
-            FakeDeadLetters::default(),
-            FakeCommitter::default(),
-            FakeTopic::default(),
-            ownership.clone(),
-            RetryPolicy::immediate(),
-        );
-        let epoch = ownership.epoch(0).unwrap();
+        let (next, epoch) = flusher_owning(stopped.writer.clone(), FakeCommitter::default(), &[0]);
         let rows: Vec<(i64, i64)> = (0..10).map(|o| (o, 0)).collect();
         next.write_one(batch(&next, epoch, &rows)).await.unwrap();
         assert!(next.writer.pending.lock().unwrap().is_empty());

@@ -776,41 +776,39 @@ impl Writer for ClickHouseWriter {
         keys: &TouchedKeys,
     ) -> Result<(), Failure> {
         use crate::rollups::literal;
-        let topic = literal(topic);
-        let mut values = String::new();
+        // (partition, rollup, key) of each record row: the keys, then the ranges of rows read
+        // again; the progress floors only go with one of those.
+        let mut rows: Vec<(i32, &str, String)> = Vec::new();
         for (rollup, keys) in &keys.rollups {
-            let rollup = literal(&rollup.target);
-            for key in keys {
-                if !values.is_empty() {
-                    values.push_str(", ");
-                }
-                let _ = write!(
-                    values,
-                    "({topic}, {partition}, {id}, {rollup}, {})",
-                    literal(key)
-                );
-            }
+            rows.extend(
+                keys.iter()
+                    .map(|key| (partition, rollup.target.as_str(), key.clone())),
+            );
         }
         for (range_partition, ranges) in &keys.reread {
-            for (first, last) in ranges {
-                if !values.is_empty() {
-                    values.push_str(", ");
-                }
-                let _ = write!(
-                    values,
-                    "({topic}, {range_partition}, {id}, {}, '{first}-{last}')",
-                    literal(REREAD_RANGE)
-                );
-            }
+            rows.extend(
+                ranges.iter().map(|(first, last)| {
+                    (*range_partition, REREAD_RANGE, format!("{first}-{last}"))
+                }),
+            );
         }
-        if values.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
         for (floor_partition, floor) in &keys.progress_floor {
+            rows.push((*floor_partition, PROGRESS_FLOOR, floor.to_string()));
+        }
+        let topic = literal(topic);
+        let mut values = String::new();
+        for (row_partition, rollup, key) in &rows {
+            if !values.is_empty() {
+                values.push_str(", ");
+            }
             let _ = write!(
                 values,
-                ", ({topic}, {floor_partition}, {id}, {}, '{floor}')",
-                literal(PROGRESS_FLOOR)
+                "({topic}, {row_partition}, {id}, {}, {})",
+                literal(rollup),
+                literal(key)
             );
         }
         self.bounded(
