@@ -286,3 +286,66 @@ GROUP BY kafka_topic, kafka_partition;
 
 ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
     ADD INDEX IF NOT EXISTS kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1;
+
+-- The sink's bookkeeping (schema.sql, "Exactly-once support" and "Replays"): small tables
+-- every sink and every `replay` must see whole, whichever node it connects to, so each is one
+-- replica set across the whole cluster (no {shard} in the path), under its own name (no
+-- Distributed table). The sink's start-up check needs kafka_pending_rebuilds, kafka_replays
+-- and kafka_replay_steps.
+CREATE TABLE IF NOT EXISTS clickstream.kafka_pending_rebuilds ON CLUSTER '{cluster}'
+(
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    repair_id       UInt64,
+    rollup          LowCardinality(String),
+    key             String,
+    noted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_pending_rebuilds', '{replica}')
+ORDER BY (kafka_topic, kafka_partition, repair_id, rollup, key);
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replays ON CLUSTER '{cluster}'
+(
+    replay_id        UInt64,
+    kafka_topic      LowCardinality(String),
+    kafka_group      String,
+    kafka_partition  Int32,
+    from_offset      Int64,
+    rows             UInt64,
+    committed_before Int64,
+    committed_after  Int64,
+    planned_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replays', '{replica}')
+ORDER BY (kafka_topic, replay_id, kafka_partition);
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_steps ON CLUSTER '{cluster}'
+(
+    replay_id   UInt64,
+    kafka_topic LowCardinality(String),
+    step        LowCardinality(String),
+    at          DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_steps', '{replica}')
+ORDER BY (kafka_topic, replay_id);
+
+CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_keys ON CLUSTER '{cluster}'
+(
+    replay_id UInt64,
+    rollup    LowCardinality(String),
+    key       String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_keys', '{replica}')
+ORDER BY (replay_id, rollup, key)
+TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
+
+CREATE TABLE IF NOT EXISTS clickstream.dead_letter_replays ON CLUSTER '{cluster}'
+(
+    kafka_topic     LowCardinality(String),
+    kafka_partition Int32,
+    kafka_offset    Int64,
+    reason          LowCardinality(String),
+    replayed_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/clickstream/dead_letter_replays', '{replica}')
+ORDER BY (kafka_topic, kafka_partition, kafka_offset);

@@ -32,7 +32,9 @@ fn reason_flag() -> Arg {
         .long("reason")
         .value_name("REASON")
         .action(ArgAction::Append)
-        .help("only letters of this reason (repeatable), e.g. too_old, invalid_json")
+        .help(
+            "only letters of this reason (repeatable), e.g. timestamp_out_of_window, invalid_json",
+        )
 }
 
 /// The commands, with their own arguments (the settings' flags are global).

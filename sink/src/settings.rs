@@ -220,9 +220,26 @@ impl Settings {
                     | "group.id"
                     | "enable.auto.commit"
                     | "enable.auto.offset.store"
+                    | "enable.partition.eof"
+                    | "statistics.interval.ms"
             ) {
                 return bad(&format!("kafka.{key}"), "is set by the sink itself");
             }
+        }
+        // A new group reads its partitions from the start: starting from the end would skip
+        // what the topic holds, silently. (It was overridden without a word before.)
+        if let Some(reset) = self.kafka.get("auto.offset.reset")
+            && !matches!(
+                reset.to_ascii_lowercase().as_str(),
+                "earliest" | "smallest" | "beginning"
+            )
+        {
+            return bad(
+                "kafka.auto.offset.reset",
+                "is `earliest`, set by the sink itself: a group without committed offsets reads \
+                 everything the topic holds. To start a new group later in the topic, commit \
+                 its offsets first (kafka-consumer-groups.sh --reset-offsets --to-datetime ...)",
+            );
         }
         // An incremental (cooperative) rebalance keeps a partition across a rebalance without
         // giving it back in an assignment; a partition the sink let go on a refused commit would
@@ -464,6 +481,16 @@ mod tests {
                 &[],
                 &[("CLICKSTREAM_SINK_KAFKA__GROUP_PROTOCOL", "consumer")],
                 "kafka.group.protocol",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__AUTO_OFFSET_RESET", "latest")],
+                "kafka.auto.offset.reset",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__STATISTICS_INTERVAL_MS", "0")],
+                "kafka.statistics.interval.ms",
             ),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
             (

@@ -221,4 +221,56 @@ async fn cluster_sql_parses_and_matches_schema_sql() {
             );
         }
     }
+    // The sink's bookkeeping: one replica set across the cluster, under the same name (the
+    // start-up check stops a sink that misses one of them).
+    for table in BOOKKEEPING {
+        let single = named(&schema, &format!("clickstream.{table}"))
+            .unwrap_or_else(|| panic!("{table} not in schema.sql"));
+        let replicated = named(&cluster, &format!("clickstream.{table}"))
+            .unwrap_or_else(|| panic!("{table} not in cluster.sql"));
+        assert!(
+            replicated.contains("ON CLUSTER")
+                && replicated.contains(&format!("ENGINE = Replicated{}", engine(&single)))
+                && replicated.contains(&format!("/clickhouse/tables/all/clickstream/{table}'")),
+            "{table} is not one replica set across the cluster: {replicated}"
+        );
+        assert_eq!(
+            body(&replicated),
+            body(&single),
+            "{table}: columns differ from schema.sql"
+        );
+        assert_eq!(
+            tail(&replicated),
+            tail(&single),
+            "{table}: ORDER BY or TTL differs from schema.sql"
+        );
+    }
+}
+
+/// The sink's own tables (schema.sql's last sections).
+const BOOKKEEPING: [&str; 5] = [
+    "kafka_pending_rebuilds",
+    "kafka_replays",
+    "kafka_replay_steps",
+    "kafka_replay_keys",
+    "dead_letter_replays",
+];
+
+/// A table's engine name (`MergeTree`, `ReplacingMergeTree`, ...).
+fn engine(statement: &str) -> &str {
+    let after = &statement[statement.find("ENGINE = ").expect("an engine") + 9..];
+    after
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default()
+}
+
+/// What follows a table's engine (ORDER BY, TTL, SETTINGS), whitespace collapsed.
+fn tail(statement: &str) -> String {
+    let after = &statement[statement.find("ENGINE = ").expect("an engine")..];
+    let from = after.find('\n').unwrap_or(after.len());
+    after[from..]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
