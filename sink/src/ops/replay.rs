@@ -116,21 +116,24 @@ pub struct ReplayState {
     pub unfinished: Option<u64>,
 }
 
-/// Reads [`ReplayState`] (`client` is set to `database`); tables that do not exist yet mean
-/// no replay ever ran.
+/// Reads [`ReplayState`] (`client` is set to `database`) from the steps table alone: the
+/// sink's user is granted SELECT on it and nothing else of replays (clickhouse/users.sql), and
+/// ClickHouse hides the tables a user has no grant on from `system.tables`. (Requiring
+/// `kafka_replays` too made every replay invisible to a sink under those grants: generation 0,
+/// so the replayed rows reused their first insert's tokens and were dropped as duplicates.)
+/// A steps table that does not exist yet means no replay ever ran.
 pub async fn state(
     client: &clickhouse::Client,
     database: &str,
     topic: &str,
 ) -> Result<ReplayState, clickhouse::error::Error> {
     let tables: u64 = client
-        .query("SELECT count() FROM system.tables WHERE database = ? AND name IN (?, ?)")
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
         .bind(database)
-        .bind(REPLAYS_TABLE)
         .bind(STEPS_TABLE)
         .fetch_one()
         .await?;
-    if tables < 2 {
+    if tables == 0 {
         return Ok(ReplayState::default());
     }
     let planned: Vec<IdRow> = client

@@ -282,6 +282,40 @@ async fn replay_reinserts_a_range_exactly_once_even_when_killed_between_steps() 
     }
 }
 
+/// The sink's user may read `kafka_replay_steps` and no other replay table
+/// (clickhouse/users.sql), and ClickHouse hides from `system.tables` the tables a user has no
+/// grant on. The sink must see a replay through the steps alone: its id scopes the
+/// deduplication tokens, or the replayed range is dropped as a duplicate of its first insert.
+/// (The local engine has no grants: the table the sink user cannot see is dropped instead.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sink_that_sees_only_the_replay_steps_inserts_the_replayed_range_again() {
+    let h = Harness::new("it_replay_steps_only").await;
+    h.produce(&messages(0..300)).await;
+    drain(&h, 300).await;
+    wait_group_empty(&h).await;
+    let out = sink_command(
+        &h,
+        &[
+            "replay", "--from", "0:0", "--from", "1:0", "--from", "2:0", "--yes",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(h.count("SELECT count() FROM events").await, 0);
+
+    h.client
+        .query("DROP TABLE kafka_replays SYNC")
+        .execute()
+        .await
+        .unwrap();
+    let state = clickstream_sink::ops::replay::state(&h.client, &h.database, &h.topic)
+        .await
+        .unwrap();
+    assert_ne!(state.generation, 0, "the replay is invisible: {state:?}");
+    drain(&h, 300).await;
+    h.assert_exactly_once(300).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dlq_replay_inserts_letters_valid_now_exactly_once() {
     let h = Harness::new("it_dlq_replay").await;
