@@ -305,8 +305,12 @@ pub fn load<T: Serialize + DeserializeOwned>(
     }
     let env: BTreeMap<String, String> = env.into_iter().collect();
     // Other variables read for a key (KAFKA_BROKERS, CLICKHOUSE_URL, ...): above the file,
-    // below flags.
+    // below flags, and below the program's own variable for the key (the more specific one;
+    // an override here would also beat that variable, silently).
     for key in keys {
+        if env.contains_key(&format!("{prefix}_{}", key.name.to_ascii_uppercase())) {
+            continue;
+        }
         for var in key.env {
             if let Some(value) = env.get(*var) {
                 builder = builder
@@ -334,7 +338,9 @@ pub fn load<T: Serialize + DeserializeOwned>(
         config::Environment::with_prefix(prefix)
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true)
+            // As text: the settings' own types parse it. Guessing types first turned a
+            // password `0123` into `123`.
+            .try_parsing(false)
             .source(Some(prefixed)),
     );
     for (key, value) in &overrides.values {
@@ -410,6 +416,29 @@ mod tests {
                 ("acks".to_owned(), "all".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn environment_values_stay_text_and_the_programs_own_variable_wins() {
+        let loaded = load(
+            &Settings::default(),
+            KEYS,
+            "EX",
+            &Overrides::default(),
+            env(&[
+                ("EX_PASSWORD", "0123"),
+                ("KAFKA_BROKERS", "shared:1"),
+                ("EX_BROKERS", "own:2"),
+                ("EX_RETRIES", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.settings.password, "0123", "digits stay text");
+        assert_eq!(
+            loaded.settings.brokers, "own:2",
+            "the program's own variable wins"
+        );
+        assert_eq!(loaded.settings.retries, 5, "numbers still parse");
     }
 
     #[test]

@@ -151,12 +151,28 @@ fn since(args: &ArgMatches) -> Result<Option<chrono::DateTime<chrono::Utc>>, i32
     }
 }
 
-fn reasons(args: &ArgMatches) -> Vec<String> {
-    args.get_many::<String>("reason")
+/// The `--reason` values, each one the sink writes (a misspelt one would match nothing and
+/// report 0 letters as if all were well).
+fn reasons(args: &ArgMatches) -> Result<Vec<String>, i32> {
+    let known: Vec<&str> = clickstream_event::RejectReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain([clickstream_sink::flush::REJECTED_BY_CLICKHOUSE])
+        .collect();
+    let given: Vec<String> = args
+        .get_many::<String>("reason")
         .into_iter()
         .flatten()
         .cloned()
-        .collect()
+        .collect();
+    if let Some(unknown) = given.iter().find(|r| !known.contains(&r.as_str())) {
+        eprintln!(
+            "error: --reason {unknown}: no such reason; the sink writes {}",
+            known.join(", ")
+        );
+        return Err(USAGE);
+    }
+    Ok(given)
 }
 
 /// Runs the command `name`; returns the exit code.
@@ -188,7 +204,12 @@ pub async fn run(name: &str, args: &ArgMatches, settings: &Settings) -> i32 {
                         eprintln!("error: --from {item}: expected PARTITION:OFFSET, e.g. 0:1500");
                         return USAGE;
                     };
-                    parsed.insert(p, o);
+                    if let Some(first) = parsed.insert(p, o) {
+                        eprintln!(
+                            "error: --from {p}:{first} and --from {item}: one start per partition"
+                        );
+                        return USAGE;
+                    }
                 }
                 replay::Start::From(parsed)
             } else {
@@ -231,7 +252,10 @@ pub async fn run(name: &str, args: &ArgMatches, settings: &Settings) -> i32 {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let reasons = reasons(args);
+            let reasons = match reasons(args) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
             match sub {
                 "inspect" => {
                     let samples = args.get_one::<usize>("samples").copied().unwrap_or(3);

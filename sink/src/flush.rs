@@ -54,6 +54,9 @@ pub enum CommitError {
     Failed(String),
 }
 
+/// The dead-letter reason of rows ClickHouse refused (isolated one by one).
+pub const REJECTED_BY_CLICKHOUSE: &str = "rejected_by_clickhouse";
+
 /// What writing one segment did, for the log line and the metrics.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FlushReport {
@@ -879,7 +882,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 key: message.key,
                 payload: message.payload,
                 headers: message.headers,
-                reason: "rejected_by_clickhouse".into(),
+                reason: REJECTED_BY_CLICKHOUSE.into(),
                 error,
                 source_topic: self.topic.clone(),
                 source_partition: partition,
@@ -890,7 +893,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 key: None,
                 payload: None,
                 headers: Vec::new(),
-                reason: "rejected_by_clickhouse".into(),
+                reason: REJECTED_BY_CLICKHOUSE.into(),
                 error: format!(
                     "{error} (the message itself was already deleted from the topic by its retention)"
                 ),
@@ -904,7 +907,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.confirm(ack).await?;
         self.metrics
             .dead_lettered
-            .get_or_create(&Metrics::label("reason", "rejected_by_clickhouse"))
+            .get_or_create(&Metrics::label("reason", REJECTED_BY_CLICKHOUSE))
             .inc();
         Ok(())
     }

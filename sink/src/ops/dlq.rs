@@ -137,7 +137,8 @@ pub struct Inspection {
     pub letters: u64,
     /// Letters written again for a source offset already lettered.
     pub repeats: u64,
-    /// Letters without source headers or of other topics.
+    /// Letters without source headers, of other topics, or not selected by `--reason` /
+    /// `--since`.
     pub other: u64,
     pub by_reason: BTreeMap<String, u64>,
     /// Per hour (UTC, `2026-11-30 10:00`), letters per reason.
@@ -224,7 +225,7 @@ impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "dead-letter topic {}: {} letters for topic {} ({} repeats counted once, {} already replayed; {} letters of other topics or without source)",
+            "dead-letter topic {}: {} letters for topic {} ({} repeats counted once, {} already replayed; {} other letters: of other topics, without source, or not selected)",
             self.dead_letter_topic,
             self.letters,
             self.topic,

@@ -489,10 +489,21 @@ async fn plan(
             out
         }
         Start::From(from) => {
-            for p in from.keys() {
+            for (p, &offset) in from {
                 if !partitions.contains(p) {
                     return Err(ReplayError::Usage(format!(
                         "--from {p}:…: topic {topic} has no partition {p} (it has {partitions:?})"
+                    )));
+                }
+                // Rows below the earliest offset Kafka still holds could be deleted but never
+                // read again: refused, not lost.
+                let (earliest, _) = kafka.range(topic, *p)?;
+                if offset < earliest {
+                    return Err(ReplayError::Usage(format!(
+                        "--from {p}:{offset}: partition {p} of topic {topic} starts at offset \
+                         {earliest} now (older messages are past retention): replay would delete \
+                         the rows of offsets {offset}..{earliest} and could not read them again; \
+                         use --from {p}:{earliest} or later"
                     )));
                 }
             }
