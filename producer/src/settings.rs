@@ -280,6 +280,10 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 
 fn property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
+        // It would override --brokers (and the start line would name the wrong servers).
+        Some((key, _)) if matches!(key.trim(), "bootstrap.servers" | "metadata.broker.list") => {
+            Err(format!("{}: use --brokers (or KAFKA_BROKERS)", key.trim()))
+        }
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_owned(), value.to_owned()))
         }
@@ -401,6 +405,7 @@ mod tests {
             (&["--late-ratio", "-0.1"], "--late-ratio"),
             (&["--topic", "no spaces"], "--topic"),
             (&["-X", "novalue"], "-X"),
+            (&["-X", "bootstrap.servers=b:9"], "--brokers"),
             (&["--seed", "x"], "--seed"),
             (&["--metrics-addr", "localhost"], "--metrics-addr"),
         ] {

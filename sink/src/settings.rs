@@ -222,8 +222,24 @@ impl Settings {
                     | "enable.auto.offset.store"
                     | "enable.partition.eof"
                     | "statistics.interval.ms"
+                    | "metadata.broker.list"
             ) {
                 return bad(&format!("kafka.{key}"), "is set by the sink itself");
+            }
+            // Producer properties reach only the dead-letter producer, which needs its own.
+            if matches!(
+                key.as_str(),
+                "enable.idempotence"
+                    | "acks"
+                    | "linger.ms"
+                    | "compression.type"
+                    | "message.timeout.ms"
+            ) {
+                return bad(
+                    &format!("kafka.{key}"),
+                    "is set by the sink itself for its dead-letter producer (idempotent, \
+                     acks=all, lz4, 5 ms linger, 30 s delivery timeout)",
+                );
             }
         }
         // A new group reads its partitions from the start: starting from the end would skip
@@ -492,6 +508,7 @@ mod tests {
                 &[("CLICKSTREAM_SINK_KAFKA__STATISTICS_INTERVAL_MS", "0")],
                 "kafka.statistics.interval.ms",
             ),
+            (&[], &[("CLICKSTREAM_SINK_KAFKA__ACKS", "1")], "kafka.acks"),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
             (
                 &[("clickhouse_url", "https://sink:pw@ch:8443")],

@@ -147,8 +147,26 @@ impl Settings {
             return bad("http_addr", "must be HOST:PORT (an IP address) or \"off\"");
         }
         for key in self.kafka.keys() {
-            if key == "bootstrap.servers" {
-                return bad("kafka.bootstrap.servers", "is set by `brokers`");
+            if matches!(key.as_str(), "bootstrap.servers" | "metadata.broker.list") {
+                return bad(&format!("kafka.{key}"), "is set by `brokers`");
+            }
+            // Set by the program for its read-back consumer and its publisher (they were
+            // overridden without a word before).
+            if matches!(
+                key.as_str(),
+                "group.id"
+                    | "enable.auto.commit"
+                    | "enable.partition.eof"
+                    | "auto.offset.reset"
+                    | "enable.idempotence"
+                    | "acks"
+                    | "client.id"
+            ) {
+                return bad(
+                    &format!("kafka.{key}"),
+                    "is set by clickstream-windows itself (its read-back consumer reads the \
+                     whole topic; its publisher is idempotent with acks=all)",
+                );
             }
         }
         Ok(())
@@ -263,6 +281,16 @@ mod tests {
             (&[("database", "x; DROP")], &[], "database"),
             (&[("http_addr", "nowhere")], &[], "http_addr"),
             (&[], &[("CLICKSTREAM_WINDOWS_WINDOWZ", "5m")], "windowz"),
+            (
+                &[],
+                &[("CLICKSTREAM_WINDOWS_KAFKA__AUTO_OFFSET_RESET", "latest")],
+                "kafka.auto.offset.reset",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_WINDOWS_KAFKA__CLIENT_ID", "w")],
+                "kafka.client.id",
+            ),
         ];
         for (values, env, key) in cases {
             let error = load(values, env).expect_err(key).to_string();
