@@ -5,9 +5,11 @@
 --   clickhouse-client --multiquery < clickhouse/cluster.sql
 --
 -- Layout: every table of schema.sql becomes `<name>_local` (Replicated*MergeTree, one replica
--- set per shard) plus `<name>` (Distributed over the local tables). Queries, the Grafana panels
--- and clickstream-top keep reading `clickstream.<name>` unchanged. The MVs read the local
--- events table and write the local rollups, so each shard aggregates its own events.
+-- set per shard) plus `<name>` (Distributed over the local tables), except the sink's
+-- bookkeeping tables at the end (one replica set across the cluster, under their own names).
+-- Queries, the Grafana panels and clickstream-top keep reading `clickstream.<name>` unchanged.
+-- The MVs read the local events table and write the local rollups, so each shard aggregates
+-- its own events.
 --
 -- * Sharding key: cityHash64(session_id), so all events of a session land on one shard and the
 --   per-session rollup is complete there; uniq/uniqExact states merge across shards at query
@@ -288,10 +290,13 @@ ALTER TABLE clickstream.events_local ON CLUSTER '{cluster}'
     ADD INDEX IF NOT EXISTS kafka_offset_minmax kafka_offset TYPE minmax GRANULARITY 1;
 
 -- The sink's bookkeeping (schema.sql, "Exactly-once support" and "Replays"): small tables
--- every sink and every `replay` must see whole, whichever node it connects to, so each is one
--- replica set across the whole cluster (no {shard} in the path), under its own name (no
--- Distributed table). The sink's start-up check needs kafka_pending_rebuilds, kafka_replays
--- and kafka_replay_steps.
+-- every sink and every `replay` must see, whichever node it connects to, so each is one
+-- replica set across the whole cluster (no {shard} in the path; the replica name
+-- '{shard}-{replica}' is unique across shards even where replica macros repeat in each),
+-- under its own name (no Distributed table). The sink's start-up check needs
+-- kafka_pending_rebuilds; kafka_replay_steps tells it of replays. Replication is
+-- asynchronous: a sink taking a partition over on another node may read a record a moment
+-- old (see the README, "A ClickHouse cluster").
 CREATE TABLE IF NOT EXISTS clickstream.kafka_pending_rebuilds ON CLUSTER '{cluster}'
 (
     kafka_topic     LowCardinality(String),
@@ -301,7 +306,7 @@ CREATE TABLE IF NOT EXISTS clickstream.kafka_pending_rebuilds ON CLUSTER '{clust
     key             String,
     noted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_pending_rebuilds', '{replica}')
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_pending_rebuilds', '{shard}-{replica}')
 ORDER BY (kafka_topic, kafka_partition, repair_id, rollup, key);
 
 CREATE TABLE IF NOT EXISTS clickstream.kafka_replays ON CLUSTER '{cluster}'
@@ -316,7 +321,7 @@ CREATE TABLE IF NOT EXISTS clickstream.kafka_replays ON CLUSTER '{cluster}'
     committed_after  Int64,
     planned_at       DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replays', '{replica}')
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replays', '{shard}-{replica}')
 ORDER BY (kafka_topic, replay_id, kafka_partition);
 
 CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_steps ON CLUSTER '{cluster}'
@@ -326,7 +331,7 @@ CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_steps ON CLUSTER '{cluster}'
     step        LowCardinality(String),
     at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_steps', '{replica}')
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_steps', '{shard}-{replica}')
 ORDER BY (kafka_topic, replay_id);
 
 CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_keys ON CLUSTER '{cluster}'
@@ -335,7 +340,7 @@ CREATE TABLE IF NOT EXISTS clickstream.kafka_replay_keys ON CLUSTER '{cluster}'
     rollup    LowCardinality(String),
     key       String
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_keys', '{replica}')
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_keys', '{shard}-{replica}')
 ORDER BY (replay_id, rollup, key)
 TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
 
@@ -347,5 +352,5 @@ CREATE TABLE IF NOT EXISTS clickstream.dead_letter_replays ON CLUSTER '{cluster}
     reason          LowCardinality(String),
     replayed_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/clickstream/dead_letter_replays', '{replica}')
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/clickstream/dead_letter_replays', '{shard}-{replica}')
 ORDER BY (kafka_topic, kafka_partition, kafka_offset);

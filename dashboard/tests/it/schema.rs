@@ -221,8 +221,18 @@ async fn cluster_sql_parses_and_matches_schema_sql() {
             );
         }
     }
-    // The sink's bookkeeping: one replica set across the cluster, under the same name (the
-    // start-up check stops a sink that misses one of them).
+    // Every table of schema.sql is a rollup/events table above or the sink's bookkeeping.
+    for statement in schema.iter().filter(|s| s.starts_with("CREATE TABLE")) {
+        assert!(
+            OBJECTS.iter().chain(BOOKKEEPING.iter()).any(|o| statement
+                .split_whitespace()
+                .any(|w| w == format!("clickstream.{o}"))),
+            "a table of schema.sql that cluster.sql's test does not know: {statement}"
+        );
+    }
+    // The sink's bookkeeping: one replica set across the cluster (a replica name unique
+    // across shards), under the same name (the start-up check stops a sink without
+    // kafka_pending_rebuilds).
     for table in BOOKKEEPING {
         let single = named(&schema, &format!("clickstream.{table}"))
             .unwrap_or_else(|| panic!("{table} not in schema.sql"));
@@ -231,7 +241,9 @@ async fn cluster_sql_parses_and_matches_schema_sql() {
         assert!(
             replicated.contains("ON CLUSTER")
                 && replicated.contains(&format!("ENGINE = Replicated{}", engine(&single)))
-                && replicated.contains(&format!("/clickhouse/tables/all/clickstream/{table}'")),
+                && replicated.contains(&format!(
+                    "('/clickhouse/tables/all/clickstream/{table}', '{{shard}}-{{replica}}')"
+                )),
             "{table} is not one replica set across the cluster: {replicated}"
         );
         assert_eq!(
