@@ -42,10 +42,10 @@ struct Args {
     #[arg(long, default_value = "clickstream")]
     database: String,
     /// The window the numbers cover: the last N minutes.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     window_minutes: u64,
     /// Seconds between redraws.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     refresh_secs: u64,
     /// Print one screen and exit (exit code 1 if ClickHouse cannot be read).
     #[arg(long)]
@@ -73,8 +73,8 @@ async fn main() -> anyhow::Result<()> {
             client_key_file: args.client_key_file,
         },
         database: args.database,
-        window: Duration::from_secs(args.window_minutes.max(1) * 60),
-        refresh: Duration::from_secs(args.refresh_secs.max(1)),
+        window: Duration::from_secs(args.window_minutes * 60),
+        refresh: Duration::from_secs(args.refresh_secs),
     };
     if args.once {
         let queries = top::Queries::from_dashboards(&settings.database)?;
