@@ -13,6 +13,19 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    let unknown = clickstream_producer::settings::unknown_variables(std::env::vars());
+    if !unknown.is_empty() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::UnknownArgument,
+                format!(
+                    "{} set, but no flag reads it (a typo? -X properties cannot come from the \
+                     environment): see --help",
+                    unknown.join(", ")
+                ),
+            )
+            .exit()
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

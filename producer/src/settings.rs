@@ -128,7 +128,8 @@ impl Settings {
 /// outstanding deliveries, prints a JSON summary on stdout, and exits with 1 if any message
 /// could not be delivered.
 ///
-/// Every flag can also be set in the environment (shown as [env: ...]); a flag wins over it.
+/// Every flag but -X can also be set in the environment (shown as [env: ...]); a flag wins
+/// over it. Another CLICKSTREAM_PRODUCER_* variable (a typo) stops start-up.
 #[derive(Debug, Parser)]
 #[command(name = "clickstream-producer", version, max_term_width = 100)]
 pub struct Args {
@@ -278,6 +279,21 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The `CLICKSTREAM_PRODUCER_*` variables among `vars` that no flag reads (a misspelt one was
+/// ignored without a word).
+pub fn unknown_variables(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let command = <Args as clap::CommandFactory>::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    vars.into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("CLICKSTREAM_PRODUCER_") && !known.contains(name))
+        .collect()
+}
+
 fn property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         // It would override --brokers (and the start line would name the wrong servers).
@@ -418,6 +434,25 @@ mod tests {
             .into_settings(|| 1)
             .expect_err("ratios above 1 in total");
         assert!(error.to_string().contains("--bad-ratio"), "{error}");
+    }
+
+    #[test]
+    fn variables_no_flag_reads_are_found() {
+        let vars = [
+            ("CLICKSTREAM_PRODUCER_RATE", "5"),
+            ("CLICKSTREAM_PRODUCER_RATES", "5"),
+            ("CLICKSTREAM_PRODUCER_KAFKA__ACKS", "1"),
+            ("KAFKA_BROKERS", "b:1"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            unknown_variables(vars),
+            [
+                "CLICKSTREAM_PRODUCER_RATES",
+                "CLICKSTREAM_PRODUCER_KAFKA__ACKS"
+            ]
+        );
     }
 
     #[test]
