@@ -107,6 +107,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             .await
             .map_err(|e| Error::ReadBack(e.to_string()))??;
     metrics.read_back.inc_by(read_back.len() as u64);
+    // Windows of another length on the topic would be taken for this length's (same start):
+    // corrections of one size mixed into the other's.
+    if let Some(other) = read_back
+        .iter()
+        .find(|m| m.window_end - m.window_start != chrono::Duration::minutes(minutes))
+    {
+        return Err(Error::Settings(format!(
+            "invalid value for `window`: {} windows, but topic {} holds windows of {} minutes \
+             (from {}): use a topic of its own for each window length",
+            settings.window,
+            settings.topic,
+            (other.window_end - other.window_start).num_minutes(),
+            rfc3339(other.window_start)
+        )));
+    }
     let mut tracker = Tracker::new(
         windows,
         read_back,

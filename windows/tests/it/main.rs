@@ -340,6 +340,36 @@ async fn one_message_per_closed_window_no_repeat_after_a_crash_one_correction_pe
         expected[&key]
     );
     windows.kill();
+
+    // The same topic with 1-minute windows: refused at start, naming the setting, rather than
+    // mixing 1-minute corrections into the 5-minute windows.
+    let mut other = Command::new(env!("CARGO_BIN_EXE_clickstream-windows"))
+        .args(["--brokers", &kafka_brokers()])
+        .args(["--clickhouse-url", &clickhouse_url()])
+        .args(["--topic", &topic, "--database", &database, "--window", "1m"])
+        .args(["--http-addr", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run clickstream-windows");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = other.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = other.kill();
+            panic!("clickstream-windows with 1-minute windows still runs on a 5-minute topic");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut other.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        !status.success() && stderr.contains("`window`") && stderr.contains("5 minutes"),
+        "{status:?}: {stderr}"
+    );
     clickhouse()
         .query(&format!("DROP DATABASE {database}"))
         .execute()
