@@ -49,6 +49,11 @@ pub enum Error {
     },
     #[error("panel {panel:?} returned no column {column:?}")]
     MissingColumn { panel: String, column: String },
+    #[error("{flag}: {reason}")]
+    Setting {
+        flag: &'static str,
+        reason: &'static str,
+    },
     #[error("{flag}: {source}")]
     Connect {
         flag: &'static str,

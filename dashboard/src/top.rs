@@ -67,6 +67,41 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     /// The client; a TLS or password file that cannot be used fails here, with its flag named.
     pub fn client(&self) -> Result<clickhouse::Client, Error> {
+        // A URL with credentials would be used without them (the client sends only a user
+        // header): refused, as by the sink, with the flag named.
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let (cert, key) = (
+            path(&self.tls.client_cert_file),
+            path(&self.tls.client_key_file),
+        );
+        let connection = clickstream_connect::Connection {
+            url: &self.clickhouse_url,
+            database: &self.database,
+            user: self.user.as_deref().unwrap_or_default(),
+            password: self.password.as_deref().unwrap_or_default(),
+            password_file: if self.password_file.is_some() {
+                "set"
+            } else {
+                ""
+            },
+            ca_file: "",
+            client_cert_file: cert.as_deref().unwrap_or_default(),
+            client_key_file: key.as_deref().unwrap_or_default(),
+        };
+        if let Err((key, reason)) = connection.check() {
+            let (flag, reason) = match key {
+                "clickhouse_password_file" => ("--password-file", reason),
+                "clickhouse_client_cert_file" => ("--client-cert-file", reason),
+                "clickhouse_client_key_file" => ("--client-key-file", reason),
+                _ if reason.contains("credentials") => (
+                    "--url",
+                    "must not carry credentials (user:password@ or ?password=), which would \
+                     be shown and not used: give --user and --password-file",
+                ),
+                _ => ("--url", reason),
+            };
+            return Err(Error::Setting { flag, reason });
+        }
         let mut client = clickstream_connect::client(&self.clickhouse_url, &self.tls)
             .map_err(Error::connect)?
             .with_database(&self.database);
@@ -508,6 +543,28 @@ mod tests {
         assert_eq!(shares[0].events, 600);
         assert!((shares[0].percent - 60.0).abs() < 1e-9);
         assert!((shares.iter().map(|s| s.percent).sum::<f64>() - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_url_with_credentials_or_another_scheme_is_refused_naming_the_flag() {
+        for url in [
+            "http://reader:pw@ch:8123",
+            "http://ch:8123/?password=pw",
+            "ftp://ch",
+        ] {
+            let settings = Settings {
+                clickhouse_url: url.into(),
+                user: None,
+                password: None,
+                password_file: None,
+                tls: Tls::default(),
+                database: "clickstream".into(),
+                window: Duration::from_secs(300),
+                refresh: Duration::from_secs(5),
+            };
+            let error = settings.client().map(|_| ()).unwrap_err().to_string();
+            assert!(error.starts_with("--url: "), "{url}: {error}");
+        }
     }
 
     #[test]
