@@ -13,7 +13,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    let unknown = clickstream_producer::settings::unknown_variables(std::env::vars());
+    let unknown = clickstream_producer::settings::unknown_variables(
+        std::env::vars_os().filter_map(|(k, _)| Some((k.into_string().ok()?, String::new()))),
+    );
     if !unknown.is_empty() {
         Args::command()
             .error(

@@ -308,7 +308,8 @@ pub fn load<T: Serialize + DeserializeOwned>(
     // below flags, and below the program's own variable for the key (the more specific one;
     // an override here would also beat that variable, silently).
     for key in keys {
-        if env.contains_key(&format!("{prefix}_{}", key.name.to_ascii_uppercase())) {
+        let own = format!("{prefix}_{}", key.name);
+        if env.keys().any(|var| var.eq_ignore_ascii_case(&own)) {
             continue;
         }
         for var in key.env {

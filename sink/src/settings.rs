@@ -233,9 +233,13 @@ impl Settings {
                 key.as_str(),
                 "enable.idempotence"
                     | "acks"
+                    | "request.required.acks"
                     | "linger.ms"
+                    | "queue.buffering.max.ms"
                     | "compression.type"
+                    | "compression.codec"
                     | "message.timeout.ms"
+                    | "delivery.timeout.ms"
             ) {
                 return bad(
                     &format!("kafka.{key}"),
