@@ -70,20 +70,18 @@ impl Settings {
         // A URL with credentials would be used without them (the client sends only a user
         // header): refused, as by the sink, with the flag named.
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-        let (cert, key) = (
+        let (cert, key, password_file) = (
             path(&self.tls.client_cert_file),
             path(&self.tls.client_key_file),
+            path(&self.password_file),
         );
         let connection = clickstream_connect::Connection {
             url: &self.clickhouse_url,
             database: &self.database,
             user: self.user.as_deref().unwrap_or_default(),
             password: self.password.as_deref().unwrap_or_default(),
-            password_file: if self.password_file.is_some() {
-                "set"
-            } else {
-                ""
-            },
+            password_file: password_file.as_deref().unwrap_or_default(),
+            // (Checked only for the URL and the pairs; the client below reads the files.)
             ca_file: "",
             client_cert_file: cert.as_deref().unwrap_or_default(),
             client_key_file: key.as_deref().unwrap_or_default(),
