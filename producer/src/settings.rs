@@ -297,7 +297,10 @@ pub fn unknown_variables(vars: impl IntoIterator<Item = (String, String)>) -> Ve
 fn property(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         // It would override --brokers (and the start line would name the wrong servers).
-        Some((key, _)) if matches!(key.trim(), "bootstrap.servers" | "metadata.broker.list") => {
+        Some((key, _))
+            if clickstream_settings::owned_kafka_property(key, &[("bootstrap.servers", "")])
+                .is_some() =>
+        {
             Err(format!("{}: use --brokers (or KAFKA_BROKERS)", key.trim()))
         }
         Some((key, value)) if !key.trim().is_empty() => {

@@ -186,6 +186,47 @@ pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<&str, &str> 
         .collect()
 }
 
+/// librdkafka properties known under two names (the second is librdkafka's alias or its
+/// deprecated name): setting either sets the same thing.
+pub const KAFKA_ALIASES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "metadata.broker.list"),
+    ("acks", "request.required.acks"),
+    ("linger.ms", "queue.buffering.max.ms"),
+    ("compression.type", "compression.codec"),
+    ("message.timeout.ms", "delivery.timeout.ms"),
+    ("enable.auto.commit", "auto.commit.enable"),
+    ("max.in.flight.requests.per.connection", "max.in.flight"),
+];
+
+/// The entry of `owned` (a program's `(property, value)` list for one of its clients) that a
+/// user's `key` would set, by its name or another name of it ([`KAFKA_ALIASES`]). A program
+/// builds its client from the same list, so what it refuses is exactly what it sets.
+pub fn owned_kafka_property(
+    key: &str,
+    owned: &[(&'static str, &'static str)],
+) -> Option<(&'static str, &'static str)> {
+    let key = key.trim().to_ascii_lowercase();
+    let canonical = KAFKA_ALIASES
+        .iter()
+        .find(|(_, alias)| *alias == key)
+        .map_or(key.as_str(), |(name, _)| name);
+    owned.iter().copied().find(|(name, _)| {
+        *name == canonical
+            || KAFKA_ALIASES
+                .iter()
+                .any(|(main, alias)| *alias == *name && *main == canonical)
+    })
+}
+
+/// `key=value, ...` of a list of properties, for an error message.
+pub fn shown_properties(properties: &[(&str, &str)]) -> String {
+    properties
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The default of `name` in `defaults` as the README and `--help` show it (`empty` for an
 /// empty string).
 pub fn default_shown<T: Serialize>(defaults: &T, name: &str) -> String {
@@ -359,6 +400,28 @@ pub fn load<T: Serialize + DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_property_is_owned_by_its_name_or_another_name_of_it() {
+        const OWNED: &[(&str, &str)] = &[("acks", "all"), ("linger.ms", "5")];
+        assert_eq!(owned_kafka_property("acks", OWNED), Some(("acks", "all")));
+        assert_eq!(
+            owned_kafka_property("request.required.acks", OWNED),
+            Some(("acks", "all"))
+        );
+        assert_eq!(
+            owned_kafka_property(" Queue.Buffering.Max.Ms", OWNED),
+            Some(("linger.ms", "5"))
+        );
+        assert_eq!(owned_kafka_property("batch.size", OWNED), None);
+        assert_eq!(owned_kafka_property("compression.codec", OWNED), None);
+        // A list may name the alias; the main name is still caught.
+        assert_eq!(
+            owned_kafka_property("bootstrap.servers", &[("metadata.broker.list", "x")]),
+            Some(("metadata.broker.list", "x"))
+        );
+        assert_eq!(shown_properties(OWNED), "acks=all, linger.ms=5".to_owned());
+    }
+
     use std::collections::BTreeMap;
 
     use super::*;

@@ -155,15 +155,28 @@ pub(crate) fn consumer_config(settings: &Settings) -> ClientConfig {
             config.set(*key, *value);
         }
     }
-    config
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000");
+    config.set("group.id", &settings.group);
+    for (key, value) in CONSUMER_PROPERTIES {
+        config.set(*key, *value);
+    }
     config
 }
+
+/// What the sink sets on its consumer whatever the `kafka` settings say; the settings refuse
+/// these keys (and their other names) from this list. It commits offsets itself, only after
+/// the write; a new group reads the topic from its start; end-of-partition events are not
+/// used; the lag gauge comes from librdkafka's statistics every 5 s.
+pub(crate) const CONSUMER_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("enable.partition.eof", "false"),
+    ("statistics.interval.ms", "5000"),
+];
+
+/// librdkafka properties that come from the sink's own settings (refused in `kafka`).
+pub(crate) const PROPERTIES_FROM_SETTINGS: &[(&str, &str)] =
+    &[("bootstrap.servers", "brokers"), ("group.id", "group")];
 
 /// Pauses or resumes partitions of the topic (a failure is logged: the next call retries).
 pub(crate) fn set_paused(consumer: &SinkConsumer, topic: &str, partitions: &[i32], pause: bool) {

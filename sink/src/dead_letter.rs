@@ -251,15 +251,23 @@ impl KafkaDeadLetters {
 /// the sink needs (idempotent, acks=all, records up to the topic's `limit`).
 pub fn producer_config(settings: &Settings, limit: usize) -> rdkafka::ClientConfig {
     let mut config = settings.kafka_client_config();
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "30000")
-        .set("message.max.bytes", limit.max(1_000).to_string());
+    for (key, value) in PRODUCER_PROPERTIES {
+        config.set(*key, *value);
+    }
+    config.set("message.max.bytes", limit.max(1_000).to_string());
     config
 }
+
+/// What the sink sets on its dead-letter producer whatever the `kafka` settings say (they
+/// refuse these keys and their other names from this list): each letter written once, by
+/// all in-sync replicas, or an error within 30 s.
+pub(crate) const PRODUCER_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("compression.type", "lz4"),
+    ("message.timeout.ms", "30000"),
+];
 
 /// The dead-letter topic's `max.message.bytes` (Kafka's default where the broker does not
 /// answer DescribeConfigs; an error when it refuses the sink's login).

@@ -215,39 +215,6 @@ impl Settings {
         if self.http_addr != "off" && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
             return bad("http_addr", "must be HOST:PORT (an IP address) or \"off\"");
         }
-        for key in self.kafka.keys() {
-            if matches!(
-                key.as_str(),
-                "bootstrap.servers"
-                    | "group.id"
-                    | "enable.auto.commit"
-                    | "enable.auto.offset.store"
-                    | "enable.partition.eof"
-                    | "statistics.interval.ms"
-                    | "metadata.broker.list"
-            ) {
-                return bad(&format!("kafka.{key}"), "is set by the sink itself");
-            }
-            // Producer properties reach only the dead-letter producer, which needs its own.
-            if matches!(
-                key.as_str(),
-                "enable.idempotence"
-                    | "acks"
-                    | "request.required.acks"
-                    | "linger.ms"
-                    | "queue.buffering.max.ms"
-                    | "compression.type"
-                    | "compression.codec"
-                    | "message.timeout.ms"
-                    | "delivery.timeout.ms"
-            ) {
-                return bad(
-                    &format!("kafka.{key}"),
-                    "is set by the sink itself for its dead-letter producer (idempotent, \
-                     acks=all, lz4, 5 ms linger, 30 s delivery timeout)",
-                );
-            }
-        }
         // A new group reads its partitions from the start: starting from the end would skip
         // what the topic holds, silently. (It was overridden without a word before.)
         if let Some(reset) = self.kafka.get("auto.offset.reset")
@@ -262,6 +229,33 @@ impl Settings {
                  everything the topic holds. To start a new group later in the topic, commit \
                  its offsets first (kafka-consumer-groups.sh --reset-offsets --to-datetime ...)",
             );
+        }
+        // What the sink sets on its clients itself was overwritten without a word before.
+        for key in self.kafka.keys() {
+            let owned = |list| clickstream_settings::owned_kafka_property(key, list);
+            if let Some((_, setting)) = owned(crate::consumer::PROPERTIES_FROM_SETTINGS) {
+                return bad(&format!("kafka.{key}"), &format!("is set by `{setting}`"));
+            }
+            if key != "auto.offset.reset"
+                && let Some((name, value)) = owned(crate::consumer::CONSUMER_PROPERTIES)
+            {
+                return bad(
+                    &format!("kafka.{key}"),
+                    &format!("is set by the sink itself on its consumer ({name}={value})"),
+                );
+            }
+            // Producer properties reach only the dead-letter producer, which needs its own.
+            if owned(crate::dead_letter::PRODUCER_PROPERTIES).is_some() {
+                return bad(
+                    &format!("kafka.{key}"),
+                    &format!(
+                        "is set by the sink itself for its dead-letter producer ({})",
+                        clickstream_settings::shown_properties(
+                            crate::dead_letter::PRODUCER_PROPERTIES
+                        )
+                    ),
+                );
+            }
         }
         // An incremental (cooperative) rebalance keeps a partition across a rebalance without
         // giving it back in an assignment; a partition the sink let go on a refused commit would
@@ -438,6 +432,14 @@ mod tests {
     }
 
     #[test]
+    fn an_auto_offset_reset_the_sink_sets_itself_is_accepted() {
+        for value in ["earliest", "smallest", "beginning"] {
+            let env = [("CLICKSTREAM_SINK_KAFKA__AUTO_OFFSET_RESET", value)];
+            assert!(load(&[], &env).is_ok(), "{value} refused");
+        }
+    }
+
+    #[test]
     fn config_file_layer_and_kafka_passthrough() {
         let dir = std::env::temp_dir().join(format!("sink-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -515,6 +517,22 @@ mod tests {
                 "kafka.statistics.interval.ms",
             ),
             (&[], &[("CLICKSTREAM_SINK_KAFKA__ACKS", "1")], "kafka.acks"),
+            // Other librdkafka names of what the sink sets.
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__REQUEST_REQUIRED_ACKS", "1")],
+                "kafka.request.required.acks",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__AUTO_COMMIT_ENABLE", "true")],
+                "kafka.auto.commit.enable",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_SINK_KAFKA__METADATA_BROKER_LIST", "b:9092")],
+                "kafka.metadata.broker.list",
+            ),
             (&[], &[("CLICKSTREAM_SINK_MAX_ROWZ", "5")], "max_rowz"),
             (
                 &[("clickhouse_url", "https://sink:pw@ch:8443")],

@@ -77,7 +77,17 @@ pub fn markdown_table() -> String {
     }
     out.push_str(&format!(
         "| `{ENV_PREFIX}_KAFKA__<KEY>` | `-X KEY=VALUE` | none | librdkafka properties (TLS, \
-         SASL) for the producer and the read-back consumer |\n"
+         SASL) for the producer and the read-back consumer; what it sets itself is refused with \
+         the key named (`bootstrap.servers`, {}, and their other names) |\n",
+        [
+            crate::topic::READ_BACK_PROPERTIES,
+            crate::topic::PUBLISHER_PROPERTIES
+        ]
+        .concat()
+        .iter()
+        .map(|(key, _)| format!("`{key}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
     ));
     out
 }
@@ -146,28 +156,25 @@ impl Settings {
         if self.http_addr != "off" && self.http_addr.parse::<std::net::SocketAddr>().is_err() {
             return bad("http_addr", "must be HOST:PORT (an IP address) or \"off\"");
         }
+        // What the program sets on its clients itself was overwritten without a word before.
         for key in self.kafka.keys() {
-            if matches!(key.as_str(), "bootstrap.servers" | "metadata.broker.list") {
+            let owned = |list| clickstream_settings::owned_kafka_property(key, list);
+            if owned(&[("bootstrap.servers", "")]).is_some() {
                 return bad(&format!("kafka.{key}"), "is set by `brokers`");
             }
-            // Set by the program for its read-back consumer and its publisher (they were
-            // overridden without a word before).
-            if matches!(
-                key.as_str(),
-                "group.id"
-                    | "enable.auto.commit"
-                    | "enable.partition.eof"
-                    | "auto.offset.reset"
-                    | "enable.idempotence"
-                    | "acks"
-                    | "request.required.acks"
-                    | "client.id"
-            ) {
-                return bad(
-                    &format!("kafka.{key}"),
-                    "is set by clickstream-windows itself (its read-back consumer reads the \
-                     whole topic; its publisher is idempotent with acks=all)",
-                );
+            for (client, list) in [
+                ("read-back consumer", crate::topic::READ_BACK_PROPERTIES),
+                ("publisher", crate::topic::PUBLISHER_PROPERTIES),
+            ] {
+                if owned(list).is_some() {
+                    return bad(
+                        &format!("kafka.{key}"),
+                        &format!(
+                            "is set by clickstream-windows itself on its {client} ({})",
+                            clickstream_settings::shown_properties(list)
+                        ),
+                    );
+                }
             }
         }
         Ok(())
@@ -291,6 +298,16 @@ mod tests {
                 &[],
                 &[("CLICKSTREAM_WINDOWS_KAFKA__CLIENT_ID", "w")],
                 "kafka.client.id",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_WINDOWS_KAFKA__REQUEST_REQUIRED_ACKS", "1")],
+                "kafka.request.required.acks",
+            ),
+            (
+                &[],
+                &[("CLICKSTREAM_WINDOWS_KAFKA__METADATA_BROKER_LIST", "b:9092")],
+                "kafka.metadata.broker.list",
             ),
         ];
         for (values, env, key) in cases {

@@ -42,16 +42,33 @@ pub async fn ensure_topic(settings: &Settings) -> Result<bool, Error> {
     }
 }
 
+/// What the read-back consumer sets whatever the `kafka` settings say (they refuse these keys
+/// from this list): it reads the whole topic, under a group of its own that commits nothing,
+/// and sees where each partition ends.
+pub(crate) const READ_BACK_PROPERTIES: &[(&str, &str)] = &[
+    ("group.id", "clickstream-windows-read-back"),
+    ("enable.auto.commit", "false"),
+    ("enable.partition.eof", "true"),
+    ("auto.offset.reset", "earliest"),
+];
+
+/// What the publisher sets whatever the `kafka` settings say (refused there, from this list):
+/// each window message written once, acknowledged by all in-sync replicas.
+pub(crate) const PUBLISHER_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("client.id", "clickstream-windows"),
+];
+
 /// Every window message the topic holds, in offset order per partition: what was published
 /// before (a later revision of a window comes after an earlier one). Messages that are not
 /// window messages are skipped with a warning.
 pub fn read_back(settings: &Settings, timeout: Duration) -> Result<Vec<WindowMessage>, Error> {
-    let consumer: BaseConsumer<ReadBackContext> = settings
-        .kafka_client_config()
-        .set("group.id", "clickstream-windows-read-back")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
+    let mut config = settings.kafka_client_config();
+    for (key, value) in READ_BACK_PROPERTIES {
+        config.set(*key, *value);
+    }
+    let consumer: BaseConsumer<ReadBackContext> = config
         .create_with_context(ReadBackContext)
         .map_err(Error::Kafka)?;
     let metadata = consumer
@@ -137,10 +154,9 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(settings: &Settings) -> Result<Publisher, Error> {
         let mut config = settings.kafka_client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("client.id", "clickstream-windows");
+        for (key, value) in PUBLISHER_PROPERTIES {
+            config.set(*key, *value);
+        }
         Ok(Publisher {
             producer: config.create().map_err(Error::Kafka)?,
             topic: settings.topic.clone(),
