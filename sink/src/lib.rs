@@ -127,6 +127,9 @@ impl SinkError {
 
 /// Runs the sink (and its HTTP endpoint unless `http_addr = "off"`) until `shutdown`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), SinkError> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let health = Arc::new(http::Health::default());
     if settings.http_addr != "off" {
         let bound = http::serve(&settings.http_addr, health.clone(), shutdown.clone()).await?;

@@ -39,6 +39,23 @@ fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
     clickstream_settings::overrides(matches, settings::KEYS).map_err(anyhow::Error::msg)
 }
 
+/// Logs on stderr in `format`, filtered by `RUST_LOG` or else by `default_filter`.
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    match format {
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let matches = command().get_matches();
     let settings = match Settings::load(&overrides(&matches)?) {
@@ -50,12 +67,9 @@ fn main() -> anyhow::Result<()> {
         Err(error) => return Err(error.into()),
     };
     if let Some((name, sub)) = matches.subcommand() {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka=error"));
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init();
+        // The commands print their reports on stdout; their logs (warnings only) follow
+        // `log_format` like the sink's.
+        init_tracing(settings.log_format, "warn,rdkafka=error");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -63,19 +77,7 @@ fn main() -> anyhow::Result<()> {
         let code = runtime.block_on(commands::run(name, sub, &settings));
         std::process::exit(code);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    match settings.log_format {
-        LogFormat::Human => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-    }
+    init_tracing(settings.log_format, "info,rdkafka=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The rebalance callback may block one worker while a flush finishes on another.
         .worker_threads(

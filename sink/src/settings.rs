@@ -78,7 +78,7 @@ settings_with_clickhouse! {
         shutdown_timeout_ms: u64 = 30_000, flag: false, env: [], secret: false,
             help: "on SIGTERM, time to flush and commit before giving up (nothing is lost: the rest is replayed)";
         stall_timeout_ms: u64 = 60_000, flag: false, env: [], secret: false,
-            help: "with work waiting but nothing written for this long, the sink reports itself stalled (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the partition and the cause)";
+            help: "with work waiting but nothing written for this long, the sink reports itself stalled (`/ready` 503, `clickstream_sink_stalled` 1, an ERROR naming the partition and the cause); at or below `insert_timeout_ms` a start-up warning says a slow insert will count as a stall";
         dedup_window_events: usize = 10_000, flag: false, env: [], secret: false,
             help: "per partition, how many recent event ids are remembered to count an event id seen again at another offset (`clickstream_sink_duplicate_event_ids_total`); 0 turns it off";
         http_addr: String = "0.0.0.0:9100".into(), flag: true, env: [], secret: false,
@@ -281,6 +281,20 @@ impl Settings {
         Ok(())
     }
 
+    /// Settings that work but are likely not what was meant, said once at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.stall_timeout_ms <= self.insert_timeout_ms {
+            warnings.push(format!(
+                "stall_timeout_ms ({}) is not above insert_timeout_ms ({}): an insert that is \
+                 slow but still within its timeout is reported as a stall (/ready 503, \
+                 clickstream_sink_stalled 1); raise stall_timeout_ms unless that is meant",
+                self.stall_timeout_ms, self.insert_timeout_ms
+            ));
+        }
+        warnings
+    }
+
     /// librdkafka config with the brokers and the `kafka` passthrough properties.
     pub fn kafka_client_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
@@ -429,6 +443,17 @@ mod tests {
         assert_eq!(settings.max_rows, 77, "flag beats env");
         assert_eq!(settings.flush_interval_ms, 700, "env beats default");
         assert_eq!(settings.delivery, Delivery::AtLeastOnce);
+    }
+
+    #[test]
+    fn a_stall_timeout_within_the_insert_timeout_is_warned_about() {
+        assert!(load(&[], &[]).unwrap().warnings().is_empty());
+        let settings = load(&[("stall_timeout_ms", "5000")], &[]).unwrap();
+        let warnings = settings.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("stall_timeout_ms (5000)"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
