@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use publisher::{Plan, Summary};
 pub use settings::Settings;
@@ -86,6 +86,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     };
     let created = kafka::ensure_topic(&settings).await?;
     let (outlet, partitions) = kafka::KafkaOutlet::connect(&settings, metrics.clone()).await?;
+    if !created && i32::try_from(partitions).ok() != Some(settings.partitions) {
+        warn!(
+            topic = %settings.topic,
+            partitions,
+            requested = settings.partitions,
+            "the topic already exists with another number of partitions: it is used as it is \
+             (--partitions applies only when the producer creates the topic)"
+        );
+    }
     info!(
         brokers = %settings.brokers,
         topic = %settings.topic,

@@ -141,7 +141,8 @@ pub struct Args {
     #[arg(long, env = "CLICKSTREAM_PRODUCER_TOPIC", default_value = "clickstream-events", value_parser = topic_name)]
     pub topic: String,
 
-    /// Partitions of the topic when it is created (an existing topic is used as it is).
+    /// Partitions of the topic when it is created (an existing topic is used as it is, with a
+    /// warning when its number differs).
     #[arg(long, env = "CLICKSTREAM_PRODUCER_PARTITIONS", allow_negative_numbers = true, default_value_t = default_partitions(), value_parser = clap::value_parser!(i32).range(1..=100_000))]
     pub partitions: i32,
 

@@ -269,6 +269,30 @@ async fn the_binary_prints_a_summary_and_exits_0() {
 }
 
 #[tokio::test]
+async fn an_existing_topic_of_another_partition_count_is_warned_about() {
+    let topic = unique_name("it_producer_other_count");
+    create_topic(&topic, 2).await;
+    let output = binary()
+        .args(["--topic", &topic, "--count", "20", "--partitions", "3"])
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another number of partitions") && stderr.contains("requested=3"),
+        "no warning: {stderr}"
+    );
+    // The same count says nothing.
+    let output = binary()
+        .args(["--topic", &topic, "--count", "20", "--partitions", "2"])
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("another number of partitions"), "{stderr}");
+}
+
+#[tokio::test]
 async fn the_binary_exits_1_when_messages_are_not_delivered() {
     let topic = unique_name("it_producer_bin_fail");
     let output = binary()
