@@ -459,6 +459,7 @@ impl ClickHouseWriter {
             )),
             other => other,
         })?;
+        self.check_repair_grants().await?;
         if self.delivery == Delivery::AtLeastOnce {
             return Ok(());
         }
@@ -500,6 +501,60 @@ impl ClickHouseWriter {
             )));
         }
         Ok(())
+    }
+
+    /// The repair of a refused insert (maybe weeks from now) deletes the rows it left, rebuilds
+    /// the rollup keys they touched and deletes its record of them: privileges a user set up by
+    /// hand may lack, found then in the middle of the repair. Checked now with `CHECK GRANT`
+    /// (roles and wildcards included); an older server without it is not checked.
+    async fn check_repair_grants(&self) -> Result<(), Failure> {
+        let rollups = self
+            .bounded(
+                "start-up check",
+                crate::rollups::rollups(&self.client, &self.database, &self.table),
+            )
+            .await?;
+        let mut needed = vec![
+            ("ALTER DELETE", self.table.clone()),
+            ("ALTER DELETE", PENDING_REBUILDS_TABLE.to_owned()),
+        ];
+        needed.extend(
+            rollups
+                .iter()
+                .map(|rollup| ("INSERT, ALTER DELETE", rollup.target.clone())),
+        );
+        let mut missing = Vec::new();
+        for (privileges, table) in needed {
+            let object = format!("`{}`.`{table}`", self.database);
+            let statement = format!("CHECK GRANT {privileges} ON {object}");
+            match self
+                .bounded(
+                    "start-up check",
+                    self.client.query(&statement).fetch_one::<u8>(),
+                )
+                .await
+            {
+                Ok(0) => missing.push(format!("GRANT {privileges} ON {}.{table}", self.database)),
+                Ok(_) => {}
+                Err(Failure::Fatal(text)) if error_code(&text) == Some(62) => {
+                    tracing::info!(
+                        "this ClickHouse has no CHECK GRANT: the privileges the repair of a \
+                         refused insert needs are not checked at start"
+                    );
+                    return Ok(());
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::Fatal(format!(
+            "start-up check: the sink's user lacks privileges the repair of a refused insert \
+             needs (deleting the rows it left, rebuilding the rollup keys they touched): {}; \
+             grant them to the sink's user as clickhouse/users.sql does",
+            missing.join("; ")
+        )))
     }
 
     async fn send(

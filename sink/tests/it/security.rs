@@ -267,6 +267,8 @@ fn privileges(statement: &str, database: &str) -> Vec<(String, String)> {
             .chain(after("JOIN"))
             .map(|t| ("SELECT".into(), t))
             .collect(),
+        // The start-up check of the repair's grants needs none itself.
+        "CHECK" => Vec::new(),
         other => panic!("a statement the test does not know: {other}: {statement}"),
     }
 }
@@ -393,5 +395,37 @@ async fn the_sink_users_grants_are_exactly_what_it_runs_and_what_its_views_write
     assert_eq!(
         granted, needed,
         "users.sql's grants to {CHECKED_USER} (left) against what the sink needs (right)"
+    );
+    // What the start-up check demands (CHECK GRANT) is granted too, and covers the repair:
+    // DELETE on the table and on the record of keys owed, INSERT and DELETE on every rollup.
+    let mut checked = std::collections::BTreeSet::new();
+    for statement in &statements {
+        let Some(rest) = statement.strip_prefix("CHECK GRANT ") else {
+            continue;
+        };
+        let (privileges, object) = rest.split_once(" ON ").expect("CHECK GRANT ... ON");
+        for privilege in privileges.split(", ") {
+            checked.insert((
+                privilege.to_owned(),
+                object
+                    .replace('`', "")
+                    .replace(&format!("{}.", h.database), "clickstream."),
+            ));
+        }
+    }
+    assert!(
+        checked.is_subset(&granted),
+        "checked at start but not granted: {:?}",
+        checked.difference(&granted).collect::<Vec<_>>()
+    );
+    let deletes: std::collections::BTreeSet<_> = needed
+        .iter()
+        .filter(|(privilege, _)| privilege == "ALTER DELETE")
+        .cloned()
+        .collect();
+    assert!(
+        deletes.is_subset(&checked) && views.len() + 2 <= deletes.len(),
+        "the repair's deletes not all checked at start: {:?}",
+        deletes.difference(&checked).collect::<Vec<_>>()
     );
 }
