@@ -42,6 +42,23 @@ fn client_config(settings: &Settings) -> ClientConfig {
     config
 }
 
+/// The producer's config: [`PRODUCER_DEFAULTS`], then the `-X` properties.
+fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut config = client_config(settings);
+    for (key, value) in PRODUCER_DEFAULTS {
+        // A `-X` under another name of the same property (`request.required.acks` for `acks`)
+        // replaces the default too: with both set, librdkafka would get them in the config
+        // map's (random) order.
+        let overridden = settings.kafka_properties.iter().any(|(user, _)| {
+            clickstream_settings::owned_kafka_property(user, &[(*key, *value)]).is_some()
+        });
+        if !overridden {
+            config.set(*key, *value);
+        }
+    }
+    with_overrides(config, settings)
+}
+
 fn with_overrides(mut config: ClientConfig, settings: &Settings) -> ClientConfig {
     for (key, value) in &settings.kafka_properties {
         config.set(key, value);
@@ -140,11 +157,7 @@ impl KafkaOutlet {
         settings: &Settings,
         metrics: Arc<Metrics>,
     ) -> Result<(KafkaOutlet, usize), Error> {
-        let mut config = client_config(settings);
-        for (key, value) in PRODUCER_DEFAULTS {
-            config.set(*key, *value);
-        }
-        let producer: ThreadedProducer<DeliveryCounter> = with_overrides(config, settings)
+        let producer: ThreadedProducer<DeliveryCounter> = producer_config(settings)
             .create_with_context(DeliveryCounter {
                 metrics,
                 ..DeliveryCounter::default()
@@ -234,5 +247,34 @@ impl Outlet for KafkaOutlet {
         // A timeout is not an error here: the caller sees the count still in flight.
         let _ = self.producer.flush(timeout);
         u64::try_from(self.producer.in_flight_count()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_property_given_under_another_name_replaces_the_default() {
+        let settings = Settings {
+            kafka_properties: vec![
+                ("request.required.acks".into(), "1".into()),
+                ("queue.buffering.max.ms".into(), "50".into()),
+            ],
+            ..Settings::new("127.0.0.1:9092")
+        };
+        let config = producer_config(&settings);
+        assert_eq!(config.get("acks"), None);
+        assert_eq!(config.get("request.required.acks"), Some("1"));
+        assert_eq!(config.get("linger.ms"), None);
+        assert_eq!(config.get("queue.buffering.max.ms"), Some("50"));
+        assert_eq!(
+            config.get("compression.type"),
+            Some("lz4"),
+            "the other defaults stay"
+        );
+        let defaults = producer_config(&Settings::new("127.0.0.1:9092"));
+        assert_eq!(defaults.get("acks"), Some("all"));
+        assert_eq!(defaults.get("linger.ms"), Some("10"));
     }
 }

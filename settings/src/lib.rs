@@ -186,15 +186,14 @@ pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<&str, &str> 
         .collect()
 }
 
-/// librdkafka properties known under two names (the second is librdkafka's alias or its
-/// deprecated name): setting either sets the same thing.
+/// librdkafka properties known under two names (CONFIGURATION.md: one is an alias of the
+/// other): setting either sets the same thing. The first is the name the programs use.
 pub const KAFKA_ALIASES: &[(&str, &str)] = &[
     ("bootstrap.servers", "metadata.broker.list"),
     ("acks", "request.required.acks"),
     ("linger.ms", "queue.buffering.max.ms"),
     ("compression.type", "compression.codec"),
     ("message.timeout.ms", "delivery.timeout.ms"),
-    ("enable.auto.commit", "auto.commit.enable"),
     ("max.in.flight.requests.per.connection", "max.in.flight"),
 ];
 

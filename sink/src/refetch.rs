@@ -42,6 +42,14 @@ pub trait Refetch: Send + Sync + 'static {
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads back with a consumer of its own, outside the group (assign, no commits).
+/// What the read-back consumer sets whatever the `kafka` settings say (with `group.id`, its
+/// own group; the settings refuse every key of this list): it commits nothing.
+pub(crate) const REFETCH_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "false"),
+];
+
 #[derive(Clone)]
 pub struct KafkaRefetch {
     consumer: Arc<Mutex<BaseConsumer>>,
@@ -51,11 +59,10 @@ pub struct KafkaRefetch {
 impl KafkaRefetch {
     pub fn new(settings: &Settings) -> Result<KafkaRefetch, SinkError> {
         let mut config = settings.kafka_client_config();
-        config
-            .set("group.id", format!("{}.refetch", settings.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+        config.set("group.id", format!("{}.refetch", settings.group));
+        for (key, value) in REFETCH_PROPERTIES {
+            config.set(*key, *value);
+        }
         let consumer: BaseConsumer = config
             .create()
             .map_err(SinkError::kafka("create the read-back consumer"))?;

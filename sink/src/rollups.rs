@@ -86,26 +86,29 @@ pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec
         if !reads_events {
             continue;
         }
-        let Some(target) = v
+        let Some(qualified) = v
             .create_table_query
             .split(" TO ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .map(|t| {
-                t.trim_matches('`')
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(t)
-                    .trim_matches('`')
-                    .to_owned()
-            })
         else {
             continue;
         };
+        let (target_database, target) = match qualified.rsplit_once('.') {
+            Some((db, table)) => (db.trim_matches('`'), table.trim_matches('`')),
+            None => (database, qualified.trim_matches('`')),
+        };
+        // The declarations are schema.sql's, of tables in this database: a view writing to
+        // another database is not one of them, whatever its table's name (not rebuilt).
+        let rebuild = if target_database == database {
+            declared.iter().find(|d| d.table == target).cloned()
+        } else {
+            None
+        };
         out.push(Rollup {
             view: v.name,
-            rebuild: declared.iter().find(|d| d.table == target).cloned(),
-            target,
+            rebuild,
+            target: target.to_owned(),
             select: v.as_select,
         });
     }

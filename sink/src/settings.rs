@@ -292,6 +292,12 @@ impl Settings {
                 self.stall_timeout_ms, self.insert_timeout_ms
             ));
         }
+        if let Some(value) = self.kafka.get("message.max.bytes") {
+            warnings.push(format!(
+                "kafka.message.max.bytes = {value} applies to the consumer only: the dead-letter \
+                 producer sets its own from the dead-letter topic's max.message.bytes"
+            ));
+        }
         warnings
     }
 
@@ -456,6 +462,29 @@ mod tests {
         );
     }
 
+    /// Every property any of the sink's Kafka clients sets itself is refused in `kafka`, so
+    /// none overwrites a user's value without a word.
+    #[test]
+    fn every_property_a_client_sets_itself_is_refused() {
+        let lists = [
+            crate::consumer::PROPERTIES_FROM_SETTINGS,
+            crate::consumer::CONSUMER_PROPERTIES,
+            crate::dead_letter::PRODUCER_PROPERTIES,
+            crate::refetch::REFETCH_PROPERTIES,
+            crate::ops::kafka::OPS_PROPERTIES,
+        ];
+        for (key, _) in lists.concat() {
+            let variable = format!(
+                "CLICKSTREAM_SINK_KAFKA__{}",
+                key.replace('.', "_").to_ascii_uppercase()
+            );
+            let error = load(&[], &[(variable.as_str(), "x")])
+                .expect_err(key)
+                .to_string();
+            assert!(error.contains(&format!("kafka.{key}")), "{key}: {error}");
+        }
+    }
+
     #[test]
     fn an_auto_offset_reset_the_sink_sets_itself_is_accepted() {
         for value in ["earliest", "smallest", "beginning"] {
@@ -547,11 +576,6 @@ mod tests {
                 &[],
                 &[("CLICKSTREAM_SINK_KAFKA__REQUEST_REQUIRED_ACKS", "1")],
                 "kafka.request.required.acks",
-            ),
-            (
-                &[],
-                &[("CLICKSTREAM_SINK_KAFKA__AUTO_COMMIT_ENABLE", "true")],
-                "kafka.auto.commit.enable",
             ),
             (
                 &[],

@@ -518,9 +518,11 @@ impl ClickHouseWriter {
             ("ALTER DELETE", self.table.clone()),
             ("ALTER DELETE", PENDING_REBUILDS_TABLE.to_owned()),
         ];
+        // Only the rollups it can rebuild (declared in schema.sql, in this database).
         needed.extend(
             rollups
                 .iter()
+                .filter(|rollup| rollup.rebuild.is_some())
                 .map(|rollup| ("INSERT, ALTER DELETE", rollup.target.clone())),
         );
         let mut missing = Vec::new();

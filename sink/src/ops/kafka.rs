@@ -43,6 +43,16 @@ impl ClientContext for Quiet {
 
 impl ConsumerContext for Quiet {}
 
+/// What the operations consumer sets whatever the `kafka` settings say (the settings refuse
+/// every key of this list): it commits only what a command commits, and sees where each
+/// partition ends.
+pub(crate) const OPS_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "true"),
+    ("auto.offset.reset", "earliest"),
+];
+
 /// The Kafka side of the operations commands.
 pub struct OpsKafka {
     consumer: BaseConsumer<Quiet>,
@@ -52,12 +62,10 @@ pub struct OpsKafka {
 impl OpsKafka {
     pub fn new(settings: &Settings) -> Result<OpsKafka, SinkError> {
         let mut config = settings.kafka_client_config();
-        config
-            .set("group.id", &settings.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest");
+        config.set("group.id", &settings.group);
+        for (key, value) in OPS_PROPERTIES {
+            config.set(*key, *value);
+        }
         let consumer: BaseConsumer<Quiet> = config
             .create_with_context(Quiet)
             .map_err(SinkError::kafka("create the operations consumer"))?;
