@@ -186,6 +186,34 @@ pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<&str, &str> 
         .collect()
 }
 
+/// How a program writes its log lines (on stderr): `human` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Installs the log subscriber: lines on stderr in `format`, filtered by `RUST_LOG` or else
+/// by `default_filter`; colours only on a terminal (not in files, containers, journald).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    match format {
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init(),
+    }
+}
+
 /// librdkafka properties known under two names (CONFIGURATION.md: one is an alias of the
 /// other): setting either sets the same thing. The first is the name the programs use.
 pub const KAFKA_ALIASES: &[(&str, &str)] = &[

@@ -2,7 +2,7 @@
 //! or runs one of the operations commands (verify, replay, dlq) with the same settings.
 
 use clap::{ArgMatches, Command};
-use clickstream_sink::settings::{self, LogFormat, Overrides, Settings};
+use clickstream_sink::settings::{self, Overrides, Settings};
 use tokio_util::sync::CancellationToken;
 
 mod commands;
@@ -39,23 +39,6 @@ fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
     clickstream_settings::overrides(matches, settings::KEYS).map_err(anyhow::Error::msg)
 }
 
-/// Logs on stderr in `format`, filtered by `RUST_LOG` or else by `default_filter`.
-fn init_tracing(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    match format {
-        LogFormat::Human => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let matches = command().get_matches();
     let settings = match Settings::load(&overrides(&matches)?) {
@@ -69,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     if let Some((name, sub)) = matches.subcommand() {
         // The commands print their reports on stdout; their logs (warnings only) follow
         // `log_format` like the sink's.
-        init_tracing(settings.log_format, "warn,rdkafka=error");
+        clickstream_settings::init_logging(settings.log_format, "warn,rdkafka=error");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -77,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         let code = runtime.block_on(commands::run(name, sub, &settings));
         std::process::exit(code);
     }
-    init_tracing(settings.log_format, "info,rdkafka=warn");
+    clickstream_settings::init_logging(settings.log_format, "info,rdkafka=warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The rebalance callback may block one worker while a flush finishes on another.
         .worker_threads(

@@ -19,12 +19,7 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use clickstream_settings::LogFormat;
 
 use clickstream_settings::settings_with_clickhouse;
 pub use clickstream_settings::{Key, Overrides, REDACTED, is_secret_kafka_property};

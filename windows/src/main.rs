@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM.
 
 use clap::{ArgMatches, Command};
-use clickstream_windows::settings::{self, LogFormat, Overrides, Settings};
+use clickstream_windows::settings::{self, Overrides, Settings};
 use tokio_util::sync::CancellationToken;
 
 const ABOUT: &str = "Publishes each closed window of the ClickHouse rollups as one JSON message on a Kafka topic, exactly once per window and revision.
@@ -31,19 +31,7 @@ fn overrides(matches: &ArgMatches) -> anyhow::Result<Overrides> {
 fn main() -> anyhow::Result<()> {
     let matches = command().get_matches();
     let settings = Settings::load(&overrides(&matches)?)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    match settings.log_format {
-        LogFormat::Human => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-    }
+    clickstream_settings::init_logging(settings.log_format, "info,rdkafka=warn");
     tracing::info!(settings = ?settings, "starting");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

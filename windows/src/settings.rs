@@ -4,16 +4,10 @@
 //! A bad value stops start-up with the key named.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use clickstream_settings::LogFormat;
 
 use clickstream_settings::settings_with_clickhouse;
 /// One setting, as defined once in [`settings!`].
