@@ -122,16 +122,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             rfc3339(other.window_start)
         )));
     }
-    if let Some(since) = settings.since_time()
-        && since < Utc::now() - retention
-    {
-        tracing::warn!(
-            since = %settings.since,
-            topic_retention_ms = settings.topic_retention_ms,
-            "since is older than the topic keeps: publishing from the oldest window it keeps \
-             (raise topic_retention_ms for a new topic to publish older ones)"
-        );
-    }
     let mut tracker = Tracker::new(
         windows,
         read_back,
@@ -139,6 +129,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         Utc::now(),
         retention,
     );
+    if let Some(since) = settings.since_time()
+        && windows.start_of(since) < tracker.first()
+    {
+        tracing::warn!(
+            since = %settings.since,
+            first = %rfc3339(tracker.first()),
+            topic_retention_ms = settings.topic_retention_ms,
+            "since is older than the topic keeps: publishing from the oldest window it keeps \
+             (raise topic_retention_ms for a new topic to publish older ones)"
+        );
+    }
     tracing::info!(
         topic = %settings.topic,
         windows_on_topic = tracker.published().len(),

@@ -129,6 +129,12 @@ impl Tracker {
         self.windows
     }
 
+    /// The oldest window it publishes or corrects: `since`'s (else the oldest on the topic,
+    /// else the last closed one), but none older than the topic keeps.
+    pub fn first(&self) -> DateTime<Utc> {
+        self.floor
+    }
+
     /// Windows that rows inserted lately fall into (late events): looked at again once closed.
     pub fn touched(&mut self, starts: impl IntoIterator<Item = DateTime<Utc>>) {
         let floor = self.floor;
@@ -322,5 +328,21 @@ mod tests {
         assert_eq!(tracker.due(now), [at("2026-11-30T10:10:00Z")]);
         tracker.prune(at("2026-12-09T00:00:00Z"), Duration::days(7));
         assert!(tracker.published().is_empty());
+    }
+
+    #[test]
+    fn a_since_older_than_the_retention_starts_at_the_oldest_window_kept() {
+        let now = at("2026-11-30T10:22:00Z");
+        let since = Some(at("2026-10-01T00:00:00Z"));
+        let tracker = Tracker::new(FIVE, [], since, now, Duration::days(7));
+        assert_eq!(tracker.first(), at("2026-11-23T10:20:00Z"));
+        let tracker = Tracker::new(
+            FIVE,
+            [],
+            Some(at("2026-11-30T09:07:00Z")),
+            now,
+            Duration::days(7),
+        );
+        assert_eq!(tracker.first(), at("2026-11-30T09:05:00Z"));
     }
 }
