@@ -41,7 +41,6 @@ pub trait Refetch: Send + Sync + 'static {
 /// How long one read-back may take before it counts as a transient failure.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads back with a consumer of its own, outside the group (assign, no commits).
 /// What the read-back consumer sets whatever the `kafka` settings say (with `group.id`, its
 /// own group; the settings refuse every key of this list): it commits nothing.
 pub(crate) const REFETCH_PROPERTIES: &[(&str, &str)] = &[
@@ -50,6 +49,7 @@ pub(crate) const REFETCH_PROPERTIES: &[(&str, &str)] = &[
     ("enable.partition.eof", "false"),
 ];
 
+/// Reads back with a consumer of its own, outside the group (assign, no commits).
 #[derive(Clone)]
 pub struct KafkaRefetch {
     consumer: Arc<Mutex<BaseConsumer>>,
