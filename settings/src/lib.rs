@@ -187,7 +187,7 @@ pub fn redacted_kafka(kafka: &BTreeMap<String, String>) -> BTreeMap<&str, &str> 
 }
 
 /// How a program writes its log lines (on stderr): `human` or `json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
     Human,
