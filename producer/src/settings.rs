@@ -305,7 +305,7 @@ fn property(text: &str) -> Result<(String, String), String> {
             Err(format!("{}: use --brokers (or KAFKA_BROKERS)", key.trim()))
         }
         Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
+            Ok((clickstream_settings::kafka_key(key), value.to_owned()))
         }
         _ => Err(format!(
             "{text:?} is not KEY=VALUE (e.g. security.protocol=SASL_SSL)"

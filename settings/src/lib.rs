@@ -232,7 +232,7 @@ pub fn owned_kafka_property(
     key: &str,
     owned: &[(&'static str, &'static str)],
 ) -> Option<(&'static str, &'static str)> {
-    let key = key.trim().to_ascii_lowercase();
+    let key = kafka_key(key);
     let canonical = KAFKA_ALIASES
         .iter()
         .find(|(_, alias)| *alias == key)
@@ -243,6 +243,26 @@ pub fn owned_kafka_property(
                 .iter()
                 .any(|(main, alias)| *alias == *name && *main == canonical)
     })
+}
+
+/// A librdkafka property name as a user wrote it, as librdkafka names it: trimmed, in lower
+/// case (every property's name is). `Auto.Offset.Reset` would otherwise escape the programs'
+/// checks of `auto.offset.reset`, and librdkafka refuses it anyway.
+pub fn kafka_key(key: &str) -> String {
+    key.trim().to_ascii_lowercase()
+}
+
+/// A program's `kafka` table (from the file) with the properties [`load`] read from the
+/// environment and the flags over it, every name as [`kafka_key`] gives it.
+pub fn merged_kafka(
+    table: BTreeMap<String, String>,
+    loaded: Vec<(String, String)>,
+) -> BTreeMap<String, String> {
+    table
+        .into_iter()
+        .chain(loaded)
+        .map(|(key, value)| (kafka_key(&key), value))
+        .collect()
 }
 
 /// `key=value, ...` of a list of properties, for an error message.

@@ -1112,7 +1112,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                     from = new[0],
                     to = new[new.len() - 1],
                     views = %undeclared.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
-                    "these materialized views have no rebuild declaration in clickhouse/schema.sql: those fed before the failing view count these offsets twice once the rows go in again; check with `clickstream-sink verify`, repair with `clickstream-sink replay` (from partition {partition} offset {})",
+                    "these materialized views cannot be rebuilt: those fed before the failing view count these offsets twice once the rows go in again; check with `clickstream-sink verify` and rebuild their keys from the raw table (partition {partition} from offset {})",
                     new[0]
                 );
             }
@@ -1594,8 +1594,8 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 partition,
                 from = offsets[0],
                 views = %touched.undeclared.join(", "),
-                "these materialized views have no rebuild declaration in clickhouse/schema.sql: \
-                 they may count rows read again twice; check with `clickstream-sink verify`"
+                "these materialized views cannot be rebuilt: they may count rows read again \
+                 twice; check with `clickstream-sink verify`"
             );
         }
         repair.keys.merge(touched);
@@ -1881,6 +1881,7 @@ pub(crate) mod tests {
         Rollup {
             view: "rollup_mv".into(),
             target: "rollup".into(),
+            elsewhere: None,
             rebuild: None,
             select: String::new(),
         }

@@ -60,6 +60,8 @@ pub struct Rollup {
     pub view: String,
     /// The table it writes (without database).
     pub target: String,
+    /// The database of that table, when it is not the events table's (never rebuilt).
+    pub elsewhere: Option<String>,
     /// Its declaration in schema.sql (none: it cannot be rebuilt).
     pub rebuild: Option<Rebuild>,
     /// The view's SELECT.
@@ -77,13 +79,9 @@ pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec
         .fetch_all::<ViewRow>()
         .await?;
     let declared = rebuild_declarations(SCHEMA_SQL);
-    let source = format!("{database}.{table}");
     let mut out = Vec::new();
     for v in views {
-        let reads_events = v.as_select.contains(&format!("FROM {source}"))
-            || v.as_select
-                .contains(&format!("FROM `{database}`.`{table}`"));
-        if !reads_events {
+        if !reads_from(&v.as_select, database, table) {
             continue;
         }
         let Some(qualified) = v
@@ -109,10 +107,43 @@ pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec
             view: v.name,
             rebuild,
             target: target.to_owned(),
+            elsewhere: (target_database != database).then(|| target_database.to_owned()),
             select: v.as_select,
         });
     }
     Ok(out)
+}
+
+/// Whether a view's SELECT reads `database.table` (quoted or not), and not merely a table whose
+/// name starts the same (`events_x`).
+fn reads_from(select: &str, database: &str, table: &str) -> bool {
+    [
+        format!("FROM {database}.{table}"),
+        format!("FROM `{database}`.`{table}`"),
+    ]
+    .iter()
+    .any(|source| {
+        select.match_indices(source.as_str()).any(|(at, _)| {
+            !select[at + source.len()..]
+                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        })
+    })
+}
+
+impl Rollup {
+    /// How the view is named where it cannot be rebuilt, with the reason.
+    pub fn not_rebuilt(&self) -> String {
+        match &self.elsewhere {
+            Some(database) => format!(
+                "{} (→ {database}.{}: in another database, never rebuilt by the sink)",
+                self.view, self.target
+            ),
+            None => format!(
+                "{} (→ {}: no `-- rebuild` declaration in clickhouse/schema.sql)",
+                self.view, self.target
+            ),
+        }
+    }
 }
 
 /// Deletes `rollup`'s rows of the keys `keys` (an SQL set of `toString(key)` values: a
@@ -176,7 +207,7 @@ pub(crate) const LARGE_QUERY: &str = "67108864";
 pub struct TouchedKeys {
     /// Rollups with a rebuild declaration, and their keys (as `toString` of the key).
     pub rollups: Vec<(Rollup, Vec<String>)>,
-    /// Views (with their targets) that cannot be rebuilt: no declaration in schema.sql.
+    /// Views that cannot be rebuilt, with their targets and why ([`Rollup::not_rebuilt`]).
     pub undeclared: Vec<String>,
     /// Per partition, the offset the progress table's maximum must not fall below in a
     /// rebuild: how far ClickHouse held it when rows deleted by hand were read again (maybe not
@@ -242,9 +273,7 @@ pub async fn touched_keys(
     let mut touched = TouchedKeys::default();
     for rollup in rollups(client, database, table).await? {
         let Some(rebuild) = &rollup.rebuild else {
-            touched
-                .undeclared
-                .push(format!("{} (→ {})", rollup.view, rollup.target));
+            touched.undeclared.push(rollup.not_rebuilt());
             continue;
         };
         let keys: Vec<String> = client
@@ -286,6 +315,46 @@ pub fn literal_set(keys: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_reads_the_events_table_and_not_one_named_like_it() {
+        assert!(reads_from(
+            "SELECT a FROM db.events WHERE x",
+            "db",
+            "events"
+        ));
+        assert!(reads_from("SELECT a FROM `db`.`events`", "db", "events"));
+        assert!(reads_from("SELECT a FROM db.events", "db", "events"));
+        assert!(!reads_from("SELECT a FROM db.events_x", "db", "events"));
+        assert!(!reads_from("SELECT a FROM `db`.`events`_x", "db", "events"));
+        assert!(reads_from(
+            "SELECT a FROM db.events_x UNION ALL SELECT a FROM db.events",
+            "db",
+            "events"
+        ));
+    }
+
+    #[test]
+    fn a_view_not_rebuilt_says_why() {
+        let mut rollup = Rollup {
+            view: "v".into(),
+            target: "t".into(),
+            elsewhere: None,
+            rebuild: None,
+            select: String::new(),
+        };
+        assert!(
+            rollup
+                .not_rebuilt()
+                .contains("v (→ t: no `-- rebuild` declaration")
+        );
+        rollup.elsewhere = Some("other".into());
+        assert!(
+            rollup
+                .not_rebuilt()
+                .contains("v (→ other.t: in another database")
+        );
+    }
 
     #[test]
     fn a_literal_set_escapes_quotes_and_backslashes() {

@@ -129,6 +129,18 @@ pub fn markdown_table() -> String {
 
 pub const ENV_PREFIX: &str = "CLICKSTREAM_SINK";
 
+/// The sink's Kafka clients and the properties each sets itself (the settings refuse them in
+/// `kafka`, under any of their names).
+const OWN_CLIENTS: &[(&str, &[(&str, &str)])] = &[
+    ("consumer", crate::consumer::CONSUMER_PROPERTIES),
+    (
+        "dead-letter producer",
+        crate::dead_letter::PRODUCER_PROPERTIES,
+    ),
+    ("read-back consumer", crate::refetch::REFETCH_PROPERTIES),
+    ("operations consumer", crate::ops::kafka::OPS_PROPERTIES),
+];
+
 impl Settings {
     /// Loads all layers from the process environment and validates the result.
     pub fn load(overrides: &Overrides) -> Result<Settings, SinkError> {
@@ -144,7 +156,7 @@ impl Settings {
             clickstream_settings::load(&Settings::default(), KEYS, ENV_PREFIX, overrides, env)
                 .map_err(SinkError::Settings)?;
         let mut settings = loaded.settings;
-        settings.kafka.extend(loaded.kafka);
+        settings.kafka = clickstream_settings::merged_kafka(settings.kafka, loaded.kafka);
         settings.validate()?;
         Ok(settings)
     }
@@ -231,24 +243,19 @@ impl Settings {
             if let Some((_, setting)) = owned(crate::consumer::PROPERTIES_FROM_SETTINGS) {
                 return bad(&format!("kafka.{key}"), &format!("is set by `{setting}`"));
             }
-            if key != "auto.offset.reset"
-                && let Some((name, value)) = owned(crate::consumer::CONSUMER_PROPERTIES)
-            {
+            // Every client that sets it, with its own value (they differ: the operations
+            // consumer wants end-of-partition events, the main consumer does not).
+            let setters: Vec<String> = OWN_CLIENTS
+                .iter()
+                .filter_map(|(client, list)| owned(list).map(|p| (client, p)))
+                // `earliest` is accepted above: what the consumers set anyway.
+                .filter(|(_, (name, _))| *name != "auto.offset.reset")
+                .map(|(client, (name, value))| format!("on its {client} {name}={value}"))
+                .collect();
+            if !setters.is_empty() {
                 return bad(
                     &format!("kafka.{key}"),
-                    &format!("is set by the sink itself on its consumer ({name}={value})"),
-                );
-            }
-            // Producer properties reach only the dead-letter producer, which needs its own.
-            if owned(crate::dead_letter::PRODUCER_PROPERTIES).is_some() {
-                return bad(
-                    &format!("kafka.{key}"),
-                    &format!(
-                        "is set by the sink itself for its dead-letter producer ({})",
-                        clickstream_settings::shown_properties(
-                            crate::dead_letter::PRODUCER_PROPERTIES
-                        )
-                    ),
+                    &format!("is set by the sink itself: {}", setters.join(", ")),
                 );
             }
         }
@@ -478,6 +485,41 @@ mod tests {
                 .to_string();
             assert!(error.contains(&format!("kafka.{key}")), "{key}: {error}");
         }
+    }
+
+    /// A property two clients set to different values is refused naming both.
+    #[test]
+    fn a_refusal_names_every_client_that_sets_the_property() {
+        let env = [("CLICKSTREAM_SINK_KAFKA__ENABLE_PARTITION_EOF", "true")];
+        let error = load(&[], &env).expect_err("refused").to_string();
+        for expected in [
+            "on its consumer enable.partition.eof=false",
+            "on its read-back consumer enable.partition.eof=false",
+            "on its operations consumer enable.partition.eof=true",
+        ] {
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+    }
+
+    /// `-X` names are taken as librdkafka spells them: a mixed-case or padded name is
+    /// checked (and set) as the property it names.
+    #[test]
+    fn a_kafka_property_name_is_trimmed_and_lowercased() {
+        let with = |key: &str, value: &str| {
+            let overrides = Overrides {
+                kafka: vec![(key.to_owned(), value.to_owned())],
+                ..Overrides::default()
+            };
+            Settings::load_from(&overrides, Vec::new())
+        };
+        let settings = with(" Auto.Offset.Reset", "earliest").expect("accepted");
+        assert_eq!(settings.kafka["auto.offset.reset"], "earliest");
+        assert_eq!(settings.kafka.len(), 1, "{:?}", settings.kafka);
+        let error = with("Auto.Offset.Reset", "latest").expect_err("refused");
+        assert!(
+            error.to_string().contains("kafka.auto.offset.reset"),
+            "{error}"
+        );
     }
 
     #[test]

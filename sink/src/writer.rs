@@ -977,8 +977,8 @@ impl Writer for ClickHouseWriter {
                 tracing::error!(
                     partition,
                     views = %touched.undeclared.join(", "),
-                    "these materialized views have no rebuild declaration in clickhouse/schema.sql: \
-                     they may count rows read again twice; check with `clickstream-sink verify`"
+                    "these materialized views cannot be rebuilt: they may count rows read again \
+                     twice; check with `clickstream-sink verify`"
                 );
             }
             for (rollup, owed) in touched.rollups {

@@ -95,10 +95,11 @@ pub enum Refusal {
     #[error("{0}")]
     NotConfirmed(String),
     #[error(
-        "materialized view(s) {0} write into rollups without a rebuild declaration: add \
-         `-- rebuild <database>.<rollup>: <key column> = <expression over events>` next to the \
-         view in clickhouse/schema.sql (see the existing ones), or replay cannot keep them equal \
-         to the raw table"
+        "materialized view(s) {0} cannot be rebuilt, so replay cannot keep them equal to the raw \
+         table. For a rollup in the sink's database, add `-- rebuild <database>.<rollup>: <key \
+         column> = <expression over events>` next to its view in clickhouse/schema.sql (see the \
+         existing ones). A view writing into another database: detach it for the replay \
+         (DETACH TABLE <view>) and rebuild its table from the raw table afterwards"
     )]
     Undeclared(String),
 }
@@ -251,7 +252,7 @@ pub async fn replay(
     let undeclared: Vec<String> = rollups
         .iter()
         .filter(|r| r.rebuild.is_none())
-        .map(|r| format!("{} (→ {})", r.view, r.target))
+        .map(|r| r.not_rebuilt())
         .collect();
     if !undeclared.is_empty() {
         return Err(Refusal::Undeclared(undeclared.join(", ")).into());
