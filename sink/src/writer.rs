@@ -1202,6 +1202,72 @@ mod tests {
         );
     }
 
+    /// A view as the start-up check reads it from `system.tables`.
+    #[derive(clickhouse::Row, serde::Serialize)]
+    struct View {
+        name: String,
+        create_table_query: String,
+        as_select: String,
+    }
+
+    /// A writer on `mock`, which first lists four views of which one (`events_1m`) is a
+    /// declared rollup of the sink's table: one of its own database's table without a
+    /// declaration, one writing into another database, one reading another table.
+    fn grant_check(mock: &clickhouse::test::Mock) -> ClickHouseWriter {
+        let view = |name: &str, target: &str, source: &str| View {
+            name: name.into(),
+            create_table_query: format!(
+                "CREATE MATERIALIZED VIEW db.{name} TO {target} (x UInt8) AS SELECT 1 AS x FROM {source}"
+            ),
+            as_select: format!("SELECT 1 AS x FROM {source}"),
+        };
+        mock.add(clickhouse::test::handlers::provide(vec![
+            view("events_1m_mv", "db.events_1m", "db.events"),
+            view("mine_mv", "db.mine", "db.events"),
+            view("elsewhere_mv", "other.pages_5m", "db.events"),
+            view("x_mv", "db.sessions", "db.events_x"),
+        ]));
+        let settings = Settings {
+            clickhouse_url: mock.url().to_owned(),
+            database: "db".into(),
+            ..Settings::default()
+        };
+        ClickHouseWriter::new(&settings).expect("writer")
+    }
+
+    /// The start-up check asks for the repair's grants on the table, the record of keys owed
+    /// and the one rollup it can rebuild (3 questions: the mock refuses a fourth), and stops
+    /// naming what is missing.
+    #[tokio::test]
+    async fn a_missing_grant_stops_the_start_naming_it() {
+        use clickhouse::test::{Mock, handlers};
+        let mock = Mock::new();
+        let writer = grant_check(&mock);
+        for answer in [1u8, 1, 1] {
+            mock.add(handlers::provide(vec![answer]));
+        }
+        writer.check_repair_grants().await.expect("all granted");
+
+        let writer = grant_check(&mock);
+        for answer in [1u8, 1, 0] {
+            mock.add(handlers::provide(vec![answer]));
+        }
+        let Err(Failure::Fatal(text)) = writer.check_repair_grants().await else {
+            panic!("a missing grant is fatal");
+        };
+        assert!(
+            text.contains("GRANT INSERT, ALTER DELETE ON db.events_1m")
+                && text.contains("clickhouse/users.sql")
+                && !text.contains("kafka_pending_rebuilds"),
+            "{text}"
+        );
+
+        // A server without CHECK GRANT (a syntax error): not checked, not refused.
+        let writer = grant_check(&mock);
+        mock.add(handlers::exception(62));
+        writer.check_repair_grants().await.expect("not checked");
+    }
+
     #[test]
     fn error_codes_are_read_from_messages() {
         assert_eq!(error_code("Code: 252. DB::Exception: x"), Some(252));
