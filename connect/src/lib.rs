@@ -116,7 +116,9 @@ pub fn client(url: &str, tls: &Tls) -> Result<Client, ConnectError> {
         let pool = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(http);
-        return Ok(Client::with_http_client(pool).with_url(url));
+        return Ok(with_compression(
+            Client::with_http_client(pool).with_url(url),
+        ));
     }
     http.enforce_http(false);
     let https = HttpsConnectorBuilder::new()
@@ -127,7 +129,16 @@ pub fn client(url: &str, tls: &Tls) -> Result<Client, ConnectError> {
     let pool = HyperClient::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .build(https);
-    Ok(Client::with_http_client(pool).with_url(url))
+    Ok(with_compression(
+        Client::with_http_client(pool).with_url(url),
+    ))
+}
+
+/// LZ4 on the wire, said explicitly: the crate's default turns into none wherever its
+/// `test-util` feature is on (in the sink's tests), and the tests should send what the
+/// product sends.
+fn with_compression(client: Client) -> Client {
+    client.with_compression(clickhouse::Compression::Lz4)
 }
 
 /// What a program's settings say about reaching ClickHouse, under the setting names the sink

@@ -253,16 +253,26 @@ pub fn kafka_key(key: &str) -> String {
 }
 
 /// A program's `kafka` table (from the file) with the properties [`load`] read from the
-/// environment and the flags over it, every name as [`kafka_key`] gives it.
+/// environment and the flags over it, every name as [`kafka_key`] gives it. Two names of the
+/// file's table that are one property (`Acks` and `acks`) are an error: which one wins would
+/// depend on their order.
 pub fn merged_kafka(
     table: BTreeMap<String, String>,
     loaded: Vec<(String, String)>,
-) -> BTreeMap<String, String> {
-    table
-        .into_iter()
-        .chain(loaded)
-        .map(|(key, value)| (kafka_key(&key), value))
-        .collect()
+) -> Result<BTreeMap<String, String>, String> {
+    let mut merged = BTreeMap::new();
+    for (key, value) in table {
+        if merged.insert(kafka_key(&key), value).is_some() {
+            return Err(format!(
+                "invalid value for `kafka.{key}`: the kafka table names the property `{}` twice",
+                kafka_key(&key)
+            ));
+        }
+    }
+    for (key, value) in loaded {
+        merged.insert(kafka_key(&key), value);
+    }
+    Ok(merged)
 }
 
 /// `key=value, ...` of a list of properties, for an error message.
@@ -447,6 +457,31 @@ pub fn load<T: Serialize + DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    /// File, then environment, then flags; names as librdkafka spells them; one property
+    /// named twice in the file is an error.
+    #[test]
+    fn kafka_properties_merge_in_layer_order_under_their_own_names() {
+        use super::merged_kafka;
+        let table = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let loaded = vec![
+            ("Linger.Ms".to_owned(), "7".to_owned()),
+            (" acks".to_owned(), "1".to_owned()),
+        ];
+        let merged = merged_kafka(table(&[("acks", "all"), ("Client.Id", "c")]), loaded).unwrap();
+        assert_eq!(
+            merged,
+            table(&[("acks", "1"), ("client.id", "c"), ("linger.ms", "7")])
+        );
+        let error = merged_kafka(table(&[("Acks", "1"), ("acks", "all")]), Vec::new())
+            .expect_err("one property twice");
+        assert!(error.contains("`acks` twice"), "{error}");
+    }
+
     #[test]
     fn a_property_is_owned_by_its_name_or_another_name_of_it() {
         const OWNED: &[(&str, &str)] = &[("acks", "all"), ("linger.ms", "5")];

@@ -97,7 +97,6 @@ fn windows(
     non_replicated_default: u64,
     replicated_default: u64,
 ) -> Vec<TableWindow> {
-    let from = format!("FROM {database}.{table}");
     let mut reached = vec![table.to_owned()];
     let views: Vec<&TableRow> = tables
         .iter()
@@ -106,10 +105,7 @@ fn windows(
     for view in &views {
         let query = view.create_table_query.replace('`', "");
         // `FROM db.events`, not `FROM db.events_1m`.
-        let reads_table = query.match_indices(&from).any(|(at, _)| {
-            !query[at + from.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        });
-        if !reads_table {
+        if crate::rollups::mentions(&query, database, table).is_empty() {
             continue;
         }
         if let Some(target) = query

@@ -1101,19 +1101,19 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
                 .await?;
             // The failing view wrote nothing: only the others can count the rows twice.
             let failing = failed_view(error);
-            let undeclared: Vec<&String> = touched
-                .undeclared
+            let not_rebuilt: Vec<String> = touched
+                .not_rebuilt
                 .iter()
-                .filter(|v| failing.is_none_or(|f| !v.starts_with(&format!("{f} ("))))
+                .filter(|r| failing.is_none_or(|f| r.view != f))
+                .map(crate::rollups::Rollup::not_rebuilt)
                 .collect();
-            if !undeclared.is_empty() {
+            if !not_rebuilt.is_empty() {
                 tracing::error!(
                     partition,
                     from = new[0],
                     to = new[new.len() - 1],
-                    views = %undeclared.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
-                    "these materialized views cannot be rebuilt: those fed before the failing view count these offsets twice once the rows go in again; check with `clickstream-sink verify` and rebuild their keys from the raw table (partition {partition} from offset {})",
-                    new[0]
+                    views = %not_rebuilt.join(", "),
+                    "these materialized views cannot be rebuilt, and `clickstream-sink verify` does not check them: those fed before the failing view count these offsets of partition {partition} twice once the rows go in again; rebuild what they hold of these rows from the raw table by hand"
                 );
             }
             if !touched.is_empty() {
@@ -1589,13 +1589,15 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             )
             .await?;
         touched.progress_floor.insert(partition, ceiling);
-        if !touched.undeclared.is_empty() {
+        if !touched.not_rebuilt.is_empty() {
             tracing::error!(
                 partition,
                 from = offsets[0],
-                views = %touched.undeclared.join(", "),
-                "these materialized views cannot be rebuilt: they may count rows read again \
-                 twice; check with `clickstream-sink verify`"
+                to = offsets[offsets.len() - 1],
+                views = %crate::rollups::not_rebuilt(&touched),
+                "these materialized views cannot be rebuilt, and `clickstream-sink verify` does \
+                 not check them: they may count these offsets of partition {partition}, read \
+                 again, twice; rebuild what they hold of these rows from the raw table by hand"
             );
         }
         repair.keys.merge(touched);

@@ -48,19 +48,21 @@ pub fn rebuild_declarations(schema: &str) -> Vec<Rebuild> {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct ViewRow {
+    database: String,
     name: String,
     create_table_query: String,
     as_select: String,
 }
 
-/// A rollup fed by the events table, with what it takes to rebuild it.
+/// A materialized view fed by the events table, with what it takes to rebuild its table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollup {
-    /// The materialized view.
+    /// The materialized view (`db.view` when it lives in another database than the table).
     pub view: String,
-    /// The table it writes (without database).
+    /// The table it writes (`db.table` when in another database than the events table);
+    /// empty for a view without `TO` (its table is its own inner one).
     pub target: String,
-    /// The database of that table, when it is not the events table's (never rebuilt).
+    /// The database of the view or of that table, when it is not the events table's.
     pub elsewhere: Option<String>,
     /// Its declaration in schema.sql (none: it cannot be rebuilt).
     pub rebuild: Option<Rebuild>,
@@ -68,77 +70,100 @@ pub struct Rollup {
     pub select: String,
 }
 
-/// The rollups fed by `database.table` (the materialized views reading it).
+/// The materialized views `database.table` feeds, as the engine lists them (its
+/// `dependencies_*`: views in any database, whatever their SELECT's text looks like).
 pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec<Rollup>, ChError> {
     let views: Vec<ViewRow> = client
         .query(
-            "SELECT name, create_table_query, as_select FROM system.tables \
-             WHERE database = ? AND engine = 'MaterializedView' ORDER BY name",
+            "SELECT database, name, create_table_query, as_select FROM system.tables \
+             WHERE engine = 'MaterializedView' AND (database, name) IN (\
+               SELECT arrayJoin(arrayZip(dependencies_database, dependencies_table)) \
+               FROM system.tables WHERE database = ? AND name = ?) \
+             ORDER BY database != ?, database, name",
         )
+        .bind(database)
+        .bind(table)
         .bind(database)
         .fetch_all::<ViewRow>()
         .await?;
     let declared = rebuild_declarations(SCHEMA_SQL);
     let mut out = Vec::new();
     for v in views {
-        if !reads_from(&v.as_select, database, table) {
-            continue;
-        }
-        let Some(qualified) = v
+        let view = if v.database == database {
+            v.name
+        } else {
+            format!("{}.{}", v.database, v.name)
+        };
+        let qualified = v
             .create_table_query
             .split(" TO ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-        else {
-            continue;
-        };
+            .unwrap_or_default();
         let (target_database, target) = match qualified.rsplit_once('.') {
             Some((db, table)) => (db.trim_matches('`'), table.trim_matches('`')),
-            None => (database, qualified.trim_matches('`')),
+            None => (v.database.as_str(), qualified.trim_matches('`')),
         };
-        // The declarations are schema.sql's, of tables in this database: a view writing to
-        // another database is not one of them, whatever its table's name (not rebuilt).
-        let rebuild = if target_database == database {
+        let elsewhere = [v.database.as_str(), target_database]
+            .into_iter()
+            .find(|db| *db != database)
+            .map(str::to_owned);
+        // The declarations are schema.sql's, of views and tables in this database: a view or
+        // table in another database is not one of them, whatever its name (not rebuilt).
+        let rebuild = if elsewhere.is_none() && !target.is_empty() {
             declared.iter().find(|d| d.table == target).cloned()
         } else {
             None
         };
         out.push(Rollup {
-            view: v.name,
+            view,
             rebuild,
-            target: target.to_owned(),
-            elsewhere: (target_database != database).then(|| target_database.to_owned()),
+            target: if target_database == database {
+                target.to_owned()
+            } else {
+                format!("{target_database}.{target}")
+            },
+            elsewhere,
             select: v.as_select,
         });
     }
     Ok(out)
 }
 
-/// Whether a view's SELECT reads `database.table` (quoted or not), and not merely a table whose
-/// name starts the same (`events_x`).
-fn reads_from(select: &str, database: &str, table: &str) -> bool {
-    [
+/// Where `sql` reads `database.table` (`FROM db.t` or `` FROM `db`.`t` ``, not
+/// `FROM db.t_x`): the byte range of each mention.
+pub(crate) fn mentions(sql: &str, database: &str, table: &str) -> Vec<std::ops::Range<usize>> {
+    let sources = [
         format!("FROM {database}.{table}"),
         format!("FROM `{database}`.`{table}`"),
-    ]
-    .iter()
-    .any(|source| {
-        select.match_indices(source.as_str()).any(|(at, _)| {
-            !select[at + source.len()..]
-                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    ];
+    let mut found: Vec<std::ops::Range<usize>> = sources
+        .iter()
+        .flat_map(|source| {
+            sql.match_indices(source.as_str())
+                .map(|(at, _)| at..at + source.len())
+                .filter(|range| {
+                    !sql[range.end..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                })
         })
-    })
+        .collect();
+    found.sort_by_key(|range| range.start);
+    found
 }
 
 impl Rollup {
-    /// How the view is named where it cannot be rebuilt, with the reason.
+    /// The view where it cannot be rebuilt, with why (for a log line or a refusal).
     pub fn not_rebuilt(&self) -> String {
-        match &self.elsewhere {
-            Some(database) => format!(
-                "{} (→ {database}.{}: in another database, never rebuilt by the sink)",
+        match (&self.elsewhere, self.target.is_empty()) {
+            (_, true) => format!(
+                "{} (no TO table: its inner table is not rebuilt by the sink)",
+                self.view
+            ),
+            (Some(database), false) => format!(
+                "{} (→ {}: {database} is another database, which the sink does not rebuild)",
                 self.view, self.target
             ),
-            None => format!(
+            (None, false) => format!(
                 "{} (→ {}: no `-- rebuild` declaration in clickhouse/schema.sql)",
                 self.view, self.target
             ),
@@ -207,8 +232,8 @@ pub(crate) const LARGE_QUERY: &str = "67108864";
 pub struct TouchedKeys {
     /// Rollups with a rebuild declaration, and their keys (as `toString` of the key).
     pub rollups: Vec<(Rollup, Vec<String>)>,
-    /// Views that cannot be rebuilt, with their targets and why ([`Rollup::not_rebuilt`]).
-    pub undeclared: Vec<String>,
+    /// Views the table feeds that cannot be rebuilt ([`Rollup::not_rebuilt`] says why).
+    pub not_rebuilt: Vec<Rollup>,
     /// Per partition, the offset the progress table's maximum must not fall below in a
     /// rebuild: how far ClickHouse held it when rows deleted by hand were read again (maybe not
     /// all read again yet). Other partitions' maximum follows the table.
@@ -245,9 +270,9 @@ impl TouchedKeys {
                 None => self.rollups.push((rollup, keys)),
             }
         }
-        for view in other.undeclared {
-            if !self.undeclared.contains(&view) {
-                self.undeclared.push(view);
+        for rollup in other.not_rebuilt {
+            if !self.not_rebuilt.iter().any(|r| r.view == rollup.view) {
+                self.not_rebuilt.push(rollup);
             }
         }
         for (partition, floor) in other.progress_floor {
@@ -263,6 +288,16 @@ impl TouchedKeys {
     }
 }
 
+/// The views of `touched` that cannot be rebuilt, each with why, for a log line.
+pub fn not_rebuilt(touched: &TouchedKeys) -> String {
+    touched
+        .not_rebuilt
+        .iter()
+        .map(Rollup::not_rebuilt)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Per rollup, the keys the rows of `database.table` matching `condition` touch.
 pub async fn touched_keys(
     client: &Client,
@@ -273,7 +308,7 @@ pub async fn touched_keys(
     let mut touched = TouchedKeys::default();
     for rollup in rollups(client, database, table).await? {
         let Some(rebuild) = &rollup.rebuild else {
-            touched.undeclared.push(rollup.not_rebuilt());
+            touched.not_rebuilt.push(rollup);
             continue;
         };
         let keys: Vec<String> = client
@@ -317,21 +352,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_view_reads_the_events_table_and_not_one_named_like_it() {
-        assert!(reads_from(
-            "SELECT a FROM db.events WHERE x",
-            "db",
-            "events"
-        ));
-        assert!(reads_from("SELECT a FROM `db`.`events`", "db", "events"));
-        assert!(reads_from("SELECT a FROM db.events", "db", "events"));
-        assert!(!reads_from("SELECT a FROM db.events_x", "db", "events"));
-        assert!(!reads_from("SELECT a FROM `db`.`events`_x", "db", "events"));
-        assert!(reads_from(
-            "SELECT a FROM db.events_x UNION ALL SELECT a FROM db.events",
-            "db",
-            "events"
-        ));
+    fn a_mention_of_the_events_table_is_not_one_of_a_table_named_like_it() {
+        let found = |sql: &str| mentions(sql, "db", "events");
+        assert_eq!(found("SELECT a FROM db.events WHERE x"), vec![9..23]);
+        assert_eq!(found("SELECT a FROM `db`.`events`"), vec![9..27]);
+        assert_eq!(found("SELECT a FROM db.events"), vec![9..23]);
+        assert!(found("SELECT a FROM db.events_x").is_empty());
+        assert!(found("SELECT a FROM `db`.`events_x`").is_empty());
+        assert_eq!(
+            found("SELECT a FROM db.events_x UNION ALL SELECT a FROM `db`.`events`").len(),
+            1
+        );
     }
 
     #[test]
@@ -348,12 +379,15 @@ mod tests {
                 .not_rebuilt()
                 .contains("v (→ t: no `-- rebuild` declaration")
         );
+        rollup.target = "other.t".into();
         rollup.elsewhere = Some("other".into());
         assert!(
             rollup
                 .not_rebuilt()
-                .contains("v (→ other.t: in another database")
+                .contains("v (→ other.t: other is another database")
         );
+        rollup.target = String::new();
+        assert!(rollup.not_rebuilt().contains("v (no TO table"));
     }
 
     #[test]

@@ -156,7 +156,8 @@ impl Settings {
             clickstream_settings::load(&Settings::default(), KEYS, ENV_PREFIX, overrides, env)
                 .map_err(SinkError::Settings)?;
         let mut settings = loaded.settings;
-        settings.kafka = clickstream_settings::merged_kafka(settings.kafka, loaded.kafka);
+        settings.kafka = clickstream_settings::merged_kafka(settings.kafka, loaded.kafka)
+            .map_err(SinkError::Settings)?;
         settings.validate()?;
         Ok(settings)
     }

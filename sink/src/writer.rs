@@ -794,17 +794,12 @@ impl Writer for ClickHouseWriter {
             crate::rollups::literal(topic),
             offsets_condition(offsets)
         );
-        let Some(probe) = [
-            format!("FROM {db}.{table}"),
-            format!("FROM `{db}`.`{table}`"),
-        ]
-        .iter()
-        .find(|source| select.matches(source.as_str()).count() == 1)
-        .map(|source| select.replacen(source.as_str(), &rows, 1)) else {
+        let [ref only] = crate::rollups::mentions(&select, db, table)[..] else {
             return Err(Failure::Fatal(format!(
                 "view {view} does not read {db}.{table} once, plainly"
             )));
         };
+        let probe = format!("{}{rows}{}", &select[..only.start], &select[only.end..]);
         // Conditions stay where the view has them: pushed into the subquery or PREWHERE, a
         // `throwIf` would also see the other rows of a granule.
         let probe = self
@@ -973,12 +968,13 @@ impl Writer for ClickHouseWriter {
                     ),
                 )
                 .await?;
-            if !touched.undeclared.is_empty() {
+            if !touched.not_rebuilt.is_empty() {
                 tracing::error!(
                     partition,
-                    views = %touched.undeclared.join(", "),
-                    "these materialized views cannot be rebuilt: they may count rows read again \
-                     twice; check with `clickstream-sink verify`"
+                    views = %crate::rollups::not_rebuilt(&touched),
+                    "these materialized views cannot be rebuilt, and `clickstream-sink verify` \
+                     does not check them: they may count rows of partition {partition} read \
+                     again twice; rebuild what they hold of these rows from the raw table by hand"
                 );
             }
             for (rollup, owed) in touched.rollups {
@@ -1205,27 +1201,30 @@ mod tests {
     /// A view as the start-up check reads it from `system.tables`.
     #[derive(clickhouse::Row, serde::Serialize)]
     struct View {
+        database: String,
         name: String,
         create_table_query: String,
         as_select: String,
     }
 
-    /// A writer on `mock`, which first lists four views of which one (`events_1m`) is a
-    /// declared rollup of the sink's table: one of its own database's table without a
-    /// declaration, one writing into another database, one reading another table.
+    /// A writer on `mock`, which first lists the views the table feeds: one (`events_1m`) a
+    /// declared rollup, then one writing a table without a declaration, one writing into
+    /// another database, one living in another database and one without a TO table.
     fn grant_check(mock: &clickhouse::test::Mock) -> ClickHouseWriter {
-        let view = |name: &str, target: &str, source: &str| View {
+        let view = |database: &str, name: &str, to: &str| View {
+            database: database.into(),
             name: name.into(),
             create_table_query: format!(
-                "CREATE MATERIALIZED VIEW db.{name} TO {target} (x UInt8) AS SELECT 1 AS x FROM {source}"
+                "CREATE MATERIALIZED VIEW {database}.{name}{to} (x UInt8) AS SELECT 1 AS x FROM db.events"
             ),
-            as_select: format!("SELECT 1 AS x FROM {source}"),
+            as_select: "SELECT 1 AS x FROM db.events".into(),
         };
         mock.add(clickhouse::test::handlers::provide(vec![
-            view("events_1m_mv", "db.events_1m", "db.events"),
-            view("mine_mv", "db.mine", "db.events"),
-            view("elsewhere_mv", "other.pages_5m", "db.events"),
-            view("x_mv", "db.sessions", "db.events_x"),
+            view("db", "events_1m_mv", " TO db.events_1m"),
+            view("db", "mine_mv", " TO db.mine"),
+            view("db", "elsewhere_mv", " TO other.pages_5m"),
+            view("other", "foreign_mv", " TO db.sessions"),
+            view("db", "inner_mv", ""),
         ]));
         let settings = Settings {
             clickhouse_url: mock.url().to_owned(),

@@ -100,7 +100,8 @@ impl Settings {
             clickstream_settings::load(&Settings::default(), KEYS, ENV_PREFIX, overrides, env)
                 .map_err(Error::Settings)?;
         let mut settings = loaded.settings;
-        settings.kafka = clickstream_settings::merged_kafka(settings.kafka, loaded.kafka);
+        settings.kafka = clickstream_settings::merged_kafka(settings.kafka, loaded.kafka)
+            .map_err(Error::Settings)?;
         settings.validate()?;
         Ok(settings)
     }

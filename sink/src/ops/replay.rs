@@ -96,12 +96,14 @@ pub enum Refusal {
     NotConfirmed(String),
     #[error(
         "materialized view(s) {0} cannot be rebuilt, so replay cannot keep them equal to the raw \
-         table. For a rollup in the sink's database, add `-- rebuild <database>.<rollup>: <key \
-         column> = <expression over events>` next to its view in clickhouse/schema.sql (see the \
-         existing ones). A view writing into another database: detach it for the replay \
-         (DETACH TABLE <view>) and rebuild its table from the raw table afterwards"
+         table, and `verify` does not check them. A view of the sink's database writing into a \
+         table of it: add `-- rebuild <database>.<rollup>: <key column> = <expression over \
+         events>` next to it in clickhouse/schema.sql (see the existing ones; the declarations \
+         are built into the sink: build it again). Any other view: detach it for the replay \
+         (DETACH TABLE <view>; the sinks are stopped during a replay anyway), ATTACH it again \
+         after, and rebuild its table's rows of the replayed range from the raw table yourself"
     )]
-    Undeclared(String),
+    NotRebuilt(String),
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -249,13 +251,13 @@ pub async fn replay(
         rollups(&client, &settings.database, &settings.table),
     )
     .await?;
-    let undeclared: Vec<String> = rollups
+    let not_rebuilt: Vec<String> = rollups
         .iter()
         .filter(|r| r.rebuild.is_none())
         .map(|r| r.not_rebuilt())
         .collect();
-    if !undeclared.is_empty() {
-        return Err(Refusal::Undeclared(undeclared.join(", ")).into());
+    if !not_rebuilt.is_empty() {
+        return Err(Refusal::NotRebuilt(not_rebuilt.join(", ")).into());
     }
 
     let state = state(&client, &settings.database, &topic)

@@ -561,3 +561,102 @@ async fn a_rollup_whose_query_refuses_stored_rows_stops_the_rebuild_loudly() {
         "the refused rebuild deleted none of the rollup's rows of its keys"
     );
 }
+
+/// The views the table feeds are the engine's list (its `dependencies_*`): a view reading a
+/// table named like it, or reading it only in a subquery, is not one; a view without a
+/// declaration, one writing into another database, one living in another database and one
+/// without a TO table are named as not rebuilt, each with why.
+#[tokio::test]
+async fn the_views_the_table_feeds_come_from_the_engine() {
+    let h = Harness::new("it_views_fed").await;
+    let db = &h.database;
+    let other = format!("{db}_other");
+    let _drop_other = clickstream_testkit::DropDatabase {
+        url: h.clickhouse_url.clone(),
+        database: other.clone(),
+    };
+    let count = |name: &str, to: &str, from: &str| {
+        format!("CREATE MATERIALIZED VIEW {name}{to} AS SELECT count() AS n FROM {from}")
+    };
+    for statement in [
+        format!("CREATE DATABASE {other}"),
+        format!("CREATE TABLE {db}.events_x (x UInt8) ENGINE = MergeTree ORDER BY x"),
+        format!("CREATE TABLE {db}.mine (n UInt64) ENGINE = MergeTree ORDER BY n"),
+        format!("CREATE TABLE {other}.pages_5m (n UInt64) ENGINE = MergeTree ORDER BY n"),
+        count(
+            &format!("{db}.mine_mv"),
+            &format!(" TO {db}.mine"),
+            &format!("{db}.events"),
+        ),
+        count(
+            &format!("{db}.elsewhere_mv"),
+            &format!(" TO {other}.pages_5m"),
+            &format!("{db}.events"),
+        ),
+        count(
+            &format!("{other}.foreign_mv"),
+            &format!(" TO {db}.mine"),
+            &format!("{db}.events"),
+        ),
+        count(
+            &format!("{db}.inner_mv"),
+            " ENGINE = MergeTree ORDER BY n",
+            &format!("{db}.events"),
+        ),
+        count(
+            &format!("{db}.x_mv"),
+            &format!(" TO {db}.mine"),
+            &format!("{db}.events_x"),
+        ),
+        count(
+            &format!("{db}.sub_mv"),
+            &format!(" TO {db}.mine"),
+            &format!("{db}.events_x WHERE x IN (SELECT toUInt8(1) FROM {db}.events)"),
+        ),
+    ] {
+        h.client
+            .query(&statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    let rollups = clickstream_sink::rollups::rollups(&h.client, db, "events")
+        .await
+        .unwrap();
+    let mut declared: Vec<&str> = rollups
+        .iter()
+        .filter(|r| r.rebuild.is_some())
+        .map(|r| r.target.as_str())
+        .collect();
+    declared.sort_unstable();
+    assert_eq!(
+        declared,
+        [
+            "events_1m",
+            "funnel_5m",
+            "kafka_progress",
+            "pages_5m",
+            "sessions",
+            "users_daily"
+        ]
+    );
+    let not_rebuilt: Vec<String> = rollups
+        .iter()
+        .filter(|r| r.rebuild.is_none())
+        .map(|r| r.not_rebuilt())
+        .collect();
+    let expected = [
+        "mine_mv (→ mine: no `-- rebuild` declaration".to_owned(),
+        format!("elsewhere_mv (→ {other}.pages_5m: {other} is another database"),
+        "inner_mv (no TO table".to_owned(),
+        format!("{other}.foreign_mv (→ mine: {other} is another database"),
+    ];
+    assert_eq!(not_rebuilt.len(), expected.len(), "{not_rebuilt:#?}");
+    for view in expected {
+        assert!(
+            not_rebuilt.iter().any(|n| n.starts_with(&view)),
+            "{view}: {not_rebuilt:#?}"
+        );
+    }
+}
