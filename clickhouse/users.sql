@@ -46,6 +46,11 @@ GRANT INSERT, ALTER DELETE ON clickstream.users_daily TO clickstream_sink;
 -- which columns does it have now (the sink follows benign ALTERs).
 GRANT SELECT ON system.tables TO clickstream_sink;
 GRANT SELECT ON system.columns TO clickstream_sink;
+-- system.tables and system.columns show a user only what it has a privilege on: the sink must
+-- see every materialized view `events` feeds (and the columns of those it rebuilds), or it
+-- could neither rebuild their rollups nor find the rows a view refuses. It stops at start
+-- when it cannot see one. Metadata only: no data of the views.
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.* TO clickstream_sink;
 -- The deduplication-window guard reads the server's default windows (README, "Freshness and the
 -- deduplication-window guard").
 GRANT SELECT ON system.merge_tree_settings TO clickstream_sink;

@@ -121,15 +121,16 @@ impl Failpoint {
 }
 
 /// The materialized view a refused INSERT failed in, from ClickHouse's message (`... while
-/// pushing to view db.name. (CODE)`), without its database.
-fn failed_view(error: &str) -> Option<&str> {
+/// pushing to view db.name. (CODE)`): `db.name` (without quotes), or `name` where the
+/// message gives no database.
+fn failed_view(error: &str) -> Option<String> {
     let rest = error.split("while pushing to view ").nth(1)?;
     let name = rest
         .split_whitespace()
         .next()?
-        .trim_end_matches(['.', ':', ',']);
-    let name = name.rsplit('.').next()?.trim_matches('`');
-    (!name.is_empty()).then_some(name)
+        .trim_end_matches(['.', ':', ','])
+        .replace('`', "");
+    (!name.is_empty() && !name.ends_with('.')).then_some(name)
 }
 
 /// The rollup keys one flush rebuilds before its commits: those refused inserts left in the
@@ -807,6 +808,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         /// SELECTs at most per refused part (two per halving of a refused set).
         const PROBES: usize = 1_000;
         let view = failed_view(error)?;
+        let view = view.as_str();
         let code = crate::writer::error_code(error)?;
         // Stopping (the shutdown deadline): no more work than needed.
         if self.retry.cancel.is_cancelled() || left.len() != part.rows.len() {
@@ -1104,7 +1106,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
             let not_rebuilt: Vec<String> = touched
                 .not_rebuilt
                 .iter()
-                .filter(|r| failing.is_none_or(|f| r.view != f))
+                .filter(|r| failing.as_deref().is_none_or(|f| !r.is(f)))
                 .map(crate::rollups::Rollup::not_rebuilt)
                 .collect();
             if !not_rebuilt.is_empty() {
@@ -1882,8 +1884,9 @@ pub(crate) mod tests {
     fn test_rollup() -> Rollup {
         Rollup {
             view: "rollup_mv".into(),
+            qualified_view: "db.rollup_mv".into(),
             target: "rollup".into(),
-            elsewhere: None,
+            why_not: None,
             rebuild: None,
             select: String::new(),
         }
@@ -2774,10 +2777,13 @@ pub(crate) mod tests {
         let message = "Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero: \
                        while executing 'FUNCTION throwIf(...)': while pushing to view \
                        it_view_54a5.price_check_mv. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO)";
-        assert_eq!(failed_view(message), Some("price_check_mv"));
         assert_eq!(
-            failed_view("while pushing to view `db`.`events_1m_mv`: x"),
-            Some("events_1m_mv")
+            failed_view(message).as_deref(),
+            Some("it_view_54a5.price_check_mv")
+        );
+        assert_eq!(
+            failed_view("while pushing to view `db`.`events_1m_mv`: x").as_deref(),
+            Some("db.events_1m_mv")
         );
         assert_eq!(failed_view("Code: 241. Memory limit exceeded"), None);
     }

@@ -48,6 +48,7 @@ pub fn rebuild_declarations(schema: &str) -> Vec<Rebuild> {
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct ViewRow {
+    engine: String,
     database: String,
     name: String,
     create_table_query: String,
@@ -59,74 +60,157 @@ struct ViewRow {
 pub struct Rollup {
     /// The materialized view (`db.view` when it lives in another database than the table).
     pub view: String,
+    /// `db.view`, as ClickHouse names a view that refused an insert.
+    pub qualified_view: String,
     /// The table it writes (`db.table` when in another database than the events table);
-    /// empty for a view without `TO` (its table is its own inner one).
+    /// empty where not known (no `TO` table, or a view the user cannot see).
     pub target: String,
-    /// The database of the view or of that table, when it is not the events table's.
-    pub elsewhere: Option<String>,
-    /// Its declaration in schema.sql (none: it cannot be rebuilt).
+    /// Its declaration in schema.sql; none: it cannot be rebuilt, and `why_not` says why.
     pub rebuild: Option<Rebuild>,
+    pub why_not: Option<NotRebuilt>,
     /// The view's SELECT.
     pub select: String,
+}
+
+/// Why a view's table cannot be rebuilt by the sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotRebuilt {
+    /// A table of the sink's database without a `-- rebuild` line in schema.sql.
+    Undeclared,
+    /// The view or its table lives in this other database.
+    OtherDatabase(String),
+    /// No `TO` table: its own inner table.
+    NoTarget,
+    /// These other views write into the same table: a rebuild from one view's SELECT would
+    /// delete their rows of those keys.
+    SharedTarget(Vec<String>),
+    /// The engine lists it as fed by the table, but `system.tables` hides it from this user.
+    Hidden,
+}
+
+/// The `TO` table of a view's `CREATE` (the word after its name, or after its `UUID`), as
+/// written; none for a view with an inner table.
+fn to_table(create: &str) -> Option<&str> {
+    let rest = create.strip_prefix("CREATE MATERIALIZED VIEW ")?;
+    let mut words = rest.split_whitespace().skip(1);
+    loop {
+        match words.next()? {
+            "UUID" => {
+                words.next()?;
+            }
+            "TO" => return words.next().map(|t| t.trim_end_matches(['(', ';'])),
+            _ => return None,
+        }
+    }
+}
+
+/// The (database, table) a view writes, its own database where its `TO` names none.
+fn target_of(view: &ViewRow) -> Option<(&str, &str)> {
+    let to = to_table(&view.create_table_query)?;
+    Some(match to.rsplit_once('.') {
+        Some((db, table)) => (db.trim_matches('`'), table.trim_matches('`')),
+        None => (view.database.as_str(), to.trim_matches('`')),
+    })
 }
 
 /// The materialized views `database.table` feeds, as the engine lists them (its
 /// `dependencies_*`: views in any database, whatever their SELECT's text looks like).
 pub async fn rollups(client: &Client, database: &str, table: &str) -> Result<Vec<Rollup>, ChError> {
-    let views: Vec<ViewRow> = client
+    // `system.tables` shows a user only what it has a privilege on: the names the engine
+    // lists as fed by the table, against the views this user sees.
+    let fed: Vec<(String, String)> = client
         .query(
-            "SELECT database, name, create_table_query, as_select FROM system.tables \
-             WHERE engine = 'MaterializedView' AND (database, name) IN (\
-               SELECT arrayJoin(arrayZip(dependencies_database, dependencies_table)) \
-               FROM system.tables WHERE database = ? AND name = ?) \
-             ORDER BY database != ?, database, name",
+            "SELECT fed.1, fed.2 FROM system.tables \
+             ARRAY JOIN arrayZip(dependencies_database, dependencies_table) AS fed \
+             WHERE database = ? AND name = ?",
         )
         .bind(database)
         .bind(table)
+        .fetch_all::<(String, String)>()
+        .await?;
+    let views: Vec<ViewRow> = client
+        .query(
+            "SELECT engine, database, name, create_table_query, as_select FROM system.tables \
+             WHERE engine = 'MaterializedView' OR (database, name) IN (\
+               SELECT arrayJoin(arrayZip(dependencies_database, dependencies_table)) \
+               FROM system.tables WHERE database = ? AND name = ?)",
+        )
         .bind(database)
+        .bind(table)
         .fetch_all::<ViewRow>()
         .await?;
     let declared = rebuild_declarations(SCHEMA_SQL);
-    let mut out = Vec::new();
-    for v in views {
-        let view = if v.database == database {
-            v.name
+    let shown = |db: &str, name: &str| {
+        if db == database {
+            name.to_owned()
         } else {
-            format!("{}.{}", v.database, v.name)
+            format!("{db}.{name}")
+        }
+    };
+    let mut out = Vec::new();
+    for (db, name) in &fed {
+        let qualified_view = format!("{db}.{name}");
+        let Some(v) = views.iter().find(|v| v.database == *db && v.name == *name) else {
+            // Not a view this user can see: a view of its own or one it may not see (it
+            // would be listed if it could), or something else fed by the table.
+            out.push(Rollup {
+                view: shown(db, name),
+                qualified_view,
+                target: String::new(),
+                rebuild: None,
+                why_not: Some(NotRebuilt::Hidden),
+                select: String::new(),
+            });
+            continue;
         };
-        let qualified = v
-            .create_table_query
-            .split(" TO ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_default();
-        let (target_database, target) = match qualified.rsplit_once('.') {
-            Some((db, table)) => (db.trim_matches('`'), table.trim_matches('`')),
-            None => (v.database.as_str(), qualified.trim_matches('`')),
+        if v.engine != "MaterializedView" {
+            continue; // a view that stores nothing
+        }
+        let (target, why_not) = match target_of(v) {
+            None => (String::new(), Some(NotRebuilt::NoTarget)),
+            Some((target_db, target)) => {
+                let other = [v.database.as_str(), target_db]
+                    .into_iter()
+                    .find(|d| *d != database);
+                let why_not = match other {
+                    Some(other) => Some(NotRebuilt::OtherDatabase(other.to_owned())),
+                    None if declared.iter().any(|d| d.table == target) => None,
+                    None => Some(NotRebuilt::Undeclared),
+                };
+                (shown(target_db, target), why_not)
+            }
         };
-        let elsewhere = [v.database.as_str(), target_database]
-            .into_iter()
-            .find(|db| *db != database)
-            .map(str::to_owned);
         // The declarations are schema.sql's, of views and tables in this database: a view or
         // table in another database is not one of them, whatever its name (not rebuilt).
-        let rebuild = if elsewhere.is_none() && !target.is_empty() {
-            declared.iter().find(|d| d.table == target).cloned()
-        } else {
-            None
-        };
+        let rebuild = why_not
+            .is_none()
+            .then(|| declared.iter().find(|d| d.table == target).cloned())
+            .flatten();
         out.push(Rollup {
-            view,
+            view: shown(&v.database, &v.name),
+            qualified_view,
+            target,
             rebuild,
-            target: if target_database == database {
-                target.to_owned()
-            } else {
-                format!("{target_database}.{target}")
-            },
-            elsewhere,
-            select: v.as_select,
+            why_not,
+            select: v.as_select.clone(),
         });
     }
+    // A table two views write into (whatever they read): rebuilding one view's keys would
+    // delete the other's rows.
+    for rollup in out.iter_mut().filter(|r| !r.target.is_empty()) {
+        let others: Vec<String> = views
+            .iter()
+            .filter(|v| v.engine == "MaterializedView")
+            .filter(|v| format!("{}.{}", v.database, v.name) != rollup.qualified_view)
+            .filter(|v| target_of(v).is_some_and(|(db, t)| shown(db, t) == rollup.target))
+            .map(|v| shown(&v.database, &v.name))
+            .collect();
+        if !others.is_empty() {
+            rollup.rebuild = None;
+            rollup.why_not = Some(NotRebuilt::SharedTarget(others));
+        }
+    }
+    out.sort_by(|a, b| (a.view.contains('.'), &a.view).cmp(&(b.view.contains('.'), &b.view)));
     Ok(out)
 }
 
@@ -154,20 +238,34 @@ pub(crate) fn mentions(sql: &str, database: &str, table: &str) -> Vec<std::ops::
 impl Rollup {
     /// The view where it cannot be rebuilt, with why (for a log line or a refusal).
     pub fn not_rebuilt(&self) -> String {
-        match (&self.elsewhere, self.target.is_empty()) {
-            (_, true) => format!(
-                "{} (no TO table: its inner table is not rebuilt by the sink)",
-                self.view
+        let (view, target) = (&self.view, &self.target);
+        match &self.why_not {
+            None => format!("{view} (→ {target}: rebuilt)"),
+            Some(NotRebuilt::Undeclared) => {
+                format!("{view} (→ {target}: no `-- rebuild` declaration in clickhouse/schema.sql)")
+            }
+            Some(NotRebuilt::OtherDatabase(database)) => format!(
+                "{view} (→ {target}: {database} is another database, which the sink does not rebuild)"
             ),
-            (Some(database), false) => format!(
-                "{} (→ {}: {database} is another database, which the sink does not rebuild)",
-                self.view, self.target
+            Some(NotRebuilt::NoTarget) => {
+                format!("{view} (no TO table: its inner table is not rebuilt by the sink)")
+            }
+            Some(NotRebuilt::SharedTarget(others)) => format!(
+                "{view} (→ {target}: {} also write(s) into it, so rebuilding one view's keys \
+                 would delete the other's rows)",
+                others.join(", ")
             ),
-            (None, false) => format!(
-                "{} (→ {}: no `-- rebuild` declaration in clickhouse/schema.sql)",
-                self.view, self.target
+            Some(NotRebuilt::Hidden) => format!(
+                "{view} (the sink's user cannot see it in system.tables: GRANT SHOW TABLES, \
+                 SHOW COLUMNS on it, as clickhouse/users.sql does)"
             ),
         }
+    }
+
+    /// Whether `name` (as ClickHouse names a view in an error: `db.view`, or `view`) is this
+    /// view.
+    pub fn is(&self, name: &str) -> bool {
+        name == self.qualified_view || (!name.contains('.') && name == self.view)
     }
 }
 
@@ -271,7 +369,11 @@ impl TouchedKeys {
             }
         }
         for rollup in other.not_rebuilt {
-            if !self.not_rebuilt.iter().any(|r| r.view == rollup.view) {
+            if !self
+                .not_rebuilt
+                .iter()
+                .any(|r| r.qualified_view == rollup.qualified_view)
+            {
                 self.not_rebuilt.push(rollup);
             }
         }
@@ -369,9 +471,10 @@ mod tests {
     fn a_view_not_rebuilt_says_why() {
         let mut rollup = Rollup {
             view: "v".into(),
+            qualified_view: "db.v".into(),
             target: "t".into(),
-            elsewhere: None,
             rebuild: None,
+            why_not: Some(NotRebuilt::Undeclared),
             select: String::new(),
         };
         assert!(
@@ -380,14 +483,37 @@ mod tests {
                 .contains("v (→ t: no `-- rebuild` declaration")
         );
         rollup.target = "other.t".into();
-        rollup.elsewhere = Some("other".into());
+        rollup.why_not = Some(NotRebuilt::OtherDatabase("other".into()));
         assert!(
             rollup
                 .not_rebuilt()
                 .contains("v (→ other.t: other is another database")
         );
-        rollup.target = String::new();
-        assert!(rollup.not_rebuilt().contains("v (no TO table"));
+        rollup.why_not = Some(NotRebuilt::Hidden);
+        assert!(rollup.not_rebuilt().contains("GRANT SHOW TABLES"));
+        assert!(rollup.is("db.v") && rollup.is("v") && !rollup.is("other.v"));
+    }
+
+    #[test]
+    fn the_to_table_is_the_word_after_the_view_name() {
+        let create = |rest: &str| format!("CREATE MATERIALIZED VIEW db.v {rest}");
+        assert_eq!(
+            to_table(&create(
+                "TO db.t (`x` UInt8) AS SELECT 1 AS x FROM db.events"
+            )),
+            Some("db.t")
+        );
+        assert_eq!(
+            to_table(&create("UUID 'abc' TO `db`.`t` (`x` UInt8) AS SELECT 1")),
+            Some("`db`.`t`")
+        );
+        assert_eq!(
+            to_table(&create(
+                "(`x` UInt8) ENGINE = MergeTree ORDER BY x AS SELECT x FROM db.events \
+                 ORDER BY x WITH FILL FROM 1 TO 10"
+            )),
+            None
+        );
     }
 
     #[test]

@@ -209,7 +209,7 @@ pub trait Writer: Send + Sync + 'static {
         keys: &TouchedKeys,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
-    /// Whether the materialized view `view` refuses the stored rows of these offsets of
+    /// Whether the materialized view `view` (as ClickHouse names it: `db.view` or `view`) refuses the stored rows of these offsets of
     /// `partition`: its own SELECT, run over just those rows of the table (what a refused
     /// insert left there), fails as the INSERT did (error `code`). An error: it cannot tell
     /// (a view that does not read the table plainly, a failure of another kind).
@@ -514,6 +514,25 @@ impl ClickHouseWriter {
                 crate::rollups::rollups(&self.client, &self.database, &self.table),
             )
             .await?;
+        // A view the user cannot see is one the sink cannot rebuild, nor find refused rows
+        // with: found out now, not after a refused insert.
+        let hidden: Vec<String> = rollups
+            .iter()
+            .filter(|r| r.why_not == Some(crate::rollups::NotRebuilt::Hidden))
+            .map(|r| r.view.clone())
+            .collect();
+        if !hidden.is_empty() {
+            return Err(Failure::Fatal(format!(
+                "start-up check: {}.{} feeds materialized view(s) {} that the sink's user cannot \
+                 see (system.tables shows a user only what it has a privilege on), so it could \
+                 not rebuild their rollups after a refused insert: GRANT SHOW TABLES, SHOW \
+                 COLUMNS ON {}.* TO the sink's user, as clickhouse/users.sql does",
+                self.database,
+                self.table,
+                hidden.join(", "),
+                self.database
+            )));
+        }
         let mut needed = vec![
             ("ALTER DELETE", self.table.clone()),
             ("ALTER DELETE", PENDING_REBUILDS_TABLE.to_owned()),
@@ -776,6 +795,17 @@ impl Writer for ClickHouseWriter {
         code: u32,
         offsets: &[i64],
     ) -> Result<bool, Failure> {
+        // `db.view` as ClickHouse names it: a view of another database reads no rows here.
+        let view = match view.split_once('.') {
+            Some((database, _)) if database != self.database => {
+                return Err(Failure::Fatal(format!(
+                    "view {view} is not in database {}",
+                    self.database
+                )));
+            }
+            Some((_, name)) => name,
+            None => view,
+        };
         let select: Option<String> = self
             .bounded(
                 "reading a view's SELECT",
@@ -971,6 +1001,7 @@ impl Writer for ClickHouseWriter {
             if !touched.not_rebuilt.is_empty() {
                 tracing::error!(
                     partition,
+                    offsets = %ranges.iter().map(|(a, b)| format!("{a}..={b}")).collect::<Vec<_>>().join(", "),
                     views = %crate::rollups::not_rebuilt(&touched),
                     "these materialized views cannot be rebuilt, and `clickstream-sink verify` \
                      does not check them: they may count rows of partition {partition} read \
@@ -1201,6 +1232,7 @@ mod tests {
     /// A view as the start-up check reads it from `system.tables`.
     #[derive(clickhouse::Row, serde::Serialize)]
     struct View {
+        engine: String,
         database: String,
         name: String,
         create_table_query: String,
@@ -1210,8 +1242,10 @@ mod tests {
     /// A writer on `mock`, which first lists the views the table feeds: one (`events_1m`) a
     /// declared rollup, then one writing a table without a declaration, one writing into
     /// another database, one living in another database and one without a TO table.
-    fn grant_check(mock: &clickhouse::test::Mock) -> ClickHouseWriter {
+    /// With `hidden`, the engine also lists `secret_mv`, which the user does not see.
+    fn grant_check(mock: &clickhouse::test::Mock, hidden: bool) -> ClickHouseWriter {
         let view = |database: &str, name: &str, to: &str| View {
+            engine: "MaterializedView".into(),
             database: database.into(),
             name: name.into(),
             create_table_query: format!(
@@ -1219,6 +1253,20 @@ mod tests {
             ),
             as_select: "SELECT 1 AS x FROM db.events".into(),
         };
+        let mut fed = vec![
+            ("db", "events_1m_mv"),
+            ("db", "mine_mv"),
+            ("db", "elsewhere_mv"),
+            ("other", "foreign_mv"),
+            ("db", "inner_mv"),
+        ];
+        if hidden {
+            fed.push(("db", "secret_mv"));
+        }
+        mock.add(clickhouse::test::handlers::provide(
+            fed.into_iter()
+                .map(|(db, name)| (db.to_owned(), name.to_owned())),
+        ));
         mock.add(clickhouse::test::handlers::provide(vec![
             view("db", "events_1m_mv", " TO db.events_1m"),
             view("db", "mine_mv", " TO db.mine"),
@@ -1241,13 +1289,13 @@ mod tests {
     async fn a_missing_grant_stops_the_start_naming_it() {
         use clickhouse::test::{Mock, handlers};
         let mock = Mock::new();
-        let writer = grant_check(&mock);
+        let writer = grant_check(&mock, false);
         for answer in [1u8, 1, 1] {
             mock.add(handlers::provide(vec![answer]));
         }
         writer.check_repair_grants().await.expect("all granted");
 
-        let writer = grant_check(&mock);
+        let writer = grant_check(&mock, false);
         for answer in [1u8, 1, 0] {
             mock.add(handlers::provide(vec![answer]));
         }
@@ -1261,8 +1309,18 @@ mod tests {
             "{text}"
         );
 
+        // A view the user cannot see: stopped before any CHECK GRANT, naming it and the grant.
+        let writer = grant_check(&mock, true);
+        let Err(Failure::Fatal(text)) = writer.check_repair_grants().await else {
+            panic!("a hidden view is fatal");
+        };
+        assert!(
+            text.contains("secret_mv") && text.contains("GRANT SHOW TABLES, SHOW COLUMNS ON db.*"),
+            "{text}"
+        );
+
         // A server without CHECK GRANT (a syntax error): not checked, not refused.
-        let writer = grant_check(&mock);
+        let writer = grant_check(&mock, false);
         mock.add(handlers::exception(62));
         writer.check_repair_grants().await.expect("not checked");
     }

@@ -101,9 +101,10 @@ pub enum Refusal {
          events>` next to it in clickhouse/schema.sql (see the existing ones; the declarations \
          are built into the sink: build it again). Any other view: detach it for the replay \
          (DETACH TABLE <view>; the sinks are stopped during a replay anyway), ATTACH it again \
-         after, and rebuild its table's rows of the replayed range from the raw table yourself"
+         after, and rebuild its table's rows of the replayed range from the raw table \
+         yourself.{1}"
     )]
-    NotRebuilt(String),
+    NotRebuilt(String, String),
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -251,18 +252,24 @@ pub async fn replay(
         rollups(&client, &settings.database, &settings.table),
     )
     .await?;
+    let state = state(&client, &settings.database, &topic)
+        .await
+        .map_err(|e| super::ch_error("read the replay state", &e))?;
     let not_rebuilt: Vec<String> = rollups
         .iter()
         .filter(|r| r.rebuild.is_none())
         .map(|r| r.not_rebuilt())
         .collect();
     if !not_rebuilt.is_empty() {
-        return Err(Refusal::NotRebuilt(not_rebuilt.join(", ")).into());
+        let pending = match state.unfinished {
+            Some(id) => format!(
+                " Replay {id} is unfinished (some of its rows may be deleted already): it \
+                 resumes when replay runs again once these views are dealt with."
+            ),
+            None => String::new(),
+        };
+        return Err(Refusal::NotRebuilt(not_rebuilt.join(", "), pending).into());
     }
-
-    let state = state(&client, &settings.database, &topic)
-        .await
-        .map_err(|e| super::ch_error("read the replay state", &e))?;
     let (mut replay, resumed) = match state.unfinished {
         Some(id) => (load(&client, settings, id).await?, true),
         None => (plan(&client, &kafka, settings, options).await?, false),

@@ -238,15 +238,16 @@ fn privileges(statement: &str, database: &str) -> Vec<(String, String)> {
     };
     let after = |keyword: &str| -> Vec<String> {
         words
-            .windows(2)
-            // `FROM (SELECT ...)`: the subquery's own FROM names the table; `ARRAY JOIN [...]`
-            // joins no table.
+            .windows(3)
+            // `FROM (SELECT ...)`: the subquery's own FROM names the table; `ARRAY JOIN`
+            // joins an array, no table.
             .filter(|w| {
-                w[0].eq_ignore_ascii_case(keyword)
-                    && !w[1].eq_ignore_ascii_case("SELECT")
-                    && !w[1].starts_with('[')
+                w[1].eq_ignore_ascii_case(keyword)
+                    && !w[0].eq_ignore_ascii_case("ARRAY")
+                    && !w[2].eq_ignore_ascii_case("SELECT")
+                    && !w[2].starts_with('[')
             })
-            .map(|w| qualify(w[1]))
+            .map(|w| qualify(w[2]))
             .collect()
     };
     let first = words
@@ -372,6 +373,12 @@ async fn the_sink_users_grants_are_exactly_what_it_runs_and_what_its_views_write
             "INSERT".to_owned(),
             target.replace(&format!("{}.", h.database), "clickstream."),
         ));
+    }
+
+    // Seeing the views `events` feeds (the local engine shows everything; a server shows a
+    // user only what it has a privilege on), and the columns of those it rebuilds.
+    for privilege in ["SHOW TABLES", "SHOW COLUMNS"] {
+        needed.insert((privilege.to_owned(), "clickstream.*".to_owned()));
     }
 
     let users =
