@@ -49,8 +49,14 @@ GRANT SELECT ON system.columns TO clickstream_sink;
 -- system.tables and system.columns show a user only what it has a privilege on: the sink must
 -- see every materialized view `events` feeds (and the columns of those it rebuilds), or it
 -- could neither rebuild their rollups nor find the rows a view refuses. It stops at start
--- when it cannot see one. Metadata only: no data of the views.
-GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.* TO clickstream_sink;
+-- when it cannot see one, naming it: grant the same on a view of your own (or on
+-- clickstream.*). Metadata only: no data of the views.
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.events_1m_mv TO clickstream_sink;
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.pages_5m_mv TO clickstream_sink;
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.sessions_mv TO clickstream_sink;
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.funnel_5m_mv TO clickstream_sink;
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.users_daily_mv TO clickstream_sink;
+GRANT SHOW TABLES, SHOW COLUMNS ON clickstream.kafka_progress_mv TO clickstream_sink;
 -- The deduplication-window guard reads the server's default windows (README, "Freshness and the
 -- deduplication-window guard").
 GRANT SELECT ON system.merge_tree_settings TO clickstream_sink;

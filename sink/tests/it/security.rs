@@ -377,8 +377,15 @@ async fn the_sink_users_grants_are_exactly_what_it_runs_and_what_its_views_write
 
     // Seeing the views `events` feeds (the local engine shows everything; a server shows a
     // user only what it has a privilege on), and the columns of those it rebuilds.
-    for privilege in ["SHOW TABLES", "SHOW COLUMNS"] {
-        needed.insert((privilege.to_owned(), "clickstream.*".to_owned()));
+    for view in &views {
+        let name = view
+            .strip_prefix("CREATE MATERIALIZED VIEW ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("a view's CREATE: {view}"));
+        let name = name.replace(&format!("{}.", h.database), "clickstream.");
+        for privilege in ["SHOW TABLES", "SHOW COLUMNS"] {
+            needed.insert((privilege.to_owned(), name.clone()));
+        }
     }
 
     let users =
