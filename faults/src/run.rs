@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use clickstream_producer::simulator::{Generated, Simulator, SimulatorConfig};
+pub use clickstream_testkit::http_request;
 use clickstream_testkit::{apply_schema, create_topic_on, free_port, repo_root, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -700,38 +701,4 @@ pub async fn start_stack() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(status.success(), "scripts/stack up failed");
     Ok(())
-}
-
-/// One HTTP/1.0 request to `address` (host:port); returns the status and the body.
-pub async fn http_request(
-    address: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(address),
-    )
-    .await
-    .context("connect timed out")??;
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .context("response timed out")??;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    Ok((status, body))
 }

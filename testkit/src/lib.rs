@@ -61,10 +61,11 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A client for the stack's ClickHouse, with `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set.
 pub fn clickhouse() -> clickhouse::Client {
-    client_for(&clickhouse_url())
+    clickhouse_at(&clickhouse_url())
 }
 
-fn client_for(url: &str) -> clickhouse::Client {
+/// A client for the ClickHouse at `url`, with `CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` if set.
+pub fn clickhouse_at(url: &str) -> clickhouse::Client {
     let mut client = clickhouse::Client::default().with_url(url);
     if let Ok(user) = std::env::var("CLICKHOUSE_USER") {
         client = client.with_user(user);
@@ -286,7 +287,7 @@ impl Endpoint {
     }
 
     pub fn client(&self) -> clickhouse::Client {
-        client_for(&self.url())
+        clickhouse_at(&self.url())
     }
 
     /// Kills the endpoint process (like a crash) without waiting for anything.
@@ -664,4 +665,38 @@ pub fn promtool() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// One HTTP/1.0 request to `address` (host:port); returns the status and the body.
+pub async fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out"))??;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Ok((status, body))
 }

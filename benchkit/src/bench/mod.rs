@@ -1,0 +1,648 @@
+//! `bench-sink`: the sink benchmark on a private local stack (`scripts/bench` builds the release
+//! binaries and runs it). Writes `bench/results/latest.json` and the sink section of
+//! `bench/REPORT.md` (between its own markers; the rest of the file is left as it is), with
+//! SVG charts drawn by [`crate::charts`].
+//!
+//! ```text
+//! settings (BENCH_*) ─▶ stack (scripts/stack) ─▶ measure (producer, bench-consume, sinks)
+//!                                                   │ procs: CPU, RSS   profile: perf
+//!                                                   ▼
+//!                          results JSON ─▶ charts (SVG) ─▶ report (markdown section)
+//! ```
+//!
+//! Every figure comes from the same run, so ratios hold on a noisy machine:
+//!
+//! 1. **throughput**: pre-load `BENCH_EVENTS` events with the producer (`--rate max`) into a
+//!    3-partition topic, then time one sink from its start until `count()` of its table equals
+//!    the number of events: events/s, MB/s, CPU seconds, peak RSS, inserts, parts. The time to
+//!    the first row (group join + first insert) is reported apart from the steady rate.
+//! 2. **bound**: bench-consume reads the same topic with the sink's consumer settings and does
+//!    nothing else: the upper bound. Run before and after the sink; the better run counts. A
+//!    flat perf profile of a repeat of the sink's run (perf slows the endpoint, so not the
+//!    measured one).
+//! 3. **ceiling**: the sink alone: the endpoint drops its INSERTs unread.
+//! 4. **latency**: per flush setting and per rate, a sink on a fresh topic (joined first), the
+//!    producer at the rate for `BENCH_SECONDS`, then event-to-queryable latency from the table
+//!    itself (`inserted_at - event_time`), and inserts per second from `/metrics`.
+//! 5. **scale**: 1, 2, 3 sinks in one group on the pre-loaded topic: time to all rows.
+//! 6. **bulk** (not in the default sections): the reference projects' run, 10 million events
+//!    produced at `--rate max`, then one sink with the defaults until all are queryable.
+//!
+//! Each measurement gets a fresh consumer group and a fresh database (`clickhouse/schema.sql`
+//! renamed, rollups included, dropped afterwards); the read-only measurements share the
+//! pre-loaded topic, so sink and bound read the very same bytes. The settings are read from
+//! the environment once ([`Settings::from_env`]); `scripts/bench --help` lists them.
+
+pub mod measure;
+pub mod procs;
+pub mod profile;
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clickstream_testkit::repo_root;
+use serde_json::{Value, json};
+
+use crate::report::{self, Chart};
+use measure::{Bench, Bins, say};
+use procs::round;
+
+/// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
+/// (also printed by `--help`).
+pub const VARIABLES: [(&str, &str, &str); 15] = [
+    (
+        "BENCH_EVENTS",
+        "2000000",
+        "events pre-loaded for throughput, bound, ceiling and scale",
+    ),
+    (
+        "BENCH_RATES",
+        "100 1000 10000 50000",
+        "producer rates of the latency runs, events/s",
+    ),
+    ("BENCH_SECONDS", "60", "seconds per latency run"),
+    (
+        "BENCH_FLUSH",
+        "default 1000",
+        "latency runs: `default` = the sink's default flush interval, a number = --flush-interval-ms",
+    ),
+    (
+        "BENCH_SCALE",
+        "1 2 3",
+        "sink instances of the scale-out runs",
+    ),
+    (
+        "BENCH_SECTIONS",
+        "throughput ceiling latency scale",
+        "what to run (throughput includes the bound); add `bulk` for the 10-million-event run",
+    ),
+    ("BENCH_BULK_EVENTS", "10000000", "events of the bulk run"),
+    (
+        "BENCH_SINK_ARGS",
+        "-X session.timeout.ms=6000",
+        "extra sink flags (the -X ones go to bench-consume too)",
+    ),
+    ("BENCH_OUT", "bench/results/latest.json", "the results file"),
+    (
+        "BENCH_REPORT",
+        "bench/REPORT.md",
+        "the report (only the sink section is rewritten)",
+    ),
+    (
+        "BENCH_CHARTS",
+        "charts/ beside BENCH_REPORT",
+        "the SVG charts; the report links them relatively",
+    ),
+    (
+        "BENCH_BEFORE",
+        "bench/results/before-v2.json",
+        "an earlier results file: the \"before\" of the charts (\"\" for none)",
+    ),
+    (
+        "BENCH_BIN_DIR",
+        "target/release",
+        "where the binaries are (scripts/bench builds them)",
+    ),
+    (
+        "BENCH_PROFILE",
+        "1",
+        "perf record a repeat of the throughput run (0: off; needs perf)",
+    ),
+    (
+        "BENCH_KEEP_WORK",
+        "",
+        "keep the logs (and perf data) instead of deleting them",
+    ),
+];
+
+/// The stack's ports and data directory, passed to `scripts/stack`.
+pub const STACK_VARIABLES: [(&str, &str); 4] = [
+    ("STACK_KAFKA_PORT", "39092"),
+    ("STACK_CLICKHOUSE_PORT", "38123"),
+    ("STACK_CLICKHOUSE_TLS_PORT", "38443"),
+    ("STACK_DATA_DIR", "/tmp/stk-bench"),
+];
+
+/// The settings, from the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub events: u64,
+    pub rates: Vec<u64>,
+    pub seconds_per_rate: u64,
+    pub flush: Vec<String>,
+    pub scale: Vec<usize>,
+    pub sections: Vec<String>,
+    pub bulk_events: u64,
+    pub sink_args: Vec<String>,
+    pub out: PathBuf,
+    pub report: PathBuf,
+    pub charts: PathBuf,
+    pub before: Option<PathBuf>,
+    pub bin_dir: PathBuf,
+    pub profile: bool,
+    pub keep_work: bool,
+    pub stack: Vec<(String, String)>,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map_or("", |(_, d, _)| d)
+}
+
+fn text(name: &str) -> String {
+    var(name).unwrap_or_else(|| default_of(name).to_owned())
+}
+
+fn number<T: std::str::FromStr>(name: &str) -> anyhow::Result<T> {
+    let value = text(name);
+    value
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name}: `{value}` is not a whole number"))
+}
+
+fn numbers<T: std::str::FromStr>(name: &str) -> anyhow::Result<Vec<T>> {
+    let value = text(name);
+    value
+        .split_whitespace()
+        .map(|v| {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}: `{v}` is not a whole number"))
+        })
+        .collect()
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Settings> {
+        let root = repo_root();
+        let path = |name: &str, default: PathBuf| var(name).map_or(default, PathBuf::from);
+        let report = path("BENCH_REPORT", root.join("bench/REPORT.md"));
+        let report_dir = report.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let sections: Vec<String> = text("BENCH_SECTIONS")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        const KNOWN: [&str; 5] = ["throughput", "ceiling", "latency", "scale", "bulk"];
+        if let Some(unknown) = sections.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+            anyhow::bail!("BENCH_SECTIONS: unknown section `{unknown}` (known: {KNOWN:?})");
+        }
+        let flush: Vec<String> = text("BENCH_FLUSH")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        for f in &flush {
+            measure::flush_ms(f)?;
+        }
+        let sink_args = shell_words(&text("BENCH_SINK_ARGS"));
+        Ok(Settings {
+            events: number("BENCH_EVENTS")?,
+            rates: numbers("BENCH_RATES")?,
+            seconds_per_rate: number("BENCH_SECONDS")?,
+            flush,
+            scale: numbers("BENCH_SCALE")?,
+            sections,
+            bulk_events: number("BENCH_BULK_EVENTS")?,
+            sink_args,
+            out: path("BENCH_OUT", root.join("bench/results/latest.json")),
+            charts: path("BENCH_CHARTS", report_dir.join("charts")),
+            report,
+            before: match var("BENCH_BEFORE") {
+                Some(before) if before.is_empty() => None,
+                Some(before) => Some(PathBuf::from(before)),
+                None => Some(root.join("bench/results/before-v2.json")),
+            },
+            bin_dir: path("BENCH_BIN_DIR", target_dir().join("release")),
+            profile: text("BENCH_PROFILE") != "0",
+            keep_work: var("BENCH_KEEP_WORK").is_some_and(|v| !v.is_empty()),
+            stack: STACK_VARIABLES
+                .iter()
+                .map(|(k, d)| ((*k).to_owned(), var(k).unwrap_or_else(|| (*d).to_owned())))
+                .collect(),
+        })
+    }
+
+    fn has(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
+
+    /// The settings as the results file records them.
+    fn recorded(&self) -> Value {
+        let mut settings = json!({
+            "events": self.events, "rates": self.rates, "seconds_per_rate": self.seconds_per_rate,
+            "flush": self.flush, "scale": self.scale, "sink_args": self.sink_args,
+            "sections": self.sections,
+            "note": "sink defaults otherwise: max_rows 1000, flush_interval_ms 5000, \
+                     max_inserts_per_second 2, exactly-once, all rollups",
+        });
+        if self.has("bulk") {
+            settings["bulk_events"] = json!(self.bulk_events);
+        }
+        settings
+    }
+}
+
+fn target_dir() -> PathBuf {
+    var("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+/// Splits flags as a shell would for the simple cases: whitespace, single and double quotes.
+fn shell_words(text: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut any) = (vec![], String::new(), None, false);
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => (quote, any) = (Some(c), true),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            (_, c) => (word.push(c), any = true).1,
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// Re-renders the charts and the report section from the results file (`--report`).
+pub fn rerender(settings: &Settings) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&settings.out)
+        .with_context(|| format!("read {}", settings.out.display()))?;
+    let results: Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", settings.out.display()))?;
+    write_report(settings, &results)?;
+    say(&format!(
+        "wrote {} from {}",
+        settings.report.display(),
+        settings.out.display()
+    ));
+    Ok(())
+}
+
+/// Draws the charts from the results file (against BENCH_BEFORE, if it exists) and writes the
+/// report section embedding them. A failure of the charts costs the charts, not the report.
+fn write_report(settings: &Settings, results: &Value) -> anyhow::Result<()> {
+    let before = settings.before.as_ref().filter(|b| b.exists());
+    let written = crate::charts::run(&crate::charts::Settings {
+        results: settings.out.clone(),
+        before: before.cloned(),
+        out: settings.charts.clone(),
+    });
+    let report_dir = absolute(settings.report.parent().unwrap_or(Path::new(".")));
+    let charts_dir = absolute(&settings.charts);
+    let relative = charts_dir
+        .strip_prefix(&report_dir)
+        .map_or(charts_dir.clone(), Path::to_path_buf);
+    let charts: Vec<Chart> = match written {
+        Ok(written) => {
+            say(&format!(
+                "charts in {}: {}",
+                settings.charts.display(),
+                written
+                    .iter()
+                    .map(|c| c.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            written
+                .into_iter()
+                .map(|c| Chart {
+                    path: format!("{}/{}", relative.display(), c.file),
+                    file: c.file,
+                    title: c.title,
+                })
+                .collect()
+        }
+        Err(e) => {
+            say(&format!("WARNING: no charts ({:#})", anyhow::Error::new(e)));
+            vec![]
+        }
+    };
+    let before = settings.before.as_ref().map(|b| {
+        let root = repo_root();
+        absolute(b)
+            .strip_prefix(&root)
+            .map_or(b.clone(), Path::to_path_buf)
+            .display()
+            .to_string()
+    });
+    let section = report::render(results, &charts, before.as_deref());
+    report::write_section(&settings.report, &section)
+        .with_context(|| format!("write {}", settings.report.display()))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn git(args: &[&str]) -> String {
+    std::process::Command::new("git")
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("?", |(_, m)| m.trim());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb: f64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    json!({
+        "cores": measure::cores(), "cpu": model, "memory_gb": round(kb / 1024.0 / 1024.0, 1),
+        "loadavg_start": procs::loadavg(),
+    })
+}
+
+/// Copies the binaries into the work directory: a concurrent build must not replace one under
+/// a running measurement.
+fn copy_bins(settings: &Settings, work: &Path) -> anyhow::Result<Bins> {
+    let dir = work.join("bin");
+    std::fs::create_dir_all(&dir)?;
+    let copy = |name: &str| -> anyhow::Result<PathBuf> {
+        let from = settings.bin_dir.join(name);
+        let to = dir.join(name);
+        std::fs::copy(&from, &to).with_context(|| {
+            format!(
+                "copy {} (build it: cargo build --release -p clickstream-producer -p \
+                 clickstream-sink -p clickstream-benchkit)",
+                from.display()
+            )
+        })?;
+        Ok(to)
+    };
+    Ok(Bins {
+        producer: copy("clickstream-producer")?,
+        sink: copy("clickstream-sink")?,
+        consume: copy("bench-consume")?,
+    })
+}
+
+/// On SIGINT or SIGTERM: kill the children, stop the stack, remove the work directory, exit.
+fn on_interrupt(stack_env: Vec<(String, String)>, work: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+        say("interrupted: stopping the sinks and the stack");
+        procs::kill_all();
+        stack::stop(&stack_env);
+        let _ = std::fs::remove_dir_all(&work);
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// The whole run.
+pub fn run(settings: &Settings) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let run_id = chrono::Utc::now().format("%m%d%H%M%S").to_string();
+    let dirty: Vec<String> = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "event",
+        "producer",
+        "sink",
+        "benchkit",
+        "Cargo.lock",
+    ])
+    .lines()
+    .map(|l| l.get(3..).unwrap_or(l).to_owned())
+    .collect();
+    let mut result = json!({
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        "git": {"commit": git(&["rev-parse", "HEAD"]), "dirty": dirty},
+        "machine": machine(),
+        "settings": settings.recorded(),
+    });
+    let work = std::env::temp_dir().join(format!("bench-sink-{}-{run_id}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    on_interrupt(settings.stack.clone(), work.clone())?;
+    let outcome = (|| -> anyhow::Result<()> {
+        let bins = copy_bins(settings, &work)?;
+        let port = |k: &str| {
+            settings
+                .stack
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        say(&format!(
+            "stack on kafka :{}, clickhouse :{}",
+            port("STACK_KAFKA_PORT"),
+            port("STACK_CLICKHOUSE_PORT")
+        ));
+        let stack = stack::Stack::up(settings.stack.clone())?;
+        let bench = Bench::new(&stack, &bins, &work, settings, run_id.clone());
+        measure_all(settings, &bench, &stack, &mut result, &run_id)?;
+        result["machine"]["loadavg_end"] = json!(procs::loadavg());
+        result["bench_wall_s"] = json!(started.elapsed().as_secs_f64().round() as u64);
+        if let Some(dir) = settings.out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(&result)? + "\n";
+        std::fs::write(&settings.out, text)
+            .with_context(|| format!("write {}", settings.out.display()))?;
+        write_report(settings, &result)?;
+        say(&format!(
+            "wrote {} and {} in {}s",
+            settings.out.display(),
+            settings.report.display(),
+            result["bench_wall_s"]
+        ));
+        Ok(())
+    })();
+    procs::kill_all();
+    if settings.keep_work {
+        say(&format!("logs kept in {}", work.display()));
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    outcome
+}
+
+fn measure_all(
+    settings: &Settings,
+    bench: &Bench<'_>,
+    stack: &stack::Stack,
+    result: &mut Value,
+    run_id: &str,
+) -> anyhow::Result<()> {
+    let events = settings.events;
+    if ["throughput", "ceiling", "scale"]
+        .iter()
+        .any(|s| settings.has(s))
+    {
+        let topic = format!("bench-load-{run_id}");
+        say(&format!("pre-loading {events} events into {topic}"));
+        let count = events.to_string();
+        let mut preload =
+            bench.produce(&topic, "preload", &["--rate", "max", "--count", &count])?;
+        if let Some(map) = preload.as_object_mut() {
+            map.remove("per_partition");
+        }
+        result["preload"] = preload;
+        let mut payload_bytes = None;
+        if settings.has("throughput") {
+            let mut bounds = vec![
+                bench.consume_bound(&topic, "stream", "bound-stream-1")?,
+                bench.consume_bound(&topic, "base", "bound-base")?,
+            ];
+            payload_bytes = bounds[0]["payload_bytes"].as_f64();
+            let mut tp = bench.drain(
+                "throughput",
+                &topic,
+                events,
+                1,
+                payload_bytes,
+                false,
+                false,
+                60,
+            )?;
+            bounds.push(bench.consume_bound(&topic, "stream", "bound-stream-2")?);
+            if settings.profile && profile::available() {
+                // perf costs the endpoint noticeably (thread events): a repeat of the run, not
+                // the measured one, is profiled.
+                let profiled =
+                    bench.drain("profile", &topic, events, 1, payload_bytes, true, false, 60)?;
+                let mut p = profiled["profile"].clone();
+                p["profiled_run_steady_events_per_s"] = profiled["steady_events_per_s"].clone();
+                p["profiled_run_perf_and_other_cpu_s"] = profiled["other_processes_cpu_s"].clone();
+                tp["profile"] = p;
+            }
+            let of = |b: &Value, key: &str| b[key].as_f64().unwrap_or(0.0);
+            let best = bounds
+                .iter()
+                .max_by(|a, b| of(a, "events_per_s").total_cmp(&of(b, "events_per_s")))
+                .cloned()
+                .unwrap_or_default();
+            let best_steady = bounds
+                .iter()
+                .map(|b| of(b, "steady_events_per_s"))
+                .fold(0.0, f64::max);
+            let figures = json!({
+                "sink_events_per_s": tp["events_per_s"],
+                "sink_steady_events_per_s": tp["steady_events_per_s"],
+                "sink_mb_per_s": tp["mb_per_s"],
+                "sink_first_row_s": tp["first_row_s"],
+                "sink_cpu_s": tp["sink_cpu_s"],
+                "sink_peak_rss_mb": tp["sink_peak_rss_mb"],
+                "sink_inserts": tp["inserts"],
+                "sink_parts_created": tp["parts_created_by_inserts"],
+                "inserts_per_s_at_max": tp["inserts_per_s_steady"],
+                "bound_events_per_s": best["events_per_s"],
+                "bound_steady_events_per_s": best_steady,
+                "sink_bound_ratio": round(of(&tp, "events_per_s") / of(&best, "events_per_s"), 3),
+                "sink_bound_ratio_steady": round(of(&tp, "steady_events_per_s") / best_steady, 3),
+            });
+            result["throughput"] = tp;
+            result["bound"] = json!({"runs": bounds, "best": best});
+            merge(result, figures);
+        }
+        if settings.has("ceiling") {
+            let mut ceiling =
+                bench.drain("ceiling", &topic, events, 1, payload_bytes, false, true, 60)?;
+            if let Some(map) = ceiling.as_object_mut() {
+                map.remove("progress");
+            }
+            if let Some(bound) = result["bound_steady_events_per_s"].as_f64() {
+                ceiling["bound_ratio_steady"] = json!(round(
+                    ceiling["steady_events_per_s"].as_f64().unwrap_or(0.0) / bound,
+                    3
+                ));
+            }
+            result["ceiling"] = ceiling;
+        }
+        if settings.has("scale") {
+            let runs = settings
+                .scale
+                .iter()
+                .map(|&k| {
+                    bench.drain(
+                        &format!("scale{k}"),
+                        &topic,
+                        events,
+                        k,
+                        payload_bytes,
+                        false,
+                        false,
+                        60,
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            result["scale_out"] = json!(runs);
+        }
+        stack.delete_topic(&topic);
+    }
+    if settings.has("latency") {
+        let mut latency = serde_json::Map::new();
+        for flush in &settings.flush {
+            let key = format!("flush_{}ms", measure::flush_ms(flush)?);
+            let mut per_rate = serde_json::Map::new();
+            for &rate in &settings.rates {
+                per_rate.insert(rate.to_string(), bench.latency(flush, rate)?);
+            }
+            latency.insert(key, Value::Object(per_rate));
+        }
+        result["latency"] = Value::Object(latency);
+    }
+    if settings.has("bulk") {
+        result["bulk"] = bench.bulk(settings.bulk_events)?;
+    }
+    Ok(())
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_flags_split_as_a_shell_would() {
+        assert_eq!(
+            shell_words("-X session.timeout.ms=6000  --max-batch-bytes 1000"),
+            ["-X", "session.timeout.ms=6000", "--max-batch-bytes", "1000"]
+        );
+        assert_eq!(shell_words("-X 'a=b c' \"\""), ["-X", "a=b c", ""]);
+        assert!(shell_words("  ").is_empty());
+    }
+}

@@ -1,0 +1,27 @@
+//! `bench-sink`: the sink benchmark (see `clickstream_benchkit::bench`). `scripts/bench` builds
+//! the release binaries and runs it.
+//!
+//!     bench-sink            # the whole run on a private local stack
+//!     bench-sink --report   # only re-render the charts and the report from the results file
+//!     bench-sink --help     # the BENCH_* settings
+
+use clickstream_benchkit::bench::{self, STACK_VARIABLES, Settings, VARIABLES};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => bench::run(&Settings::from_env()?),
+        ["--report"] => bench::rerender(&Settings::from_env()?),
+        ["--help" | "-h"] => {
+            println!("Usage: scripts/bench [--report]\n\nSettings (environment):");
+            for (name, default, help) in VARIABLES {
+                println!("  {name:<18} {help} (default: {default})");
+            }
+            for (name, default) in STACK_VARIABLES {
+                println!("  {name:<26} the private stack's (default: {default})");
+            }
+            Ok(())
+        }
+        _ => anyhow::bail!("unknown arguments {args:?}: try --help"),
+    }
+}

@@ -1,0 +1,119 @@
+//! `bench-sink` end to end at a tiny size, on a private stack of its own (as `scripts/bench`
+//! runs it): every section, then the results, the report and the charts are checked. Run by
+//! `scripts/test`, so the benchmark cannot rot between two of its (long) real runs.
+
+use clickstream_testkit::{TempDir, free_port, workspace_bin_dir};
+use serde_json::Value;
+
+#[test]
+fn a_small_run_of_every_section_measures_what_it_drained() {
+    let dir = TempDir::new("bench-it");
+    let bins = workspace_bin_dir();
+    let (out, report, charts) = (
+        dir.path().join("results.json"),
+        dir.path().join("REPORT.md"),
+        dir.path().join("charts"),
+    );
+    std::fs::write(&report, "# Title\n\nThe faults' section, kept.\n").expect("write report");
+    let events = 20_000;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_bench-sink"))
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("CLICKHOUSE_URL")
+        .envs([
+            ("BENCH_EVENTS", events.to_string()),
+            ("BENCH_RATES", "200".into()),
+            ("BENCH_SECONDS", "3".into()),
+            ("BENCH_FLUSH", "1000".into()),
+            ("BENCH_SCALE", "2".into()),
+            (
+                "BENCH_SECTIONS",
+                "throughput ceiling latency scale bulk".into(),
+            ),
+            ("BENCH_BULK_EVENTS", "5000".into()),
+            ("BENCH_PROFILE", "0".into()),
+            ("BENCH_BEFORE", String::new()),
+            ("BENCH_OUT", out.display().to_string()),
+            ("BENCH_REPORT", report.display().to_string()),
+            ("BENCH_CHARTS", charts.display().to_string()),
+            ("BENCH_BIN_DIR", bins.display().to_string()),
+            (
+                "STACK_DATA_DIR",
+                dir.path().join("stack").display().to_string(),
+            ),
+            ("STACK_KAFKA_PORT", free_port().to_string()),
+            ("STACK_CLICKHOUSE_PORT", free_port().to_string()),
+            ("STACK_CLICKHOUSE_TLS_PORT", free_port().to_string()),
+        ])
+        .status()
+        .expect("run bench-sink");
+    assert!(status.success(), "bench-sink: {status}");
+
+    let text = std::fs::read_to_string(&out).expect("results file");
+    let r: Value = serde_json::from_str(&text).expect("results JSON");
+    let drained = |run: &Value, what: &str, expected: u64| {
+        assert_eq!(run["rows"], expected, "{what}: {run}");
+        assert_eq!(run["duplicates"], 0, "{what}");
+        assert!(run["inserts"].as_u64().unwrap_or(0) >= 1, "{what}: {run}");
+        assert!(run["sink_cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "{what}");
+        assert!(
+            run["sink_peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+            "{what}"
+        );
+        assert!(run["first_row_s"].as_f64().unwrap_or(0.0) > 0.0, "{what}");
+    };
+    drained(&r["throughput"], "one sink", events);
+    drained(&r["ceiling"], "the sink alone", events);
+    drained(&r["scale_out"][0], "two sinks", events);
+    drained(&r["bulk"], "bulk", 5_000);
+    assert_eq!(
+        r["scale_out"][0]["processes"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(r["bulk"]["producer"]["delivered"], 5_000);
+    assert!(
+        r["throughput"]["clickhouse_endpoint_cpu_s"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    // The bound read every pre-loaded event, three times, and its peak memory was seen.
+    let runs = r["bound"]["runs"].as_array().expect("bound runs");
+    assert_eq!(runs.len(), 3);
+    for run in runs {
+        assert_eq!(run["messages"], events, "{run}");
+        assert!(run["peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0, "{run}");
+    }
+    let latency = &r["latency"]["flush_1000ms"]["200"];
+    assert_eq!(latency["rows"], latency["delivered"], "{latency}");
+    let p99 = latency["latency_ms"]["p99"].as_i64().unwrap_or(-1);
+    assert!((1..60_000).contains(&p99), "{latency}");
+
+    let report = std::fs::read_to_string(&report).expect("report");
+    assert!(
+        report.starts_with("# Title\n\n<!-- bench:begin"),
+        "{report}"
+    );
+    assert!(report.contains("The faults' section, kept."));
+    for heading in [
+        "### 1–2. Throughput",
+        "### The sink alone",
+        "### 3. Latency",
+        "### 4. Scale-out",
+        "### 5. ",
+    ] {
+        assert!(report.contains(heading), "no `{heading}` in the report");
+    }
+    for chart in [
+        "throughput.svg",
+        "latency.svg",
+        "rss.svg",
+        "cpu.svg",
+        "bulk.svg",
+    ] {
+        assert!(charts.join(chart).exists(), "{chart} not drawn");
+        assert!(
+            report.contains(&format!("(charts/{chart})")),
+            "{chart} not linked"
+        );
+    }
+}
