@@ -677,13 +677,9 @@ pub async fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
 pub fn kill_stack_service(service: &str) -> anyhow::Result<()> {
     let data_dir =
         std::env::var("STACK_DATA_DIR").context("STACK_DATA_DIR (scripts/faults sets it)")?;
-    let pid_file = PathBuf::from(data_dir)
-        .join("run")
-        .join(format!("{service}.pid"));
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("read {}", pid_file.display()))?
-        .trim()
-        .to_owned();
+    let pid = clickstream_testkit::stack_service_pid(data_dir.as_ref(), service)
+        .with_context(|| format!("no pid file of {service} under {data_dir}/run"))?
+        .to_string();
     // The stack starts services in their own process group (setsid).
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pid}")])

@@ -4,7 +4,8 @@
 //! `eval "$(scripts/stack up)"`, or pointed at docker compose's servers) and give each test its
 //! own topic, consumer group and database, so tests run in parallel on one stack.
 //!
-//! [`Endpoint`] starts a private ClickHouse HTTP endpoint (the local stack's, on chDB) for tests
+//! [`LocalStack`] brings up a whole private stack (the bench's). [`Endpoint`] starts a private
+//! ClickHouse HTTP endpoint (the local stack's, on chDB) for tests
 //! that must restart or stop ClickHouse without disturbing the shared one.
 
 use std::collections::BTreeMap;
@@ -261,6 +262,90 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
+}
+
+/// A whole local stack (broker and endpoint) brought up by `scripts/stack up` with `env` (its
+/// `STACK_*` settings: ports and data directory) and stopped by [`LocalStack::down`] or on drop.
+/// The bench runs on one; `scripts/test` and `scripts/faults` start theirs from the shell.
+pub struct LocalStack {
+    env: Vec<(String, String)>,
+    /// `KAFKA_BROKERS` as the stack printed it.
+    pub kafka: String,
+    /// `CLICKHOUSE_URL` as the stack printed it.
+    pub clickhouse: String,
+    running: bool,
+}
+
+impl LocalStack {
+    pub fn up(env: Vec<(String, String)>) -> std::io::Result<LocalStack> {
+        let output = Command::new(repo_root().join("scripts/stack"))
+            .arg("up")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()?;
+        // Stopped on drop from here on, whatever came up.
+        let mut stack = LocalStack {
+            env,
+            kafka: String::new(),
+            clickhouse: String::new(),
+            running: true,
+        };
+        if !output.status.success() {
+            return Err(std::io::Error::other("scripts/stack up failed (above)"));
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            match line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                Some(("KAFKA_BROKERS", value)) => stack.kafka = value.to_owned(),
+                Some(("CLICKHOUSE_URL", value)) => stack.clickhouse = value.to_owned(),
+                _ => {}
+            }
+        }
+        if stack.kafka.is_empty() || stack.clickhouse.is_empty() {
+            return Err(std::io::Error::other(
+                "scripts/stack up printed no KAFKA_BROKERS / CLICKHOUSE_URL",
+            ));
+        }
+        Ok(stack)
+    }
+
+    /// `scripts/stack down` (once).
+    pub fn down(&mut self) {
+        if std::mem::take(&mut self.running) {
+            stop_local_stack(&self.env);
+        }
+    }
+
+    /// The pid of one of its services (`kafka`, `clickhouse`).
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        let (_, dir) = self.env.iter().find(|(k, _)| k == "STACK_DATA_DIR")?;
+        stack_service_pid(Path::new(dir), service)
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// `scripts/stack down` for the stack of these `STACK_*` settings.
+pub fn stop_local_stack(env: &[(String, String)]) {
+    let _ = Command::new(repo_root().join("scripts/stack"))
+        .arg("down")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .status();
+}
+
+/// The pid of a local stack's service (`kafka`, `clickhouse`), from its pid file under the
+/// stack's data directory (`STACK_DATA_DIR`).
+pub fn stack_service_pid(data_dir: &Path, service: &str) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("run").join(format!("{service}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A private ClickHouse HTTP endpoint on chDB, with its own port and data dir; killed on drop.

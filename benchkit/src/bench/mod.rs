@@ -419,7 +419,7 @@ fn on_interrupt(stack_env: Vec<(String, String)>, work: PathBuf) -> anyhow::Resu
         });
         say("interrupted: stopping the sinks and the stack");
         procs::kill_all();
-        stack::stop(&stack_env);
+        clickstream_testkit::stop_local_stack(&stack_env);
         let _ = std::fs::remove_dir_all(&work);
         std::process::exit(130);
     });

@@ -2,20 +2,19 @@
 //! what the bench asks of it: databases with the real schema, counts, parts, topics, the
 //! endpoint's discard rule.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use clickstream_testkit::{clickhouse_at, http_request, repo_root, schema_statements, tansu_bin};
+use clickstream_testkit::{LocalStack, clickhouse_at, http_request, schema_statements, tansu_bin};
 
-/// A local stack started by [`Stack::up`] and stopped by [`Stack::down`] (or on drop).
+/// The bench's local stack ([`LocalStack`]: stopped by [`Stack::down`] or on drop) and a
+/// client of its endpoint.
 pub struct Stack {
-    env: Vec<(String, String)>,
+    local: LocalStack,
     pub kafka: String,
     pub clickhouse: String,
     client: clickhouse::Client,
     rt: tokio::runtime::Runtime,
-    running: bool,
 }
 
 /// The parts of `db.events`: how many its inserts created, and how many are left.
@@ -28,64 +27,28 @@ pub struct Parts {
 }
 
 impl Stack {
-    /// `scripts/stack up` with `env` (the `STACK_*` settings); reads the broker and the
-    /// endpoint from the `export` lines it prints.
+    /// `scripts/stack up` with `env` (the `STACK_*` settings).
     pub fn up(env: Vec<(String, String)>) -> anyhow::Result<Stack> {
-        let output = Command::new(repo_root().join("scripts/stack"))
-            .arg("up")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .context("run scripts/stack up")?;
-        let mut stack = Stack {
-            env,
-            kafka: String::new(),
-            clickhouse: String::new(),
-            client: clickhouse::Client::default(),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            running: true,
-        };
-        if !output.status.success() {
-            bail!("scripts/stack up failed (above)");
-        }
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            if let Some((key, value)) = line.strip_prefix("export ").and_then(|l| l.split_once('='))
-            {
-                match key {
-                    "KAFKA_BROKERS" => stack.kafka = value.to_owned(),
-                    "CLICKHOUSE_URL" => stack.clickhouse = value.to_owned(),
-                    _ => {}
-                }
-            }
-        }
-        if stack.kafka.is_empty() || stack.clickhouse.is_empty() {
-            bail!("scripts/stack up printed no KAFKA_BROKERS / CLICKHOUSE_URL");
-        }
-        stack.client = clickhouse_at(&stack.clickhouse);
-        Ok(stack)
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = LocalStack::up(env).context("the bench's local stack")?;
+        Ok(Stack {
+            kafka: local.kafka.clone(),
+            clickhouse: local.clickhouse.clone(),
+            client: clickhouse_at(&local.clickhouse),
+            local,
+            rt,
+        })
     }
 
     pub fn down(&mut self) {
-        if std::mem::take(&mut self.running) {
-            stop(&self.env);
-        }
+        self.local.down();
     }
 
     /// The pid of a stack service (`kafka`, `clickhouse`) from its pid file.
     pub fn pid(&self, service: &str) -> Option<u32> {
-        let dir = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "STACK_DATA_DIR")
-            .map(|(_, v)| PathBuf::from(v))?;
-        std::fs::read_to_string(dir.join("run").join(format!("{service}.pid")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        self.local.pid(service)
     }
 
     /// Runs `fut` to its end on the stack's runtime (the bench is otherwise synchronous).
@@ -168,19 +131,4 @@ impl Stack {
              FROM system.parts WHERE database = '{db}' AND table = 'events'"
         ))
     }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
-/// `scripts/stack down` with the stack's `STACK_*` settings.
-pub fn stop(env: &[(String, String)]) {
-    let _ = Command::new(repo_root().join("scripts/stack"))
-        .arg("down")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .status();
 }
