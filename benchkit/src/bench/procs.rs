@@ -28,11 +28,21 @@ fn children() -> std::sync::MutexGuard<'static, Vec<u32>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// SIGKILLs every child still running (the bench was interrupted).
-pub fn kill_all() {
-    for pid in children().drain(..) {
+/// Set once SIGINT or SIGTERM arrived: no child is started after it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The bench was interrupted: SIGKILLs every child still running, and [`start`] refuses to
+/// start another, so the main thread fails on its way and unwinds (stopping the stack once).
+pub fn interrupt() {
+    let mut children = children();
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    for pid in children.drain(..) {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// A child process whose stderr goes to its log file.
@@ -40,6 +50,8 @@ pub struct Proc {
     child: Child,
     pub log: PathBuf,
     name: String,
+    /// The largest `VmHWM` read so far.
+    peak_mb: Option<f64>,
 }
 
 /// How a child ended: its exit code, user + system CPU seconds and peak RSS in MB.
@@ -54,6 +66,11 @@ pub struct Exit {
 /// print their JSON summary there).
 pub fn start(args: &[String], log: &Path, pipe_stdout: bool) -> anyhow::Result<Proc> {
     let (program, rest) = args.split_first().context("no program")?;
+    // Held while starting, so an interruption either sees this child or stops its start.
+    let mut children = children();
+    if interrupted() {
+        bail!("interrupted");
+    }
     let child = Command::new(program)
         .args(rest)
         .stdin(Stdio::null())
@@ -65,13 +82,15 @@ pub fn start(args: &[String], log: &Path, pipe_stdout: bool) -> anyhow::Result<P
         .stderr(File::create(log).with_context(|| format!("create {}", log.display()))?)
         .spawn()
         .with_context(|| format!("start {program}"))?;
-    children().push(child.id());
+    children.push(child.id());
+    drop(children);
     Ok(Proc {
         child,
         log: log.to_path_buf(),
         name: Path::new(program)
             .file_name()
             .map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned()),
+        peak_mb: None,
     })
 }
 
@@ -83,7 +102,7 @@ impl Proc {
     /// The exit code if it has exited (it is reaped then).
     pub fn exited(&mut self) -> Option<i32> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.code().unwrap_or(-1)),
+            Ok(Some(status)) => Some(exit_code(status)),
             _ => None,
         }
     }
@@ -93,29 +112,34 @@ impl Proc {
     }
 
     /// SIGTERM, then waits (SIGKILL after `limit`).
-    pub fn reap(self, limit: Duration) -> anyhow::Result<Exit> {
+    pub fn reap(mut self, limit: Duration) -> anyhow::Result<Exit> {
+        self.note_peak();
         self.signal(Signal::SIGTERM);
         self.wait(limit)
+    }
+
+    /// Reads the peak RSS now (`VmHWM`; a process that has exited has none left to read).
+    pub fn note_peak(&mut self) {
+        if let Some(seen) = status_mb(self.pid(), "VmHWM:") {
+            self.peak_mb = Some(self.peak_mb.map_or(seen, |p| p.max(seen)));
+        }
     }
 
     /// Waits for the exit (SIGKILL after `limit`), sampling the peak RSS meanwhile.
     pub fn wait(mut self, limit: Duration) -> anyhow::Result<Exit> {
         let deadline = Instant::now() + limit;
         let mut killed = false;
-        let mut hwm: Option<f64> = None;
         let pid = self.pid();
         loop {
-            if let Some(seen) = status_mb(pid, "VmHWM:") {
-                hwm = Some(hwm.map_or(seen, |h| h.max(seen)));
-            }
+            self.note_peak();
             let before = children_cpu_s()?;
             if let Some(status) = self.child.try_wait().context("wait")? {
                 let cpu_s = children_cpu_s()? - before;
                 children().retain(|&p| p != pid);
                 return Ok(Exit {
-                    code: status.code().unwrap_or(-1),
+                    code: exit_code(status),
                     cpu_s,
-                    peak_rss_mb: hwm.unwrap_or(0.0),
+                    peak_rss_mb: self.peak_mb.unwrap_or(0.0),
                 });
             }
             if !killed && Instant::now() > deadline {
@@ -153,7 +177,8 @@ impl Proc {
             None => String::new(),
         };
         if exit.code != 0 {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let bytes = std::fs::read(&log).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
             let from = text.len().saturating_sub(3000);
             let from = (from..text.len())
                 .find(|&i| text.is_char_boundary(i))
@@ -179,6 +204,12 @@ impl Drop for Proc {
         let pid = self.child.id();
         children().retain(|&p| p != pid);
     }
+}
+
+/// A child's exit code, or minus the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or(status.signal().map(|s| -s)).unwrap_or(-1)
 }
 
 /// User + system CPU seconds of every child reaped so far.
@@ -237,7 +268,7 @@ pub fn rss_row(seconds: f64, pids: &[u32]) -> Option<Vec<f64>> {
 /// on another process, such as a producer at a fixed rate).
 pub struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Vec<f64>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Vec<f64>>>>,
     pids: Vec<u32>,
     t0: Instant,
 }
@@ -261,18 +292,29 @@ impl RssSampler {
         });
         RssSampler {
             stop,
-            thread,
+            thread: Some(thread),
             pids,
             t0,
         }
     }
 
     /// Stops sampling; the samples, with one taken now.
-    pub fn stop(self) -> Vec<Vec<f64>> {
+    pub fn stop(mut self) -> Vec<Vec<f64>> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut samples = self.thread.join().unwrap_or_default();
+        let mut samples = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
         samples.extend(rss_row(self.t0.elapsed().as_secs_f64(), &self.pids));
         samples
+    }
+}
+
+/// A run that failed on its way stops the sampling too.
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -306,7 +348,7 @@ pub fn machine_cpu_s() -> anyhow::Result<(f64, f64)> {
     Ok(((total - idle) as f64 / ticks, total as f64 / ticks))
 }
 
-/// The 1-minute load average.
+/// The load averages (1, 5 and 15 minutes).
 pub fn loadavg() -> Vec<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -317,10 +359,26 @@ pub fn loadavg() -> Vec<f64> {
         .collect()
 }
 
-/// `value` rounded to `digits` decimals (Python's `round(value, digits)` for the report).
+/// `value` rounded to `digits` decimals, ties to even (as the report's figures always were).
 pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
+    (value * scale).round_ties_even() / scale
+}
+
+/// `value` rounded to a whole number, ties to even (0 for a negative or NaN value).
+pub fn whole(value: f64) -> u64 {
+    value.round_ties_even() as u64
+}
+
+/// The CPUs online on the machine (what `/proc/stat`'s busy time is summed over), not only
+/// those this process may use.
+pub fn cores() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
 #[cfg(test)]

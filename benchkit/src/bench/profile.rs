@@ -66,24 +66,23 @@ fn parse(line: &str) -> Option<(&str, u32, &str, &str)> {
     let line = line.trim();
     let open = line.rfind('(')?;
     let dso = line[open + 1..].strip_suffix(')')?;
+    if dso.contains(['(', ')']) {
+        return None; // `(/path (deleted))`: not a sample line the summary reads
+    }
     let head = line[..open].trim_end();
-    let (at, pid_tid) = head
-        .match_indices(|c: char| c.is_whitespace())
-        .map(|(i, _)| i)
-        .chain([head.len()])
-        .scan(0, |start, end| {
-            let token = (*start, &head[*start..end]);
-            *start = end + 1;
-            Some(token)
+    // The first `pid/tid` token; what comes before it is the command name (spaces and all).
+    let mut tokens = head
+        .split(char::is_whitespace)
+        .filter(|t| !t.is_empty())
+        .map(|t| (t.as_ptr() as usize - head.as_ptr() as usize, t));
+    let (at, pid_tid) = tokens.find(|(_, t)| {
+        t.split_once('/').is_some_and(|(p, t)| {
+            !p.is_empty()
+                && !t.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && t.bytes().all(|b| b.is_ascii_digit())
         })
-        .find(|(_, t)| {
-            t.split_once('/').is_some_and(|(p, t)| {
-                !p.is_empty()
-                    && !t.is_empty()
-                    && p.bytes().all(|b| b.is_ascii_digit())
-                    && t.bytes().all(|b| b.is_ascii_digit())
-            })
-        })?;
+    })?;
     let comm = head[..at].trim();
     let pid = pid_tid.split_once('/')?.0.parse().ok()?;
     let rest = head[at + pid_tid.len()..].trim_start();
@@ -109,12 +108,23 @@ fn crate_of(sym: &str) -> Option<&str> {
     .then_some(name)
 }
 
+/// Samples per key, with the order each key was first seen (ties keep it).
+#[derive(Default)]
+struct Tally(HashMap<String, (u64, usize)>);
+
+impl Tally {
+    fn add(&mut self, key: String) {
+        let next = self.0.len();
+        self.0.entry(key).or_insert((0, next)).0 += 1;
+    }
+}
+
 fn summarise(script: &str, names: &HashMap<u32, &str>) -> Value {
-    let mut by_process = HashMap::<String, u64>::new();
-    let mut endpoint = HashMap::<String, u64>::new();
-    let mut thread = HashMap::<String, u64>::new();
-    let mut krate = HashMap::<String, u64>::new();
-    let mut symbol = HashMap::<String, u64>::new();
+    let mut by_process = Tally::default();
+    let mut endpoint = Tally::default();
+    let mut thread = Tally::default();
+    let mut krate = Tally::default();
+    let mut symbol = Tally::default();
     let mut samples = 0;
     for (comm, pid, sym, dso) in script.lines().filter_map(parse) {
         samples += 1;
@@ -122,17 +132,17 @@ fn summarise(script: &str, names: &HashMap<u32, &str>) -> Value {
         let dso = Path::new(dso)
             .file_name()
             .map_or(dso.to_owned(), |n| n.to_string_lossy().into_owned());
-        *by_process.entry(process.to_owned()).or_default() += 1;
+        by_process.add(process.to_owned());
         if process == "clickhouse endpoint" {
-            *endpoint.entry(dso).or_default() += 1;
+            endpoint.add(dso);
         } else if process == "sink" {
-            *thread.entry(comm.to_owned()).or_default() += 1;
-            *symbol.entry(sym.to_owned()).or_default() += 1;
+            thread.add(comm.to_owned());
+            symbol.add(sym.to_owned());
             let name = match crate_of(sym) {
                 Some(name) if dso == "clickstream-sink" => name.to_owned(),
                 _ => dso,
             };
-            *krate.entry(name).or_default() += 1;
+            krate.add(name);
         }
     }
     json!({
@@ -146,15 +156,15 @@ fn summarise(script: &str, names: &HashMap<u32, &str>) -> Value {
     })
 }
 
-/// The `limit` largest entries as `[percent, key]`, largest first.
-fn top(table: &HashMap<String, u64>, limit: usize) -> Value {
-    let total = table.values().sum::<u64>().max(1) as f64;
-    let mut ranked: Vec<(&String, &u64)> = table.iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+/// The `limit` largest entries as `[percent, key]`, largest first (ties: first seen first).
+fn top(table: &Tally, limit: usize) -> Value {
+    let total = table.0.values().map(|(n, _)| n).sum::<u64>().max(1) as f64;
+    let mut ranked: Vec<(&String, &(u64, usize))> = table.0.iter().collect();
+    ranked.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.1.1.cmp(&b.1.1)));
     ranked
         .into_iter()
         .take(limit)
-        .map(|(key, n)| json!([procs::round(100.0 * *n as f64 / total, 1), key]))
+        .map(|(key, (n, _))| json!([procs::round(100.0 * *n as f64 / total, 1), key]))
         .collect()
 }
 
@@ -180,6 +190,11 @@ mod tests {
             Some(("python3", 77, "[unknown]", "/usr/lib/libc.so.6"))
         );
         assert_eq!(parse("not a sample"), None);
+        assert_eq!(parse("a\u{a0}b 5/6 1 f (/x (deleted))"), None);
+        assert_eq!(
+            parse("a\u{a0}b 5/6 1 f (/x)"),
+            Some(("a\u{a0}b", 5, "f", "/x"))
+        );
     }
 
     #[test]

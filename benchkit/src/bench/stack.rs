@@ -5,7 +5,9 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use clickstream_testkit::{LocalStack, clickhouse_at, http_request, schema_statements, tansu_bin};
+use clickstream_testkit::{
+    LocalStack, clickhouse_at, http_request, schema_statements, try_tansu_bin,
+};
 
 /// The bench's local stack ([`LocalStack`]: stopped by [`Stack::down`] or on drop) and a
 /// client of its endpoint.
@@ -15,6 +17,39 @@ pub struct Stack {
     pub clickhouse: String,
     client: clickhouse::Client,
     rt: tokio::runtime::Runtime,
+}
+
+/// How long a query of the bench may take.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A database of one measurement ([`Stack::database`]), dropped with the guard.
+pub struct Database<'a> {
+    stack: &'a Stack,
+    pub name: String,
+    discarding: bool,
+}
+
+impl Database<'_> {
+    /// The endpoint drops the INSERTs into its `events` unread (until the guard goes).
+    pub fn discard_inserts(&mut self) -> anyhow::Result<()> {
+        self.stack.discard_inserts(&self.name, true)?;
+        self.discarding = true;
+        Ok(())
+    }
+}
+
+impl Drop for Database<'_> {
+    fn drop(&mut self) {
+        if self.discarding
+            && let Err(e) = self.stack.discard_inserts(&self.name, false)
+        {
+            eprintln!(
+                "bench: could not remove the discard rule of {}: {e:#}",
+                self.name
+            );
+        }
+        self.stack.drop_db(&self.name);
+    }
 }
 
 /// The parts of `db.events`: how many its inserts created, and how many are left.
@@ -57,7 +92,11 @@ impl Stack {
     }
 
     pub fn delete_topic(&self, topic: &str) {
-        let _ = Command::new(tansu_bin())
+        let Some(tansu) = try_tansu_bin() else {
+            eprintln!("bench: no tansu binary to delete topic {topic} with");
+            return;
+        };
+        let _ = Command::new(tansu)
             .args(["topic", "delete", topic, "--broker"])
             .arg(format!("tcp://{}", self.kafka))
             .stdout(Stdio::null())
@@ -66,8 +105,7 @@ impl Stack {
     }
 
     pub fn execute(&self, sql: &str) -> anyhow::Result<()> {
-        self.block_on(self.client.query(sql).execute())
-            .with_context(|| format!("ClickHouse: {sql}"))
+        self.bounded(sql, self.client.query(sql).execute())
     }
 
     /// One row of a query.
@@ -75,20 +113,38 @@ impl Stack {
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
-        self.block_on(self.client.query(sql).fetch_one::<T>())
-            .with_context(|| format!("ClickHouse: {sql}"))
+        self.bounded(sql, self.client.query(sql).fetch_one::<T>())
+    }
+
+    /// A query's answer within a minute: a stuck endpoint must not hang the bench.
+    fn bounded<T>(
+        &self,
+        sql: &str,
+        query: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> anyhow::Result<T> {
+        // The timer is made inside the runtime (it needs one).
+        match self.block_on(async { tokio::time::timeout(QUERY_TIMEOUT, query).await }) {
+            Ok(answer) => answer.with_context(|| format!("ClickHouse: {sql}")),
+            Err(_) => bail!("ClickHouse did not answer within {QUERY_TIMEOUT:?}: {sql}"),
+        }
     }
 
     pub fn count(&self, db: &str) -> anyhow::Result<u64> {
         self.fetch_one(&format!("SELECT count() FROM {db}.events"))
     }
 
-    /// A database with the real schema (`clickhouse/schema.sql`, rollups included), renamed.
-    pub fn create_db(&self, db: &str) -> anyhow::Result<()> {
+    /// A database with the real schema (`clickhouse/schema.sql`, rollups included), renamed;
+    /// dropped (with its discard rule) when the guard goes, on success or on error.
+    pub fn database(&self, db: &str) -> anyhow::Result<Database<'_>> {
+        let database = Database {
+            stack: self,
+            name: db.to_owned(),
+            discarding: false,
+        };
         for statement in schema_statements(db) {
             self.execute(&statement)?;
         }
-        Ok(())
+        Ok(database)
     }
 
     pub fn drop_db(&self, db: &str) {

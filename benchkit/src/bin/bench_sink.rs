@@ -10,7 +10,14 @@ use clickstream_benchkit::bench::{self, STACK_VARIABLES, Settings, VARIABLES};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => bench::run(&Settings::from_env()?),
+        [] => {
+            let outcome = bench::run(&Settings::from_env()?);
+            if bench::procs::interrupted() {
+                eprintln!("bench: interrupted");
+                std::process::exit(130);
+            }
+            outcome
+        }
         ["--report"] => bench::rerender(&Settings::from_env()?),
         ["--help" | "-h"] => {
             println!("Usage: scripts/bench [--report]\n\nSettings (environment):");
