@@ -38,6 +38,59 @@ pub struct Bench<'a> {
     run: String,
 }
 
+/// One drain of a topic ([`Bench::drain`]): `instances` sinks in one group from their start
+/// until all `events` are queryable; about `points` progress and RSS samples kept.
+#[derive(Debug, Clone)]
+pub struct Drain<'t> {
+    pub name: String,
+    pub topic: &'t str,
+    pub events: u64,
+    pub instances: usize,
+    /// The topic's payload bytes (from the bound), for the MB/s figures.
+    pub payload_bytes: Option<f64>,
+    pub mode: Mode,
+    pub points: usize,
+}
+
+/// What else a drain does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only the drain.
+    Plain,
+    /// `perf record` of the sink, the endpoint and the broker meanwhile (199 Hz, no call graphs).
+    Profiled,
+    /// The endpoint accepts the INSERTs and drops them unread (every other query is answered
+    /// for real), so the sink alone is measured; done when the sinks report every row inserted.
+    Discard,
+}
+
+impl<'t> Drain<'t> {
+    /// One sink, plain, 60 samples.
+    pub fn of(name: &str, topic: &'t str, events: u64, payload_bytes: Option<f64>) -> Self {
+        Drain {
+            name: name.to_owned(),
+            topic,
+            events,
+            instances: 1,
+            payload_bytes,
+            mode: Mode::Plain,
+            points: 60,
+        }
+    }
+
+    pub fn sinks(self, instances: usize) -> Self {
+        Drain { instances, ..self }
+    }
+
+    pub fn mode(self, mode: Mode) -> Self {
+        Drain { mode, ..self }
+    }
+
+    pub fn points(self, points: usize) -> Self {
+        Drain { points, ..self }
+    }
+}
+
 /// A sink started by [`Bench::start_sinks`] and its `/metrics` port.
 pub struct Sink {
     pub proc: Proc,
@@ -194,23 +247,20 @@ impl<'a> Bench<'a> {
         ["clickhouse", "kafka"].map(|s| self.stack.pid(s).and_then(procs::proc_cpu_s))
     }
 
-    /// Sinks from their start until all `events` events of the topic are queryable; `points`:
-    /// about how many progress and RSS samples to keep; `profile`: perf records the sink, the
-    /// endpoint and the broker meanwhile. `discard`: the endpoint accepts the INSERTs and drops
-    /// them unread (every other query is answered for real), so the sink alone is measured;
-    /// done when the sinks report every row inserted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn drain(
-        &self,
-        name: &str,
-        topic: &str,
-        events: u64,
-        instances: usize,
-        payload_bytes: Option<f64>,
-        profile: bool,
-        discard: bool,
-        points: usize,
-    ) -> anyhow::Result<Value> {
+    /// Sinks from their start until all the run's events of the topic are queryable (see
+    /// [`Drain`]).
+    pub fn drain(&self, run: &Drain<'_>) -> anyhow::Result<Value> {
+        let Drain {
+            ref name,
+            topic,
+            events,
+            instances,
+            payload_bytes,
+            mode,
+            points,
+        } = *run;
+        let (name, profile, discard) =
+            (name.as_str(), mode == Mode::Profiled, mode == Mode::Discard);
         let (db, group) = (
             format!("bench_{name}_{}", self.run),
             format!("bench-{name}-{}", self.run),
@@ -590,7 +640,7 @@ impl<'a> Bench<'a> {
         say(&format!(
             "bulk: produced in {produce_s:.1}s; draining with one sink"
         ));
-        let drained = self.drain("bulk", &topic, events, 1, None, false, false, 200);
+        let drained = self.drain(&Drain::of("bulk", &topic, events, None).points(200));
         self.stack.delete_topic(&topic);
         let mut result = drained?;
         let reference = &crate::report::REFERENCE;

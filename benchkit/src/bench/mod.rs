@@ -46,7 +46,7 @@ use clickstream_testkit::repo_root;
 use serde_json::{Value, json};
 
 use crate::report::{self, Chart};
-use measure::{Bench, Bins, say};
+use measure::{Bench, Bins, Drain, Mode, say};
 use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
@@ -527,22 +527,14 @@ fn measure_all(
                 bench.consume_bound(&topic, "base", "bound-base")?,
             ];
             payload_bytes = bounds[0]["payload_bytes"].as_f64();
-            let mut tp = bench.drain(
-                "throughput",
-                &topic,
-                events,
-                1,
-                payload_bytes,
-                false,
-                false,
-                60,
-            )?;
+            let mut tp = bench.drain(&Drain::of("throughput", &topic, events, payload_bytes))?;
             bounds.push(bench.consume_bound(&topic, "stream", "bound-stream-2")?);
             if settings.profile && profile::available() {
                 // perf costs the endpoint noticeably (thread events): a repeat of the run, not
                 // the measured one, is profiled.
-                let profiled =
-                    bench.drain("profile", &topic, events, 1, payload_bytes, true, false, 60)?;
+                let profiled = bench.drain(
+                    &Drain::of("profile", &topic, events, payload_bytes).mode(Mode::Profiled),
+                )?;
                 let mut p = profiled["profile"].clone();
                 p["profiled_run_steady_events_per_s"] = profiled["steady_events_per_s"].clone();
                 p["profiled_run_perf_and_other_cpu_s"] = profiled["other_processes_cpu_s"].clone();
@@ -582,8 +574,8 @@ fn measure_all(
             merge(result, figures);
         }
         if settings.has("ceiling") {
-            let mut ceiling =
-                bench.drain("ceiling", &topic, events, 1, payload_bytes, false, true, 60)?;
+            let mut ceiling = bench
+                .drain(&Drain::of("ceiling", &topic, events, payload_bytes).mode(Mode::Discard))?;
             if let Some(map) = ceiling.as_object_mut() {
                 map.remove("progress");
             }
@@ -601,14 +593,7 @@ fn measure_all(
                 .iter()
                 .map(|&k| {
                     bench.drain(
-                        &format!("scale{k}"),
-                        &topic,
-                        events,
-                        k,
-                        payload_bytes,
-                        false,
-                        false,
-                        60,
+                        &Drain::of(&format!("scale{k}"), &topic, events, payload_bytes).sinks(k),
                     )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
