@@ -20,13 +20,17 @@ fn main() -> anyhow::Result<()> {
         }
         ["--report"] => bench::rerender(&Settings::from_env()?),
         ["--help" | "-h"] => {
-            println!("Usage: scripts/bench [--report]\n\nSettings (environment):");
-            for (name, default, help) in VARIABLES {
-                println!("  {name:<18} {help} (default: {default})");
+            // Written, not printed: `--help | head` must not panic on the closed pipe.
+            use std::io::Write;
+            let mut help =
+                String::from("Usage: scripts/bench [--report]\n\nSettings (environment):\n");
+            for (name, default, text) in VARIABLES {
+                help += &format!("  {name:<18} {text} (default: {default})\n");
             }
             for (name, default) in STACK_VARIABLES {
-                println!("  {name:<26} the private stack's (default: {default})");
+                help += &format!("  {name:<26} the private stack's (default: {default})\n");
             }
+            let _ = std::io::stdout().lock().write_all(help.as_bytes());
             Ok(())
         }
         _ => anyhow::bail!("unknown arguments {args:?}: try --help"),
