@@ -13,8 +13,9 @@
 //!
 //! The results are a loose JSON document, read as a [`serde_json::Value`]: a key the Python reads
 //! with `.get` or `in` may be absent and is handled as there; a key it reads with `[]` renders as
-//! `None` when absent (where the Python stops with a `KeyError`). Values print as Python prints
-//! them (the `py` helpers at the end): an int as an int, a float as its `repr`, `round` to even.
+//! `–` when absent or null (where the Python stopped with a `KeyError` or printed `None`: the CPU
+//! of servers the bench did not start is null). Values print as Python prints them (the `py`
+//! helpers at the end): an int as an int, a float as its `repr`, `round` to even.
 //!
 //! serde_json (without `preserve_order`) hands an object's keys back sorted, where Python keeps
 //! the file's order. The two places the order shows are ordered by what they mean instead: the
@@ -121,16 +122,29 @@ pub fn render(r: &Value, charts: &[Chart], before: Option<&str>) -> String {
             show(&r["bench_wall_s"]),
         ),
         String::new(),
-        format!(
-            "Stack: `scripts/stack` (tansu broker with in-memory storage; the chDB engine behind \
-             `scripts/clickhouse_http.py`), all on this machine. Every measurement has a fresh \
-             consumer group and a fresh database with the full `clickhouse/schema.sql` (rollups \
-             included). Sink flags: `{}`, otherwise the defaults ({defaults}). \
-             `session.timeout.ms=6000`: tansu completes a group's first join only after about \
-             half the session timeout, so the join (reported apart as the time to the first row) \
-             is ~3 s instead of ~5 s; it does not change the steady rate.",
-            join(&settings["sink_args"], " "),
-        ),
+        match settings.get("external") {
+            // Servers the bench did not start (BENCH_KAFKA_BROKERS, BENCH_CLICKHOUSE_URL).
+            Some(external) => format!(
+                "Servers: Kafka at {}, ClickHouse at {} (not started by the bench; their CPU is \
+                 not measured). Every measurement has a fresh consumer group and a fresh \
+                 database with the full `clickhouse/schema.sql` (rollups included). Sink flags: \
+                 `{}`, otherwise the defaults ({defaults}).",
+                show(&external["kafka"]),
+                show(&external["clickhouse"]),
+                join(&settings["sink_args"], " "),
+            ),
+            None => format!(
+                "Stack: `scripts/stack` (tansu broker with in-memory storage; the chDB engine \
+                 behind `scripts/clickhouse_http.py`), all on this machine. Every measurement \
+                 has a fresh consumer group and a fresh database with the full \
+                 `clickhouse/schema.sql` (rollups included). Sink flags: `{}`, otherwise the \
+                 defaults ({defaults}). `session.timeout.ms=6000`: tansu completes a group's \
+                 first join only after about half the session timeout, so the join (reported \
+                 apart as the time to the first row) is ~3 s instead of ~5 s; it does not change \
+                 the steady rate.",
+                join(&settings["sink_args"], " "),
+            ),
+        },
         String::new(),
     ];
     let mut figures = Figures {
@@ -167,10 +181,16 @@ pub fn render(r: &Value, charts: &[Chart], before: Option<&str>) -> String {
     lines.extend([
         "### Caveats".to_owned(),
         String::new(),
-        "- Not a real Kafka or ClickHouse: tansu keeps topics in memory; chDB is the ClickHouse \
-         engine inside a Python process behind a Python HTTP server. Against a ClickHouse server \
-         the insert side (and so the sink / bound ratio) will differ."
-            .to_owned(),
+        if settings.get("external").is_some() {
+            "- The servers are someone else's: what else they ran during the bench is not \
+             known here."
+                .to_owned()
+        } else {
+            "- Not a real Kafka or ClickHouse: tansu keeps topics in memory; chDB is the \
+             ClickHouse engine inside a Python process behind a Python HTTP server. Against a \
+             ClickHouse server the insert side (and so the sink / bound ratio) will differ."
+                .to_owned()
+        },
         format!(
             "- Everything (broker, endpoint, sink, producer, other people's builds and tests) \
              shares {} cores. Compare figures within this run; absolute numbers move by tens of \
@@ -1025,6 +1045,9 @@ mod py {
     pub fn show(value: &Value) -> String {
         match value {
             Value::String(s) => s.clone(),
+            // A figure not measured (the CPU of servers the bench did not start): a dash, as
+            // `fmt` writes it, rather than Python's `None`.
+            Value::Null => "–".to_owned(),
             other => repr(other),
         }
     }
@@ -1311,7 +1334,7 @@ mod py {
             assert_eq!(
                 shown,
                 [
-                    "3.0", "126.5", "3", "1e+16", "1e-07", "0.0001", "None", "True", "['a', 1]"
+                    "3.0", "126.5", "3", "1e+16", "1e-07", "0.0001", "–", "True", "['a', 1]"
                 ]
             );
         }

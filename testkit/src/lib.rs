@@ -160,6 +160,25 @@ pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) -> Resu
     Ok(())
 }
 
+/// Deletes topic `name` on `brokers` (a missing topic is not an error).
+pub async fn delete_topic_on(brokers: &str, name: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let results = admin
+        .delete_topics(&[name], &AdminOptions::new())
+        .await
+        .map_err(|e| format!("delete topic {name}: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(format!("delete topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
 /// The repository's top folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -51,7 +51,7 @@ use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
 /// (also printed by `--help`).
-pub const VARIABLES: [(&str, &str, &str); 15] = [
+pub const VARIABLES: [(&str, &str, &str); 17] = [
     (
         "BENCH_EVENTS",
         "2000000",
@@ -115,6 +115,19 @@ pub const VARIABLES: [(&str, &str, &str); 15] = [
         "",
         "keep the logs (and perf data) instead of deleting them",
     ),
+    (
+        "BENCH_KAFKA_BROKERS",
+        "",
+        "measure against these brokers instead of a stack of the bench's own (with \
+         BENCH_CLICKHOUSE_URL; the sink alone is then skipped unless the endpoint is \
+         scripts/clickhouse_http.py, and the servers' CPU is not measured)",
+    ),
+    (
+        "BENCH_CLICKHOUSE_URL",
+        "",
+        "... and this ClickHouse (CLICKHOUSE_USER / CLICKHOUSE_PASSWORD, if set, for the \
+         bench's queries and the sinks)",
+    ),
 ];
 
 /// The stack's ports and data directory, passed to `scripts/stack`.
@@ -144,6 +157,8 @@ pub struct Settings {
     pub profile: bool,
     pub keep_work: bool,
     pub stack: Vec<(String, String)>,
+    /// Servers to measure against (broker list, ClickHouse URL) instead of a stack of its own.
+    pub external: Option<(String, String)>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -202,6 +217,19 @@ impl Settings {
             measure::flush_ms(f)?;
         }
         let sink_args = shell_words(&text("BENCH_SINK_ARGS"));
+        let external = match (
+            var("BENCH_KAFKA_BROKERS").filter(|v| !v.is_empty()),
+            var("BENCH_CLICKHOUSE_URL").filter(|v| !v.is_empty()),
+        ) {
+            (Some(kafka), Some(clickhouse)) => Some((kafka, clickhouse)),
+            (None, None) => None,
+            (Some(_), None) => {
+                anyhow::bail!("BENCH_KAFKA_BROKERS is set: set BENCH_CLICKHOUSE_URL too")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("BENCH_CLICKHOUSE_URL is set: set BENCH_KAFKA_BROKERS too")
+            }
+        };
         Ok(Settings {
             events: number("BENCH_EVENTS")?,
             rates: numbers("BENCH_RATES")?,
@@ -226,6 +254,7 @@ impl Settings {
                 .iter()
                 .map(|(k, d)| ((*k).to_owned(), var(k).unwrap_or_else(|| (*d).to_owned())))
                 .collect(),
+            external,
         })
     }
 
@@ -245,7 +274,21 @@ impl Settings {
         if self.has("bulk") {
             settings["bulk_events"] = json!(self.bulk_events);
         }
+        if let Some((kafka, clickhouse)) = &self.external {
+            settings["external"] =
+                json!({"kafka": kafka, "clickhouse": without_userinfo(clickhouse)});
+        }
         settings
+    }
+}
+
+/// A URL without the `user:password@` it may carry.
+fn without_userinfo(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -403,7 +446,7 @@ fn copy_bins(settings: &Settings, work: &Path) -> anyhow::Result<Bins> {
 /// On SIGINT or SIGTERM: kill the children and start no other ([`procs::interrupt`]), so the
 /// main thread fails where it is and unwinds: its stack is stopped once, on the way out. Should
 /// it not be done within a minute, the stack is stopped here and the bench exits.
-fn on_interrupt(stack_env: Vec<(String, String)>) -> anyhow::Result<()> {
+fn on_interrupt(stack_env: Option<Vec<(String, String)>>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -425,7 +468,9 @@ fn on_interrupt(stack_env: Vec<(String, String)>) -> anyhow::Result<()> {
         procs::interrupt();
         std::thread::sleep(std::time::Duration::from_secs(60));
         say("still running a minute after the interruption: stopping the stack and exiting");
-        clickstream_testkit::stop_local_stack(&stack_env);
+        if let Some(env) = stack_env {
+            clickstream_testkit::stop_local_stack(&env);
+        }
         std::process::exit(130);
     });
     Ok(())
@@ -456,22 +501,31 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     });
     let work = std::env::temp_dir().join(format!("bench-sink-{}-{run_id}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    on_interrupt(settings.stack.clone())?;
+    // Servers someone else runs are never stopped.
+    on_interrupt(settings.external.is_none().then(|| settings.stack.clone()))?;
     let outcome = (|| -> anyhow::Result<()> {
         let bins = copy_bins(settings, &work)?;
-        let port = |k: &str| {
-            settings
-                .stack
-                .iter()
-                .find(|(n, _)| n == k)
-                .map_or("", |(_, v)| v.as_str())
+        let stack = match &settings.external {
+            Some((kafka, clickhouse)) => {
+                say(&format!(
+                    "measuring against kafka {kafka}, clickhouse {}",
+                    without_userinfo(clickhouse)
+                ));
+                stack::Stack::external(kafka, clickhouse)?
+            }
+            None => {
+                let port = |k: &str| {
+                    let found = settings.stack.iter().find(|(n, _)| n == k);
+                    found.map_or("", |(_, v)| v.as_str())
+                };
+                say(&format!(
+                    "stack on kafka :{}, clickhouse :{}",
+                    port("STACK_KAFKA_PORT"),
+                    port("STACK_CLICKHOUSE_PORT")
+                ));
+                stack::Stack::up(settings.stack.clone())?
+            }
         };
-        say(&format!(
-            "stack on kafka :{}, clickhouse :{}",
-            port("STACK_KAFKA_PORT"),
-            port("STACK_CLICKHOUSE_PORT")
-        ));
-        let stack = stack::Stack::up(settings.stack.clone())?;
         let bench = Bench::new(&stack, &bins, &work, settings, run_id.clone());
         measure_all(settings, &bench, &stack, &mut result, &run_id)?;
         result["machine"]["loadavg_end"] = json!(procs::loadavg());
@@ -573,7 +627,14 @@ fn measure_all(
             result["bound"] = json!({"runs": bounds, "best": best});
             merge(result, figures);
         }
-        if settings.has("ceiling") {
+        let ceiling = settings.has("ceiling") && stack.discards();
+        if settings.has("ceiling") && !ceiling {
+            say(
+                "WARNING: the sink alone (ceiling) is skipped: this ClickHouse cannot drop INSERTs \
+                 unread (only scripts/clickhouse_http.py can)",
+            );
+        }
+        if ceiling {
             let mut ceiling = bench
                 .drain(&Drain::of("ceiling", &topic, events, payload_bytes).mode(Mode::Discard))?;
             if let Some(map) = ceiling.as_object_mut() {
@@ -628,6 +689,12 @@ fn merge(into: &mut Value, from: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_recorded_without_its_credentials() {
+        assert_eq!(without_userinfo("http://u:p@h:8123/x"), "http://h:8123/x");
+        assert_eq!(without_userinfo("https://h:8443"), "https://h:8443");
+    }
 
     #[test]
     fn sink_flags_split_as_a_shell_would() {

@@ -6,13 +6,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use clickstream_testkit::{
-    LocalStack, clickhouse_at, http_request, schema_statements, try_tansu_bin,
+    LocalStack, clickhouse_at, delete_topic_on, http_request, schema_statements, try_tansu_bin,
 };
 
-/// The bench's local stack ([`LocalStack`]: stopped by [`Stack::down`] or on drop) and a
-/// client of its endpoint.
+/// The servers the bench measures against: its own local stack ([`LocalStack`]: stopped by
+/// [`Stack::down`] or on drop), or servers someone else runs (docker compose, a cluster), and a
+/// client of the ClickHouse side.
 pub struct Stack {
-    local: LocalStack,
+    local: Option<LocalStack>,
     pub kafka: String,
     pub clickhouse: String,
     client: clickhouse::Client,
@@ -72,18 +73,43 @@ impl Stack {
             kafka: local.kafka.clone(),
             clickhouse: local.clickhouse.clone(),
             client: clickhouse_at(&local.clickhouse),
-            local,
+            local: Some(local),
             rt,
         })
     }
 
-    pub fn down(&mut self) {
-        self.local.down();
+    /// Servers the bench does not start or stop (`CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` for
+    /// the bench's own queries).
+    pub fn external(kafka: &str, clickhouse: &str) -> anyhow::Result<Stack> {
+        Ok(Stack {
+            kafka: kafka.to_owned(),
+            clickhouse: clickhouse.to_owned(),
+            client: clickhouse_at(clickhouse),
+            local: None,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
     }
 
-    /// The pid of a stack service (`kafka`, `clickhouse`) from its pid file.
+    pub fn down(&mut self) {
+        if let Some(local) = &mut self.local {
+            local.down();
+        }
+    }
+
+    /// The pid of a service of the bench's own stack (`kafka`, `clickhouse`): the CPU of
+    /// servers elsewhere is not measured.
     pub fn pid(&self, service: &str) -> Option<u32> {
-        self.local.pid(service)
+        self.local.as_ref()?.pid(service)
+    }
+
+    /// Whether the endpoint can drop INSERTs unread (a rule of `scripts/clickhouse_http.py`;
+    /// a ClickHouse server cannot): the sink-alone measurement needs it.
+    pub fn discards(&self) -> bool {
+        let probe = "bench_probe_of_discard.events";
+        self.discard_inserts_into(probe, true).is_ok()
+            && self.discard_inserts_into(probe, false).is_ok()
     }
 
     /// Runs `fut` to its end on the stack's runtime (the bench is otherwise synchronous).
@@ -92,6 +118,12 @@ impl Stack {
     }
 
     pub fn delete_topic(&self, topic: &str) {
+        if self.local.is_none() {
+            if let Err(e) = self.block_on(delete_topic_on(&self.kafka, topic)) {
+                eprintln!("bench: {e}");
+            }
+            return;
+        }
         let Some(tansu) = try_tansu_bin() else {
             eprintln!("bench: no tansu binary to delete topic {topic} with");
             return;
@@ -156,11 +188,14 @@ impl Stack {
     /// Makes the endpoint accept INSERTs into `db.events` and drop them unread (`on`), or
     /// stop doing so: a rule of `scripts/clickhouse_http.py`.
     pub fn discard_inserts(&self, db: &str, on: bool) -> anyhow::Result<()> {
+        self.discard_inserts_into(&format!("{db}.events"), on)
+    }
+
+    fn discard_inserts_into(&self, table: &str, on: bool) -> anyhow::Result<()> {
         let address = self
             .clickhouse
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        let table = format!("{db}.events");
         let (status, body) = if on {
             let rule = serde_json::json!({ "match": table, "discard": true }).to_string();
             self.block_on(http_request(address, "POST", "/_faults", rule.as_bytes()))?

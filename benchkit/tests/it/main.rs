@@ -2,11 +2,17 @@
 //! runs it): every section, then the results, the report and the charts are checked. Run by
 //! `scripts/test`, so the benchmark cannot rot between two of its (long) real runs.
 
-use clickstream_testkit::{TempDir, free_port, workspace_bin_dir};
+use clickstream_testkit::{TempDir, clickhouse_url, free_port, kafka_brokers, workspace_bin_dir};
 use serde_json::Value;
+
+/// Two benches at once would share two cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn a_small_run_of_every_section_measures_what_it_drained() {
+    let _one_at_a_time = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = TempDir::new("bench-it");
     let bins = workspace_bin_dir();
     let (out, report, charts) = (
@@ -116,4 +122,62 @@ fn a_small_run_of_every_section_measures_what_it_drained() {
             "{chart} not linked"
         );
     }
+}
+
+/// Against servers the bench does not start (here the stack under test, as `KAFKA_BROKERS` /
+/// `CLICKHOUSE_URL` give it; docker compose's servers the same way): no stack of its own is
+/// started, the servers' CPU is not measured, and the sink alone runs only where the endpoint
+/// can drop INSERTs (`scripts/clickhouse_http.py`, not a ClickHouse server).
+#[test]
+fn a_run_against_external_servers_starts_no_stack_of_its_own() {
+    let _one_at_a_time = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("bench-it-external");
+    let (out, report, stack_dir) = (
+        dir.path().join("results.json"),
+        dir.path().join("REPORT.md"),
+        dir.path().join("no-stack"),
+    );
+    let events = 10_000;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_bench-sink"))
+        .envs([
+            ("BENCH_KAFKA_BROKERS", kafka_brokers()),
+            ("BENCH_CLICKHOUSE_URL", clickhouse_url()),
+            ("BENCH_EVENTS", events.to_string()),
+            ("BENCH_SECTIONS", "throughput ceiling".into()),
+            ("BENCH_PROFILE", "0".into()),
+            ("BENCH_BEFORE", String::new()),
+            ("BENCH_OUT", out.display().to_string()),
+            ("BENCH_REPORT", report.display().to_string()),
+            (
+                "BENCH_CHARTS",
+                dir.path().join("charts").display().to_string(),
+            ),
+            ("BENCH_BIN_DIR", workspace_bin_dir().display().to_string()),
+            ("STACK_DATA_DIR", stack_dir.display().to_string()),
+        ])
+        .status()
+        .expect("run bench-sink");
+    assert!(status.success(), "bench-sink: {status}");
+    assert!(!stack_dir.exists(), "a stack of its own was started");
+
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("results"))
+        .expect("results JSON");
+    let t = &r["throughput"];
+    assert_eq!(t["rows"], events, "{t}");
+    assert_eq!(t["duplicates"], 0);
+    assert!(t["sink_cpu_s"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(
+        t["clickhouse_endpoint_cpu_s"].is_null(),
+        "measured someone else's server"
+    );
+    assert_eq!(r["settings"]["external"]["kafka"], kafka_brokers());
+    let discards = !r["ceiling"].is_null();
+    if discards {
+        assert_eq!(r["ceiling"]["rows"], events);
+    }
+    let report = std::fs::read_to_string(&report).expect("report");
+    assert!(report.contains("Servers: Kafka at "), "{report}");
+    assert_eq!(report.contains("### The sink alone"), discards);
 }
