@@ -136,19 +136,28 @@ impl<'a> Bench<'a> {
             .unwrap_or_default()
     }
 
-    /// Runs the producer (3 partitions, seed 42) with `args`; its JSON summary, with its CPU.
-    pub fn produce(&self, topic: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
-        let mut argv = vec![
-            self.bins.producer.to_string_lossy().into_owned(),
+    /// A tool's command line on the bench's broker and `topic`: `bin --brokers B --topic T`.
+    fn argv(&self, bin: &Path, topic: &str) -> Vec<String> {
+        let bin = bin.to_string_lossy().into_owned();
+        [
+            bin,
             "--brokers".into(),
             self.stack.kafka.clone(),
             "--topic".into(),
             topic.into(),
+        ]
+        .into()
+    }
+
+    /// Runs the producer (3 partitions, seed 42) with `args`; its JSON summary, with its CPU.
+    pub fn produce(&self, topic: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let mut argv = self.argv(&self.bins.producer, topic);
+        argv.extend([
             "--partitions".into(),
             "3".into(),
             "--seed".into(),
             "42".into(),
-        ];
+        ]);
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let (out, exit) =
             procs::start(&argv, &self.log(name), true)?.finish(Duration::from_secs(3600))?;
@@ -163,19 +172,15 @@ impl<'a> Bench<'a> {
 
     /// bench-consume on the pre-loaded topic: the consume-only bound (`api`: stream or base).
     pub fn consume_bound(&self, topic: &str, api: &str, name: &str) -> anyhow::Result<Value> {
-        let mut argv = vec![
-            self.bins.consume.to_string_lossy().into_owned(),
-            "--brokers".into(),
-            self.stack.kafka.clone(),
-            "--topic".into(),
-            topic.into(),
+        let mut argv = self.argv(&self.bins.consume, topic);
+        argv.extend([
             "--group".into(),
             format!("bench-{name}-{}", self.run),
             "--count".into(),
             self.settings.events.to_string(),
             "--api".into(),
             api.into(),
-        ];
+        ]);
         for x in &self.kafka_x {
             argv.extend(["-X".to_owned(), x.clone()]);
         }
@@ -206,12 +211,8 @@ impl<'a> Bench<'a> {
         (0..instances)
             .map(|i| {
                 let port = free_port();
-                let mut argv = vec![
-                    self.bins.sink.to_string_lossy().into_owned(),
-                    "--brokers".into(),
-                    self.stack.kafka.clone(),
-                    "--topic".into(),
-                    topic.into(),
+                let mut argv = self.argv(&self.bins.sink, topic);
+                argv.extend([
                     "--group".into(),
                     group.into(),
                     "--clickhouse-url".into(),
@@ -220,7 +221,7 @@ impl<'a> Bench<'a> {
                     db.into(),
                     "--http-addr".into(),
                     format!("127.0.0.1:{port}"),
-                ];
+                ]);
                 argv.extend(self.settings.sink_args.iter().cloned());
                 argv.extend(extra.iter().cloned());
                 let proc = procs::start(&argv, &self.log(&format!("{name}-sink{i}")), false)?;

@@ -9,8 +9,8 @@ use clickstream_testkit::{
     LocalStack, clickhouse_at, delete_topic_on, http_request, schema_statements, try_tansu_bin,
 };
 
-/// The servers the bench measures against: its own local stack ([`LocalStack`]: stopped by
-/// [`Stack::down`] or on drop), or servers someone else runs (docker compose, a cluster), and a
+/// The servers the bench measures against: its own local stack ([`LocalStack`]: stopped when
+/// dropped), or servers someone else runs (docker compose, a cluster), and a
 /// client of the ClickHouse side.
 pub struct Stack {
     local: Option<LocalStack>,
@@ -90,12 +90,6 @@ impl Stack {
                 .enable_all()
                 .build()?,
         })
-    }
-
-    pub fn down(&mut self) {
-        if let Some(local) = &mut self.local {
-            local.down();
-        }
     }
 
     /// The pid of a service of the bench's own stack (`kafka`, `clickhouse`): the CPU of
