@@ -161,11 +161,18 @@ pub async fn create_topic_on(brokers: &str, name: &str, partitions: i32) -> Resu
 }
 
 /// Deletes topic `name` on `brokers` (a missing topic is not an error).
-pub async fn delete_topic_on(brokers: &str, name: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+pub async fn delete_topic_on(
+    brokers: &str,
+    name: &str,
+    properties: &[(String, String)],
+) -> Result<(), String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| format!("admin client: {e}"))?;
     let results = admin
         .delete_topics(&[name], &AdminOptions::new())
         .await
@@ -288,7 +295,8 @@ pub fn free_port() -> u16 {
 }
 
 /// A whole local stack (broker and endpoint) brought up by `scripts/stack up` with `env` (its
-/// `STACK_*` settings: ports and data directory) and stopped by [`LocalStack::down`] or on drop.
+/// `STACK_*` settings: ports and data directory) and stopped by [`LocalStack::down`], on drop,
+/// or by the stack's own watcher once this process is gone (killed with SIGKILL, say).
 /// The bench runs on one; `scripts/test` and `scripts/faults` start theirs from the shell.
 pub struct LocalStack {
     env: Vec<(String, String)>,
@@ -303,6 +311,8 @@ impl LocalStack {
     pub fn up(env: Vec<(String, String)>) -> std::io::Result<LocalStack> {
         let output = Command::new(repo_root().join("scripts/stack"))
             .arg("up")
+            // Stopped by the stack's watcher if this process dies without dropping it.
+            .env("STACK_OWNER_PID", std::process::id().to_string())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())

@@ -136,17 +136,22 @@ impl<'a> Bench<'a> {
             .unwrap_or_default()
     }
 
-    /// A tool's command line on the bench's broker and `topic`: `bin --brokers B --topic T`.
+    /// A tool's command line on the bench's broker and `topic`: `bin --brokers B --topic T`,
+    /// with `-X` for each of `BENCH_KAFKA_PROPERTIES`.
     fn argv(&self, bin: &Path, topic: &str) -> Vec<String> {
         let bin = bin.to_string_lossy().into_owned();
-        [
+        let mut argv: Vec<String> = [
             bin,
             "--brokers".into(),
             self.stack.kafka.clone(),
             "--topic".into(),
             topic.into(),
         ]
-        .into()
+        .into();
+        for (key, value) in &self.settings.kafka_properties {
+            argv.extend(["-X".to_owned(), format!("{key}={value}")]);
+        }
+        argv
     }
 
     /// Runs the producer (3 partitions, seed 42) with `args`; its JSON summary, with its CPU.

@@ -46,12 +46,13 @@ use clickstream_testkit::repo_root;
 use serde_json::{Value, json};
 
 use crate::report::{self, Chart};
+use clickstream_sink::settings::{REDACTED, is_secret_kafka_property};
 use measure::{Bench, Bins, Drain, Mode, say};
 use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
 /// (also printed by `--help`).
-pub const VARIABLES: [(&str, &str, &str); 17] = [
+pub const VARIABLES: [(&str, &str, &str); 18] = [
     (
         "BENCH_EVENTS",
         "2000000",
@@ -128,6 +129,13 @@ pub const VARIABLES: [(&str, &str, &str); 17] = [
         "... and this ClickHouse (CLICKHOUSE_USER / CLICKHOUSE_PASSWORD, if set, for the \
          bench's queries and the sinks)",
     ),
+    (
+        "BENCH_KAFKA_PROPERTIES",
+        "",
+        "librdkafka properties (KEY=VALUE, whitespace-separated, quoted as in a shell) for every \
+         Kafka client of the bench: the producer, bench-consume, the sinks and the topic \
+         deletions; e.g. how to reach BENCH_KAFKA_BROKERS (security.protocol=SASL_SSL ...)",
+    ),
 ];
 
 /// The stack's ports and data directory, passed to `scripts/stack`.
@@ -159,6 +167,8 @@ pub struct Settings {
     pub stack: Vec<(String, String)>,
     /// Servers to measure against (broker list, ClickHouse URL) instead of a stack of its own.
     pub external: Option<(String, String)>,
+    /// librdkafka properties for every Kafka client of the bench.
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -217,6 +227,7 @@ impl Settings {
             measure::flush_ms(f)?;
         }
         let sink_args = shell_words(&text("BENCH_SINK_ARGS"));
+        let kafka_properties = kafka_properties(&text("BENCH_KAFKA_PROPERTIES"))?;
         let external = match (
             var("BENCH_KAFKA_BROKERS").filter(|v| !v.is_empty()),
             var("BENCH_CLICKHOUSE_URL").filter(|v| !v.is_empty()),
@@ -255,6 +266,7 @@ impl Settings {
                 .map(|(k, d)| ((*k).to_owned(), var(k).unwrap_or_else(|| (*d).to_owned())))
                 .collect(),
             external,
+            kafka_properties,
         })
     }
 
@@ -274,12 +286,39 @@ impl Settings {
         if self.has("bulk") {
             settings["bulk_events"] = json!(self.bulk_events);
         }
+        if !self.kafka_properties.is_empty() {
+            settings["kafka_properties"] = json!(shown_properties(&self.kafka_properties));
+        }
         if let Some((kafka, clickhouse)) = &self.external {
             settings["external"] =
                 json!({"kafka": kafka, "clickhouse": without_userinfo(clickhouse)});
         }
         settings
     }
+}
+
+/// `BENCH_KAFKA_PROPERTIES`: `KEY=VALUE` words.
+fn kafka_properties(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    shell_words(text)
+        .into_iter()
+        .map(|word| match word.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_owned(), value.to_owned()))
+            }
+            _ => anyhow::bail!("BENCH_KAFKA_PROPERTIES: `{word}` is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Properties as the results file records them: secret values replaced.
+fn shown_properties(properties: &[(String, String)]) -> Vec<String> {
+    properties
+        .iter()
+        .map(|(key, value)| match is_secret_kafka_property(key) {
+            true => format!("{key}={REDACTED}"),
+            false => format!("{key}={value}"),
+        })
+        .collect()
 }
 
 /// A URL without the `user:password@` it may carry.
@@ -511,7 +550,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                     "measuring against kafka {kafka}, clickhouse {}",
                     without_userinfo(clickhouse)
                 ));
-                stack::Stack::external(kafka, clickhouse)?
+                stack::Stack::external(kafka, clickhouse, &settings.kafka_properties)?
             }
             None => {
                 let port = |k: &str| {
@@ -689,6 +728,25 @@ fn merge(into: &mut Value, from: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_properties_are_key_value_words_recorded_without_secrets() {
+        let properties =
+            kafka_properties("security.protocol=SASL_SSL 'sasl.password=a b=c' x.y=").unwrap();
+        assert_eq!(
+            shown_properties(&properties),
+            [
+                "security.protocol=SASL_SSL",
+                "sasl.password=<redacted>",
+                "x.y="
+            ]
+        );
+        assert_eq!(properties[1].1, "a b=c");
+        for bad in ["novalue", "=v"] {
+            let error = kafka_properties(bad).unwrap_err().to_string();
+            assert!(error.starts_with("BENCH_KAFKA_PROPERTIES: "), "{error}");
+        }
+    }
 
     #[test]
     fn a_url_is_recorded_without_its_credentials() {

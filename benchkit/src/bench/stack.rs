@@ -16,6 +16,8 @@ pub struct Stack {
     local: Option<LocalStack>,
     pub kafka: String,
     pub clickhouse: String,
+    /// librdkafka properties for the bench's own Kafka client (topic deletion).
+    kafka_properties: Vec<(String, String)>,
     client: clickhouse::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -74,15 +76,21 @@ impl Stack {
             clickhouse: local.clickhouse.clone(),
             client: clickhouse_at(&local.clickhouse),
             local: Some(local),
+            kafka_properties: Vec::new(),
             rt,
         })
     }
 
     /// Servers the bench does not start or stop (`CLICKHOUSE_USER` / `CLICKHOUSE_PASSWORD` for
     /// the bench's own queries).
-    pub fn external(kafka: &str, clickhouse: &str) -> anyhow::Result<Stack> {
+    pub fn external(
+        kafka: &str,
+        clickhouse: &str,
+        kafka_properties: &[(String, String)],
+    ) -> anyhow::Result<Stack> {
         Ok(Stack {
             kafka: kafka.to_owned(),
+            kafka_properties: kafka_properties.to_vec(),
             clickhouse: clickhouse.to_owned(),
             client: clickhouse_at(clickhouse),
             local: None,
@@ -113,7 +121,9 @@ impl Stack {
 
     pub fn delete_topic(&self, topic: &str) {
         if self.local.is_none() {
-            if let Err(e) = self.block_on(delete_topic_on(&self.kafka, topic)) {
+            if let Err(e) =
+                self.block_on(delete_topic_on(&self.kafka, topic, &self.kafka_properties))
+            {
                 eprintln!("bench: {e}");
             }
             return;

@@ -3,7 +3,7 @@
 //! `scripts/test`, so the benchmark cannot rot between two of its (long) real runs.
 
 use clickstream_testkit::{TempDir, clickhouse_url, free_port, kafka_brokers, workspace_bin_dir};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Two benches at once would share two cores: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -143,6 +143,11 @@ fn a_run_against_external_servers_starts_no_stack_of_its_own() {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_bench-sink"))
         .envs([
             ("BENCH_KAFKA_BROKERS", kafka_brokers()),
+            // Given to every Kafka client of the bench (each must accept it).
+            (
+                "BENCH_KAFKA_PROPERTIES",
+                "client.id=bench-external socket.keepalive.enable=true".into(),
+            ),
             ("BENCH_CLICKHOUSE_URL", clickhouse_url()),
             ("BENCH_EVENTS", events.to_string()),
             ("BENCH_SECTIONS", "throughput ceiling".into()),
@@ -173,6 +178,10 @@ fn a_run_against_external_servers_starts_no_stack_of_its_own() {
         "measured someone else's server"
     );
     assert_eq!(r["settings"]["external"]["kafka"], kafka_brokers());
+    assert_eq!(
+        r["settings"]["kafka_properties"],
+        json!(["client.id=bench-external", "socket.keepalive.enable=true"])
+    );
     let discards = !r["ceiling"].is_null();
     if discards {
         assert_eq!(r["ceiling"]["rows"], events);
