@@ -59,7 +59,8 @@ pub fn all() -> Vec<Command> {
                  keys) and asks, then: records the plan, deletes the range's rows, rebuilds every \
                  rollup for the keys they touched, resets the group's offsets. The next sink \
                  start re-inserts the range exactly once. A run stopped part-way is finished by \
-                 the next run; sinks refuse to start until then.",
+                 the next run (`replay` without a range finishes it); sinks refuse to start \
+                 until then.",
             )
             .arg(since_flag("replay from the first message at or after TIME in every partition"))
             .arg(
@@ -118,15 +119,17 @@ pub fn all() -> Vec<Command> {
     ]
 }
 
+/// Writes the report on stdout; a reader that went away (`verify | head`) is not an error
+/// (`println!` panicked on the closed pipe).
 fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(report).expect("reports serialize")
-        );
+    use std::io::Write;
+    let text = if json {
+        serde_json::to_string_pretty(report).expect("reports serialize") + "\n"
     } else {
-        print!("{report}");
-    }
+        report.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn failed(error: &SinkError) -> i32 {
@@ -215,10 +218,7 @@ pub async fn run(name: &str, args: &ArgMatches, settings: &Settings) -> i32 {
             } else {
                 match since(args) {
                     Ok(Some(t)) => replay::Start::Since(t),
-                    Ok(None) => {
-                        eprintln!("error: replay needs --since TIME or --from PARTITION:OFFSET");
-                        return USAGE;
-                    }
+                    Ok(None) => replay::Start::Unfinished,
                     Err(code) => return code,
                 }
             };

@@ -57,6 +57,8 @@ pub(crate) const OPS_PROPERTIES: &[(&str, &str)] = &[
 pub struct OpsKafka {
     consumer: BaseConsumer<Quiet>,
     pub group: String,
+    /// The bootstrap brokers, for messages.
+    brokers: String,
 }
 
 impl OpsKafka {
@@ -72,6 +74,7 @@ impl OpsKafka {
         Ok(OpsKafka {
             consumer,
             group: settings.group.clone(),
+            brokers: settings.brokers.clone(),
         })
     }
 
@@ -90,7 +93,7 @@ impl OpsKafka {
         if partitions.is_empty() {
             return Err(SinkError::Settings(format!(
                 "topic `{topic}` does not exist on {} (check `topic` / `dlq_topic` and `brokers`)",
-                "the brokers"
+                self.brokers
             )));
         }
         let mut partitions = partitions;
@@ -270,6 +273,18 @@ impl OpsKafka {
         &self,
         topic: &str,
         from: &[(i32, i64)],
+        each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+    ) -> Result<(), SinkError> {
+        self.read_until(topic, from, None, each)
+    }
+
+    /// [`OpsKafka::read`], where a message stamped after `until_ms` (if given) ends its
+    /// partition, unread: on a topic still written to, the read ends.
+    fn read_until(
+        &self,
+        topic: &str,
+        from: &[(i32, i64)],
+        until_ms: Option<i64>,
         mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
     ) -> Result<(), SinkError> {
         const QUIET: Duration = Duration::from_millis(1_500);
@@ -285,6 +300,13 @@ impl OpsKafka {
         let mut last_message = Instant::now();
         let outcome = loop {
             match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message))
+                    if until_ms.is_some_and(|until| {
+                        message.timestamp().to_millis().is_some_and(|ms| ms > until)
+                    }) =>
+                {
+                    at_end.insert(message.partition(), true);
+                }
                 Some(Ok(message)) => {
                     last_message = Instant::now();
                     at_end.insert(message.partition(), false);
@@ -315,8 +337,12 @@ impl OpsKafka {
         outcome
     }
 
-    /// Reads a whole topic (every partition from its earliest offset) into owned messages.
+    /// Reads a whole topic (every partition from its earliest offset) into owned messages: the
+    /// messages stamped up to this call (a topic written to all the time, such as the
+    /// dead-letter topic under a flood of poison, never goes quiet).
     pub fn read_all(&self, topic: &str) -> Result<Vec<OwnedMessage>, SinkError> {
+        // Ten seconds of margin for the writers' clocks.
+        let snapshot_ms = chrono::Utc::now().timestamp_millis() + 10_000;
         let partitions = self.partitions(topic)?;
         let mut from = Vec::new();
         for p in partitions {
@@ -324,7 +350,7 @@ impl OpsKafka {
             from.push((p, low));
         }
         let mut messages = Vec::new();
-        self.read(topic, &from, |m| {
+        self.read_until(topic, &from, Some(snapshot_ms), |m| {
             messages.push(m.detach());
             true
         })?;

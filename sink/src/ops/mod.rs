@@ -33,9 +33,25 @@ pub(crate) async fn ch<T>(
 
 /// A ClickHouse failure of an operations command.
 pub(crate) fn ch_error(operation: &'static str, error: &clickhouse::error::Error) -> SinkError {
+    let denied = match error {
+        clickhouse::error::Error::BadResponse(message) => {
+            matches!(crate::writer::error_code(message), Some(497 | 164))
+        }
+        _ => false,
+    };
+    let text = if denied {
+        // Not the sink's grants (the writer's hint): these commands need more than the sink.
+        format!(
+            "{}: the operations commands read every rollup and `replay` rewrites them, which the \
+             sink's own user may not: run them as the administrator (README: \"Operating it\")",
+            clickstream_connect::describe(error)
+        )
+    } else {
+        classify(error).1
+    };
     SinkError::ClickHouse {
         operation,
-        source: Failure::Fatal(classify(error).1),
+        source: Failure::Fatal(text),
     }
 }
 
@@ -54,17 +70,25 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
     if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let seconds = match unit {
+    let last = text.char_indices().last().map_or(0, |(at, _)| at);
+    let (number, unit) = text.split_at(last);
+    let seconds: i64 = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
         "d" => 86_400,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(n) if seconds > 0 && n >= 0 => Ok(now - chrono::Duration::seconds(n * seconds)),
-        _ => Err(format!(
+    let age = number
+        .parse::<i64>()
+        .ok()
+        .filter(|&n| seconds > 0 && n >= 0)
+        .and_then(|n| n.checked_mul(seconds))
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|age| now.checked_sub_signed(age));
+    match age {
+        Some(at) => Ok(at),
+        None => Err(format!(
             "`{text}` is not a time: use RFC 3339 (2026-11-30T10:00:00Z), `2026-11-30 10:00` \
              (UTC), a date, or an age such as 90m, 6h, 3d"
         )),
@@ -125,6 +149,11 @@ mod tests {
                 .contains("RFC 3339")
         );
         assert!(parse_time("-3h", now).is_err());
+        // Not a panic: a last letter of more than one byte, an age beyond any date.
+        assert!(parse_time("6ч", now).is_err());
+        assert!(parse_time("ч", now).is_err());
+        assert!(parse_time("9223372036854775807d", now).is_err());
+        assert!(parse_time("99999999999d", now).is_err());
     }
 
     #[test]

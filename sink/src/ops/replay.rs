@@ -49,6 +49,8 @@ pub enum Start {
     Since(DateTime<Utc>),
     /// These partitions from these offsets.
     From(BTreeMap<i32, i64>),
+    /// No range: finish the replay that stopped part-way (refused when there is none).
+    Unfinished,
 }
 
 /// One partition of a replay.
@@ -80,6 +82,8 @@ pub struct Replay {
     pub dry_run: bool,
     /// Finishing an earlier run that stopped part-way.
     pub resumed: bool,
+    /// A range was given, but this run finishes the earlier one as it was planned.
+    pub range_not_planned: bool,
 }
 
 /// Why replay refused to start.
@@ -272,9 +276,13 @@ pub async fn replay(
     }
     let (mut replay, resumed) = match state.unfinished {
         Some(id) => (load(&client, settings, id).await?, true),
-        None => (plan(&client, &kafka, settings, options).await?, false),
+        None => (
+            plan(&client, &kafka, settings, options, state.generation).await?,
+            false,
+        ),
     };
     replay.resumed = resumed;
+    replay.range_not_planned = resumed && !matches!(options.start, Start::Unfinished);
     replay.dry_run = options.dry_run;
     // Keys per rollup: recorded ones, or (not recorded yet) counted from the rows.
     for r in &rollups {
@@ -481,6 +489,7 @@ async fn plan(
     kafka: &OpsKafka,
     settings: &Settings,
     options: &Options,
+    generation: u64,
 ) -> Result<Replay, ReplayError> {
     let topic = &settings.topic;
     let partitions = kafka.partitions(topic)?;
@@ -519,6 +528,13 @@ async fn plan(
             }
             from.clone()
         }
+        Start::Unfinished => {
+            return Err(ReplayError::Usage(
+                "replay needs --since TIME or --from PARTITION:OFFSET (no replay of this topic \
+                 stopped part-way, so there is none to finish)"
+                    .into(),
+            ));
+        }
     };
     let committed = kafka.committed(topic, &partitions)?;
     let events = format!("`{}`.`{}`", settings.database, settings.table);
@@ -547,7 +563,10 @@ async fn plan(
         });
     }
     Ok(Replay {
-        replay_id: Utc::now().timestamp_millis() as u64,
+        // Above every earlier replay's, whatever this host's clock says: the highest id is the
+        // generation in the sinks' deduplication tokens, and a replay that did not raise it
+        // would have its rows dropped as repeats of the earlier replay's inserts.
+        replay_id: (Utc::now().timestamp_millis() as u64).max(generation + 1),
         topic: topic.clone(),
         group: settings.group.clone(),
         partitions: planned,
@@ -556,6 +575,7 @@ async fn plan(
         steps_done_now: Vec::new(),
         dry_run: options.dry_run,
         resumed: false,
+        range_not_planned: false,
     })
 }
 
@@ -604,6 +624,7 @@ async fn load(
         steps_done_now: Vec::new(),
         dry_run: false,
         resumed: true,
+        range_not_planned: false,
     })
 }
 
@@ -670,6 +691,14 @@ impl fmt::Display for Replay {
         }
         for (rollup, n) in &self.keys {
             writeln!(f, "  rollup {rollup}: {n} keys rebuilt from the raw table")?;
+        }
+        if self.range_not_planned {
+            writeln!(
+                f,
+                "  note: the range on the command line is not what this run replays: it finishes \
+                 replay {} as that one was planned (above); run replay again for your range",
+                self.replay_id
+            )?;
         }
         if !self.steps_done_before.is_empty() {
             writeln!(

@@ -54,6 +54,9 @@ pub struct PartitionReport {
     /// Below the committed offset, in Kafka, neither stored nor dead-lettered.
     pub missing: Vec<(i64, i64)>,
     pub missing_count: u64,
+    /// Below the committed offset, not stored, and in Kafka an event older than the raw
+    /// table's TTL (deleted by it, as a backfill of old events is): not missing.
+    pub expired: u64,
     /// Missing offsets not read back from Kafka to confirm (too many).
     pub missing_unconfirmed: u64,
     /// Offsets stored more than once (offset, rows), the first 100.
@@ -78,6 +81,9 @@ pub struct RollupReport {
     /// Keys (windows, sessions, partitions) whose values differ, and a few of them.
     pub differing_keys: u64,
     pub samples: Vec<String>,
+    /// Keys older than the raw table's TTL where the raw table holds less than the rollup
+    /// (its rows expired while the rollup keeps its longer TTL): not a difference.
+    pub expired_keys: u64,
 }
 
 impl RollupReport {
@@ -113,7 +119,10 @@ impl Report {
 }
 
 /// A rollup and the raw aggregate it must equal, key by key. `{db}`, `{table}` and
-/// `{since}` (a `DateTime64(3)` literal) are filled in; both queries return `(k String, v)`.
+/// `{since}` (a `DateTime64(3)` literal) are filled in; both queries return `(k String, v, t)`,
+/// `t` the time of the key's data (a window's start, a session's first event; for a key with
+/// no time, the oldest data of the rollups) to tell rows expired by the raw table's TTL.
+/// A window is taken from `{since}` on when its start is, on both sides.
 pub struct RollupCheck {
     pub rollup: &'static str,
     pub measure: &'static str,
@@ -126,75 +135,82 @@ pub const ROLLUP_CHECKS: &[RollupCheck] = &[
     RollupCheck {
         rollup: "events_1m",
         measure: "sum(events) of dimension 'all' per window_start = count() per minute",
-        rollup_sql: "SELECT toString(window_start) AS k, toInt128(sum(events)) AS v FROM {db}.events_1m \
-                     WHERE dimension = 'all' AND window_start >= {since} GROUP BY k",
-        raw_sql: "SELECT toString(toDateTime(toStartOfMinute(event_time))) AS k, toInt128(count()) AS v \
-                  FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+        rollup_sql: "SELECT toString(window_start) AS k, toInt128(sum(events)) AS v, min(window_start) AS t \
+                     FROM {db}.events_1m WHERE dimension = 'all' AND window_start >= {since} GROUP BY k",
+        raw_sql: "SELECT toString(toDateTime(toStartOfMinute(event_time))) AS k, toInt128(count()) AS v, \
+                  min(toStartOfMinute(event_time)) AS t \
+                  FROM {db}.{table} WHERE toStartOfMinute(event_time) >= {since} GROUP BY k",
     },
     RollupCheck {
         rollup: "events_1m",
         measure: "sum(events) per (window_start, event_type) = count() per minute and type",
-        rollup_sql: "SELECT concat(toString(window_start), ' ', value) AS k, toInt128(sum(events)) AS v \
+        rollup_sql: "SELECT concat(toString(window_start), ' ', value) AS k, toInt128(sum(events)) AS v, \
+                     min(window_start) AS t \
                      FROM {db}.events_1m WHERE dimension = 'event_type' AND window_start >= {since} GROUP BY k",
         raw_sql: "SELECT concat(toString(toDateTime(toStartOfMinute(event_time))), ' ', toString(event_type)) AS k, \
-                  toInt128(count()) AS v FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+                  toInt128(count()) AS v, min(toStartOfMinute(event_time)) AS t FROM {db}.{table} \
+                  WHERE toStartOfMinute(event_time) >= {since} GROUP BY k",
     },
     RollupCheck {
         rollup: "pages_5m",
         measure: "sum(views) per (window_start, page_url) = page views per 5 minutes and page",
-        rollup_sql: "SELECT concat(toString(window_start), ' ', toString(page_url)) AS k, toInt128(sum(views)) AS v \
-                     FROM {db}.pages_5m WHERE window_start >= {since} GROUP BY k",
+        rollup_sql: "SELECT concat(toString(window_start), ' ', toString(page_url)) AS k, toInt128(sum(views)) AS v, \
+                     min(window_start) AS t FROM {db}.pages_5m WHERE window_start >= {since} GROUP BY k",
         raw_sql: "SELECT concat(toString(toDateTime(toStartOfFiveMinutes(event_time))), ' ', toString(page_url)) AS k, \
-                  toInt128(count()) AS v FROM {db}.{table} \
-                  WHERE event_type = 'page_view' AND event_time >= {since} GROUP BY k",
+                  toInt128(count()) AS v, min(toStartOfFiveMinutes(event_time)) AS t FROM {db}.{table} \
+                  WHERE event_type = 'page_view' AND toStartOfFiveMinutes(event_time) >= {since} GROUP BY k",
     },
     RollupCheck {
         rollup: "sessions",
         measure: "sum(events) per session_id = count() per session",
-        rollup_sql: "SELECT toString(session_id) AS k, toInt128(sum(events)) AS v FROM {db}.sessions \
+        rollup_sql: "SELECT toString(session_id) AS k, toInt128(sum(events)) AS v, min(first_event) AS t \
+                     FROM {db}.sessions \
                      WHERE session_id IN (SELECT session_id FROM {db}.{table} WHERE event_time >= {since}) \
                      GROUP BY k",
-        raw_sql: "SELECT toString(session_id) AS k, toInt128(count()) AS v FROM {db}.{table} \
+        raw_sql: "SELECT toString(session_id) AS k, toInt128(count()) AS v, min(event_time) AS t FROM {db}.{table} \
                   WHERE session_id IN (SELECT session_id FROM {db}.{table} WHERE event_time >= {since}) \
                   GROUP BY k",
     },
     RollupCheck {
         rollup: "funnel_5m",
         measure: "uniqExactMerge(sessions) per window_start = distinct sessions per 5 minutes",
-        rollup_sql: "SELECT toString(window_start) AS k, toInt128(uniqExactMerge(sessions)) AS v \
-                     FROM {db}.funnel_5m WHERE window_start >= {since} GROUP BY k",
+        rollup_sql: "SELECT toString(window_start) AS k, toInt128(uniqExactMerge(sessions)) AS v, \
+                     min(window_start) AS t FROM {db}.funnel_5m WHERE window_start >= {since} GROUP BY k",
         raw_sql: "SELECT toString(toDateTime(toStartOfFiveMinutes(event_time))) AS k, \
-                  toInt128(uniqExact(session_id)) AS v FROM {db}.{table} WHERE event_time >= {since} GROUP BY k",
+                  toInt128(uniqExact(session_id)) AS v, min(toStartOfFiveMinutes(event_time)) AS t \
+                  FROM {db}.{table} WHERE toStartOfFiveMinutes(event_time) >= {since} GROUP BY k",
     },
     RollupCheck {
         rollup: "users_daily",
         measure: "sum(events) per (day, user_id) = count() per day and user",
-        rollup_sql: "SELECT concat(toString(day), ' ', user_id) AS k, toInt128(sum(events)) AS v \
+        rollup_sql: "SELECT concat(toString(day), ' ', user_id) AS k, toInt128(sum(events)) AS v, min(day) AS t \
                      FROM {db}.users_daily WHERE day >= toDate({since}) GROUP BY k",
-        raw_sql: "SELECT concat(toString(toDate(event_time)), ' ', user_id) AS k, toInt128(count()) AS v \
+        raw_sql: "SELECT concat(toString(toDate(event_time)), ' ', user_id) AS k, toInt128(count()) AS v, \
+                  min(toDate(event_time)) AS t \
                   FROM {db}.{table} WHERE toDate(event_time) >= toDate({since}) GROUP BY k",
     },
     RollupCheck {
         rollup: "kafka_progress",
         measure: "sum(rows) per (topic, partition) = count() per partition",
-        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(sum(rows)) AS v \
-                     FROM {db}.kafka_progress GROUP BY k",
-        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(count()) AS v \
-                  FROM {db}.{table} GROUP BY k",
+        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(sum(rows)) AS v, \
+                     {oldest} AS t FROM {db}.kafka_progress GROUP BY k",
+        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(count()) AS v, \
+                  {oldest} AS t FROM {db}.{table} GROUP BY k",
     },
     RollupCheck {
         rollup: "kafka_progress",
         measure: "max(max_offset) per (topic, partition) = max(kafka_offset) per partition",
-        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(max_offset)) AS v \
-                     FROM {db}.kafka_progress GROUP BY k",
-        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(kafka_offset)) AS v \
-                  FROM {db}.{table} GROUP BY k",
+        rollup_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(max_offset)) AS v, \
+                     {oldest} AS t FROM {db}.kafka_progress GROUP BY k",
+        raw_sql: "SELECT concat(kafka_topic, ':', toString(kafka_partition)) AS k, toInt128(max(kafka_offset)) AS v, \
+                  {oldest} AS t FROM {db}.{table} GROUP BY k",
     },
 ];
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct Comparison {
     differing: u64,
+    expired: u64,
     rollup_total: i128,
     raw_total: i128,
     samples: Vec<String>,
@@ -213,18 +229,31 @@ pub async fn check_rollups(
             .unwrap_or(DateTime::UNIX_EPOCH)
             .format("%Y-%m-%d %H:%M:%S%.3f")
     );
+    // Rows older than this may have been deleted by the raw table's TTL (the rollups keep
+    // theirs longer): a key of that age where the raw table holds less is expired, not a
+    // difference.
+    let horizon = format!(
+        "fromUnixTimestamp64Milli(toInt64({}), 'UTC')",
+        ttl_horizon_ms(client, database, table).await?.unwrap_or(0)
+    );
     let fill = |sql: &str| {
-        sql.replace("{db}", &format!("`{database}`"))
-            .replace("{table}", &format!("`{table}`"))
-            .replace("{since}", &since)
+        sql.replace(
+            "{oldest}",
+            "(SELECT toDateTime64(ifNull(minOrNull(window_start), now()), 3, 'UTC') FROM {db}.events_1m)",
+        )
+        .replace("{db}", &format!("`{database}`"))
+        .replace("{table}", &format!("`{table}`"))
+        .replace("{since}", &since)
     };
     let mut out = Vec::new();
     for check in ROLLUP_CHECKS {
         let sql = format!(
-            "SELECT countIf(r != w) AS differing, sum(r) AS rollup_total, sum(w) AS raw_total, \
-             arraySlice(groupArrayIf(concat(k, ': rollup ', toString(r), ', raw ', toString(w)), r != w), 1, 5) AS samples \
-             FROM (SELECT k, sumIf(v, side = 0) AS r, sumIf(v, side = 1) AS w FROM ( \
-               SELECT k, v, 0 AS side FROM ({}) UNION ALL SELECT k, v, 1 AS side FROM ({}) \
+            "SELECT countIf(r != w AND NOT aged_out) AS differing, countIf(r != w AND aged_out) AS expired, \
+             sum(r) AS rollup_total, sum(w) AS raw_total, \
+             arraySlice(groupArrayIf(concat(k, ': rollup ', toString(r), ', raw ', toString(w)), r != w AND NOT aged_out), 1, 5) AS samples \
+             FROM (SELECT k, sumIf(v, side = 0) AS r, sumIf(v, side = 1) AS w, min(t) < {horizon} AND w < r AS aged_out FROM ( \
+               SELECT k, v, toDateTime64(t, 3, 'UTC') AS t, 0 AS side FROM ({}) \
+               UNION ALL SELECT k, v, toDateTime64(t, 3, 'UTC') AS t, 1 AS side FROM ({}) \
              ) GROUP BY k)",
             fill(check.rollup_sql),
             fill(check.raw_sql)
@@ -240,9 +269,54 @@ pub async fn check_rollups(
             raw_total: c.raw_total,
             differing_keys: c.differing,
             samples: c.samples,
+            expired_keys: c.expired,
         });
     }
     Ok(out)
+}
+
+/// The time (ms) before which the raw table's TTL may have deleted rows, as the server's
+/// clock says; none without a TTL.
+pub async fn ttl_horizon_ms(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+) -> Result<Option<i64>, SinkError> {
+    let engine: Vec<String> = ch("read the raw table's TTL", async {
+        client
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(database)
+            .bind(table)
+            .fetch_all::<String>()
+            .await
+    })
+    .await?;
+    let Some(interval) = engine.first().and_then(|e| ttl_interval(e)) else {
+        return Ok(None);
+    };
+    let sql = format!("SELECT toUnixTimestamp64Milli(now64(3, 'UTC') - {interval})");
+    let horizon = ch("compute the raw table's TTL horizon", async {
+        client.query(&sql).fetch_one::<i64>().await
+    })
+    .await?;
+    Ok(Some(horizon))
+}
+
+/// The interval of a table's TTL (`toIntervalDay(90)`) in its `engine_full`; none without a
+/// TTL or in a form not understood.
+fn ttl_interval(engine_full: &str) -> Option<&str> {
+    let (_, ttl) = engine_full.split_once(" TTL ")?;
+    let at = ttl.find("toInterval")?;
+    let interval = &ttl[at..];
+    let open = interval.find('(')?;
+    let close = interval.find(')')?;
+    let unit = &interval["toInterval".len()..open];
+    let amount = &interval[open + 1..close];
+    (!unit.is_empty()
+        && unit.chars().all(|c| c.is_ascii_alphabetic())
+        && !amount.is_empty()
+        && amount.chars().all(|c| c.is_ascii_digit()))
+    .then(|| &interval[..=close])
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -287,6 +361,13 @@ pub async fn verify(
     }
 
     let replayed = dlq::replayed_offsets(settings).await?;
+    let horizon_ms = ttl_horizon_ms(&client, &settings.database, &settings.table).await?;
+    // To read an event's time, whatever its age (the sink's own limits would reject it).
+    let limits = clickstream_event::Limits {
+        max_event_age: chrono::Duration::days(1_000_000),
+        max_clock_skew: chrono::Duration::days(1_000_000),
+        ..settings.limits()
+    };
     let table = format!("`{}`.`{}`", settings.database, settings.table);
     let mut reports = Vec::new();
     let mut problems = Vec::new();
@@ -395,8 +476,10 @@ pub async fn verify(
                 break;
             }
         }
-        // Confirm with Kafka: an offset with no message there is not missing.
+        // Confirm with Kafka: an offset with no message there is not missing, nor one whose
+        // event the raw table's TTL deleted.
         let mut missing: Vec<(i64, i64)> = Vec::new();
+        let mut expired = 0u64;
         let mut unconfirmed = 0u64;
         let mut budget = CONFIRM_LIMIT;
         for (a, b) in gaps {
@@ -412,7 +495,20 @@ pub async fn verify(
                 if m.offset() > b {
                     return false;
                 }
-                present.push(m.offset());
+                if m.offset() >= a {
+                    let at = m
+                        .timestamp()
+                        .to_millis()
+                        .and_then(DateTime::from_timestamp_millis)
+                        .unwrap_or_else(Utc::now);
+                    let event_ms = clickstream_event::decode_ref(m.payload(), &limits, at)
+                        .ok()
+                        .map(|e| e.timestamp.timestamp_millis());
+                    match (event_ms, horizon_ms) {
+                        (Some(t), Some(h)) if t < h => expired += 1,
+                        _ => present.push(m.offset()),
+                    }
+                }
                 m.offset() < b
             })?;
             missing.extend(ranges(present));
@@ -421,6 +517,36 @@ pub async fn verify(
         let in_flight = ((latest - upto).max(0) as u64).saturating_sub(stored_uncommitted);
 
         let name = format!("{topic}[{p}]");
+        // Retention overtook the group: offsets deleted before the sinks stored them.
+        if let Some(c) = committed.filter(|&c| c < earliest && since.is_none()) {
+            let stored_there: u64 = ch("count the stored offsets retention deleted", async {
+                client
+                    .query(&format!(
+                        "SELECT uniqExact(kafka_offset) FROM {table} \
+                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset < ?"
+                    ))
+                    .bind(&topic)
+                    .bind(p)
+                    .bind(c)
+                    .bind(earliest)
+                    .fetch_one::<u64>()
+                    .await
+            })
+            .await?;
+            let lettered_there =
+                lettered.get(&p).map_or(0, |l| l.range(c..earliest).count()) as u64;
+            let lost = ((earliest - c) as u64).saturating_sub(stored_there + lettered_there);
+            if lost > 0 {
+                problems.push(format!(
+                    "{name}: the group's committed offset {c} is below Kafka's earliest {earliest}: \
+                     retention deleted offsets {c}..{} before the sinks stored them, and {lost} of \
+                     them are neither in {table} nor in the dead-letter topic (lost, unless they \
+                     held no message, such as transaction markers); keep the topic's retention.ms \
+                     above the longest time the sinks may be stopped or stalled",
+                    earliest - 1
+                ));
+            }
+        }
         if missing_count > 0 {
             problems.push(format!(
                 "{name}: {missing_count} offsets below the committed offset {upto} are neither in {table} nor in the dead-letter topic: {}{}",
@@ -465,6 +591,7 @@ pub async fn verify(
             replayed_from_dead_letters: replayed_here,
             missing,
             missing_count,
+            expired,
             missing_unconfirmed: unconfirmed,
             stored_twice_count: twice.len() as u64,
             stored_twice: twice
@@ -476,6 +603,20 @@ pub async fn verify(
             stored_and_dead_lettered: ranges(both),
             in_flight,
         });
+    }
+
+    // A group that committed nothing checks nothing: a wrong `--group`, or offsets that expired
+    // while the sinks were stopped (offsets.retention.minutes).
+    if reports.iter().all(|r| r.committed.is_none())
+        && reports.iter().any(|r| r.latest > r.earliest)
+    {
+        problems.push(format!(
+            "group {} has committed no offset of topic {}, which holds messages: no offset was \
+             checked (all are counted in flight). Is --group right? A sink commits after its first \
+             write; offsets also expire when a group is stopped longer than the brokers' \
+             offsets.retention.minutes",
+            settings.group, settings.topic
+        ));
     }
 
     // While sinks write (offsets in flight), an insert can land between the reads of a rollup
@@ -627,6 +768,14 @@ impl fmt::Display for Report {
                 "  {before} stored offsets are older than what Kafka still holds (retention): not checked"
             )?;
         }
+        let expired: u64 = self.partitions.iter().map(|p| p.expired).sum();
+        if expired > 0 {
+            writeln!(
+                f,
+                "  {expired} offsets are not stored because their events are older than the raw \
+                 table's TTL, which deleted them (not missing; the rollups keep counting them)"
+            )?;
+        }
         if self.dead_letter_repeats > 0 {
             writeln!(
                 f,
@@ -638,12 +787,20 @@ impl fmt::Display for Report {
         for r in &self.rollups {
             writeln!(
                 f,
-                "    {:<15} {} ({}: rollup {}, raw {})",
+                "    {:<15} {} ({}: rollup {}, raw {}){}",
                 r.rollup,
                 if r.equal() { "equal" } else { "DIFFERS" },
                 r.measure,
                 r.rollup_total,
-                r.raw_total
+                r.raw_total,
+                if r.expired_keys > 0 {
+                    format!(
+                        "; {} keys older than the raw table's TTL, whose raw rows expired, not compared",
+                        r.expired_keys
+                    )
+                } else {
+                    String::new()
+                }
             )?;
         }
         if self.ok() {
@@ -658,5 +815,28 @@ impl fmt::Display for Report {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ttl_interval_is_read_from_the_engine() {
+        let engine = "MergeTree PARTITION BY toDate(event_time) ORDER BY (event_type, event_time) \
+                      TTL toDateTime(event_time) + toIntervalDay(90) SETTINGS index_granularity = 8192";
+        assert_eq!(ttl_interval(engine), Some("toIntervalDay(90)"));
+        assert_eq!(ttl_interval("MergeTree ORDER BY x SETTINGS a = 1"), None);
+        assert_eq!(
+            ttl_interval("MergeTree ORDER BY x TTL t + toIntervalMonth(1) SETTINGS a = 1"),
+            Some("toIntervalMonth(1)")
+        );
+        // Only the plain form goes into SQL.
+        assert_eq!(ttl_interval("MergeTree TTL t + toIntervalDay(x) "), None);
+        assert_eq!(
+            ttl_interval("MergeTree TTL t + toIntervalDay(1) DELETE"),
+            Some("toIntervalDay(1)")
+        );
     }
 }

@@ -160,6 +160,168 @@ async fn verify_reports_missing_twice_both_and_a_differing_rollup() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
+/// Two things a healthy table does that are not differences: `--since` in the middle of a
+/// window (the window is taken whole or not at all, on both sides), and a backfill of events
+/// past the raw table's TTL (90 days: dropped at once) that the rollups (400 days) count, in
+/// the rollup checks and in the offsets. A recent window the rollup lost stays a difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_since_mid_window_and_raw_rows_expired_by_the_ttl_are_not_differences() {
+    let h = Harness::new("it_verify_windows").await;
+    let now = Utc::now();
+    let base = now - chrono::Duration::minutes(40);
+    let base = base - chrono::Duration::seconds(base.timestamp() % 300);
+    // 300 events 2 s apart from a 5-minute boundary (10 minutes), and 60 from 120 days ago.
+    let mut batch: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| event(i, base + chrono::Duration::seconds(2 * i as i64)))
+        .chain((300..360).map(|i| event(i, now - chrono::Duration::days(120))))
+        .map(|e| (e.user_id.clone(), e.to_json()))
+        .collect();
+    batch.sort_by_key(|(key, _)| key.clone());
+    h.produce(&batch).await;
+    // A backfill: the sink accepts events up to 200 days old (7 by default).
+    let settings = clickstream_sink::Settings {
+        max_event_age_s: 200 * 86_400,
+        ..h.settings()
+    };
+    // The raw table drops the 60 old events at once (past its 90-day TTL), the rollups count
+    // them (400 days).
+    let (stop, sink) = spawn_sink(settings.clone());
+    h.wait_count(
+        "SELECT toUInt64(sum(events)) FROM events_1m WHERE dimension = 'all'",
+        360,
+        Duration::from_secs(120),
+    )
+    .await;
+    h.wait_rows(300, Duration::from_secs(10)).await;
+    stop.cancel();
+    sink.await.expect("sink task").expect("clean shutdown");
+    assert_eq!(h.count("SELECT count() FROM events").await, 300);
+
+    let all_equal =
+        |rollups: &[verify::RollupReport]| rollups.iter().all(verify::RollupReport::equal);
+    let since = base + chrono::Duration::seconds(2 * 60 + 30);
+    let rollups = verify::check_rollups(&h.client, &h.database, "events", Some(since))
+        .await
+        .unwrap();
+    assert!(all_equal(&rollups), "since mid-window: {rollups:?}");
+    let events_1m = &rollups[0];
+    assert_eq!(
+        events_1m.raw_total,
+        300 - (3 * 60) / 2,
+        "whole minutes from 3 on: {rollups:?}"
+    );
+
+    let rollups = verify::check_rollups(&h.client, &h.database, "events", None)
+        .await
+        .unwrap();
+    assert!(all_equal(&rollups), "past the TTL: {rollups:?}");
+    // (A session wholly past the TTL is not compared: only sessions the raw table has are.)
+    for name in ["events_1m", "pages_5m", "users_daily", "kafka_progress"] {
+        assert!(
+            rollups
+                .iter()
+                .any(|r| r.rollup == name && r.expired_keys > 0),
+            "{name} has expired keys: {rollups:?}"
+        );
+    }
+    // And the offsets of the deleted rows are not missing: their events are past the TTL.
+    let report = verify::verify(&settings, None).await.expect("verify");
+    assert!(report.ok(), "{report}");
+    let expired: u64 = report.partitions.iter().map(|p| p.expired).sum();
+    assert_eq!(expired, 60, "{report}");
+    assert!(
+        report.to_string().contains("whose raw rows expired"),
+        "{report}"
+    );
+    // A group that committed nothing checked nothing: a problem, not an OK (a mistyped group).
+    let wrong_group = clickstream_sink::Settings {
+        group: format!("{}-typo", settings.group),
+        ..settings.clone()
+    };
+    let report = verify::verify(&wrong_group, None).await.expect("verify");
+    assert!(
+        !report.ok()
+            && report
+                .problems
+                .iter()
+                .any(|p| p.contains("has committed no offset")),
+        "{report}"
+    );
+    // `replay` without a range finishes one that stopped part-way; with none, it says so.
+    let out = sink_command(&h, &["replay", "--yes"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("none to finish"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A recent window the rollup lost is still a difference.
+    h.client
+        .query("ALTER TABLE events_1m DELETE WHERE window_start = toDateTime(?, 'UTC')")
+        .bind(base.timestamp())
+        .with_setting("mutations_sync", "2")
+        .execute()
+        .await
+        .expect("delete a recent window of the rollup");
+    let rollups = verify::check_rollups(&h.client, &h.database, "events", None)
+        .await
+        .unwrap();
+    assert!(rollups[0].differing_keys > 0, "{rollups:?}");
+}
+
+/// The dead-letter topic written to all the time (a flood of poison) never goes quiet: the
+/// commands that read it (`verify`, `dlq inspect`, `dlq replay`) read what was there when
+/// they started and return (they read on for ever before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reading_the_dead_letters_ends_while_letters_keep_coming() {
+    let h = Harness::new("it_dlq_flood").await;
+    let letter = |i: u64| ("k".to_owned(), format!("letter {i}").into_bytes());
+    crate::common::produce_on(
+        &clickstream_testkit::kafka_brokers(),
+        &h.dlq,
+        &[letter(0), letter(1)],
+    )
+    .await;
+    let flooding = CancellationToken::new();
+    let flood = {
+        let (dlq, flooding) = (h.dlq.clone(), flooding.clone());
+        tokio::spawn(async move {
+            let mut i = 2;
+            while !flooding.is_cancelled() {
+                crate::common::produce_on(
+                    &clickstream_testkit::kafka_brokers(),
+                    &dlq,
+                    &[letter(i)],
+                )
+                .await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settings = h.settings();
+    let dlq_topic = h.dlq.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let kafka = OpsKafka::new(&settings).expect("ops consumer");
+        dlq::read_letters(&kafka, &dlq_topic)
+    });
+    // A bound against a hang, not a measurement: the read itself ends by the messages stamped
+    // after it started (ten seconds of margin).
+    let letters = tokio::time::timeout(Duration::from_secs(90), read)
+        .await
+        .expect("the read of a dead-letter topic written to all the time ended")
+        .expect("read task")
+        .expect("read the letters");
+    flooding.cancel();
+    flood.await.unwrap();
+    assert!(
+        letters.len() >= 2,
+        "the letters written before: {}",
+        letters.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_reinserts_a_range_exactly_once_even_when_killed_between_steps() {
     let h = Harness::new("it_replay").await;
@@ -239,16 +401,23 @@ async fn replay_reinserts_a_range_exactly_once_even_when_killed_between_steps() 
             "{message}"
         );
 
-        // The next run finishes it.
-        let out = sink_command(
-            &h,
-            &["replay", "--from", "0:20", "--from", "2:30", "--yes"],
-            &[],
-        );
+        // The next run finishes it: `replay` as the sink says (without a range), or the same
+        // command again (its range is not planned anew, and it says so).
+        let args: &[&str] = if step == "planned" {
+            &["replay", "--from", "0:20", "--from", "2:30", "--yes"]
+        } else {
+            &["replay", "--yes"]
+        };
+        let out = sink_command(&h, args, &[]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let stdout = text(&out.stdout);
         assert!(
             stdout.contains("stopped part-way") && stdout.contains("done"),
+            "{stdout}"
+        );
+        assert_eq!(
+            stdout.contains("not what this run replays"),
+            args.len() > 2,
             "{stdout}"
         );
         let rollups = verify::check_rollups(&h.client, &h.database, "events", None)
