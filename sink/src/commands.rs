@@ -120,7 +120,7 @@ pub fn all() -> Vec<Command> {
 }
 
 /// Writes the report on stdout; a reader that went away (`verify | head`) is not an error
-/// (`println!` panicked on the closed pipe).
+/// (`println!` panicked on the closed pipe), any other failure (a full disk) is (exit 1).
 fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) {
     use std::io::Write;
     let text = if json {
@@ -129,7 +129,13 @@ fn print<T: serde::Serialize + std::fmt::Display>(report: &T, json: bool) {
         report.to_string()
     };
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: writing the report: {e}");
+            std::process::exit(1);
+        }
+        _ => {}
+    }
 }
 
 fn failed(error: &SinkError) -> i32 {

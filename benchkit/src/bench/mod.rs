@@ -134,7 +134,8 @@ pub const VARIABLES: [(&str, &str, &str); 18] = [
         "",
         "librdkafka properties (KEY=VALUE, whitespace-separated, quoted as in a shell) for every \
          Kafka client of the bench: the producer, bench-consume, the sinks and the topic \
-         deletions; e.g. how to reach BENCH_KAFKA_BROKERS (security.protocol=SASL_SSL ...)",
+         deletions; e.g. how to reach BENCH_KAFKA_BROKERS (security.protocol=SASL_SSL ...); \
+         passed as -X arguments, so visible in ps",
     ),
 ];
 

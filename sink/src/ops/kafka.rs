@@ -4,7 +4,7 @@
 //! One consumer with the sink's group id (so committed offsets are the group's) that never
 //! subscribes: it reads by assignment and commits only when `replay` resets the group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -297,6 +297,8 @@ impl OpsKafka {
             .assign(&list)
             .map_err(SinkError::kafka("assign the partitions to read"))?;
         let mut at_end: BTreeMap<i32, bool> = from.iter().map(|&(p, _)| (p, false)).collect();
+        // Partitions that reached a message stamped after `until_ms`.
+        let mut passed: BTreeSet<i32> = BTreeSet::new();
         let mut last_message = Instant::now();
         let outcome = loop {
             match self.consumer.poll(Duration::from_millis(100)) {
@@ -305,7 +307,7 @@ impl OpsKafka {
                         message.timestamp().to_millis().is_some_and(|ms| ms > until)
                     }) =>
                 {
-                    at_end.insert(message.partition(), true);
+                    passed.insert(message.partition());
                 }
                 Some(Ok(message)) => {
                     last_message = Instant::now();
@@ -317,20 +319,20 @@ impl OpsKafka {
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p, true);
                 }
-                Some(Err(error)) => {
-                    if last_message.elapsed() > TIMEOUT {
-                        break Err(SinkError::Kafka {
-                            operation: "read the topic",
-                            source: error,
-                        });
-                    }
+                Some(Err(error)) if last_message.elapsed() > TIMEOUT => {
+                    break Err(SinkError::Kafka {
+                        operation: "read the topic",
+                        source: error,
+                    });
                 }
-                None => {
-                    let quiet = last_message.elapsed();
-                    if (at_end.values().all(|&e| e) && quiet > QUIET) || quiet > TIMEOUT {
-                        break Ok(());
-                    }
-                }
+                Some(Err(_)) | None => {}
+            }
+            // Checked after every poll: messages past `until_ms` arriving faster than the poll's
+            // wait never let it come back empty.
+            let quiet = last_message.elapsed();
+            let ended = at_end.iter().all(|(p, &eof)| eof || passed.contains(p));
+            if (ended && quiet > QUIET) || quiet > TIMEOUT {
+                break Ok(());
             }
         };
         let _ = self.consumer.unassign();

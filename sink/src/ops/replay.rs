@@ -282,7 +282,18 @@ pub async fn replay(
         ),
     };
     replay.resumed = resumed;
-    replay.range_not_planned = resumed && !matches!(options.start, Start::Unfinished);
+    // A range given again as it was planned (the same command run again) is that replay.
+    let planned: BTreeMap<i32, i64> = replay
+        .partitions
+        .iter()
+        .map(|p| (p.kafka_partition, p.from_offset))
+        .collect();
+    replay.range_not_planned = resumed
+        && match &options.start {
+            Start::Unfinished => false,
+            Start::From(from) => *from != planned,
+            Start::Since(_) => true,
+        };
     replay.dry_run = options.dry_run;
     // Keys per rollup: recorded ones, or (not recorded yet) counted from the rows.
     for r in &rollups {

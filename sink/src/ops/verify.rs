@@ -302,21 +302,27 @@ pub async fn ttl_horizon_ms(
     Ok(Some(horizon))
 }
 
-/// The interval of a table's TTL (`toIntervalDay(90)`) in its `engine_full`; none without a
-/// TTL or in a form not understood.
+/// The interval of a table's TTL (`toIntervalDay(90)`) in its `engine_full`, when the TTL is
+/// one plain DELETE on `event_time` (`TTL toDateTime(event_time) + toIntervalDay(90)`, as in
+/// clickhouse/schema.sql); none otherwise (no TTL, several, a move, a `WHERE`: their horizon
+/// is not this one, and excusing younger keys would hide differences).
 fn ttl_interval(engine_full: &str) -> Option<&str> {
     let (_, ttl) = engine_full.split_once(" TTL ")?;
-    let at = ttl.find("toInterval")?;
-    let interval = &ttl[at..];
-    let open = interval.find('(')?;
-    let close = interval.find(')')?;
-    let unit = &interval["toInterval".len()..open];
-    let amount = &interval[open + 1..close];
+    let ttl = ttl
+        .split_once(" SETTINGS ")
+        .map_or(ttl, |(ttl, _)| ttl)
+        .trim();
+    let ttl = ttl.strip_suffix(" DELETE").unwrap_or(ttl);
+    let interval = ["toDateTime(event_time) + ", "event_time + "]
+        .iter()
+        .find_map(|column| ttl.strip_prefix(column))?;
+    let (unit, amount) = interval.strip_prefix("toInterval")?.split_once('(')?;
+    let amount = amount.strip_suffix(')')?;
     (!unit.is_empty()
         && unit.chars().all(|c| c.is_ascii_alphabetic())
         && !amount.is_empty()
         && amount.chars().all(|c| c.is_ascii_digit()))
-    .then(|| &interval[..=close])
+    .then_some(interval)
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -519,30 +525,39 @@ pub async fn verify(
         let name = format!("{topic}[{p}]");
         // Retention overtook the group: offsets deleted before the sinks stored them.
         if let Some(c) = committed.filter(|&c| c < earliest && since.is_none()) {
-            let stored_there: u64 = ch("count the stored offsets retention deleted", async {
+            let there: Vec<Island> = ch("read the stored offsets retention deleted", async {
                 client
                     .query(&format!(
-                        "SELECT uniqExact(kafka_offset) FROM {table} \
-                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset < ?"
+                        "SELECT min(kafka_offset) AS first, max(kafka_offset) AS last FROM ( \
+                           SELECT kafka_offset, kafka_offset - toInt64(row_number() OVER (ORDER BY kafka_offset)) AS island \
+                           FROM (SELECT DISTINCT kafka_offset FROM {table} \
+                                 WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset < ?)) \
+                         GROUP BY island ORDER BY first"
                     ))
                     .bind(&topic)
                     .bind(p)
                     .bind(c)
                     .bind(earliest)
-                    .fetch_one::<u64>()
+                    .fetch_all::<Island>()
                     .await
             })
             .await?;
-            let lettered_there =
-                lettered.get(&p).map_or(0, |l| l.range(c..earliest).count()) as u64;
+            let stored_there: u64 = there.iter().map(|i| (i.last - i.first + 1) as u64).sum();
+            // Letters of offsets not stored (a letter put back by `dlq replay` is stored too).
+            let lettered_there = lettered.get(&p).map_or(0, |l| {
+                l.range(c..earliest)
+                    .filter(|&&o| !there.iter().any(|i| i.first <= o && o <= i.last))
+                    .count()
+            }) as u64;
             let lost = ((earliest - c) as u64).saturating_sub(stored_there + lettered_there);
             if lost > 0 {
                 problems.push(format!(
                     "{name}: the group's committed offset {c} is below Kafka's earliest {earliest}: \
                      retention deleted offsets {c}..{} before the sinks stored them, and {lost} of \
                      them are neither in {table} nor in the dead-letter topic (lost, unless they \
-                     held no message, such as transaction markers); keep the topic's retention.ms \
-                     above the longest time the sinks may be stopped or stalled",
+                     held no message, such as transaction markers, or events past the raw table's \
+                     TTL); keep the topic's retention.ms above the longest time the sinks may be \
+                     stopped or stalled",
                     earliest - 1
                 ));
             }
@@ -829,14 +844,22 @@ mod tests {
         assert_eq!(ttl_interval(engine), Some("toIntervalDay(90)"));
         assert_eq!(ttl_interval("MergeTree ORDER BY x SETTINGS a = 1"), None);
         assert_eq!(
-            ttl_interval("MergeTree ORDER BY x TTL t + toIntervalMonth(1) SETTINGS a = 1"),
+            ttl_interval("MergeTree ORDER BY x TTL event_time + toIntervalMonth(1) SETTINGS a = 1"),
             Some("toIntervalMonth(1)")
         );
-        // Only the plain form goes into SQL.
-        assert_eq!(ttl_interval("MergeTree TTL t + toIntervalDay(x) "), None);
         assert_eq!(
-            ttl_interval("MergeTree TTL t + toIntervalDay(1) DELETE"),
+            ttl_interval("MergeTree TTL event_time + toIntervalDay(1) DELETE"),
             Some("toIntervalDay(1)")
         );
+        // Anything else is not a horizon of the raw rows: none.
+        for other in [
+            "MergeTree TTL t + toIntervalDay(x)",
+            "MergeTree TTL other_time + toIntervalDay(1)",
+            "MergeTree TTL event_time + toIntervalDay(30) TO VOLUME 'cold', event_time + toIntervalDay(90)",
+            "MergeTree TTL event_time + toIntervalDay(30) DELETE WHERE event_type = 'click'",
+            "MergeTree TTL event_time + toIntervalDay(30) RECOMPRESS CODEC(ZSTD(17))",
+        ] {
+            assert_eq!(ttl_interval(other), None, "{other}");
+        }
     }
 }
