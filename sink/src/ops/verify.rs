@@ -331,6 +331,33 @@ struct Island {
     last: i64,
 }
 
+/// The offsets of `offsets` stored in `table` for the partition, as runs of consecutive ones.
+async fn stored_islands(
+    client: &clickhouse::Client,
+    table: &str,
+    topic: &str,
+    partition: i32,
+    offsets: std::ops::Range<i64>,
+) -> Result<Vec<Island>, SinkError> {
+    ch("read the stored offsets", async {
+        client
+            .query(&format!(
+                "SELECT min(kafka_offset) AS first, max(kafka_offset) AS last FROM ( \
+                   SELECT kafka_offset, kafka_offset - toInt64(row_number() OVER (ORDER BY kafka_offset)) AS island \
+                   FROM (SELECT DISTINCT kafka_offset FROM {table} \
+                         WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset < ?)) \
+                 GROUP BY island ORDER BY first"
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(offsets.start)
+            .bind(offsets.end)
+            .fetch_all::<Island>()
+            .await
+    })
+    .await
+}
+
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct Twice {
     kafka_offset: i64,
@@ -387,22 +414,7 @@ pub async fn verify(
                 .max(earliest),
             None => earliest,
         };
-        let islands: Vec<Island> = ch("read the stored offsets", async {
-            client
-                .query(&format!(
-                    "SELECT min(kafka_offset) AS first, max(kafka_offset) AS last FROM ( \
-                       SELECT kafka_offset, kafka_offset - toInt64(row_number() OVER (ORDER BY kafka_offset)) AS island \
-                       FROM (SELECT DISTINCT kafka_offset FROM {table} \
-                             WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ?)) \
-                     GROUP BY island ORDER BY first"
-                ))
-                .bind(&topic)
-                .bind(p)
-                .bind(checked_from)
-                .fetch_all::<Island>()
-                .await
-        })
-        .await?;
+        let islands = stored_islands(&client, &table, &topic, p, checked_from..i64::MAX).await?;
         let stored_before_earliest: u64 = if since.is_none() {
             ch("count the stored offsets before Kafka's earliest", async {
                 client
@@ -525,23 +537,7 @@ pub async fn verify(
         let name = format!("{topic}[{p}]");
         // Retention overtook the group: offsets deleted before the sinks stored them.
         if let Some(c) = committed.filter(|&c| c < earliest && since.is_none()) {
-            let there: Vec<Island> = ch("read the stored offsets retention deleted", async {
-                client
-                    .query(&format!(
-                        "SELECT min(kafka_offset) AS first, max(kafka_offset) AS last FROM ( \
-                           SELECT kafka_offset, kafka_offset - toInt64(row_number() OVER (ORDER BY kafka_offset)) AS island \
-                           FROM (SELECT DISTINCT kafka_offset FROM {table} \
-                                 WHERE kafka_topic = ? AND kafka_partition = ? AND kafka_offset >= ? AND kafka_offset < ?)) \
-                         GROUP BY island ORDER BY first"
-                    ))
-                    .bind(&topic)
-                    .bind(p)
-                    .bind(c)
-                    .bind(earliest)
-                    .fetch_all::<Island>()
-                    .await
-            })
-            .await?;
+            let there = stored_islands(&client, &table, &topic, p, c..earliest).await?;
             let stored_there: u64 = there.iter().map(|i| (i.last - i.first + 1) as u64).sum();
             // Letters of offsets not stored (a letter put back by `dlq replay` is stored too).
             let lettered_there = lettered.get(&p).map_or(0, |l| {
