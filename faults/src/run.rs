@@ -346,7 +346,18 @@ impl Run {
             .clickhouse_url
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        let path = format!("/_faults?match={matching}");
+        // Percent-encoded: a match may hold spaces, `&` or `=`.
+        let encoded: String = matching
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let path = format!("/_faults?match={encoded}");
         let (status, body) = http_request(address, "DELETE", &path, b"").await?;
         anyhow::ensure!(
             status == 200,

@@ -1033,8 +1033,11 @@ async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
 /// written, and before rebuilding the rollup keys the refused inserts touched (the last
 /// session's failure: rollups doubled for good). The restarted sink rebuilds the recorded
 /// keys; every event is stored or dead-lettered once and every rollup equals the table.
-/// A sink that finished its rebuild within the deadline proves nothing: then another 20,000
-/// events and another sink, up to three times; keys must be owed after one of them.
+/// A sink that finished its rebuild within the deadline would prove nothing, and on a fast
+/// machine it did (CI, three attempts in a row): so the endpoint holds each statement of a
+/// rollup rebuild back for 3 s (a rebuild over a large table), and the SIGTERM lands inside
+/// one. Should a sink still not be caught, another 20,000 events and another sink, up to
+/// three times; keys must be owed after one of them.
 async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
     const ATTEMPTS: usize = 3;
     let run = Arc::new(Run::new("sigterm-mid-isolation", stack, 37, 0.0).await?);
@@ -1042,6 +1045,16 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
     clickstream_testkit::add_refusing_view(&run.client, &run.database, refused)
         .await
         .map_err(anyhow::Error::msg)?;
+    // The statements of a rebuild, and only those (`rollups::rebuild`: its dry-run SELECT and
+    // its DELETE select the keys by `WHERE toString(key) IN ...`).
+    let slow_rebuild = "WHERE toString(";
+    run.inject(json!({
+        "queries": true,
+        "match": slow_rebuild,
+        "database": run.database,
+        "delay_ms": 3_000,
+    }))
+    .await?;
     let mut attempt = 0;
     let (removed_before, status, last_error, owed) = loop {
         attempt += 1;
@@ -1122,6 +1135,7 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
             }
         );
     };
+    run.clear_fault_matching(slow_rebuild).await?;
     let sink = run.start_sink(&[], &[])?;
     run.wait_accounted(Duration::from_secs(240)).await?;
     anyhow::ensure!(
@@ -1141,6 +1155,7 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
         "view": format!("throwIf({refused}), fed after a rollup"),
         "stream": format!("20,000 events pre-loaded before each attempt; {attempt} attempt(s)"),
         "sigterm": "once a refused insert's leftovers were removed, before any rebuild; shutdown_timeout_ms 200",
+        "slow_rebuild": "each rebuild statement held back 3 s by the endpoint until the SIGTERM",
         "leftover_rows_removed_before_the_sigterm": removed_before,
         "sigtermed_sink_exit": format!("{status:?}"),
         "rollup_keys_owed_after_the_sigterm": owed,
