@@ -6,7 +6,7 @@
 //!   them into smaller inserts, follow a changed table, isolate rejected rows, or stop.
 //! - Rows are encoded by [`crate::schema::Layout`] for the table's structure as it is now.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -613,7 +613,44 @@ impl ClickHouseWriter {
         }
         insert.end().await
     }
+
+    /// Which of these offsets of `partition` the table holds: looked up by the offsets
+    /// themselves, a thousand per statement (`dlq replay`'s letters may lie far apart, and
+    /// the range between them may hold millions of rows).
+    pub async fn stored_among(
+        &self,
+        topic: &str,
+        partition: i32,
+        offsets: &[i64],
+    ) -> Result<BTreeSet<i64>, Failure> {
+        let mut sorted = offsets.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut stored = BTreeSet::new();
+        for chunk in sorted.chunks(STORED_AMONG_CHUNK) {
+            let found: Vec<i64> = self
+                .bounded(
+                    "stored offsets lookup",
+                    self.client
+                        .query(&format!(
+                            "SELECT DISTINCT kafka_offset FROM {} \
+                             WHERE kafka_topic = ? AND kafka_partition = ? AND ({})",
+                            self.table,
+                            offsets_condition(chunk)
+                        ))
+                        .bind(topic)
+                        .bind(partition)
+                        .fetch_all(),
+                )
+                .await?;
+            stored.extend(found);
+        }
+        Ok(stored)
+    }
 }
+
+/// Offsets per statement of [`ClickHouseWriter::stored_among`].
+const STORED_AMONG_CHUNK: usize = 1_000;
 
 impl Writer for ClickHouseWriter {
     fn layout(&self) -> Option<Arc<Layout>> {

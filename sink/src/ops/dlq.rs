@@ -403,16 +403,13 @@ pub async fn replay(
     }
     for (partition, entries) in valid {
         let offsets: Vec<i64> = entries.iter().map(|(s, _)| s.offset).collect();
-        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-            continue;
-        };
         let stored = writer
-            .stored_offsets(&settings.topic, partition, first, last)
+            .stored_among(&settings.topic, partition, &offsets)
             .await
             .map_err(SinkError::clickhouse("look up stored offsets"))?;
         let todo: Vec<&(Source, &Letter)> = entries
             .iter()
-            .filter(|(s, _)| !stored.contains_key(&s.offset))
+            .filter(|(s, _)| !stored.contains(&s.offset))
             .collect();
         out.already_stored += (entries.len() - todo.len()) as u64;
         if todo.is_empty() || dry_run {

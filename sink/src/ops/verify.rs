@@ -331,6 +331,12 @@ struct Island {
     last: i64,
 }
 
+/// Whether `offset` lies in one of `islands` (ordered, disjoint): a binary search.
+fn in_islands(islands: &[Island], offset: i64) -> bool {
+    let at = islands.partition_point(|i| i.last < offset);
+    islands.get(at).is_some_and(|i| i.first <= offset)
+}
+
 /// The offsets of `offsets` stored in `table` for the partition, as runs of consecutive ones.
 async fn stored_islands(
     client: &clickhouse::Client,
@@ -448,10 +454,7 @@ pub async fn verify(
         .await?;
 
         let stored_ranges: Vec<(i64, i64)> = islands.iter().map(|i| (i.first, i.last)).collect();
-        let is_stored = |o: i64| {
-            let at = stored_ranges.partition_point(|&(_, last)| last < o);
-            stored_ranges.get(at).is_some_and(|&(first, _)| first <= o)
-        };
+        let is_stored = |o: i64| in_islands(&islands, o);
         let stored: u64 = stored_ranges.iter().map(|(a, b)| (b - a + 1) as u64).sum();
         let upto = committed.unwrap_or(checked_from).max(checked_from);
         let stored_uncommitted: u64 = stored_ranges
@@ -542,7 +545,7 @@ pub async fn verify(
             // Letters of offsets not stored (a letter put back by `dlq replay` is stored too).
             let lettered_there = lettered.get(&p).map_or(0, |l| {
                 l.range(c..earliest)
-                    .filter(|&&o| !there.iter().any(|i| i.first <= o && o <= i.last))
+                    .filter(|&&o| !in_islands(&there, o))
                     .count()
             }) as u64;
             let lost = ((earliest - c) as u64).saturating_sub(stored_there + lettered_there);
@@ -832,6 +835,25 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offset_is_in_the_islands_exactly_when_one_holds_it() {
+        let islands = [
+            Island { first: 0, last: 9 },
+            Island {
+                first: 20,
+                last: 20,
+            },
+            Island {
+                first: 30,
+                last: 39,
+            },
+        ];
+        let held: Vec<i64> = (-1..45).filter(|&o| in_islands(&islands, o)).collect();
+        let expected: Vec<i64> = (0..=9).chain([20]).chain(30..=39).collect();
+        assert_eq!(held, expected);
+        assert!(!in_islands(&[], 0));
+    }
 
     #[test]
     fn the_ttl_interval_is_read_from_the_engine() {
