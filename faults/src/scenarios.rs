@@ -1045,14 +1045,15 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
     clickstream_testkit::add_refusing_view(&run.client, &run.database, refused)
         .await
         .map_err(anyhow::Error::msg)?;
-    // The statements of a rebuild, and only those (`rollups::rebuild`: its dry-run SELECT and
-    // its DELETE select the keys by `WHERE toString(key) IN ...`).
+    // The statements of a rebuild, and only those (`rollups::rebuild`: its dry-run SELECT, its
+    // DELETE and its INSERT ... SELECT select the keys by `WHERE toString(key) IN ...`).
     let slow_rebuild = "WHERE toString(";
+    const SLOW: Duration = Duration::from_secs(3);
     run.inject(json!({
         "queries": true,
         "match": slow_rebuild,
         "database": run.database,
-        "delay_ms": 3_000,
+        "delay_ms": SLOW.as_millis() as u64,
     }))
     .await?;
     let mut attempt = 0;
@@ -1099,6 +1100,11 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
         let log_path = sink.log.clone();
         sink.signal("TERM")?;
         let status = sink.wait_exit(Duration::from_secs(60)).await?;
+        // The endpoint holds a statement back before running it, and runs it even when its
+        // client has gone: a rebuild statement the stopped sink sent runs up to SLOW after it
+        // exited. Not after the next sink's own rebuild of those keys (a late DELETE would
+        // undo it): ClickHouse itself would have started it when it came.
+        tokio::time::sleep(SLOW + Duration::from_secs(2)).await;
         let log = std::fs::read_to_string(log_path)?;
         let last_error: Option<String> = log
             .lines()
