@@ -123,7 +123,7 @@ impl Failpoint {
 /// The materialized view a refused INSERT failed in, from ClickHouse's message (`... while
 /// pushing to view db.name. (CODE)`): `db.name` (without quotes), or `name` where the
 /// message gives no database.
-fn failed_view(error: &str) -> Option<String> {
+pub(crate) fn failed_view(error: &str) -> Option<String> {
     let rest = error.split("while pushing to view ").nth(1)?;
     let name = rest
         .split_whitespace()

@@ -23,6 +23,7 @@ use super::kafka::{OpsKafka, headers_of};
 use super::{ch, ch_error};
 use crate::SinkError;
 use crate::flush::{FNV_START, fnv};
+use crate::rollups::TouchedKeys;
 use crate::row::RowRef;
 use crate::rows::Sealed;
 use crate::settings::Settings;
@@ -310,13 +311,34 @@ pub struct Replayed {
     pub rejected: Vec<(String, String)>,
     /// Letters whose payload was cut to fit and whose message Kafka no longer holds.
     pub unreadable: Vec<String>,
+    /// Rows a refused insert had written before a view failed, deleted before their letters
+    /// went in again (in smaller inserts) or were reported rejected.
+    pub partial_rows_removed: u64,
+    /// Rollup keys those rows touched, rebuilt from the table once the letters were in.
+    pub rollup_keys_rebuilt: u64,
+    /// Views fed before the failing one that cannot be rebuilt (each with why): they count
+    /// the removed rows twice once those go in again.
+    pub not_rebuilt: Vec<String>,
 }
 
 impl Replayed {
-    /// Whether every letter considered is now stored.
+    /// Whether every letter considered is now stored (and no view counts one twice).
     pub fn ok(&self) -> bool {
-        self.still_invalid.is_empty() && self.rejected.is_empty() && self.unreadable.is_empty()
+        self.still_invalid.is_empty()
+            && self.rejected.is_empty()
+            && self.unreadable.is_empty()
+            && self.not_rebuilt.is_empty()
     }
+}
+
+/// The rollup keys of one partition's rows that refused inserts left: recorded in ClickHouse
+/// under `id` before the rows are deleted (a replay stopped before its rebuild leaves them to
+/// the partition's next sink, as a sink's own repair does), rebuilt once the letters are in.
+struct Repair {
+    id: u64,
+    keys: TouchedKeys,
+    /// This replay run's part of its insert tokens ([`letters_token`]).
+    run: u32,
 }
 
 #[derive(clickhouse::Row, serde::Serialize)]
@@ -378,6 +400,7 @@ pub async fn replay(
             payloads.insert(source, letter.payload.clone().unwrap_or_default());
         }
     }
+    let run = rand::random::<u32>();
     // Decode with today's contract, against the original message's time.
     let mut valid: BTreeMap<i32, Vec<(Source, &Letter)>> = BTreeMap::new();
     for letter in &letters {
@@ -437,11 +460,101 @@ pub async fn replay(
             .end()
             .await
             .map_err(|e| ch_error("record the replayed letters", &e))?;
+        let mut repair = Repair {
+            id: 0,
+            keys: TouchedKeys::default(),
+            run,
+        };
         for chunk in todo.chunks(1_000) {
-            insert_chunk(&writer, settings, &payloads, &limits, chunk, &mut out).await?;
+            insert_chunk(
+                &writer,
+                settings,
+                &payloads,
+                &limits,
+                chunk,
+                &mut repair,
+                &mut out,
+            )
+            .await?;
+        }
+        if !repair.keys.is_empty() {
+            writer.rebuild_rollups(&repair.keys).await.map_err(SinkError::clickhouse(
+                "rebuild the rollup keys of refused inserts (recorded in kafka_pending_rebuilds: a sink taking the partition over rebuilds them)",
+            ))?;
+            out.rollup_keys_rebuilt += repair.keys.keys() as u64;
+        }
+        if repair.id != 0 {
+            writer
+                .forget_rebuilds(&settings.topic, &[repair.id])
+                .await
+                .map_err(SinkError::clickhouse("forget the rollup rebuilds done"))?;
         }
     }
     Ok(out)
+}
+
+/// A refused INSERT may have written its rows to the table, and to the views fed before the
+/// failing one, before a view failed (ClickHouse does not roll that back): before its letters
+/// go in again or are reported rejected, those rows are deleted, their rollup keys recorded
+/// first (the same repair as the sink's own, `flush::undo_partial`).
+async fn undo_partial(
+    writer: &ClickHouseWriter,
+    topic: &str,
+    rows: &[RowRef<'_>],
+    error: &str,
+    repair: &mut Repair,
+    out: &mut Replayed,
+) -> Result<(), SinkError> {
+    let partition = rows[0].kafka_partition;
+    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+    // Every letter here was not stored when the replay began: what is stored now, this
+    // replay's refused insert left.
+    let left: Vec<i64> = writer
+        .stored_among(topic, partition, &offsets)
+        .await
+        .map_err(SinkError::clickhouse(
+            "look up the rows a refused insert left",
+        ))?
+        .into_iter()
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let touched =
+        writer
+            .touched_keys(topic, partition, &left)
+            .await
+            .map_err(SinkError::clickhouse(
+                "read the rollup keys of the rows a refused insert left",
+            ))?;
+    // The failing view wrote nothing: only the others count the rows twice.
+    let failing = crate::flush::failed_view(error);
+    for rollup in &touched.not_rebuilt {
+        let line = rollup.not_rebuilt();
+        if failing.as_deref().is_none_or(|f| !rollup.is(f)) && !out.not_rebuilt.contains(&line) {
+            out.not_rebuilt.push(line);
+        }
+    }
+    if !touched.is_empty() {
+        if repair.id == 0 {
+            repair.id = rand::random::<u64>() >> 1 | 1;
+        }
+        writer
+            .note_rebuild(topic, partition, repair.id, &touched)
+            .await
+            .map_err(SinkError::clickhouse(
+                "record the rollup keys to rebuild (in kafka_pending_rebuilds)",
+            ))?;
+    }
+    repair.keys.merge(touched);
+    writer
+        .delete_offsets(topic, partition, &left)
+        .await
+        .map_err(SinkError::clickhouse(
+            "delete the rows a refused insert left",
+        ))?;
+    out.partial_rows_removed += left.len() as u64;
+    Ok(())
 }
 
 /// Inserts one chunk of letters (one partition, increasing offsets) with a token named by
@@ -452,6 +565,7 @@ async fn insert_chunk(
     payloads: &BTreeMap<Source, Vec<u8>>,
     limits: &clickstream_event::Limits,
     chunk: &[&(Source, &Letter)],
+    repair: &mut Repair,
     out: &mut Replayed,
 ) -> Result<(), SinkError> {
     let events: Vec<(Source, Option<i64>, clickstream_event::ClickEventRef<'_>)> = chunk
@@ -492,7 +606,11 @@ async fn insert_chunk(
             let sealed = Sealed::encode(Arc::clone(&layout), &rows);
             let all: Vec<usize> = (0..sealed.len()).collect();
             match writer
-                .insert(&sealed, &all, Some(&letters_token(&settings.topic, &rows)))
+                .insert(
+                    &sealed,
+                    &all,
+                    Some(&letters_token(&settings.topic, &rows, repair.run)),
+                )
                 .await
             {
                 Ok(()) => {
@@ -500,24 +618,28 @@ async fn insert_chunk(
                     break;
                 }
                 Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
-                Err(Failure::BadData(message)) if rows.len() == 1 => {
-                    let r = &rows[0];
-                    out.rejected.push((
-                        format!(
-                            "{}[{}]@{}",
-                            r.kafka_topic, r.kafka_partition, r.kafka_offset
-                        ),
-                        message,
-                    ));
+                Err(Failure::BadData(message) | Failure::TooBig { message, .. }) => {
+                    undo_partial(writer, &settings.topic, &rows, &message, repair, out).await?;
+                    if let [r] = &rows[..] {
+                        out.rejected.push((
+                            format!(
+                                "{}[{}]@{}",
+                                r.kafka_topic, r.kafka_partition, r.kafka_offset
+                            ),
+                            message,
+                        ));
+                    } else {
+                        let half = rows.len() / 2;
+                        pending.push(rows[half..].to_vec());
+                        pending.push(rows[..half].to_vec());
+                    }
                     break;
                 }
-                Err(Failure::BadData(_) | Failure::TooBig { .. }) => {
-                    let half = rows.len() / 2;
-                    pending.push(rows[half..].to_vec());
-                    pending.push(rows[..half].to_vec());
-                    break;
+                Err(other) => {
+                    return Err(SinkError::clickhouse(
+                        "insert replayed letters (run `clickstream-sink dlq replay` again: it looks up what is stored first)",
+                    )(other));
                 }
-                Err(other) => return Err(SinkError::clickhouse("insert replayed letters")(other)),
             }
         }
     }
@@ -549,19 +671,35 @@ impl fmt::Display for Replayed {
         for line in &self.unreadable {
             writeln!(f, "  cannot replay: {line}")?;
         }
+        if self.partial_rows_removed > 0 {
+            writeln!(
+                f,
+                "  refused inserts had written {} rows before a view failed: deleted, and {} rollup keys they touched rebuilt",
+                self.partial_rows_removed, self.rollup_keys_rebuilt
+            )?;
+        }
+        for line in &self.not_rebuilt {
+            writeln!(
+                f,
+                "  counts some replayed rows twice (rebuild it from the raw table by hand): {line}"
+            )?;
+        }
         Ok(())
     }
 }
 
-/// The deduplication token of replayed letters (one partition): named by their offsets and
-/// event ids, so a retry deduplicates while a recreated topic's letters at the old offsets,
-/// other events, do not match the old replay's token (see `flush::ids_mark`).
-fn letters_token(topic: &str, rows: &[RowRef<'_>]) -> String {
+/// The deduplication token of replayed letters (one partition) in the replay `run`: named by
+/// their offsets and event ids, so a recreated topic's letters at the old offsets, other
+/// events, do not match an old replay's token (see `flush::ids_mark`), and by the run: an
+/// insert a view refused left its token behind (ClickHouse keeps the table's block), so a
+/// later run inserting the same letters once the view is fixed needs another. A later run
+/// first looks up which letters are stored: it does not rely on the token to skip them.
+fn letters_token(topic: &str, rows: &[RowRef<'_>], run: u32) -> String {
     let hash = rows.iter().fold(FNV_START, |h, r| {
         fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes())
     });
     format!(
-        "dlq:{topic}:{}:{}x{hash:016x}",
+        "dlq:{topic}:{}:{}x{hash:016x}:{run:08x}",
         rows.first().map_or(0, |r| r.kafka_partition),
         rows.len()
     )
@@ -581,9 +719,10 @@ mod tests {
                 })
                 .collect()
         };
-        let token = letters_token("t", &rows(1));
+        let token = letters_token("t", &rows(1), 7);
         assert!(token.starts_with("dlq:t:0:3x"), "{token}");
-        assert_eq!(letters_token("t", &rows(1)), token, "the same letters");
-        assert_ne!(letters_token("t", &rows(500)), token, "other events");
+        assert_eq!(letters_token("t", &rows(1), 7), token, "the same letters");
+        assert_ne!(letters_token("t", &rows(500), 7), token, "other events");
+        assert_ne!(letters_token("t", &rows(1), 8), token, "another run");
     }
 }

@@ -495,6 +495,65 @@ async fn a_sink_that_sees_only_the_replay_steps_inserts_the_replayed_range_again
     h.assert_exactly_once(300).await;
 }
 
+/// A view refuses some of the letters `dlq replay` puts back, after the table and a rollup got
+/// the whole insert: the replay deletes what the refused insert left before inserting the
+/// rest in parts, rebuilds the rollup keys, and reports only the refused rows. Once the view
+/// is fixed, a second replay inserts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dlq_replay_into_a_view_that_refuses_some_rows_stores_the_rest_once() {
+    let h = Harness::new("it_dlq_replay_refused").await;
+    // Three of the late events below (duration_ms is the event's number); the probe row of
+    // `add_refusing_view` (price 3,999).
+    clickstream_testkit::add_refusing_view(
+        &h.client,
+        &h.database,
+        "ifNull(price, 0) >= 3999 OR duration_ms IN (311, 337, 352)",
+    )
+    .await
+    .unwrap();
+    let hours_ago = Utc::now() - chrono::Duration::hours(2);
+    let mut batch = messages(0..300);
+    for i in 300..360 {
+        let e = event(i, hours_ago);
+        batch.push((e.user_id.clone(), e.to_json()));
+    }
+    h.produce(&batch).await;
+    let mut strict = h.settings();
+    strict.max_event_age_s = 600;
+    let (stop, sink) = spawn_sink(strict);
+    h.wait_rows(300, Duration::from_secs(120)).await;
+    h.dead_letters(60).await;
+    stop.cancel();
+    sink.await.unwrap().unwrap();
+
+    let settings = h.settings();
+    let done = dlq::replay(&settings, &[], None, false).await.unwrap();
+    assert_eq!((done.inserted, done.rejected.len()), (57, 3), "{done}");
+    h.assert_exactly_once(357).await;
+    h.assert_rollups_equal().await;
+    assert!(done.partial_rows_removed >= 3, "{done}");
+    assert!(done.rollup_keys_rebuilt > 0, "{done}");
+    assert!(done.not_rebuilt.is_empty(), "{done}");
+    assert_eq!(
+        h.count("SELECT count() FROM kafka_pending_rebuilds").await,
+        0,
+        "the replay's rebuild records are left"
+    );
+
+    // The view fixed: the refused letters go in (their earlier inserts' tokens do not
+    // deduplicate them away).
+    h.client
+        .query("DROP VIEW refuse_some_mv SYNC")
+        .execute()
+        .await
+        .unwrap();
+    let again = dlq::replay(&settings, &[], None, false).await.unwrap();
+    assert_eq!((again.inserted, again.already_stored), (3, 57), "{again}");
+    assert!(again.ok(), "{again}");
+    h.assert_exactly_once(360).await;
+    h.assert_rollups_equal().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dlq_replay_inserts_letters_valid_now_exactly_once() {
     let h = Harness::new("it_dlq_replay").await;
