@@ -105,7 +105,7 @@ pub fn all() -> Vec<Command> {
             )
             .subcommand(
                 Command::new("replay")
-                    .about("Insert the letters valid now (current contract and settings) under their source offsets, exactly once")
+                    .about("Insert the letters valid now (current contract and settings) under their source offsets, exactly once (sinks stopped)")
                     .arg(reason_flag())
                     .arg(since_flag("only letters dead-lettered at or after TIME"))
                     .arg(
@@ -279,7 +279,15 @@ pub async fn run(name: &str, args: &ArgMatches, settings: &Settings) -> i32 {
                             print(&report, json);
                             if report.ok() { OK } else { PROBLEM }
                         }
-                        Err(e) => failed(&e),
+                        Err(replay::ReplayError::Refused(e)) => {
+                            eprintln!("dlq replay refused: {e}");
+                            PROBLEM
+                        }
+                        Err(replay::ReplayError::Usage(e)) => {
+                            eprintln!("error: {e}");
+                            USAGE
+                        }
+                        Err(replay::ReplayError::Sink(e)) => failed(&e),
                     }
                 }
                 _ => USAGE,

@@ -20,6 +20,7 @@ use rdkafka::message::Message;
 use serde::Serialize;
 
 use super::kafka::{OpsKafka, headers_of};
+use super::replay::ReplayError;
 use super::{ch, ch_error};
 use crate::SinkError;
 use crate::flush::{FNV_START, fnv};
@@ -337,8 +338,12 @@ impl Replayed {
 struct Repair {
     id: u64,
     keys: TouchedKeys,
-    /// This replay run's part of its insert tokens ([`letters_token`]).
-    run: u32,
+    /// The progress rollup's maximum offset of the partition before the replay's inserts:
+    /// a rebuild must not lower it (rows deleted by hand above it may be read again, see
+    /// [`TouchedKeys::progress_floor`]).
+    floor: Option<i64>,
+    /// Each letter's newest mark (milliseconds): part of its insert token.
+    epochs: BTreeMap<i64, i64>,
 }
 
 #[derive(clickhouse::Row, serde::Serialize)]
@@ -347,6 +352,79 @@ struct ReplayMark<'a> {
     kafka_partition: i32,
     kafka_offset: i64,
     reason: &'a str,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    replayed_at: DateTime<Utc>,
+}
+
+/// Marks letters as replayed at `at` (milliseconds): the intent, before their insert.
+async fn write_marks(
+    client: &clickhouse::Client,
+    letters: &[(&Source, &str)],
+    at: i64,
+) -> Result<(), SinkError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let replayed_at = DateTime::from_timestamp_millis(at).unwrap_or_else(Utc::now);
+    let mut marks = client
+        .insert::<ReplayMark<'_>>(REPLAYED_TABLE)
+        .await
+        .map_err(|e| ch_error("record the replayed letters", &e))?;
+    for (source, reason) in letters {
+        marks
+            .write(&ReplayMark {
+                kafka_topic: &source.topic,
+                kafka_partition: source.partition,
+                kafka_offset: source.offset,
+                reason,
+                replayed_at,
+            })
+            .await
+            .map_err(|e| ch_error("record the replayed letters", &e))?;
+    }
+    marks
+        .end()
+        .await
+        .map_err(|e| ch_error("record the replayed letters", &e))
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct MarkEpoch {
+    kafka_offset: i64,
+    epoch: i64,
+}
+
+/// The newest mark of each of these offsets of `partition` (milliseconds), for those marked.
+async fn mark_epochs(
+    client: &clickhouse::Client,
+    settings: &Settings,
+    partition: i32,
+    offsets: &[i64],
+) -> Result<BTreeMap<i64, i64>, SinkError> {
+    let mut epochs = BTreeMap::new();
+    for chunk in offsets.chunks(1_000) {
+        let condition = chunk
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows: Vec<MarkEpoch> = ch("read the replayed letters", async {
+            client
+                .query(&format!(
+                    "SELECT kafka_offset, toInt64(toUnixTimestamp64Milli(max(replayed_at))) AS epoch \
+                     FROM `{}`.{REPLAYED_TABLE} WHERE kafka_topic = ? AND kafka_partition = ? \
+                     AND kafka_offset IN ({condition}) GROUP BY kafka_offset",
+                    settings.database
+                ))
+                .bind(&settings.topic)
+                .bind(partition)
+                .fetch_all::<MarkEpoch>()
+                .await
+        })
+        .await?;
+        epochs.extend(rows.into_iter().map(|r| (r.kafka_offset, r.epoch)));
+    }
+    Ok(epochs)
 }
 
 /// `dlq replay`.
@@ -355,8 +433,13 @@ pub async fn replay(
     reasons: &[String],
     since: Option<DateTime<Utc>>,
     dry_run: bool,
-) -> Result<Replayed, SinkError> {
+) -> Result<Replayed, ReplayError> {
     let kafka = OpsKafka::new(settings)?;
+    // A refused insert's repair rebuilds rollup keys (delete, then insert the view's query
+    // over the table): a sink's insert in between would count twice. As for `replay`.
+    if !dry_run {
+        super::replay::check_no_members(&kafka)?;
+    }
     let client = crate::clickhouse_client::client(settings)?;
     let writer = ClickHouseWriter::new(settings)?;
     writer
@@ -400,7 +483,6 @@ pub async fn replay(
             payloads.insert(source, letter.payload.clone().unwrap_or_default());
         }
     }
-    let run = rand::random::<u32>();
     // Decode with today's contract, against the original message's time.
     let mut valid: BTreeMap<i32, Vec<(Source, &Letter)>> = BTreeMap::new();
     for letter in &letters {
@@ -440,34 +522,35 @@ pub async fn replay(
             continue;
         }
         // Record the intent first: from now on these letters count as replayed, and a crash
-        // before the insert is finished by the next run (it finds them not stored).
-        let mut marks = client
-            .insert::<ReplayMark<'_>>(REPLAYED_TABLE)
-            .await
-            .map_err(|e| ch_error("record the replayed letters", &e))?;
-        for (source, letter) in &todo {
-            marks
-                .write(&ReplayMark {
-                    kafka_topic: &source.topic,
-                    kafka_partition: source.partition,
-                    kafka_offset: source.offset,
-                    reason: &letter.reason,
-                })
-                .await
-                .map_err(|e| ch_error("record the replayed letters", &e))?;
+        // before the insert is finished by the next run (it finds them not stored). A letter
+        // marked by an earlier run keeps its mark, and so its insert token: an insert of that
+        // run that landed after it stopped is not doubled ([`letters_token`]).
+        let todo_offsets: Vec<i64> = todo.iter().map(|(s, _)| s.offset).collect();
+        let mut epochs = mark_epochs(&client, settings, partition, &todo_offsets).await?;
+        let now = Utc::now().timestamp_millis();
+        let unmarked: Vec<(&Source, &str)> = todo
+            .iter()
+            .filter(|(s, _)| !epochs.contains_key(&s.offset))
+            .map(|(s, l)| (s, l.reason.as_str()))
+            .collect();
+        write_marks(&client, &unmarked, now).await?;
+        for (source, _) in &unmarked {
+            epochs.insert(source.offset, now);
         }
-        marks
-            .end()
+        let floor = writer
+            .max_stored_offset(&settings.topic, partition)
             .await
-            .map_err(|e| ch_error("record the replayed letters", &e))?;
+            .map_err(SinkError::clickhouse("read the progress rollup"))?;
         let mut repair = Repair {
             id: 0,
             keys: TouchedKeys::default(),
-            run,
+            floor,
+            epochs,
         };
         for chunk in todo.chunks(1_000) {
             insert_chunk(
                 &writer,
+                &client,
                 settings,
                 &payloads,
                 &limits,
@@ -520,13 +603,16 @@ async fn undo_partial(
     if left.is_empty() {
         return Ok(());
     }
-    let touched =
+    let mut touched =
         writer
             .touched_keys(topic, partition, &left)
             .await
             .map_err(SinkError::clickhouse(
                 "read the rollup keys of the rows a refused insert left",
             ))?;
+    if let Some(floor) = repair.floor {
+        touched.progress_floor.insert(partition, floor);
+    }
     // The failing view wrote nothing: only the others count the rows twice.
     let failing = crate::flush::failed_view(error);
     for rollup in &touched.not_rebuilt {
@@ -559,8 +645,10 @@ async fn undo_partial(
 
 /// Inserts one chunk of letters (one partition, increasing offsets) with a token named by
 /// its offsets; rows ClickHouse rejects are found one by one and reported.
+#[allow(clippy::too_many_arguments)]
 async fn insert_chunk(
     writer: &ClickHouseWriter,
+    client: &clickhouse::Client,
     settings: &Settings,
     payloads: &BTreeMap<Source, Vec<u8>>,
     limits: &clickstream_event::Limits,
@@ -588,11 +676,16 @@ async fn insert_chunk(
             RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
         })
         .collect();
+    let letters: BTreeMap<i64, (&Source, &str)> = chunk
+        .iter()
+        .map(|(s, l)| (s.offset, (s, l.reason.as_str())))
+        .collect();
     let mut pending: Vec<Vec<RowRef<'_>>> = vec![rows];
     while let Some(rows) = pending.pop() {
         if rows.is_empty() {
             continue;
         }
+        let token = letters_token(&settings.topic, &rows, &repair.epochs);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -605,20 +698,40 @@ async fn insert_chunk(
             };
             let sealed = Sealed::encode(Arc::clone(&layout), &rows);
             let all: Vec<usize> = (0..sealed.len()).collect();
-            match writer
-                .insert(
-                    &sealed,
-                    &all,
-                    Some(&letters_token(&settings.topic, &rows, repair.run)),
-                )
-                .await
-            {
+            match writer.insert(&sealed, &all, Some(&token)).await {
                 Ok(()) => {
+                    // Accepted, and stored: ClickHouse drops an insert whose token it has
+                    // seen as a duplicate, which would be an error here (a token not renewed
+                    // after a refusal, see `letters_token`), not a replayed letter.
+                    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+                    let partition = rows[0].kafka_partition;
+                    let stored = writer
+                        .stored_among(&settings.topic, partition, &offsets)
+                        .await
+                        .map_err(SinkError::clickhouse("look up the replayed letters"))?;
+                    let missing: Vec<i64> = offsets
+                        .iter()
+                        .copied()
+                        .filter(|o| !stored.contains(o))
+                        .collect();
+                    if !missing.is_empty() {
+                        renew_marks(client, &letters, &missing, repair).await?;
+                        return Err(SinkError::Inconsistent(format!(
+                            "ClickHouse took {} replayed letters of partition {partition} (first: offset {}) for a duplicate of an earlier insert and did not store them; their marks are renewed: run `clickstream-sink dlq replay` again, then `clickstream-sink verify`",
+                            missing.len(),
+                            missing[0]
+                        )));
+                    }
                     out.inserted += rows.len() as u64;
                     break;
                 }
                 Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
                 Err(Failure::BadData(message) | Failure::TooBig { message, .. }) => {
+                    // Its token is spent (the table's block stays known to ClickHouse even
+                    // once deleted): these letters get a newer mark, so any later insert of
+                    // them, in this run or the next, has another token.
+                    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+                    renew_marks(client, &letters, &offsets, repair).await?;
                     undo_partial(writer, &settings.topic, &rows, &message, repair, out).await?;
                     if let [r] = &rows[..] {
                         out.rejected.push((
@@ -688,18 +801,48 @@ impl fmt::Display for Replayed {
     }
 }
 
-/// The deduplication token of replayed letters (one partition) in the replay `run`: named by
-/// their offsets and event ids, so a recreated topic's letters at the old offsets, other
-/// events, do not match an old replay's token (see `flush::ids_mark`), and by the run: an
-/// insert a view refused left its token behind (ClickHouse keeps the table's block), so a
-/// later run inserting the same letters once the view is fixed needs another. A later run
-/// first looks up which letters are stored: it does not rely on the token to skip them.
-fn letters_token(topic: &str, rows: &[RowRef<'_>], run: u32) -> String {
+/// Gives `offsets` (letters of this chunk) a mark newer than any they had: their next
+/// insert has another token.
+async fn renew_marks(
+    client: &clickhouse::Client,
+    letters: &BTreeMap<i64, (&Source, &str)>,
+    offsets: &[i64],
+    repair: &mut Repair,
+) -> Result<(), SinkError> {
+    let newest = offsets
+        .iter()
+        .filter_map(|o| repair.epochs.get(o))
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let at = Utc::now().timestamp_millis().max(newest + 1);
+    let marks: Vec<(&Source, &str)> = offsets
+        .iter()
+        .filter_map(|o| letters.get(o).copied())
+        .collect();
+    write_marks(client, &marks, at).await?;
+    for offset in offsets {
+        repair.epochs.insert(*offset, at);
+    }
+    Ok(())
+}
+
+/// The deduplication token of replayed letters (one partition): named by their offsets,
+/// event ids and newest marks (`epochs`), so a retry, or a later run while the marks stand,
+/// deduplicates (an insert that landed after a timeout is not doubled), while a recreated
+/// topic's letters at the old offsets, other events, do not match the old replay's token
+/// (see `flush::ids_mark`). A refused insert's token is spent (ClickHouse keeps knowing the
+/// table's block, even deleted): its letters' marks are renewed, which renews their tokens.
+fn letters_token(topic: &str, rows: &[RowRef<'_>], epochs: &BTreeMap<i64, i64>) -> String {
     let hash = rows.iter().fold(FNV_START, |h, r| {
-        fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes())
+        let epoch = epochs.get(&r.kafka_offset).copied().unwrap_or(0);
+        fnv(
+            fnv(fnv(h, &r.kafka_offset.to_le_bytes()), r.event_id.as_bytes()),
+            &epoch.to_le_bytes(),
+        )
     });
     format!(
-        "dlq:{topic}:{}:{}x{hash:016x}:{run:08x}",
+        "dlq:{topic}:{}:{}x{hash:016x}",
         rows.first().map_or(0, |r| r.kafka_partition),
         rows.len()
     )
@@ -719,10 +862,25 @@ mod tests {
                 })
                 .collect()
         };
-        let token = letters_token("t", &rows(1), 7);
+        let marks: BTreeMap<i64, i64> = (10..13).map(|o| (o, 1_000)).collect();
+        let token = letters_token("t", &rows(1), &marks);
         assert!(token.starts_with("dlq:t:0:3x"), "{token}");
-        assert_eq!(letters_token("t", &rows(1), 7), token, "the same letters");
-        assert_ne!(letters_token("t", &rows(500), 7), token, "other events");
-        assert_ne!(letters_token("t", &rows(1), 8), token, "another run");
+        assert_eq!(
+            letters_token("t", &rows(1), &marks),
+            token,
+            "the same letters"
+        );
+        assert_ne!(
+            letters_token("t", &rows(500), &marks),
+            token,
+            "other events"
+        );
+        let mut renewed = marks.clone();
+        renewed.insert(11, 1_001);
+        assert_ne!(
+            letters_token("t", &rows(1), &renewed),
+            token,
+            "a renewed mark"
+        );
     }
 }

@@ -92,7 +92,7 @@ pub enum Refusal {
     #[error(
         "consumer group `{group}` has {} active member(s) ({}): stop every sink of the group first \
          (docker compose stop sink; kubectl scale deployment/clickstream-sink --replicas=0; or \
-         SIGTERM), wait until they left the group, then run replay again",
+         SIGTERM), wait until they left the group, then run this command again",
         members.len(), members.join(", ")
     )]
     ActiveMembers { group: String, members: Vec<String> },
@@ -452,7 +452,7 @@ pub async fn replay(
     Ok(replay)
 }
 
-fn check_no_members(kafka: &OpsKafka) -> Result<(), ReplayError> {
+pub(crate) fn check_no_members(kafka: &OpsKafka) -> Result<(), ReplayError> {
     let members = kafka.members()?;
     if members.is_empty() {
         return Ok(());
