@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use rdkafka::message::Message;
@@ -320,6 +321,8 @@ pub struct Replayed {
     /// Views fed before the failing one that cannot be rebuilt (each with why): they count
     /// the removed rows twice once those go in again.
     pub not_rebuilt: Vec<String>,
+    /// Rollup rebuilds recorded by an earlier run or a sink stopped part-way, done first.
+    pub earlier_rebuilds: u64,
 }
 
 impl Replayed {
@@ -446,6 +449,34 @@ pub async fn replay(
         .check_startup()
         .await
         .map_err(SinkError::clickhouse("check the table"))?;
+    // Rebuilds recorded and not done (an earlier run or a sink stopped part-way): done first,
+    // as a sink taking the partitions over would (none runs), so that letters inserted again
+    // below are counted once.
+    let mut earlier_rebuilds = 0;
+    if !dry_run {
+        let partitions = kafka.partitions(&settings.topic)?;
+        let (ids, keys) = writer
+            .pending_rebuilds(&settings.topic, &partitions)
+            .await
+            .map_err(SinkError::clickhouse(
+                "read the rollup rebuilds left (kafka_pending_rebuilds)",
+            ))?;
+        if !ids.is_empty() {
+            if !keys.is_empty() {
+                writer
+                    .rebuild_rollups(&keys)
+                    .await
+                    .map_err(SinkError::clickhouse(
+                        "rebuild the rollup keys recorded in kafka_pending_rebuilds",
+                    ))?;
+            }
+            writer
+                .forget_rebuilds(&settings.topic, &ids)
+                .await
+                .map_err(SinkError::clickhouse("forget the rollup rebuilds done"))?;
+            earlier_rebuilds = ids.len() as u64;
+        }
+    }
     let (letters, _) = letters_of(
         read_letters(&kafka, &settings.dlq_topic)?,
         &settings.topic,
@@ -455,6 +486,7 @@ pub async fn replay(
     let mut out = Replayed {
         dry_run,
         letters: letters.len() as u64,
+        earlier_rebuilds,
         ..Replayed::default()
     };
     let limits = settings.limits();
@@ -561,6 +593,8 @@ pub async fn replay(
             .await?;
         }
         if !repair.keys.is_empty() {
+            // A sink started meanwhile would race the rebuild: it takes the record over.
+            super::replay::check_no_members(&kafka)?;
             writer.rebuild_rollups(&repair.keys).await.map_err(SinkError::clickhouse(
                 "rebuild the rollup keys of refused inserts (recorded in kafka_pending_rebuilds: a sink taking the partition over rebuilds them)",
             ))?;
@@ -687,6 +721,7 @@ async fn insert_chunk(
         }
         let token = letters_token(&settings.topic, &rows, &repair.epochs);
         let mut attempts = 0;
+        let mut retries = 0;
         loop {
             attempts += 1;
             let layout = match writer.layout() {
@@ -705,15 +740,19 @@ async fn insert_chunk(
                     // after a refusal, see `letters_token`), not a replayed letter.
                     let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
                     let partition = rows[0].kafka_partition;
-                    let stored = writer
-                        .stored_among(&settings.topic, partition, &offsets)
-                        .await
-                        .map_err(SinkError::clickhouse("look up the replayed letters"))?;
-                    let missing: Vec<i64> = offsets
-                        .iter()
-                        .copied()
-                        .filter(|o| !stored.contains(o))
-                        .collect();
+                    // Looked up again after a while before it counts (a replica behind).
+                    let mut missing: Vec<i64> = offsets.clone();
+                    for wait_ms in [0, 1_000, 3_000] {
+                        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                        let stored = writer
+                            .stored_among(&settings.topic, partition, &missing)
+                            .await
+                            .map_err(SinkError::clickhouse("look up the replayed letters"))?;
+                        missing.retain(|o| !stored.contains(o));
+                        if missing.is_empty() {
+                            break;
+                        }
+                    }
                     if !missing.is_empty() {
                         renew_marks(client, &letters, &missing, repair).await?;
                         return Err(SinkError::Inconsistent(format!(
@@ -727,12 +766,13 @@ async fn insert_chunk(
                 }
                 Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
                 Err(Failure::BadData(message) | Failure::TooBig { message, .. }) => {
+                    undo_partial(writer, &settings.topic, &rows, &message, repair, out).await?;
                     // Its token is spent (the table's block stays known to ClickHouse even
                     // once deleted): these letters get a newer mark, so any later insert of
-                    // them, in this run or the next, has another token.
+                    // them, in this run or the next, has another token. (Stopped before this,
+                    // the next run's insert is taken for a duplicate: an error that renews.)
                     let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
                     renew_marks(client, &letters, &offsets, repair).await?;
-                    undo_partial(writer, &settings.topic, &rows, &message, repair, out).await?;
                     if let [r] = &rows[..] {
                         out.rejected.push((
                             format!(
@@ -748,9 +788,20 @@ async fn insert_chunk(
                     }
                     break;
                 }
+                Err(Failure::Transient(message)) if retries < INSERT_RETRIES => {
+                    // The same rows under the same token: one that landed is not doubled.
+                    let delay = INSERT_BACKOFF.delay(retries);
+                    retries += 1;
+                    eprintln!(
+                        "dlq replay: insert failed ({message}); retry {retries} of {INSERT_RETRIES} in {} ms",
+                        delay.as_millis()
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
                 Err(other) => {
                     return Err(SinkError::clickhouse(
-                        "insert replayed letters (run `clickstream-sink dlq replay` again: it looks up what is stored first)",
+                        "insert replayed letters (an insert that timed out may still be running on the server: wait until it is done, see system.processes, then run `clickstream-sink dlq replay` again with the same options)",
                     )(other));
                 }
             }
@@ -783,6 +834,13 @@ impl fmt::Display for Replayed {
         }
         for line in &self.unreadable {
             writeln!(f, "  cannot replay: {line}")?;
+        }
+        if self.earlier_rebuilds > 0 {
+            writeln!(
+                f,
+                "  finished {} rollup rebuild(s) an earlier run or a stopped sink had recorded",
+                self.earlier_rebuilds
+            )?;
         }
         if self.partial_rows_removed > 0 {
             writeln!(
@@ -826,6 +884,13 @@ async fn renew_marks(
     }
     Ok(())
 }
+
+/// Retries of an insert that failed for a transient reason (about 30 s in all).
+const INSERT_RETRIES: u32 = 5;
+const INSERT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(16),
+};
 
 /// The deduplication token of replayed letters (one partition): named by their offsets,
 /// event ids and newest marks (`epochs`), so a retry, or a later run while the marks stand,
