@@ -323,6 +323,8 @@ pub struct Replayed {
     pub not_rebuilt: Vec<String>,
     /// Rollup rebuilds recorded by an earlier run or a sink stopped part-way, done first.
     pub earlier_rebuilds: u64,
+    /// Such records left to the sinks, because some are of rows read again.
+    pub earlier_rebuilds_left: u64,
 }
 
 impl Replayed {
@@ -451,8 +453,11 @@ pub async fn replay(
         .map_err(SinkError::clickhouse("check the table"))?;
     // Rebuilds recorded and not done (an earlier run or a sink stopped part-way): done first,
     // as a sink taking the partitions over would (none runs), so that letters inserted again
-    // below are counted once.
+    // below are counted once. Not records of rows read again (after a group reset): a sink
+    // killed right after recording them may have left their INSERT running on the server,
+    // which only the sink re-reading them settles.
     let mut earlier_rebuilds = 0;
+    let mut earlier_rebuilds_left = 0;
     if !dry_run {
         let partitions = kafka.partitions(&settings.topic)?;
         let (ids, keys) = writer
@@ -461,7 +466,9 @@ pub async fn replay(
             .map_err(SinkError::clickhouse(
                 "read the rollup rebuilds left (kafka_pending_rebuilds)",
             ))?;
-        if !ids.is_empty() {
+        if !keys.reread.is_empty() {
+            earlier_rebuilds_left = ids.len() as u64;
+        } else if !ids.is_empty() {
             if !keys.is_empty() {
                 writer
                     .rebuild_rollups(&keys)
@@ -487,6 +494,7 @@ pub async fn replay(
         dry_run,
         letters: letters.len() as u64,
         earlier_rebuilds,
+        earlier_rebuilds_left,
         ..Replayed::default()
     };
     let limits = settings.limits();
@@ -721,7 +729,6 @@ async fn insert_chunk(
         }
         let token = letters_token(&settings.topic, &rows, &repair.epochs);
         let mut attempts = 0;
-        let mut retries = 0;
         loop {
             attempts += 1;
             let layout = match writer.layout() {
@@ -788,17 +795,8 @@ async fn insert_chunk(
                     }
                     break;
                 }
-                Err(Failure::Transient(message)) if retries < INSERT_RETRIES => {
-                    // The same rows under the same token: one that landed is not doubled.
-                    let delay = INSERT_BACKOFF.delay(retries);
-                    retries += 1;
-                    eprintln!(
-                        "dlq replay: insert failed ({message}); retry {retries} of {INSERT_RETRIES} in {} ms",
-                        delay.as_millis()
-                    );
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
+                // Not retried here: an insert that timed out may still be running on the
+                // server, and a retry beside it, refused or split, could store its rows twice.
                 Err(other) => {
                     return Err(SinkError::clickhouse(
                         "insert replayed letters (an insert that timed out may still be running on the server: wait until it is done, see system.processes, then run `clickstream-sink dlq replay` again with the same options)",
@@ -840,6 +838,13 @@ impl fmt::Display for Replayed {
                 f,
                 "  finished {} rollup rebuild(s) an earlier run or a stopped sink had recorded",
                 self.earlier_rebuilds
+            )?;
+        }
+        if self.earlier_rebuilds_left > 0 {
+            writeln!(
+                f,
+                "  left {} recorded rollup rebuild(s) to the sinks (some are of rows read again after a group reset): the sinks do them at their first write to the partitions",
+                self.earlier_rebuilds_left
             )?;
         }
         if self.partial_rows_removed > 0 {
@@ -884,13 +889,6 @@ async fn renew_marks(
     }
     Ok(())
 }
-
-/// Retries of an insert that failed for a transient reason (about 30 s in all).
-const INSERT_RETRIES: u32 = 5;
-const INSERT_BACKOFF: crate::retry::Backoff = crate::retry::Backoff {
-    initial: Duration::from_secs(1),
-    max: Duration::from_secs(16),
-};
 
 /// The deduplication token of replayed letters (one partition): named by their offsets,
 /// event ids and newest marks (`epochs`), so a retry, or a later run while the marks stand,

@@ -461,7 +461,17 @@ pub(crate) fn check_no_members(kafka: &OpsKafka) -> Result<(), ReplayError> {
         group: kafka.group.clone(),
         members: members
             .iter()
-            .map(|m| format!("{} on {}", m.client_id, m.host))
+            .map(|m| {
+                // Some brokers send neither (tansu).
+                let known = |s: &str| {
+                    if s.is_empty() {
+                        "?".to_owned()
+                    } else {
+                        s.to_owned()
+                    }
+                };
+                format!("{} on {}", known(&m.client_id), known(&m.host))
+            })
             .collect(),
     }
     .into())
