@@ -147,8 +147,12 @@ pub struct Inspection {
     /// Per hour (UTC, `2026-11-30 10:00`), letters per reason.
     pub by_hour: BTreeMap<String, BTreeMap<String, u64>>,
     pub samples: BTreeMap<String, Vec<Sample>>,
-    /// Source offsets lettered already replayed into the table (`dlq replay`).
+    /// Letters replayed into the table (`dlq replay`): marked as replayed, and their row
+    /// stored.
     pub replayed: u64,
+    /// Letters marked as replayed whose row is not stored: a view refused them at their
+    /// replay, or the run stopped before their insert. `dlq replay` tries them again.
+    pub marked_not_stored: u64,
 }
 
 fn shorten(text: &str, limit: usize) -> String {
@@ -184,11 +188,18 @@ pub async fn inspect(
         by_hour: BTreeMap::new(),
         samples: BTreeMap::new(),
         replayed: 0,
+        marked_not_stored: 0,
     };
+    // Marked letters, by partition: replayed only once their row is there too (a letter a
+    // view refused keeps its mark).
+    let mut marked: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for letter in &letters {
         let source = letter.source.as_ref().expect("filtered on source");
         if replayed.contains(&(source.partition, source.offset)) {
-            inspection.replayed += 1;
+            marked
+                .entry(source.partition)
+                .or_default()
+                .push(source.offset);
         }
         *inspection
             .by_reason
@@ -221,6 +232,18 @@ pub async fn inspect(
             });
         }
     }
+    if !marked.is_empty() {
+        let writer = ClickHouseWriter::new(settings)?;
+        for (partition, offsets) in marked {
+            let stored = writer
+                .stored_among(&settings.topic, partition, &offsets)
+                .await
+                .map_err(SinkError::clickhouse("look up stored offsets"))?;
+            let here = offsets.iter().filter(|o| stored.contains(o)).count() as u64;
+            inspection.replayed += here;
+            inspection.marked_not_stored += offsets.len() as u64 - here;
+        }
+    }
     Ok(inspection)
 }
 
@@ -236,6 +259,13 @@ impl fmt::Display for Inspection {
             self.replayed,
             self.other
         )?;
+        if self.marked_not_stored > 0 {
+            writeln!(
+                f,
+                "{} letters were replayed but their rows are not stored (a view refused them, or the run stopped before their insert): `clickstream-sink dlq replay` tries them again",
+                self.marked_not_stored
+            )?;
+        }
         writeln!(f, "by reason:")?;
         for (reason, n) in &self.by_reason {
             writeln!(f, "  {n:>8}  {reason}")?;

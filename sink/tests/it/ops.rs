@@ -573,6 +573,13 @@ async fn dlq_replay_into_a_view_that_refuses_some_rows_stores_the_rest_once() {
         0,
         "the replay's rebuild records are left"
     );
+    // inspect counts only the stored ones as replayed; the refused keep their marks.
+    let inspection = dlq::inspect(&settings, &[], None, 0).await.unwrap();
+    assert_eq!(
+        (inspection.replayed, inspection.marked_not_stored),
+        (57, 3),
+        "{inspection}"
+    );
 
     // The view fixed: the refused letters go in (their earlier inserts' tokens do not
     // deduplicate them away).
@@ -586,6 +593,12 @@ async fn dlq_replay_into_a_view_that_refuses_some_rows_stores_the_rest_once() {
     assert!(again.ok(), "{again}");
     h.assert_exactly_once(360).await;
     h.assert_rollups_equal().await;
+    let inspection = dlq::inspect(&settings, &[], None, 0).await.unwrap();
+    assert_eq!(
+        (inspection.replayed, inspection.marked_not_stored),
+        (60, 0),
+        "{inspection}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
