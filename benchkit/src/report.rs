@@ -534,6 +534,7 @@ fn discussion_throughput(r: &Value) -> String {
         .filter(|&i| i + 1 < sink_args.len())
         // Python's int(): surrounding spaces and digit-separating underscores allowed.
         .and_then(|i| sink_args[i + 1].trim().replace('_', "").parse::<i64>().ok())
+        .or_else(|| r["settings"]["sink_max_batch_bytes"].as_i64())
         .map_or(sink_default_max_batch_bytes() as f64, |b| b as f64);
     let batch_mb = general(batch_bytes / f64::from(1 << 20));
     let steady_ratio = num(&r["sink_bound_ratio_steady"]);

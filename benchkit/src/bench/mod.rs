@@ -281,6 +281,8 @@ impl Settings {
             "events": self.events, "rates": self.rates, "seconds_per_rate": self.seconds_per_rate,
             "flush": self.flush, "scale": self.scale, "sink_args": self.sink_args,
             "sections": self.sections,
+            // The default of the sink measured (a later one may differ).
+            "sink_max_batch_bytes": crate::report::sink_default_max_batch_bytes(),
             "note": "sink defaults otherwise: max_rows 1000, flush_interval_ms 5000, \
                      max_inserts_per_second 2, exactly-once, all rollups",
         });
