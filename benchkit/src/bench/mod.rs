@@ -283,6 +283,10 @@ impl Settings {
             "sections": self.sections,
             // The default of the sink measured (a later one may differ).
             "sink_max_batch_bytes": crate::report::sink_default_max_batch_bytes(),
+            "sink_consumer_defaults": clickstream_sink::consumer::CONSUMER_DEFAULTS
+                .iter()
+                .map(|(key, value)| (key.to_string(), json!(value)))
+                .collect::<serde_json::Map<_, _>>(),
             "note": "sink defaults otherwise: max_rows 1000, flush_interval_ms 5000, \
                      max_inserts_per_second 2, exactly-once, all rollups",
         });

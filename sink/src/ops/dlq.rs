@@ -150,8 +150,9 @@ pub struct Inspection {
     /// Letters replayed into the table (`dlq replay`): marked as replayed, and their row
     /// stored.
     pub replayed: u64,
-    /// Letters marked as replayed whose row is not stored: a view refused them at their
-    /// replay, or the run stopped before their insert. `dlq replay` tries them again.
+    /// Letters marked as replayed whose row is not stored: ClickHouse refused them at their
+    /// replay (a view, bad data, too big), or the run stopped before their insert. `dlq
+    /// replay` tries them again while they are valid.
     pub marked_not_stored: u64,
 }
 
@@ -238,7 +239,9 @@ pub async fn inspect(
             let stored = writer
                 .stored_among(&settings.topic, partition, &offsets)
                 .await
-                .map_err(SinkError::clickhouse("look up stored offsets"))?;
+                .map_err(SinkError::clickhouse(
+                    "look up whether the replayed letters are stored",
+                ))?;
             let here = offsets.iter().filter(|o| stored.contains(o)).count() as u64;
             inspection.replayed += here;
             inspection.marked_not_stored += offsets.len() as u64 - here;
@@ -262,7 +265,7 @@ impl fmt::Display for Inspection {
         if self.marked_not_stored > 0 {
             writeln!(
                 f,
-                "{} letters were replayed but their rows are not stored (a view refused them, or the run stopped before their insert): `clickstream-sink dlq replay` tries them again",
+                "{} letters are marked as replayed but their rows are not stored (ClickHouse refused them at their replay, or the run stopped before their insert): `clickstream-sink dlq replay` tries them again while they are valid",
                 self.marked_not_stored
             )?;
         }
