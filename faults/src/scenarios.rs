@@ -898,7 +898,7 @@ async fn repairs(sink: &crate::run::SinkProcess) -> (f64, f64) {
 }
 
 /// A materialized view of the user's own refuses some valid rows (`throwIf`, Code 395) and
-/// is fed after at least one rollup: each refused INSERT of the bisection left its rows in
+/// is fed after `events_1m`: each refused INSERT of the bisection left its rows in
 /// `events` and in the rollups fed before the view. The refused rows are dead-lettered, every
 /// other event is stored once, and every rollup equals the table again (the keys the refused
 /// inserts touched rebuilt from `events`).
@@ -927,7 +927,7 @@ async fn view_refuses_rows(stack: &Stack) -> anyhow::Result<Done> {
         "the refused rows were never found with the view's SELECT (bisected with inserts)"
     );
     let injected = json!({
-        "view": format!("throwIf({refused}), fed after a rollup"),
+        "view": format!("throwIf({refused}), fed after events_1m"),
         "refused_inserts_resolved_by_the_views_select": found,
         "stream": "20,000 events pre-loaded + 1,000 events/s for 20 s",
         "rows_left_by_refused_inserts_removed": removed,
@@ -1017,7 +1017,7 @@ async fn killed_before_rebuild(stack: &Stack) -> anyhow::Result<Done> {
     let (_, rebuilt) = repairs(&sink).await;
     anyhow::ensure!(rebuilt > 0.0, "the restarted sink rebuilt no rollup key");
     let injected = json!({
-        "view": format!("throwIf({refused}), fed after a rollup"),
+        "view": format!("throwIf({refused}), fed after events_1m"),
         "stream": "6,000 events pre-loaded; the sink aborted before its first rollup rebuild; 1,000 events/s for 5 s; restarted",
         "rollup_keys_recorded_at_the_abort": owed,
         "rollup_checks_differing_at_the_abort": differing.len(),
@@ -1158,7 +1158,7 @@ async fn sigterm_mid_isolation(stack: &Stack) -> anyhow::Result<Done> {
         "{left} recorded rollup keys are left after the restart"
     );
     let injected = json!({
-        "view": format!("throwIf({refused}), fed after a rollup"),
+        "view": format!("throwIf({refused}), fed after events_1m"),
         "stream": format!("20,000 events pre-loaded before each attempt; {attempt} attempt(s)"),
         "sigterm": "once a refused insert's leftovers were removed, before any rebuild; shutdown_timeout_ms 200",
         "slow_rebuild": "each rebuild statement held back 3 s by the endpoint until the SIGTERM",
