@@ -146,7 +146,7 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     // 16. What librdkafka fetched is still the biggest memory after the rows: its per-message
     // records took a 46 MB arena with 4 MB, 13 MB with 1 MB. A/B on 2M pre-loaded events
     // (2026-12-02): 2 MB against 4 MB, peak RSS 112 MB against 130, as fast (the sink alone:
-    // 8.4 s against 8.9 s; 1 MB was 10-20 % slower).
+    // 8.4 s against 8.9 s; 1 MB was 9-19 % slower).
     ("queued.max.messages.kbytes", "2048"),
 ];
 

@@ -202,7 +202,7 @@ impl Metrics {
         );
         registry.register(
             "paused_partitions",
-            "Partitions paused because the buffer is full",
+            "Partitions paused because the buffer has been full for a second",
             metrics.paused_partitions.clone(),
         );
         registry.register(
