@@ -466,7 +466,7 @@ fn section_throughput(r: &Value) -> Vec<String> {
             fmt(&t["rows_per_s_while_inserting"]),
         ),
         format!(
-            "| 1 s samples with consumption paused (buffer full) | {} |",
+            "| 1 s samples with the partitions paused (buffer full for over a second) | {} |",
             pct(&t["paused_share_of_samples"]),
         ),
         format!(
@@ -552,8 +552,9 @@ fn discussion_throughput(r: &Value) -> String {
              every partition's rows of a flush in one INSERT): INSERTs were in flight {} of the \
              steady time, at {} rows/s while in flight. `max_inserts_per_second` (2) bounds the \
              INSERTs of the whole sink, so at this rate batches grow instead; meanwhile the rows \
-             held (buffered and being inserted) reached `max_batch_bytes` ({batch_mb} MB, \
-             consumption paused) in {} of the 1 s samples. So one sink is paced by the \
+             held (buffered and being inserted) stayed at `max_batch_bytes` ({batch_mb} MB) for \
+             over a second, pausing the partitions, in {} of the 1 s samples (a full buffer \
+             first only stops the sink taking messages). So one sink is paced by the \
              endpoint's insert speed within its insert rate and memory bounds, not by consuming \
              or decoding (the sink alone, below, drains the same topic faster).",
             fixed(cycle_s, 2),
