@@ -572,9 +572,10 @@ pub const ROLLUPS: [&str; 6] = [
 /// Any rollup would not do: in 60 fresh databases the refusing view came after `funnel_5m`
 /// alone twice, whose check counts distinct sessions (rows counted twice do not show), and the
 /// `killed-before-rebuild` scenario then found nothing to repair (the clean-clone CI of
-/// 154eee8). Making only the refusing view again (it takes the freed place: CI failed 30 attempts in a row) or adding
-/// views beside it is not enough; this way 30 fresh databases took at most 5 attempts when any
-/// rollup would do (in 60 fresh databases `events_1m` took the probe first in 36).
+/// 154eee8). Making only the refusing view again (it takes the freed place: CI failed 30
+/// attempts in a row) or adding views beside it is not enough; this way 30 fresh databases
+/// took at most 5 attempts when any rollup would do (in 60 fresh databases `events_1m` took
+/// the probe first in 36).
 /// Once per database (the view and its Null target have fixed names). Returns the refusing
 /// view's name.
 pub async fn add_refusing_view(
