@@ -733,6 +733,7 @@ fn discussion_latency(r: &Value) -> String {
 /// 4: 1..k sinks in one group on the pre-loaded topic.
 fn section_scale(r: &Value) -> Vec<String> {
     let s: Vec<&Value> = items(&r["scale_out"]).collect();
+    let rounds = items(&r["scale_rounds"]).count();
     let mut lines = vec![
         format!(
             "### 4. Scale-out: sinks in one group on the pre-loaded topic ({} events, 3 \
@@ -740,16 +741,31 @@ fn section_scale(r: &Value) -> Vec<String> {
             grouped(&r["settings"]["events"])
         ),
         String::new(),
-        "| sinks | total s | events/s | first row s | steady events/s | × one sink (steady) | \
-         inserts | rows/insert | sink CPU s (sum) | endpoint CPU s | other CPU s | rows / \
-         duplicates |"
-            .to_owned(),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|".to_owned(),
     ];
+    if rounds > 1 {
+        lines.extend([
+            format!(
+                "{rounds} rounds, interleaved (each sink count once per round, so that a slow \
+                 minute of the machine falls on every count alike). Each row is the count's \
+                 median run; the last column has every round's steady rate, in round order."
+            ),
+            String::new(),
+        ]);
+    }
+    let mut header = "| sinks | total s | events/s | first row s | steady events/s | × one sink \
+                      (steady) | inserts | rows/insert | sink CPU s (sum) | endpoint CPU s | \
+                      other CPU s | rows / duplicates |"
+        .to_owned();
+    let mut rule = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|".to_owned();
+    if rounds > 1 {
+        header.push_str(" steady events/s, each round |");
+        rule.push_str("---|");
+    }
+    lines.extend([header, rule]);
     let first = s.first().map(|x| &x["steady_events_per_s"]);
     let one = first.filter(|v| truthy(v)).map_or(1.0, num);
     for x in &s {
-        lines.push(format!(
+        let mut row = format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             show(&x["instances"]),
             show(&x["total_s"]),
@@ -764,7 +780,12 @@ fn section_scale(r: &Value) -> Vec<String> {
             show(&x["other_processes_cpu_s"]),
             grouped(&x["rows"]),
             show(&x["duplicates"]),
-        ));
+        );
+        if rounds > 1 {
+            let each: Vec<String> = items(&x["steady_events_per_s_rounds"]).map(fmt).collect();
+            row.push_str(&format!(" {} |", each.join(" / ")));
+        }
+        lines.push(row);
     }
     let endpoint_cost = match s[..] {
         [one, .., most]
@@ -782,15 +803,32 @@ fn section_scale(r: &Value) -> Vec<String> {
         }
         _ => String::new(),
     };
+    let ratio = match (s.last(), r.get("one_sink_of_most_steady")) {
+        (Some(most), Some(median)) if rounds > 1 => {
+            let each: Vec<String> = items(&r["one_sink_of_most_steady_rounds"])
+                .map(|v| fixed(num(v), 2))
+                .collect();
+            format!(
+                " One sink's steady rate over {}'s, round by round: {}; the median **{}**.",
+                show(&most["instances"]),
+                each.join(", "),
+                fixed(num(median), 2),
+            )
+        }
+        _ => " Compare the single-sink rows here and in section 1 to see the run-to-run noise \
+              on this machine."
+            .to_owned(),
+    };
     lines.extend([
         String::new(),
         format!(
-            "**Reading.** Each sink writes the partitions of a flush in one INSERT, one at a time, \
-             so k sinks keep up to k INSERTs in flight against the one endpoint, which runs them \
-             on its own threads (and k times the INSERTs per second and k times the memory of \
-             one); the join (first row) stays at about half the session timeout. With 3 \
-             partitions a 4th sink would sit idle. Compare the single-sink rows here and in \
-             section 1 to see the run-to-run noise on this machine.{endpoint_cost}"
+            "**Reading.** A sink has at most one INSERT in flight per partition (a big flush is split \
+             into several, run at once, within its INSERTs per second), and k sinks bring k \
+             times the INSERTs per second and k times the memory: their inserts are larger, \
+             which the endpoint handles more cheaply. All of them share the one endpoint and the \
+             machine's {} cores; the join (first row) stays at about half the session timeout. With 3 \
+             partitions a 4th sink would sit idle.{ratio}{endpoint_cost}",
+            show(&r["machine"]["cores"]),
         ),
         String::new(),
     ]);

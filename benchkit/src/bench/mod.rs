@@ -52,7 +52,7 @@ use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
 /// (also printed by `--help`).
-pub const VARIABLES: [(&str, &str, &str); 18] = [
+pub const VARIABLES: [(&str, &str, &str); 19] = [
     (
         "BENCH_EVENTS",
         "2000000",
@@ -73,6 +73,12 @@ pub const VARIABLES: [(&str, &str, &str); 18] = [
         "BENCH_SCALE",
         "1 2 3",
         "sink instances of the scale-out runs",
+    ),
+    (
+        "BENCH_SCALE_ROUNDS",
+        "3",
+        "rounds of the scale-out runs, interleaved (1, 2, 3 sinks, then again): the report \
+         takes each count's median and the one-sink ratio of every round",
     ),
     (
         "BENCH_SECTIONS",
@@ -155,6 +161,7 @@ pub struct Settings {
     pub seconds_per_rate: u64,
     pub flush: Vec<String>,
     pub scale: Vec<usize>,
+    pub scale_rounds: usize,
     pub sections: Vec<String>,
     pub bulk_events: u64,
     pub sink_args: Vec<String>,
@@ -248,6 +255,10 @@ impl Settings {
             seconds_per_rate: number("BENCH_SECONDS")?,
             flush,
             scale: numbers("BENCH_SCALE")?,
+            scale_rounds: match number("BENCH_SCALE_ROUNDS")? {
+                0 => anyhow::bail!("BENCH_SCALE_ROUNDS: must be 1 or more"),
+                rounds => rounds,
+            },
             sections,
             bulk_events: number("BENCH_BULK_EVENTS")?,
             sink_args,
@@ -279,7 +290,8 @@ impl Settings {
     fn recorded(&self) -> Value {
         let mut settings = json!({
             "events": self.events, "rates": self.rates, "seconds_per_rate": self.seconds_per_rate,
-            "flush": self.flush, "scale": self.scale, "sink_args": self.sink_args,
+            "flush": self.flush, "scale": self.scale, "scale_rounds": self.scale_rounds,
+            "sink_args": self.sink_args,
             "sections": self.sections,
             // The default of the sink measured (a later one may differ).
             "sink_max_batch_bytes": crate::report::sink_default_max_batch_bytes(),
@@ -695,16 +707,27 @@ fn measure_all(
             result["ceiling"] = ceiling;
         }
         if settings.has("scale") {
-            let runs = settings
-                .scale
-                .iter()
-                .map(|&k| {
-                    bench.drain(
-                        &Drain::of(&format!("scale{k}"), &topic, events, payload_bytes).sinks(k),
-                    )
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            result["scale_out"] = json!(runs);
+            // Rounds interleaved (1, 2, 3 sinks, then again), so that a slow minute of the
+            // machine falls on every count alike; one run of each moved by tens of percent.
+            let mut rounds = Vec::new();
+            for round in 1..=settings.scale_rounds {
+                let runs = settings
+                    .scale
+                    .iter()
+                    .map(|&k| {
+                        let name = match settings.scale_rounds {
+                            1 => format!("scale{k}"),
+                            _ => format!("scale{k}r{round}"),
+                        };
+                        let mut run = bench
+                            .drain(&Drain::of(&name, &topic, events, payload_bytes).sinks(k))?;
+                        run["round"] = json!(round);
+                        Ok(run)
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                rounds.push(runs);
+            }
+            merge(result, scale_out(&settings.scale, rounds));
         }
         stack.delete_topic(&topic);
     }
@@ -724,6 +747,52 @@ fn measure_all(
         result["bulk"] = bench.bulk(settings.bulk_events)?;
     }
     Ok(())
+}
+
+/// The scale-out results of `rounds` (each a run per sink count of `scale`): `scale_out`, per
+/// count its median run by steady rate (the table and charts show it); `scale_rounds`, every
+/// round's steady rates; `one_sink_of_most_steady`, the median over rounds of one sink's steady
+/// rate over the most sinks' in the same round.
+fn scale_out(scale: &[usize], rounds: Vec<Vec<Value>>) -> Value {
+    let steady = |run: &Value| run["steady_events_per_s"].as_f64().unwrap_or(0.0);
+    let median = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        match values.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        }
+    };
+    let per_round: Vec<Vec<f64>> = rounds
+        .iter()
+        .map(|runs| runs.iter().map(steady).collect())
+        .collect();
+    let ratios: Vec<f64> = per_round
+        .iter()
+        .filter_map(|r| match (r.first(), r.last()) {
+            (Some(&one), Some(&most)) if most > 0.0 => Some(round(one / most, 3)),
+            _ => None,
+        })
+        .collect();
+    let mut medians = Vec::new();
+    for i in 0..scale.len() {
+        let mut runs: Vec<Value> = rounds.iter().filter_map(|r| r.get(i).cloned()).collect();
+        runs.sort_by(|a, b| steady(a).total_cmp(&steady(b)));
+        // The lower middle of an even count: a run that happened, not an average of two.
+        let mut chosen = runs.swap_remove((runs.len() - 1) / 2);
+        chosen["steady_events_per_s_rounds"] =
+            json!(per_round.iter().map(|r| r[i]).collect::<Vec<_>>());
+        medians.push(chosen);
+    }
+    let mut out = json!({
+        "scale_out": medians,
+        "scale_rounds": per_round,
+    });
+    if scale.len() > 1 && scale[0] == 1 {
+        out["one_sink_of_most_steady_rounds"] = json!(ratios);
+        out["one_sink_of_most_steady"] = json!(round(median(ratios.clone()), 3));
+    }
+    out
 }
 
 fn merge(into: &mut Value, from: Value) {
@@ -753,6 +822,35 @@ mod tests {
             let error = kafka_properties(bad).unwrap_err().to_string();
             assert!(error.starts_with("BENCH_KAFKA_PROPERTIES: "), "{error}");
         }
+    }
+
+    #[test]
+    fn scale_out_takes_each_counts_median_run_and_the_median_of_the_rounds_ratios() {
+        let run = |k: usize, round: usize, steady: f64| json!({"instances": k, "round": round, "steady_events_per_s": steady});
+        let rounds = vec![
+            vec![run(1, 1, 100.0), run(3, 1, 200.0)],
+            vec![run(1, 2, 180.0), run(3, 2, 200.0)],
+            vec![run(1, 3, 150.0), run(3, 3, 160.0)],
+        ];
+        let out = scale_out(&[1, 3], rounds);
+        assert_eq!(
+            out["scale_out"][0]["round"], 3,
+            "150 is the median of one sink"
+        );
+        assert_eq!(out["scale_out"][1]["round"], 1, "the first 200 of three");
+        assert_eq!(
+            out["scale_out"][0]["steady_events_per_s_rounds"],
+            json!([100.0, 180.0, 150.0])
+        );
+        assert_eq!(
+            out["one_sink_of_most_steady_rounds"],
+            json!([0.5, 0.9, 0.938])
+        );
+        assert_eq!(out["one_sink_of_most_steady"], 0.9);
+        let two = scale_out(&[1, 3], vec![vec![run(1, 1, 1.0), run(3, 1, 4.0)]; 2]);
+        assert_eq!(two["one_sink_of_most_steady"], 0.25);
+        let without_one = scale_out(&[2, 3], vec![vec![run(2, 1, 1.0), run(3, 1, 2.0)]]);
+        assert!(without_one.get("one_sink_of_most_steady").is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn a_small_run_of_every_section_measures_what_it_drained() {
             ("BENCH_SECONDS", "3".into()),
             ("BENCH_FLUSH", "1000".into()),
             ("BENCH_SCALE", "2".into()),
+            ("BENCH_SCALE_ROUNDS", "2".into()),
             (
                 "BENCH_SECTIONS",
                 "throughput ceiling latency scale bulk".into(),
@@ -75,6 +76,13 @@ fn a_small_run_of_every_section_measures_what_it_drained() {
         r["scale_out"][0]["processes"].as_array().map(Vec::len),
         Some(2)
     );
+    // Two rounds ran, each draining everything; the table keeps one of them.
+    let rounds = r["scale_rounds"].as_array().expect("scale rounds");
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    for round in rounds {
+        assert!(round[0].as_f64().unwrap_or(0.0) > 0.0, "{round}");
+    }
+    assert!([1, 2].contains(&r["scale_out"][0]["round"].as_u64().unwrap_or(0)));
     assert_eq!(r["bulk"]["producer"]["delivered"], 5_000);
     assert!(
         r["throughput"]["clickhouse_endpoint_cpu_s"]
