@@ -9,8 +9,8 @@
 //!   waited `flush_interval`, or at once while memory is full;
 //! - partitions are written in parallel, one insert in flight per partition: a partition the
 //!   pipeline reports busy is not taken (its rows wait for its insert to end);
-//! - when one segment is due, every partition that is not busy is taken with it (one flush;
-//!   under load only the partitions whose turn it is, below), and the next flush waits `min_flush_gap` per INSERT it makes: the segments with rows go
+//! - when one segment is due, every partition that is not busy is taken with it (one flush),
+//!   and the next flush waits `min_flush_gap` per INSERT it makes: the segments with rows go
 //!   `partitions_per_insert` to an INSERT (by default all of them in one), so at high rates
 //!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). Under load
 //!   (`split_bytes` buffered) the partitions take turns, the oldest first: each INSERT carries
@@ -254,8 +254,7 @@ impl<R: RowBuffer, A> Batcher<R, A> {
     /// [`Batcher::take`], grouped into INSERTs (at most `max_inserts`): one with every
     /// partition of the flush (`partitions_per_insert` at most). Under load (a buffer of
     /// `split_bytes` or more) the partitions take turns instead: each INSERT carries the oldest
-    /// `1 / burst` share of the partitions with rows (those in flight counted, at most
-    /// `partitions_per_insert`), and a flush makes as many INSERTs as the
+    /// `1 / burst` share of the partitions with rows, and a flush makes as many INSERTs as the
     /// rate limit's credit allows (one at a steady full load), so that up to `burst` INSERTs
     /// overlap at ClickHouse rather than one INSERT of every partition holding the next rows
     /// back until it ends. A group without rows makes no INSERT.
@@ -344,12 +343,12 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         self.next_flush_at = Some(from + gap * inserts as u32);
     }
 
-    /// Takes, once a segment is ready, the segments of partitions that are not `busy` (only
-    /// those without rows while the rate limit holds the others back; under load only those
-    /// whose turn it is), as [`Batcher::take_inserts`] groups them, flattened. Their memory
-    /// counts as in flight until [`Batcher::release`].
+    /// Takes, once a segment is ready, every segment of a partition that is not `busy` (only
+    /// those without rows while the rate limit holds the others back), each its own INSERT
+    /// (see [`Batcher::take_inserts`]). Their memory counts as in flight until
+    /// [`Batcher::release`].
     ///
-    /// At most `max` INSERTs' worth of segments are taken, those ready first.
+    /// At most `max` segments are taken, those ready first.
     pub fn take(
         &mut self,
         now: Instant,
