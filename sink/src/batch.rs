@@ -12,13 +12,11 @@
 //! - when one segment is due, every partition that is not busy is taken with it (one flush),
 //!   and the next flush waits `min_flush_gap` per INSERT it makes: the segments with rows go
 //!   `partitions_per_insert` to an INSERT (by default all of them in one), so at high rates
-//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). Under load
-//!   (`split_bytes` buffered) the partitions take turns, the oldest first: each INSERT carries
-//!   a `1 / burst` share of them and a flush makes as many INSERTs as the credit saved since
-//!   the last allows (a token bucket of `burst`; one at a steady full load), so that up to
-//!   `burst` INSERTs overlap at ClickHouse; the rate stays the same on average. Segments
-//!   without rows (only dead letters or rows already stored) make no insert and are never
-//!   held back;
+//!   batches grow instead of the insert rate (ClickHouse wants few, big inserts). A big flush
+//!   (`split_bytes`) is written by as many INSERTs as the credit saved since the last allows
+//!   (a token bucket of `burst`), so that ClickHouse works on them at once; the rate stays
+//!   the same on average. Segments without rows (only dead letters or rows already stored)
+//!   make no insert and are never held back;
 //! - consumption should pause while the rows buffered and being inserted hold
 //!   `max_batch_bytes` or more.
 
@@ -40,9 +38,9 @@ pub struct Policy {
     /// INSERTs the rate limit lets a flush make at once from credit saved while none was
     /// made (the rate stays `1 / min_flush_gap` on average).
     pub burst: usize,
-    /// While at least this many bytes are buffered the partitions take turns (a `1 / burst`
-    /// share of them per INSERT, as many INSERTs as the credit allows, overlapping); below
-    /// it a flush is written by as few INSERTs as `partitions_per_insert` allows.
+    /// A flush holding at least this many bytes of rows is written by as many INSERTs (a
+    /// partition or more each, running at once) as its credit allows; a smaller one by as few
+    /// as `partitions_per_insert` allows.
     pub split_bytes: usize,
 }
 
@@ -252,12 +250,9 @@ impl<R: RowBuffer, A> Batcher<R, A> {
     }
 
     /// [`Batcher::take`], grouped into INSERTs (at most `max_inserts`): one with every
-    /// partition of the flush (`partitions_per_insert` at most). Under load (a buffer of
-    /// `split_bytes` or more) the partitions take turns instead: each INSERT carries the oldest
-    /// `1 / burst` share of the partitions with rows, and a flush makes as many INSERTs as the
-    /// rate limit's credit allows (one at a steady full load), so that up to `burst` INSERTs
-    /// overlap at ClickHouse rather than one INSERT of every partition holding the next rows
-    /// back until it ends. A group without rows makes no INSERT.
+    /// partition of the flush (`partitions_per_insert` at most), or for a big flush as many as
+    /// the rate limit's credit allows, balanced by size, so that ClickHouse works on them at
+    /// once. A group without rows makes no INSERT.
     pub fn take_inserts(
         &mut self,
         now: Instant,
@@ -265,29 +260,17 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         max_inserts: usize,
     ) -> Vec<Vec<Segment<R, A>>> {
         let per_insert = self.policy.partitions_per_insert.max(1);
-        let (share, max_with_rows) = if self.bytes >= self.policy.split_bytes {
-            let with_rows = self
-                .segments
-                .values()
-                .filter(|s| !s.rows.is_empty())
-                .count();
-            let share = with_rows
-                .div_ceil(self.policy.burst.max(1))
-                .clamp(1, per_insert);
-            let inserts = self.credit(now).min(max_inserts);
-            (share, inserts.saturating_mul(share))
-        } else {
-            (per_insert, usize::MAX)
-        };
-        let taken = self.take_segments(
-            now,
-            busy,
-            max_inserts.saturating_mul(per_insert),
-            max_with_rows,
-        );
+        let taken = self.take_segments(now, busy, max_inserts.saturating_mul(per_insert));
         let (mut with_rows, without): (Vec<_>, Vec<_>) =
             taken.into_iter().partition(|s| !s.rows.is_empty());
-        let inserts = with_rows.len().div_ceil(share);
+        let fewest = self.policy.inserts_for(with_rows.len());
+        let bytes: usize = with_rows.iter().map(|s| s.bytes).sum();
+        let inserts = if bytes >= self.policy.split_bytes {
+            fewest.max(self.credit(now).min(with_rows.len()))
+        } else {
+            fewest
+        }
+        .min(max_inserts.max(fewest));
         self.spend(now, inserts);
         let mut groups: Vec<(usize, Vec<Segment<R, A>>)> =
             (0..inserts).map(|_| (0, Vec::new())).collect();
@@ -295,7 +278,7 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         for segment in with_rows {
             let group = groups
                 .iter_mut()
-                .filter(|g| g.1.len() < share)
+                .filter(|g| g.1.len() < per_insert)
                 .min_by_key(|g| g.0)
                 .expect("enough INSERTs for every segment");
             group.0 += segment.bytes;
@@ -361,37 +344,25 @@ impl<R: RowBuffer, A> Batcher<R, A> {
             .collect()
     }
 
-    /// At most `max` segments, `max_with_rows` of them with rows, those ready first.
     fn take_segments(
         &mut self,
         now: Instant,
         busy: impl Fn(i32) -> bool,
         max: usize,
-        max_with_rows: usize,
     ) -> Vec<Segment<R, A>> {
         if self.ready_at(&busy).is_none_or(|at| at > now) {
             return Vec::new();
         }
         let open = self.next_flush_at.is_none_or(|next| next <= now);
-        // Ready first, then the oldest (under load every segment is ready when the rate limit
-        // opens, and the partitions take turns).
-        let mut eligible: Vec<(Instant, Instant, i32)> = self
+        let mut eligible: Vec<(Instant, i32)> = self
             .segments
             .values()
             .filter(|s| !busy(s.partition) && (open || s.rows.is_empty()))
-            .map(|s| (self.ready(s), s.oldest, s.partition))
+            .map(|s| (self.ready(s), s.partition))
             .collect();
         eligible.sort_unstable();
-        let mut with_rows = 0;
-        eligible.retain(|(_, _, p)| {
-            if self.segments[p].rows.is_empty() {
-                return true;
-            }
-            with_rows += 1;
-            with_rows <= max_with_rows
-        });
         eligible.truncate(max);
-        let mut partitions: Vec<i32> = eligible.into_iter().map(|(_, _, p)| p).collect();
+        let mut partitions: Vec<i32> = eligible.into_iter().map(|(_, p)| p).collect();
         partitions.sort_unstable();
         self.take_partitions(&partitions)
     }
@@ -735,7 +706,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn under_load_the_partitions_take_turns_at_the_same_insert_rate() {
+    async fn a_big_flush_is_split_into_inserts_the_saved_credit_pays_for() {
         let mut batcher = Batcher::new(Policy {
             max_rows: 100,
             partitions_per_insert: 64,
@@ -765,14 +736,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         fill(&mut batcher, 400, 100);
         let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
-        assert_eq!(partitions(&groups), vec![vec![0], vec![1], vec![2]]);
-        // Right after: the one saved INSERT is left (at most `burst` at once), for one
-        // partition; the others wait...
+        assert_eq!(groups.len(), 3, "{:?}", partitions(&groups));
+        // Right after: the one saved INSERT is left (at most `burst` at once)...
         fill(&mut batcher, 400, 500);
         let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
-        assert_eq!(partitions(&groups), vec![vec![0]]);
-        // ...none is taken until the gap has passed, and then the one waiting longest.
-        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(groups.len(), 1);
+        // ...and none until the gap has passed; no more than `max_inserts` either.
         fill(&mut batcher, 400, 900);
         assert!(
             batcher
@@ -781,45 +750,18 @@ mod tests {
         );
         tokio::time::advance(Duration::from_millis(1_000)).await;
         let groups = batcher.take_inserts(Instant::now(), idle, 1);
-        assert_eq!(partitions(&groups), vec![vec![1]]);
-        // Over a minute at full load: 2 INSERTs a second on average (+ the burst), one
-        // partition each, every partition in turn.
+        assert_eq!(partitions(&groups), vec![vec![0, 1, 2]]);
+        // Over a minute at full load: 2 INSERTs a second on average (+ the burst).
         let (start, mut inserts, mut offset) = (Instant::now(), 0, 1_300);
-        let mut turns = [0; 3];
         while Instant::now() - start < Duration::from_secs(60) {
             tokio::time::advance(Duration::from_millis(100)).await;
             fill(&mut batcher, 300, offset);
             offset += 300;
             let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
             batcher.release(groups.iter().flatten().map(|s| s.bytes).sum());
-            for group in partitions(&groups) {
-                assert_eq!(group.len(), 1, "one partition per INSERT: {group:?}");
-                turns[group[0] as usize] += 1;
-            }
             inserts += groups.len();
         }
         assert!((118..=124).contains(&inserts), "{inserts} inserts in 60 s");
-        assert!(
-            turns.iter().all(|&n| (38..=42).contains(&n)),
-            "turns per partition: {turns:?}"
-        );
-        // With more partitions than `burst`, each INSERT carries a share of them (at most
-        // 10 / 4 rounded up, balanced by size).
-        let mut batcher = Batcher::new(Policy {
-            max_rows: 100,
-            partitions_per_insert: 64,
-            burst: 4,
-            split_bytes: 50_000,
-            ..policy()
-        });
-        for partition in 0..10 {
-            for offset in 0..100 {
-                row(&mut batcher, partition, offset);
-            }
-        }
-        let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
-        let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![3, 3, 2, 2], "{:?}", partitions(&groups));
     }
 
     #[tokio::test(start_paused = true)]

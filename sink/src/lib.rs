@@ -17,8 +17,8 @@
 //! - **Offsets travel with the rows**: a partition's offsets are committed only after every
 //!   offset up to it was inserted or dead-lettered (acknowledged); one insert per partition
 //!   is in flight at a time, so each partition commits in offset order. The partitions of
-//!   one flush go in one INSERT (`partitions_per_insert`), each committed after it; a sink
-//!   falling behind lets the partitions take turns, so that its INSERTs overlap.
+//!   one flush go in one INSERT (`partitions_per_insert`), each committed after it; a big
+//!   flush goes in as many INSERTs at once as the rate limit's saved credit pays for.
 //! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
 //!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
 //!   already holds when a partition is assigned (looked up in windows as it reads) and again

@@ -137,9 +137,7 @@ pub async fn run(
         min_flush_gap: settings.min_flush_gap(),
         partitions_per_insert: settings.partitions_per_insert,
         burst: settings.max_parallel_inserts,
-        // A quarter of the memory buffered: the sink is falling behind (keeping up, it holds
-        // what comes in `1 / max_inserts_per_second`), so the partitions take turns.
-        split_bytes: settings.max_batch_bytes / 4,
+        split_bytes: settings.max_batch_bytes / 8,
     });
     let stall_timeout = Duration::from_millis(settings.stall_timeout_ms);
     let mut stall_tick = tokio::time::interval(Duration::from_secs(1));
