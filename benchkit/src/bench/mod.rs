@@ -708,7 +708,7 @@ fn measure_all(
         }
         if settings.has("scale") {
             // Rounds interleaved (1, 2, 3 sinks, then again), so that a slow minute of the
-            // machine falls on every count alike; one run of each moved by tens of percent.
+            // machine falls on every count alike (one run per count moved by up to 15 %).
             let mut rounds = Vec::new();
             for round in 1..=settings.scale_rounds {
                 let runs = settings
