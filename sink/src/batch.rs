@@ -191,6 +191,18 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         segment.rows.len()
     }
 
+    /// Drops every segment `owned(partition, epoch)` refuses (its partition revoked, lost or
+    /// assigned again since it was read); the rows dropped.
+    pub fn drop_stale(&mut self, owned: impl Fn(i32, u64) -> bool) -> usize {
+        let stale: Vec<i32> = self
+            .segments
+            .values()
+            .filter(|s| !owned(s.partition, s.epoch))
+            .map(|s| s.partition)
+            .collect();
+        stale.into_iter().map(|p| self.drop_partition(p)).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()
     }
@@ -762,6 +774,32 @@ mod tests {
             inserts += groups.len();
         }
         assert!((118..=124).contains(&inserts), "{inserts} inserts in 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn segments_read_under_an_epoch_no_longer_owned_are_dropped() {
+        let mut batcher = Batcher::new(policy());
+        for (partition, epoch) in [(0, 1), (1, 2), (2, 3)] {
+            for offset in 0..10 {
+                batcher.push_row(
+                    partition,
+                    epoch,
+                    offset,
+                    Instant::now(),
+                    |rows: &mut Offsets| rows.0.push(offset),
+                );
+            }
+        }
+        batcher.push(1, 2, 10, Entry::DeadLetter(()), Instant::now());
+        let bytes = batcher.bytes();
+        // Partition 1 revoked; partition 2 assigned again (epoch 4).
+        let dropped =
+            batcher.drop_stale(|partition, epoch| matches!((partition, epoch), (0, 1) | (2, 4)));
+        assert_eq!(dropped, 20);
+        assert_eq!(batcher.partitions().collect::<Vec<_>>(), vec![0]);
+        assert_eq!(batcher.rows(), 10);
+        assert_eq!(batcher.bytes(), bytes - 20 * 100 - ENTRY_BYTES);
+        assert_eq!(batcher.drop_stale(|_, _| true), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -249,6 +249,22 @@ pub async fn run(
                 }
             }
         }
+        // The owned partitions changed: rows buffered for a partition no longer owned under
+        // their epoch are never written nor committed (its next owner replays them), so they
+        // stop holding memory now rather than when they fall due.
+        let ownership_now = ownership.changes();
+        let rebalanced = ownership_now != ownership_seen;
+        if rebalanced {
+            ownership_seen = ownership_now;
+            intake.forget_stale(&ownership);
+            let dropped = batcher.drop_stale(|partition, epoch| ownership.owns(partition, epoch));
+            if dropped > 0 {
+                tracing::info!(
+                    rows = dropped,
+                    "rows buffered for partitions no longer owned dropped: their next owner reads them again"
+                );
+            }
+        }
         metrics.buffered_rows.set(batcher.rows() as i64);
         metrics.buffered_bytes.set(batcher.bytes() as i64);
         metrics
@@ -266,12 +282,6 @@ pub async fn run(
         // rebalance event ends a burst: a message of the new assignment comes in a later turn,
         // whose lookup pauses its partition after this resume; resuming one not paused does
         // nothing.)
-        let ownership_now = ownership.changes();
-        let rebalanced = ownership_now != ownership_seen;
-        if rebalanced {
-            ownership_seen = ownership_now;
-            intake.forget_stale(&ownership);
-        }
         if rebalanced || full != paused {
             back_pressure(
                 &consumer,
