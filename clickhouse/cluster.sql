@@ -344,6 +344,19 @@ ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/kafka_replay_ke
 ORDER BY (replay_id, rollup, key)
 TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
 
+CREATE TABLE IF NOT EXISTS clickstream.ops_leases ON CLUSTER '{cluster}'
+(
+    kafka_topic LowCardinality(String),
+    run_id      UUID,
+    command     LowCardinality(String),
+    host        String,
+    at          DateTime64(3, 'UTC') DEFAULT now64(3),
+    released    UInt8 DEFAULT 0
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/clickstream/ops_leases', '{shard}-{replica}')
+ORDER BY (kafka_topic, run_id)
+TTL toDateTime(at) + INTERVAL 7 DAY;
+
 CREATE TABLE IF NOT EXISTS clickstream.dead_letter_replays ON CLUSTER '{cluster}'
 (
     kafka_topic     LowCardinality(String),

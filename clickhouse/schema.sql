@@ -427,6 +427,22 @@ ENGINE = MergeTree
 ORDER BY (replay_id, rollup, key)
 TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
 
+-- One operations run at a time per topic (`replay`, `dlq replay`): a run adds a row when it
+-- starts and every 10 s while it runs, and one with released = 1 when it ends. The earliest
+-- run seen in the last 30 s and not released holds the lease; a killed run's lapses.
+CREATE TABLE IF NOT EXISTS clickstream.ops_leases
+(
+    kafka_topic LowCardinality(String),
+    run_id      UUID,
+    command     LowCardinality(String),
+    host        String,
+    at          DateTime64(3, 'UTC') DEFAULT now64(3),
+    released    UInt8 DEFAULT 0
+)
+ENGINE = MergeTree
+ORDER BY (kafka_topic, run_id)
+TTL toDateTime(at) + INTERVAL 7 DAY;
+
 -- Dead letters `dlq replay` inserted (written before their rows): `verify` counts their
 -- offsets as stored, not as stored and dead-lettered.
 CREATE TABLE IF NOT EXISTS clickstream.dead_letter_replays

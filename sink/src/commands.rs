@@ -54,7 +54,8 @@ pub fn all() -> Vec<Command> {
         Command::new("replay")
             .about("Re-read a range exactly once: delete it, rebuild the rollups it touched, reset the group (sinks stopped)")
             .long_about(
-                "Refuses while the group has active members. Finds per partition the first offset \
+                "Refuses while the group has active members, or while another replay or dlq \
+                 replay runs (a lease in the table ops_leases). Finds per partition the first offset \
                  at or after --since (or takes --from), shows the plan (offsets, rows, rollup \
                  keys) and asks, then: records the plan, deletes the range's rows, rebuilds every \
                  rollup for the keys they touched, resets the group's offsets. The next sink \
@@ -105,7 +106,7 @@ pub fn all() -> Vec<Command> {
             )
             .subcommand(
                 Command::new("replay")
-                    .about("Insert the letters valid now (current contract and settings) under their source offsets, exactly once (sinks stopped)")
+                    .about("Insert the letters valid now (current contract and settings) under their source offsets, exactly once (sinks stopped, one run at a time)")
                     .arg(reason_flag())
                     .arg(since_flag("only letters dead-lettered at or after TIME"))
                     .arg(

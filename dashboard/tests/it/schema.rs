@@ -260,11 +260,12 @@ async fn cluster_sql_parses_and_matches_schema_sql() {
 }
 
 /// The sink's own tables (schema.sql's last sections).
-const BOOKKEEPING: [&str; 5] = [
+const BOOKKEEPING: [&str; 6] = [
     "kafka_pending_rebuilds",
     "kafka_replays",
     "kafka_replay_steps",
     "kafka_replay_keys",
+    "ops_leases",
     "dead_letter_replays",
 ];
 

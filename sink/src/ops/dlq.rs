@@ -473,11 +473,29 @@ pub async fn replay(
     dry_run: bool,
 ) -> Result<Replayed, ReplayError> {
     let kafka = OpsKafka::new(settings)?;
-    // A refused insert's repair rebuilds rollup keys (delete, then insert the view's query
-    // over the table): a sink's insert in between would count twice. As for `replay`.
-    if !dry_run {
-        super::replay::check_no_members(&kafka)?;
+    if dry_run {
+        return replay_letters(settings, &kafka, reasons, since, true).await;
     }
+    // A refused insert's repair rebuilds rollup keys (delete, then insert the view's query
+    // over the table): a sink's insert in between, or another run's, would count twice. As
+    // for `replay`.
+    super::replay::check_no_members(&kafka)?;
+    let client = crate::clickhouse_client::client(settings)?;
+    let lease =
+        super::lease::acquire(&client, &settings.database, &settings.topic, "dlq replay").await?;
+    let replayed = replay_letters(settings, &kafka, reasons, since, false).await;
+    lease.release().await;
+    replayed
+}
+
+/// `dlq replay` once it may run.
+async fn replay_letters(
+    settings: &Settings,
+    kafka: &OpsKafka,
+    reasons: &[String],
+    since: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> Result<Replayed, ReplayError> {
     let client = crate::clickhouse_client::client(settings)?;
     let writer = ClickHouseWriter::new(settings)?;
     writer
@@ -518,7 +536,7 @@ pub async fn replay(
         }
     }
     let (letters, _) = letters_of(
-        read_letters(&kafka, &settings.dlq_topic)?,
+        read_letters(kafka, &settings.dlq_topic)?,
         &settings.topic,
         reasons,
         since,
@@ -635,7 +653,7 @@ pub async fn replay(
         }
         if !repair.keys.is_empty() {
             // A sink started meanwhile would race the rebuild: it takes the record over.
-            super::replay::check_no_members(&kafka)?;
+            super::replay::check_no_members(kafka)?;
             writer.rebuild_rollups(&repair.keys).await.map_err(SinkError::clickhouse(
                 "rebuild the rollup keys of refused inserts (recorded in kafka_pending_rebuilds: a sink taking the partition over rebuilds them)",
             ))?;

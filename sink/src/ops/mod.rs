@@ -7,11 +7,13 @@
 //!   rollup): delete it, rebuild the rollups it touched, reset the group.
 //! - [`dlq`]: what the dead-letter topic holds, and its letters inserted once they are valid.
 //!
-//! [`kafka`] holds what they ask the broker. Each command returns a report that prints for
-//! people ([`std::fmt::Display`]) or as JSON, and says whether it found a problem.
+//! [`kafka`] holds what they ask the broker; [`lease`] lets one `replay` or `dlq replay` run at
+//! a time. Each command returns a report that prints for people ([`std::fmt::Display`]) or as
+//! JSON, and says whether it found a problem.
 
 pub mod dlq;
 pub mod kafka;
+pub mod lease;
 pub mod replay;
 pub mod verify;
 

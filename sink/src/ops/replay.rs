@@ -99,6 +99,20 @@ pub enum Refusal {
     #[error("{0}")]
     NotConfirmed(String),
     #[error(
+        "another operations run on topic `{topic}` holds the lease: `{command}` on {host}, \
+         started {started_s_ago:.0} s ago, last seen {seen_s_ago:.0} s ago. Run one at a time: \
+         wait until it ends, then run this command again (a run that was killed holds nothing \
+         {lapse_s} s after it was last seen)"
+    )]
+    Busy {
+        command: String,
+        host: String,
+        started_s_ago: f64,
+        seen_s_ago: f64,
+        topic: String,
+        lapse_s: u64,
+    },
+    #[error(
         "materialized view(s) {0} cannot be rebuilt, so replay cannot keep them equal to the raw \
          table, and `verify` does not check them. A view of the sink's database writing into a \
          table of it: add `-- rebuild <database>.<rollup>: <key column> = <expression over \
@@ -228,10 +242,28 @@ pub async fn replay(
 ) -> Result<Replay, ReplayError> {
     let client = crate::clickhouse_client::client(settings)?;
     let kafka = OpsKafka::new(settings)?;
+    check_no_members(&kafka)?;
+    if options.dry_run {
+        return replay_range(settings, options, confirm, &client, &kafka).await;
+    }
+    let lease =
+        super::lease::acquire(&client, &settings.database, &settings.topic, "replay").await?;
+    let replayed = replay_range(settings, options, confirm, &client, &kafka).await;
+    lease.release().await;
+    replayed
+}
+
+/// `replay` once it may run.
+async fn replay_range(
+    settings: &Settings,
+    options: &Options,
+    confirm: impl FnOnce(&Replay) -> bool,
+    client: &clickhouse::Client,
+    kafka: &OpsKafka,
+) -> Result<Replay, ReplayError> {
     let topic = settings.topic.clone();
     let db = format!("`{}`", settings.database);
     let events = format!("{db}.`{}`", settings.table);
-    check_no_members(&kafka)?;
     let present: u64 = ch("look for the replay tables", async {
         client
             .query("SELECT count() FROM system.tables WHERE database = ? AND name IN (?, ?, ?)")
@@ -253,10 +285,10 @@ pub async fn replay(
 
     let rollups = ch(
         "list the materialized views",
-        rollups(&client, &settings.database, &settings.table),
+        rollups(client, &settings.database, &settings.table),
     )
     .await?;
-    let state = state(&client, &settings.database, &topic)
+    let state = state(client, &settings.database, &topic)
         .await
         .map_err(|e| super::ch_error("read the replay state", &e))?;
     let not_rebuilt: Vec<String> = rollups
@@ -275,9 +307,9 @@ pub async fn replay(
         return Err(Refusal::NotRebuilt(not_rebuilt.join(", "), pending).into());
     }
     let (mut replay, resumed) = match state.unfinished {
-        Some(id) => (load(&client, settings, id).await?, true),
+        Some(id) => (load(client, settings, id).await?, true),
         None => (
-            plan(&client, &kafka, settings, options, state.generation).await?,
+            plan(client, kafka, settings, options, state.generation).await?,
             false,
         ),
     };
@@ -377,15 +409,7 @@ pub async fn replay(
             .end()
             .await
             .map_err(|e| super::ch_error("record the plan", &e))?;
-        record_keys(
-            &client,
-            &db,
-            &events,
-            &rollups,
-            replay.replay_id,
-            &condition,
-        )
-        .await?;
+        record_keys(client, &db, &events, &rollups, replay.replay_id, &condition).await?;
         record("planned")
             .await
             .map_err(|e| super::ch_error("record a step", &e))?;
@@ -393,7 +417,7 @@ pub async fn replay(
         crash_after("planned");
     }
     if !done("deleted") {
-        check_no_members(&kafka)?;
+        check_no_members(kafka)?;
         ch("delete the range's rows", async {
             client
                 .query(&format!("DELETE FROM {events} WHERE {condition}"))
@@ -417,7 +441,7 @@ pub async fn replay(
             );
             ch(
                 "rebuild a rollup's rows of the replayed keys",
-                crate::rollups::rebuild(&client, &db, r, &keys),
+                crate::rollups::rebuild(client, &db, r, &keys),
             )
             .await?;
         }
@@ -428,7 +452,7 @@ pub async fn replay(
         crash_after("rebuilt");
     }
     if !done("reset") {
-        check_no_members(&kafka)?;
+        check_no_members(kafka)?;
         let offsets: BTreeMap<i32, i64> = replay
             .partitions
             .iter()

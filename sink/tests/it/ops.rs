@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clickstream_sink::ops::kafka::OpsKafka;
-use clickstream_sink::ops::replay::ReplayError;
-use clickstream_sink::ops::{dlq, verify};
+use clickstream_sink::ops::replay::{Refusal, ReplayError};
+use clickstream_sink::ops::{dlq, lease, verify};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Harness, event, messages, spawn_sink};
@@ -678,4 +678,55 @@ async fn dlq_replay_inserts_letters_valid_now_exactly_once() {
     let out = sink_command(&h, &["dlq", "inspect", "--json"], &[]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["replayed"], 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_operations_run_at_a_time_and_a_killed_one_holds_nothing_once_lapsed() {
+    let h = Harness::new("it_ops_lease").await;
+    let settings = h.settings();
+    let client = clickstream_sink::clickhouse_client::client(&settings).unwrap();
+    let take = || lease::acquire(&client, &settings.database, &settings.topic, "test run");
+    // Five runs starting at once: exactly one goes on; the others name it.
+    let runs = futures_util::future::join_all((0..5).map(|_| take())).await;
+    let (mut held, refused): (Vec<_>, Vec<_>) = runs.into_iter().partition(Result::is_ok);
+    assert_eq!((held.len(), refused.len()), (1, 4));
+    for refusal in refused {
+        match refusal.err().unwrap() {
+            ReplayError::Refused(Refusal::Busy { command, .. }) => assert_eq!(command, "test run"),
+            other => panic!("{other}"),
+        }
+    }
+    // `dlq replay` and `replay` refuse while it is held, and say what to do.
+    match dlq::replay(&settings, &[], None, false).await {
+        Err(ReplayError::Refused(Refusal::Busy { command, .. })) => assert_eq!(command, "test run"),
+        other => panic!(
+            "dlq replay ran beside another run: {:?}",
+            other.map(|r| r.to_string())
+        ),
+    }
+    let out = sink_command(&h, &["replay", "--from", "0:0", "--yes"], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}{stderr}", text(&out.stdout));
+    assert!(
+        stderr.contains("holds the lease: `test run`") && stderr.contains("Run one at a time"),
+        "{stderr}"
+    );
+    // Released: the next run goes on at once (a dry run takes no lease).
+    held.pop().unwrap().unwrap().release().await;
+    let done = dlq::replay(&settings, &[], None, false).await.unwrap();
+    assert_eq!(done.letters, 0, "{done}");
+    // A run killed (dropped without release) stops renewing: it holds the lease until it
+    // lapses, then nothing.
+    let killed = take().await.unwrap();
+    drop(killed);
+    assert!(
+        take().await.is_err(),
+        "a run seen moments ago still holds the lease"
+    );
+    tokio::time::sleep(lease::LAPSE + Duration::from_secs(1)).await;
+    take()
+        .await
+        .expect("the killed run's lease lapsed")
+        .release()
+        .await;
 }
