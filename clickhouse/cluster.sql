@@ -350,6 +350,7 @@ CREATE TABLE IF NOT EXISTS clickstream.ops_leases ON CLUSTER '{cluster}'
     run_id      UUID,
     command     LowCardinality(String),
     host        String,
+    pid         UInt32,
     at          DateTime64(3, 'UTC') DEFAULT now64(3),
     released    UInt8 DEFAULT 0
 )

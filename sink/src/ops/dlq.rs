@@ -21,6 +21,7 @@ use rdkafka::message::Message;
 use serde::Serialize;
 
 use super::kafka::{OpsKafka, headers_of};
+use super::lease::Lease;
 use super::replay::ReplayError;
 use super::{ch, ch_error};
 use crate::SinkError;
@@ -474,7 +475,7 @@ pub async fn replay(
 ) -> Result<Replayed, ReplayError> {
     let kafka = OpsKafka::new(settings)?;
     if dry_run {
-        return replay_letters(settings, &kafka, reasons, since, true).await;
+        return replay_letters(settings, &kafka, reasons, since, None).await;
     }
     // A refused insert's repair rebuilds rollup keys (delete, then insert the view's query
     // over the table): a sink's insert in between, or another run's, would count twice. As
@@ -483,19 +484,21 @@ pub async fn replay(
     let client = crate::clickhouse_client::client(settings)?;
     let lease =
         super::lease::acquire(&client, &settings.database, &settings.topic, "dlq replay").await?;
-    let replayed = replay_letters(settings, &kafka, reasons, since, false).await;
+    let replayed = replay_letters(settings, &kafka, reasons, since, Some(&lease)).await;
     lease.release().await;
     replayed
 }
 
-/// `dlq replay` once it may run.
+/// `dlq replay` once it may run (`lease`: held; `None`: a dry run).
 async fn replay_letters(
     settings: &Settings,
     kafka: &OpsKafka,
     reasons: &[String],
     since: Option<DateTime<Utc>>,
-    dry_run: bool,
+    lease: Option<&Lease>,
 ) -> Result<Replayed, ReplayError> {
+    let dry_run = lease.is_none();
+    let held = || lease.map_or(Ok(()), Lease::check);
     let client = crate::clickhouse_client::client(settings)?;
     let writer = ClickHouseWriter::new(settings)?;
     writer
@@ -612,6 +615,7 @@ async fn replay_letters(
             out.inserted += if dry_run { todo.len() as u64 } else { 0 };
             continue;
         }
+        held()?;
         // Record the intent first: from now on these letters count as replayed, and a crash
         // before the insert is finished by the next run (it finds them not stored). A letter
         // marked by an earlier run keeps its mark, and so its insert token: an insert of that
@@ -653,6 +657,7 @@ async fn replay_letters(
         }
         if !repair.keys.is_empty() {
             // A sink started meanwhile would race the rebuild: it takes the record over.
+            held()?;
             super::replay::check_no_members(kafka)?;
             writer.rebuild_rollups(&repair.keys).await.map_err(SinkError::clickhouse(
                 "rebuild the rollup keys of refused inserts (recorded in kafka_pending_rebuilds: a sink taking the partition over rebuilds them)",

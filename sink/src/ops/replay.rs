@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use super::ch;
 use super::kafka::OpsKafka;
+use super::lease::Lease;
 use crate::SinkError;
 use crate::settings::Settings;
 
@@ -99,19 +100,32 @@ pub enum Refusal {
     #[error("{0}")]
     NotConfirmed(String),
     #[error(
-        "another operations run on topic `{topic}` holds the lease: `{command}` on {host}, \
+        "another operations run on topic `{topic}` holds the lease: `{command}` on {host} (pid {pid}), \
          started {started_s_ago:.0} s ago, last seen {seen_s_ago:.0} s ago. Run one at a time: \
          wait until it ends, then run this command again (a run that was killed holds nothing \
-         {lapse_s} s after it was last seen)"
+         {lapse_s} s after it was last seen, or at once when it ran on this host)"
     )]
     Busy {
         command: String,
         host: String,
+        pid: u32,
         started_s_ago: f64,
         seen_s_ago: f64,
         topic: String,
         lapse_s: u64,
     },
+    #[error(
+        "the operations lease this run wrote is not visible to its own read (asynchronous \
+         inserts, or reads sent to a replica lagging behind): point clickhouse_url at one \
+         server and run this command again"
+    )]
+    LeaseUnseen,
+    #[error(
+        "the operations lease could not be renewed for {since_s} s (ClickHouse unreachable or \
+         slow?): another run may have taken it, so this run stops before its next step. Run \
+         this command again once ClickHouse answers: it goes on from the steps already done"
+    )]
+    LeaseLost { since_s: u64 },
     #[error(
         "materialized view(s) {0} cannot be rebuilt, so replay cannot keep them equal to the raw \
          table, and `verify` does not check them. A view of the sink's database writing into a \
@@ -244,11 +258,11 @@ pub async fn replay(
     let kafka = OpsKafka::new(settings)?;
     check_no_members(&kafka)?;
     if options.dry_run {
-        return replay_range(settings, options, confirm, &client, &kafka).await;
+        return replay_range(settings, options, confirm, &client, &kafka, None).await;
     }
     let lease =
         super::lease::acquire(&client, &settings.database, &settings.topic, "replay").await?;
-    let replayed = replay_range(settings, options, confirm, &client, &kafka).await;
+    let replayed = replay_range(settings, options, confirm, &client, &kafka, Some(&lease)).await;
     lease.release().await;
     replayed
 }
@@ -260,7 +274,9 @@ async fn replay_range(
     confirm: impl FnOnce(&Replay) -> bool,
     client: &clickhouse::Client,
     kafka: &OpsKafka,
+    lease: Option<&Lease>,
 ) -> Result<Replay, ReplayError> {
+    let held = || lease.map_or(Ok(()), Lease::check);
     let topic = settings.topic.clone();
     let db = format!("`{}`", settings.database);
     let events = format!("{db}.`{}`", settings.table);
@@ -385,6 +401,7 @@ async fn replay_range(
     let condition = range_condition(&topic, &replay.partitions);
 
     if !done("planned") {
+        held()?;
         // The plan and every key the rows touch, before the rows go.
         let mut insert = client
             .insert::<PlanRow<'_>>(REPLAYS_TABLE)
@@ -417,6 +434,7 @@ async fn replay_range(
         crash_after("planned");
     }
     if !done("deleted") {
+        held()?;
         check_no_members(kafka)?;
         ch("delete the range's rows", async {
             client
@@ -434,6 +452,7 @@ async fn replay_range(
         crash_after("deleted");
     }
     if !done("rebuilt") {
+        held()?;
         for r in &rollups {
             let keys = format!(
                 "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {} AND rollup = '{}')",
@@ -452,6 +471,7 @@ async fn replay_range(
         crash_after("rebuilt");
     }
     if !done("reset") {
+        held()?;
         check_no_members(kafka)?;
         let offsets: BTreeMap<i32, i64> = replay
             .partitions

@@ -711,10 +711,19 @@ async fn one_operations_run_at_a_time_and_a_killed_one_holds_nothing_once_lapsed
         stderr.contains("holds the lease: `test run`") && stderr.contains("Run one at a time"),
         "{stderr}"
     );
-    // Released: the next run goes on at once (a dry run takes no lease).
+    // Released: the next run goes on at once; `dlq replay` and `replay` release it whether
+    // they succeed or not (here `replay` is not confirmed: no terminal, no --yes).
     held.pop().unwrap().unwrap().release().await;
     let done = dlq::replay(&settings, &[], None, false).await.unwrap();
     assert_eq!(done.letters, 0, "{done}");
+    let out = sink_command(&h, &["replay", "--from", "0:0"], &[]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not confirmed"), "{stderr}");
+    take()
+        .await
+        .expect("replay released the lease")
+        .release()
+        .await;
     // A run killed (dropped without release) stops renewing: it holds the lease until it
     // lapses, then nothing.
     let killed = take().await.unwrap();
