@@ -351,6 +351,7 @@ CREATE TABLE IF NOT EXISTS clickstream.ops_leases ON CLUSTER '{cluster}'
     command     LowCardinality(String),
     host        String,
     pid         UInt32,
+    scope       String,
     at          DateTime64(3, 'UTC') DEFAULT now64(3),
     released    UInt8 DEFAULT 0
 )

@@ -430,7 +430,7 @@ TTL toDateTime(intDiv(replay_id, 1000)) + INTERVAL 30 DAY;
 -- One operations run at a time per topic (`replay`, `dlq replay`): a run adds a row when it
 -- starts and every 10 s while it runs, and one with released = 1 when it ends. The earliest
 -- run seen in the last 30 s and not released holds the lease; a killed run's lapses (at once
--- for a run on the same host whose process is gone).
+-- for a run of the same boot and pid namespace, `scope`, whose process is gone).
 CREATE TABLE IF NOT EXISTS clickstream.ops_leases
 (
     kafka_topic LowCardinality(String),
@@ -438,6 +438,7 @@ CREATE TABLE IF NOT EXISTS clickstream.ops_leases
     command     LowCardinality(String),
     host        String,
     pid         UInt32,
+    scope       String,
     at          DateTime64(3, 'UTC') DEFAULT now64(3),
     released    UInt8 DEFAULT 0
 )

@@ -8,23 +8,21 @@
 //!   first is the holder; any other run releases its row and stops with
 //!   [`super::replay::Refusal::Busy`], naming the holder. A row's time is taken when its
 //!   insert starts and it is seen once the insert ends, so a run that finds itself first reads
-//!   again after [`SETTLE`] (longer than such an insert takes) and goes on only if still
-//!   first: of two runs starting together exactly one goes on;
-//! - the holder adds a row every [`RENEW_EVERY`] while it runs, and one with `released = 1`
-//!   when it ends (whether it succeeded or not). A holder that could not renew for
-//!   `LAPSE - RENEW_EVERY` may have lost the lease to another run: [`Lease::check`], called
-//!   before every step that changes data, stops it;
+//!   again after [`SETTLE`] and goes on only if still first: of two runs starting together
+//!   exactly one goes on, as long as an insert is seen within [`SETTLE`] of its start;
+//! - the holder adds a row every [`RENEW_EVERY`] while it runs (a failed one is tried again
+//!   every 2 s), and one with `released = 1` when it ends, whether it succeeded or not;
+//! - before every step that changes data the holder reads the lease again ([`Lease::check`]):
+//!   it must still be first, and seen less than `LAPSE - RENEW_EVERY` ago by ClickHouse's
+//!   clock. Otherwise it stops, as it does when ClickHouse does not answer;
 //! - a run killed stops renewing: its lease lapses [`LAPSE`] after it was last seen, or at
-//!   once for a run on the same host (by name) whose process is gone (so that a `replay`
-//!   killed part-way can be finished at once).
+//!   once for a run of the same machine boot and process namespace whose process is gone (so
+//!   that a `replay` killed part-way can be finished at once).
 //!
-//! Every time is the server's (`now64(3)`): the hosts' clocks do not matter. On a cluster the
-//! table is replicated: two runs started at once on replicas more than [`SETTLE`] apart could
-//! both go on.
+//! Every time compared is ClickHouse's (`now64(3)`). On a cluster the table is replicated:
+//! two runs started at once on replicas more than [`SETTLE`] apart could both go on.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -39,74 +37,90 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How long a run that found itself first waits before it reads again (longer than a
 /// one-row insert takes from its start to being seen).
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// How soon a failed renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(2);
 
-/// A run that holds or wants the lease.
+/// A run that holds or wants the lease, as read.
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct Run {
     run_id: String,
     command: String,
     host: String,
     pid: u32,
+    scope: String,
     started_s_ago: f64,
     seen_s_ago: f64,
 }
 
-/// The lease, held until [`Lease::release`] (or until it lapses, if the run is killed).
-pub struct Lease {
-    client: clickhouse::Client,
-    table: String,
-    topic: String,
+/// This run: who it is and where.
+#[derive(Debug, Clone)]
+struct Me {
     run_id: Uuid,
     command: String,
     host: String,
     pid: u32,
-    renew: tokio::task::JoinHandle<()>,
-    /// When the lease was taken, and the last renewal that landed (ms after it).
-    taken: Instant,
-    renewed_ms: Arc<AtomicU64>,
-    /// A renewal landed too late: another run may hold the lease now.
-    lost: Arc<AtomicBool>,
+    /// The machine's boot and this process's pid namespace (empty where unknown): a run of
+    /// the same scope whose pid is gone was killed.
+    scope: String,
 }
 
-/// The host's name.
-fn host() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "?".to_owned())
+impl Me {
+    fn new(command: &str) -> Me {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| read("/proc/sys/kernel/hostname"))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "?".to_owned());
+        let namespace = std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|p| p.display().to_string());
+        let scope = match (read("/proc/sys/kernel/random/boot_id"), namespace) {
+            (Some(boot), Some(namespace)) if !boot.is_empty() => format!("{boot}/{namespace}"),
+            _ => String::new(),
+        };
+        Me {
+            run_id: Uuid::new_v4(),
+            command: command.to_owned(),
+            host,
+            pid: std::process::id(),
+            scope,
+        }
+    }
+
+    /// Whether `run` was killed: of this machine boot and pid namespace, its process gone.
+    fn sees_gone(&self, run: &Run) -> bool {
+        !self.scope.is_empty()
+            && run.scope == self.scope
+            && run.pid != self.pid
+            && !std::path::Path::new(&format!("/proc/{}", run.pid)).exists()
+    }
 }
 
-/// Whether process `pid` of this host is gone (known only where `/proc` is).
-fn gone(pid: u32) -> bool {
-    std::path::Path::new("/proc/self").exists()
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-#[allow(clippy::too_many_arguments)]
 async fn mark(
     client: &clickhouse::Client,
     table: &str,
     topic: &str,
-    run_id: Uuid,
-    command: &str,
-    host: &str,
-    pid: u32,
+    me: &Me,
     released: u8,
 ) -> Result<(), clickhouse::error::Error> {
     client
         .query(&format!(
-            "INSERT INTO {table} (kafka_topic, run_id, command, host, pid, released) \
-             VALUES (?, toUUID(?), ?, ?, ?, ?)"
+            "INSERT INTO {table} (kafka_topic, run_id, command, host, pid, scope, released) \
+             VALUES (?, toUUID(?), ?, ?, ?, ?, ?)"
         ))
         // Seen by the read that follows: not buffered by the server.
         .with_setting("async_insert", "0")
         .bind(topic)
-        .bind(run_id.to_string())
-        .bind(command)
-        .bind(host)
-        .bind(pid)
+        .bind(me.run_id.to_string())
+        .bind(&me.command)
+        .bind(&me.host)
+        .bind(me.pid)
+        .bind(&me.scope)
         .bind(released)
         .execute()
         .await
@@ -123,7 +137,7 @@ async fn runs(
         client
             .query(&format!(
                 "SELECT toString(run_id) AS run_id, any(command) AS command, any(host) AS host, \
-                 any(pid) AS pid, \
+                 any(pid) AS pid, any(scope) AS scope, \
                  toFloat64(dateDiff('millisecond', min(at), now64(3))) / 1000 AS started_s_ago, \
                  toFloat64(dateDiff('millisecond', max(at), now64(3))) / 1000 AS seen_s_ago \
                  FROM {table} WHERE kafka_topic = ? GROUP BY run_id \
@@ -137,17 +151,16 @@ async fn runs(
     .await?)
 }
 
-/// Whether `run_id` is the first of `runs` (leaving out runs of this host whose process is
-/// gone); if not, who is.
-fn first(runs: &[Run], run_id: Uuid, topic: &str) -> Result<(), ReplayError> {
-    let mine = run_id.to_string();
-    let here = host();
+/// Whether `me` is the first of `runs` (leaving out runs killed), and when ClickHouse last
+/// saw it (s ago); if not, who is.
+fn first(runs: &[Run], me: &Me, topic: &str) -> Result<f64, ReplayError> {
+    let mine = me.run_id.to_string();
     let runs: Vec<&Run> = runs
         .iter()
-        .filter(|r| r.run_id == mine || r.host != here || !gone(r.pid))
+        .filter(|r| r.run_id == mine || !me.sees_gone(r))
         .collect();
     match runs.first() {
-        Some(first) if first.run_id == mine => Ok(()),
+        Some(first) if first.run_id == mine => Ok(first.seen_s_ago),
         Some(first) if runs.iter().any(|r| r.run_id == mine) => Err(Refusal::Busy {
             command: first.command.clone(),
             host: first.host.clone(),
@@ -162,6 +175,15 @@ fn first(runs: &[Run], run_id: Uuid, topic: &str) -> Result<(), ReplayError> {
     }
 }
 
+/// The lease, held until [`Lease::release`] (or until it lapses, if the run is killed).
+pub struct Lease {
+    client: clickhouse::Client,
+    table: String,
+    topic: String,
+    me: Me,
+    renew: tokio::task::JoinHandle<()>,
+}
+
 /// Takes the lease of `database`'s operations on `topic` for `command`, or says who holds it.
 pub async fn acquire(
     client: &clickhouse::Client,
@@ -170,50 +192,39 @@ pub async fn acquire(
     command: &str,
 ) -> Result<Lease, ReplayError> {
     let table = format!("`{database}`.{LEASE_TABLE}");
-    let run_id = Uuid::new_v4();
-    let (host, pid) = (host(), std::process::id());
+    let me = Me::new(command);
     ch(
         "take the operations lease (ops_leases: apply clickhouse/schema.sql first)",
-        mark(client, &table, topic, run_id, command, &host, pid, 0),
+        mark(client, &table, topic, &me, 0),
     )
     .await?;
-    let taken = Instant::now();
     let held = async {
-        first(&runs(client, &table, topic).await?, run_id, topic)?;
+        first(&runs(client, &table, topic).await?, &me, topic)?;
         tokio::time::sleep(SETTLE).await;
-        first(&runs(client, &table, topic).await?, run_id, topic)
+        first(&runs(client, &table, topic).await?, &me, topic)
     }
     .await;
     if let Err(refused) = held {
         // Ours must not hold anyone back once we are gone.
-        if let Err(error) = mark(client, &table, topic, run_id, command, &host, pid, 1).await {
+        if let Err(error) = mark(client, &table, topic, &me, 1).await {
             tracing::warn!(error = %error, "could not release the operations lease not taken: it lapses by itself in 30 s");
         }
         return Err(refused);
     }
-    let renewed_ms = Arc::new(AtomicU64::new(0));
-    let lost = Arc::new(AtomicBool::new(false));
     let renew = tokio::spawn({
-        let (client, table, topic) = (client.clone(), table.clone(), topic.to_owned());
-        let (command, host) = (command.to_owned(), host.clone());
-        let (renewed_ms, lost) = (renewed_ms.clone(), lost.clone());
+        let (client, table, topic, me) =
+            (client.clone(), table.clone(), topic.to_owned(), me.clone());
         async move {
+            let mut wait = RENEW_EVERY;
             loop {
-                tokio::time::sleep(RENEW_EVERY).await;
-                match mark(&client, &table, &topic, run_id, &command, &host, pid, 0).await {
-                    Ok(()) => {
-                        let now = taken.elapsed().as_millis() as u64;
-                        if now - renewed_ms.load(Ordering::Relaxed) >= at_risk_after_ms() {
-                            // It may have lapsed meanwhile: do not pretend it did not.
-                            lost.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                        renewed_ms.store(now, Ordering::Relaxed);
-                    }
+                tokio::time::sleep(wait).await;
+                wait = match mark(&client, &table, &topic, &me, 0).await {
+                    Ok(()) => RENEW_EVERY,
                     Err(error) => {
-                        tracing::warn!(error = %error, "could not renew the operations lease (it lapses 30 s after the last renewal)");
+                        tracing::warn!(error = %error, "could not renew the operations lease: trying again (the run stops before its next step if ClickHouse last saw it 20 s ago or more)");
+                        RENEW_RETRY
                     }
-                }
+                };
             }
         }
     });
@@ -221,32 +232,24 @@ pub async fn acquire(
         client: client.clone(),
         table,
         topic: topic.to_owned(),
-        run_id,
-        command: command.to_owned(),
-        host,
-        pid,
+        me,
         renew,
-        taken,
-        renewed_ms,
-        lost,
     })
 }
 
-/// Time since the last renewal after which the lease may be lost: a renewal more is due
-/// before it lapses.
-fn at_risk_after_ms() -> u64 {
-    (LAPSE - RENEW_EVERY).as_millis() as u64
-}
-
 impl Lease {
-    /// Whether the lease is still held: called before every step that changes data. A lease
-    /// not renewed for `LAPSE - RENEW_EVERY` may have lapsed, and another run started.
-    pub fn check(&self) -> Result<(), ReplayError> {
-        let since =
-            self.taken.elapsed().as_millis() as u64 - self.renewed_ms.load(Ordering::Relaxed);
-        if self.lost.load(Ordering::Relaxed) || since >= at_risk_after_ms() {
+    /// Whether the lease is still this run's: read again before every step that changes data.
+    /// It must be first, and seen by ClickHouse less than `LAPSE - RENEW_EVERY` ago (a lease
+    /// about to lapse could be another run's by the time the step ends).
+    pub async fn check(&self) -> Result<(), ReplayError> {
+        let seen_s_ago = first(
+            &runs(&self.client, &self.table, &self.topic).await?,
+            &self.me,
+            &self.topic,
+        )?;
+        if seen_s_ago >= (LAPSE - RENEW_EVERY).as_secs_f64() {
             return Err(Refusal::LeaseLost {
-                since_s: since / 1000,
+                since_s: seen_s_ago as u64,
             }
             .into());
         }
@@ -256,18 +259,7 @@ impl Lease {
     /// Ends the lease: the next run may start at once.
     pub async fn release(self) {
         self.renew.abort();
-        let done = mark(
-            &self.client,
-            &self.table,
-            &self.topic,
-            self.run_id,
-            &self.command,
-            &self.host,
-            self.pid,
-            1,
-        )
-        .await;
-        if let Err(error) = done {
+        if let Err(error) = mark(&self.client, &self.table, &self.topic, &self.me, 1).await {
             tracing::warn!(error = %error, "could not release the operations lease: the next run may start once it lapses (30 s)");
         }
     }

@@ -103,7 +103,7 @@ pub enum Refusal {
         "another operations run on topic `{topic}` holds the lease: `{command}` on {host} (pid {pid}), \
          started {started_s_ago:.0} s ago, last seen {seen_s_ago:.0} s ago. Run one at a time: \
          wait until it ends, then run this command again (a run that was killed holds nothing \
-         {lapse_s} s after it was last seen, or at once when it ran on this host)"
+         {lapse_s} s after it was last seen, or at once when it ran on this machine)"
     )]
     Busy {
         command: String,
@@ -121,9 +121,10 @@ pub enum Refusal {
     )]
     LeaseUnseen,
     #[error(
-        "the operations lease could not be renewed for {since_s} s (ClickHouse unreachable or \
-         slow?): another run may have taken it, so this run stops before its next step. Run \
-         this command again once ClickHouse answers: it goes on from the steps already done"
+        "ClickHouse last saw this run's operations lease {since_s} s ago (renewals failing or \
+         slow): it may lapse and another run take it, so this run stops before its next step. \
+         Run this command again once ClickHouse answers: `replay` goes on from the steps \
+         already done"
     )]
     LeaseLost { since_s: u64 },
     #[error(
@@ -276,7 +277,12 @@ async fn replay_range(
     kafka: &OpsKafka,
     lease: Option<&Lease>,
 ) -> Result<Replay, ReplayError> {
-    let held = || lease.map_or(Ok(()), Lease::check);
+    let held = || async move {
+        match lease {
+            Some(lease) => lease.check().await,
+            None => Ok(()),
+        }
+    };
     let topic = settings.topic.clone();
     let db = format!("`{}`", settings.database);
     let events = format!("{db}.`{}`", settings.table);
@@ -401,7 +407,7 @@ async fn replay_range(
     let condition = range_condition(&topic, &replay.partitions);
 
     if !done("planned") {
-        held()?;
+        held().await?;
         // The plan and every key the rows touch, before the rows go.
         let mut insert = client
             .insert::<PlanRow<'_>>(REPLAYS_TABLE)
@@ -434,7 +440,7 @@ async fn replay_range(
         crash_after("planned");
     }
     if !done("deleted") {
-        held()?;
+        held().await?;
         check_no_members(kafka)?;
         ch("delete the range's rows", async {
             client
@@ -452,8 +458,8 @@ async fn replay_range(
         crash_after("deleted");
     }
     if !done("rebuilt") {
-        held()?;
         for r in &rollups {
+            held().await?;
             let keys = format!(
                 "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {} AND rollup = '{}')",
                 replay.replay_id, r.target
@@ -471,7 +477,7 @@ async fn replay_range(
         crash_after("rebuilt");
     }
     if !done("reset") {
-        held()?;
+        held().await?;
         check_no_members(kafka)?;
         let offsets: BTreeMap<i32, i64> = replay
             .partitions

@@ -724,6 +724,29 @@ async fn one_operations_run_at_a_time_and_a_killed_one_holds_nothing_once_lapsed
         .expect("replay released the lease")
         .release()
         .await;
+    // A holder reads the lease again before each step: one that is no longer first (here a
+    // row of another run, earlier, as a run whose insert was slow to show would leave) stops.
+    let holder = take().await.unwrap();
+    holder.check().await.expect("still first");
+    client
+        .query(&format!(
+            "INSERT INTO `{}`.ops_leases (kafka_topic, run_id, command, host, pid, scope, at) \
+             VALUES (?, generateUUIDv4(), 'slow run', 'elsewhere', 1, '', now64(3) - INTERVAL 5 SECOND)",
+            settings.database
+        ))
+        .bind(&settings.topic)
+        .execute()
+        .await
+        .unwrap();
+    match holder.check().await {
+        Err(ReplayError::Refused(Refusal::Busy { command, .. })) => assert_eq!(command, "slow run"),
+        other => panic!(
+            "a holder no longer first went on: {:?}",
+            other.err().map(|e| e.to_string())
+        ),
+    }
+    drop(holder);
+    tokio::time::sleep(lease::LAPSE + Duration::from_secs(1)).await;
     // A run killed (dropped without release) stops renewing: it holds the lease until it
     // lapses, then nothing.
     let killed = take().await.unwrap();
