@@ -15,9 +15,14 @@
 //! - before every step that changes data the holder reads the lease again ([`Lease::check`]):
 //!   it must still be first, and seen less than `LAPSE - RENEW_EVERY` ago by ClickHouse's
 //!   clock. Otherwise it stops, as it does when ClickHouse does not answer;
+//! - a lapse is final: a run whose rows ever lay [`LAPSE`] apart holds nothing, even when a
+//!   late renewal lands (another run may have taken the lease meanwhile), and its next check
+//!   stops it;
 //! - a run killed stops renewing: its lease lapses [`LAPSE`] after it was last seen, or at
-//!   once for a run of the same machine boot and process namespace whose process is gone (so
-//!   that a `replay` killed part-way can be finished at once).
+//!   once for a run of the same machine boot, process namespace and user whose process is
+//!   gone (so that a `replay` killed part-way can be finished at once). No fencing: a single
+//!   statement that runs on after its run lost the lease (ClickHouse taking no renewal for
+//!   20 s meanwhile) can overlap the next run's.
 //!
 //! Every time compared is ClickHouse's (`now64(3)`). On a cluster the table is replicated:
 //! two runs started at once on replicas more than [`SETTLE`] apart could both go on.
@@ -59,8 +64,8 @@ struct Me {
     command: String,
     host: String,
     pid: u32,
-    /// The machine's boot and this process's pid namespace (empty where unknown): a run of
-    /// the same scope whose pid is gone was killed.
+    /// The machine's boot, this process's pid namespace and user (empty where unknown): a run
+    /// of the same scope whose pid is gone was killed.
     scope: String,
 }
 
@@ -79,8 +84,15 @@ impl Me {
         let namespace = std::fs::read_link("/proc/self/ns/pid")
             .ok()
             .map(|p| p.display().to_string());
-        let scope = match (read("/proc/sys/kernel/random/boot_id"), namespace) {
-            (Some(boot), Some(namespace)) if !boot.is_empty() => format!("{boot}/{namespace}"),
+        // The user too: `/proc` mounted with `hidepid` hides other users' processes.
+        let user = std::fs::metadata("/proc/self").ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        let scope = match (read("/proc/sys/kernel/random/boot_id"), namespace, user) {
+            (Some(boot), Some(namespace), Some(user)) if !boot.is_empty() => {
+                format!("{boot}/{namespace}/{user}")
+            }
             _ => String::new(),
         };
         Me {
@@ -142,9 +154,12 @@ async fn runs(
                  toFloat64(dateDiff('millisecond', max(at), now64(3))) / 1000 AS seen_s_ago \
                  FROM {table} WHERE kafka_topic = ? GROUP BY run_id \
                  HAVING max(released) = 0 AND max(at) > now64(3) - toIntervalMillisecond(?) \
+                 AND arrayMax(arrayPushBack(arrayDifference(arraySort( \
+                     groupArray(toUnixTimestamp64Milli(at)))), 0)) < ? \
                  ORDER BY min(at), run_id"
             ))
             .bind(topic)
+            .bind(LAPSE.as_millis() as u64)
             .bind(LAPSE.as_millis() as u64)
             .fetch_all(),
     )

@@ -761,4 +761,22 @@ async fn one_operations_run_at_a_time_and_a_killed_one_holds_nothing_once_lapsed
         .expect("the killed run's lease lapsed")
         .release()
         .await;
+    // A lapse is final: a run seen 40 s ago and again now (a renewal that landed late, after
+    // another run may have taken the lease) holds nothing.
+    client
+        .query(&format!(
+            "INSERT INTO `{}`.ops_leases (kafka_topic, run_id, command, host, pid, scope, at) \
+             SELECT ?, toUUID('00000000-0000-0000-0000-000000000001'), 'late renewal', \
+             'elsewhere', 1, '', now64(3) - toIntervalSecond(n) FROM (SELECT arrayJoin([40, 1]) AS n)",
+            settings.database
+        ))
+        .bind(&settings.topic)
+        .execute()
+        .await
+        .unwrap();
+    take()
+        .await
+        .expect("a run whose lease lapsed once holds nothing")
+        .release()
+        .await;
 }
