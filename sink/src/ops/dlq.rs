@@ -21,7 +21,7 @@ use rdkafka::message::Message;
 use serde::Serialize;
 
 use super::kafka::{OpsKafka, headers_of};
-use super::lease::Lease;
+use super::lease::{Lease, still_held};
 use super::replay::ReplayError;
 use super::{ch, ch_error};
 use crate::SinkError;
@@ -498,12 +498,6 @@ async fn replay_letters(
     lease: Option<&Lease>,
 ) -> Result<Replayed, ReplayError> {
     let dry_run = lease.is_none();
-    let held = || async move {
-        match lease {
-            Some(lease) => lease.check().await,
-            None => Ok(()),
-        }
-    };
     let client = crate::clickhouse_client::client(settings)?;
     let writer = ClickHouseWriter::new(settings)?;
     writer
@@ -528,7 +522,7 @@ async fn replay_letters(
         if !keys.reread.is_empty() {
             earlier_rebuilds_left = ids.len() as u64;
         } else if !ids.is_empty() {
-            held().await?;
+            still_held(lease).await?;
             if !keys.is_empty() {
                 writer
                     .rebuild_rollups(&keys)
@@ -621,7 +615,7 @@ async fn replay_letters(
             out.inserted += if dry_run { todo.len() as u64 } else { 0 };
             continue;
         }
-        held().await?;
+        still_held(lease).await?;
         // Record the intent first: from now on these letters count as replayed, and a crash
         // before the insert is finished by the next run (it finds them not stored). A letter
         // marked by an earlier run keeps its mark, and so its insert token: an insert of that
@@ -649,7 +643,7 @@ async fn replay_letters(
             epochs,
         };
         for chunk in todo.chunks(1_000) {
-            held().await?;
+            still_held(lease).await?;
             insert_chunk(
                 &writer,
                 &client,
@@ -664,7 +658,7 @@ async fn replay_letters(
         }
         if !repair.keys.is_empty() {
             // A sink started meanwhile would race the rebuild: it takes the record over.
-            held().await?;
+            still_held(lease).await?;
             super::replay::check_no_members(kafka)?;
             writer.rebuild_rollups(&repair.keys).await.map_err(SinkError::clickhouse(
                 "rebuild the rollup keys of refused inserts (recorded in kafka_pending_rebuilds: a sink taking the partition over rebuilds them)",

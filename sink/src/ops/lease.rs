@@ -280,6 +280,14 @@ impl Lease {
     }
 }
 
+/// [`Lease::check`] for a run that holds `lease`; nothing to check for a dry run (`None`).
+pub async fn still_held(lease: Option<&Lease>) -> Result<(), ReplayError> {
+    match lease {
+        Some(lease) => lease.check().await,
+        None => Ok(()),
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renew.abort();

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::ch;
 use super::kafka::OpsKafka;
-use super::lease::Lease;
+use super::lease::{Lease, still_held};
 use crate::SinkError;
 use crate::settings::Settings;
 
@@ -277,12 +277,6 @@ async fn replay_range(
     kafka: &OpsKafka,
     lease: Option<&Lease>,
 ) -> Result<Replay, ReplayError> {
-    let held = || async move {
-        match lease {
-            Some(lease) => lease.check().await,
-            None => Ok(()),
-        }
-    };
     let topic = settings.topic.clone();
     let db = format!("`{}`", settings.database);
     let events = format!("{db}.`{}`", settings.table);
@@ -407,7 +401,7 @@ async fn replay_range(
     let condition = range_condition(&topic, &replay.partitions);
 
     if !done("planned") {
-        held().await?;
+        still_held(lease).await?;
         // The plan and every key the rows touch, before the rows go.
         let mut insert = client
             .insert::<PlanRow<'_>>(REPLAYS_TABLE)
@@ -440,7 +434,7 @@ async fn replay_range(
         crash_after("planned");
     }
     if !done("deleted") {
-        held().await?;
+        still_held(lease).await?;
         check_no_members(kafka)?;
         ch("delete the range's rows", async {
             client
@@ -459,7 +453,7 @@ async fn replay_range(
     }
     if !done("rebuilt") {
         for r in &rollups {
-            held().await?;
+            still_held(lease).await?;
             let keys = format!(
                 "(SELECT key FROM {db}.{KEYS_TABLE} WHERE replay_id = {} AND rollup = '{}')",
                 replay.replay_id, r.target
@@ -477,7 +471,7 @@ async fn replay_range(
         crash_after("rebuilt");
     }
     if !done("reset") {
-        held().await?;
+        still_held(lease).await?;
         check_no_members(kafka)?;
         let offsets: BTreeMap<i32, i64> = replay
             .partitions
