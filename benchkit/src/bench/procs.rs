@@ -62,6 +62,30 @@ pub struct Exit {
     pub peak_rss_mb: f64,
 }
 
+/// A command for `program` that the kernel sends SIGTERM once the bench is gone, however it
+/// ended (even SIGKILLed, when [`interrupt`] never ran): through util-linux's `setpriv
+/// --pdeathsig` (a child's own `prctl` would need `unsafe`), where it is installed. The child
+/// keeps its pid (`setpriv` execs it). Children are started by the main thread only: the
+/// signal follows the death of the thread that started them.
+fn orphan_proof(program: &str) -> Command {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let available = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .args(["--pdeathsig", "TERM", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if available {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "TERM", "--", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 /// Starts `args` with stdin closed, stderr to `log` and stdout discarded (or piped: the tools
 /// print their JSON summary there).
 pub fn start(args: &[String], log: &Path, pipe_stdout: bool) -> anyhow::Result<Proc> {
@@ -71,7 +95,7 @@ pub fn start(args: &[String], log: &Path, pipe_stdout: bool) -> anyhow::Result<P
     if interrupted() {
         bail!("interrupted");
     }
-    let child = Command::new(program)
+    let child = orphan_proof(program)
         .args(rest)
         .stdin(Stdio::null())
         .stdout(if pipe_stdout {

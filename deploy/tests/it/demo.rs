@@ -1,5 +1,5 @@
 //! scripts/demo: starts a private stack, producer and sink (debug binaries, free ports), rows
-//! reach ClickHouse, and Ctrl-C stops everything it started.
+//! reach ClickHouse, and Ctrl-C stops everything it started; so does a SIGKILL of the demo.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -87,39 +87,60 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
-    let bin_dir = crate::bin_dir();
-    let data = TempDir::new("it_demo");
-    let marker = unique_name("demo");
-    let [kafka, clickhouse, https, sink, producer, windows] = [
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    ];
-    assert_eq!(
-        [kafka, clickhouse, https, sink, producer, windows]
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        6
-    );
-    let started = Instant::now();
+/// The ports of a demo: the stack's and its three processes'.
+struct Ports {
+    kafka: u16,
+    clickhouse: u16,
+    https: u16,
+    sink: u16,
+    producer: u16,
+    windows: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        let ports = [
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        ];
+        assert_eq!(
+            ports
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            6
+        );
+        let [kafka, clickhouse, https, sink, producer, windows] = ports;
+        Ports {
+            kafka,
+            clickhouse,
+            https,
+            sink,
+            producer,
+            windows,
+        }
+    }
+}
+
+/// Starts `scripts/demo --no-top` on `ports` and `data`, its processes marked with `marker`;
+/// returns once it says it runs.
+async fn start_demo(ports: &Ports, data: &TempDir, marker: &str) -> Demo {
     let mut child = Command::new(repo_root().join("scripts/demo"))
         .arg("--no-top")
-        .env("STACK_KAFKA_PORT", kafka.to_string())
-        .env("STACK_CLICKHOUSE_PORT", clickhouse.to_string())
-        .env("STACK_CLICKHOUSE_TLS_PORT", https.to_string())
+        .env("STACK_KAFKA_PORT", ports.kafka.to_string())
+        .env("STACK_CLICKHOUSE_PORT", ports.clickhouse.to_string())
+        .env("STACK_CLICKHOUSE_TLS_PORT", ports.https.to_string())
         .env("STACK_DATA_DIR", data.path())
-        .env("DEMO_SINK_PORT", sink.to_string())
-        .env("DEMO_PRODUCER_PORT", producer.to_string())
-        .env("DEMO_WINDOWS_PORT", windows.to_string())
-        .env("DEMO_BIN_DIR", &bin_dir)
+        .env("DEMO_SINK_PORT", ports.sink.to_string())
+        .env("DEMO_PRODUCER_PORT", ports.producer.to_string())
+        .env("DEMO_WINDOWS_PORT", ports.windows.to_string())
+        .env("DEMO_BIN_DIR", crate::bin_dir())
         .env("DEMO_RATE", "200")
-        .env("CLICKSTREAM_DEMO_TEST", &marker)
+        .env("CLICKSTREAM_DEMO_TEST", marker)
         .env_remove("KAFKA_BROKERS")
         .env_remove("CLICKHOUSE_URL")
         .stdin(Stdio::null())
@@ -160,18 +181,21 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    demo
+}
 
-    // Rows arrive in ClickHouse, through the sink.
+/// Waits until ClickHouse holds `at_least` rows of the demo; their count.
+async fn rows_arrive(demo: &Demo, clickhouse: u16, at_least: u64) -> u64 {
     let client = clickhouse::Client::default().with_url(format!("http://127.0.0.1:{clickhouse}"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    let rows = loop {
+    loop {
         let rows: u64 = client
             .query("SELECT count() FROM clickstream.events")
             .fetch_one()
             .await
             .unwrap_or(0);
-        if rows >= 100 {
-            break rows;
+        if rows >= at_least {
+            return rows;
         }
         assert!(
             Instant::now() < deadline,
@@ -179,7 +203,27 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
             demo.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
+    let data = TempDir::new("it_demo");
+    let marker = unique_name("demo");
+    let ports = Ports::free();
+    let Ports {
+        kafka,
+        clickhouse,
+        sink,
+        producer,
+        windows,
+        ..
+    } = ports;
+    let started = Instant::now();
+    let mut demo = start_demo(&ports, &data, &marker).await;
+
+    // Rows arrive in ClickHouse, through the sink.
+    let rows = rows_arrive(&demo, clickhouse, 100).await;
     // The sink counts an insert once ClickHouse has answered it, which can be a moment after
     // its rows became visible: wait for the counter to catch up.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -264,5 +308,82 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         started.elapsed() < Duration::from_secs(400),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// SIGKILLs whatever of a demo still runs when dropped (a failed test must leave nothing
+/// behind; the stack's watcher stops the stack).
+struct KillLeftovers<'a>(&'a str);
+
+impl Drop for KillLeftovers<'_> {
+    fn drop(&mut self) {
+        for process in marked_processes(self.0) {
+            if let Some(pid) = process.split(':').next().and_then(|p| p.parse().ok()) {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+/// A demo killed with no chance to clean up (SIGKILL, as an out-of-memory kill or a CI timeout
+/// does): its producer, sink and window publisher get SIGTERM from the kernel and exit after
+/// their flush, and the stack's watcher stops the stack. Nothing of it keeps running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demo_killed_outright_leaves_nothing_running() {
+    let data = TempDir::new("it_demo_killed");
+    let marker = unique_name("demo-killed");
+    let ports = Ports::free();
+    let mut demo = start_demo(&ports, &data, &marker).await;
+    let _orphans = KillLeftovers(&marker);
+    rows_arrive(&demo, ports.clickhouse, 100).await;
+    let running = marked_processes(&marker);
+    assert!(
+        running.len() >= 6,
+        "demo, stack, producer, sink, windows: {running:#?}"
+    );
+
+    signal(demo.child.id(), "KILL");
+    let _ = demo.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = marked_processes(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 90 s after the demo was killed: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for port in [
+        ports.kafka,
+        ports.clickhouse,
+        ports.sink,
+        ports.producer,
+        ports.windows,
+    ] {
+        assert!(!port_open(port), "port {port} still open");
+    }
+    // They stopped as on Ctrl-C (SIGTERM: flushed and exited), not killed.
+    let log = |name: &str| {
+        std::fs::read_to_string(data.path().join(format!("log/{name}.log"))).unwrap_or_default()
+    };
+    assert!(
+        log("sink").contains("signal received"),
+        "the sink got no SIGTERM:\n{}",
+        log("sink")
+    );
+    let producer_log = log("producer");
+    let summary: serde_json::Value = producer_log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
+    assert_eq!(summary["delivered"], summary["sent"], "{summary}");
+    assert!(
+        log("watch").contains("is gone: stopping the stack"),
+        "the stack's watcher did not stop it:\n{}",
+        log("watch")
     );
 }
