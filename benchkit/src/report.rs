@@ -819,6 +819,31 @@ fn section_scale(r: &Value) -> Vec<String> {
               on this machine."
             .to_owned(),
     };
+    let pooled = match r.get("one_sink_pooled_memory") {
+        Some(p) if !p["of_most_steady"].is_null() => {
+            let bytes = items(&p["sink_args"]).last().map_or(0.0, |v| {
+                v.as_str()
+                    .and_then(|b| b.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            });
+            let list = |key: &str, each: &dyn Fn(&Value) -> String| {
+                items(&p[key]).map(each).collect::<Vec<_>>().join(" / ")
+            };
+            format!(
+                " One sink given the memory bound of the {k} together (`--max-batch-bytes {mb} \
+                 MB`), once per round: {rates} events/s steady at {rss} MB of peak RSS, **{ratios} \
+                 of {k} sinks, median {median}**, {dups} duplicates.",
+                k = show(&p["sinks_pooled"]),
+                mb = fixed(bytes / 1_048_576.0, 0),
+                rates = list("steady_events_per_s_rounds", &fmt),
+                rss = list("sink_peak_rss_mb_rounds", &show),
+                ratios = list("of_most_steady_rounds", &|v| fixed(num(v), 2)),
+                median = fixed(num(&p["of_most_steady"]), 2),
+                dups = list("duplicates_rounds", &show),
+            )
+        }
+        _ => String::new(),
+    };
     lines.extend([
         String::new(),
         format!(
@@ -827,7 +852,7 @@ fn section_scale(r: &Value) -> Vec<String> {
              times the INSERTs per second and k times the memory: their inserts are larger, \
              which the endpoint handles more cheaply. All of them share the one endpoint and the \
              machine's {} cores; the join (first row) stays at about half the session timeout. With 3 \
-             partitions a 4th sink would sit idle.{ratio}{endpoint_cost}",
+             partitions a 4th sink would sit idle.{ratio}{pooled}{endpoint_cost}",
             show(&r["machine"]["cores"]),
         ),
         String::new(),

@@ -50,6 +50,8 @@ pub struct Drain<'t> {
     pub payload_bytes: Option<f64>,
     pub mode: Mode,
     pub points: usize,
+    /// More arguments for its sinks.
+    pub args: Vec<String>,
 }
 
 /// What else a drain does.
@@ -75,7 +77,12 @@ impl<'t> Drain<'t> {
             payload_bytes,
             mode: Mode::Plain,
             points: 60,
+            args: Vec::new(),
         }
+    }
+
+    pub fn args(self, args: Vec<String>) -> Self {
+        Drain { args, ..self }
     }
 
     pub fn sinks(self, instances: usize) -> Self {
@@ -264,6 +271,7 @@ impl<'a> Bench<'a> {
             payload_bytes,
             mode,
             points,
+            ref args,
         } = *run;
         let (name, profile, discard) =
             (name.as_str(), mode == Mode::Profiled, mode == Mode::Discard);
@@ -283,7 +291,7 @@ impl<'a> Bench<'a> {
         };
         let (cpu0, machine0) = (self.stack_cpu(), procs::machine_cpu_s()?);
         let t0 = Instant::now();
-        let mut sinks = self.start_sinks(name, topic, &group, &db, instances, &[])?;
+        let mut sinks = self.start_sinks(name, topic, &group, &db, instances, args)?;
         let pids: Vec<u32> = sinks.iter().map(|s| s.proc.pid()).collect();
         let perf = if profile && profile::available() {
             let mut watched: Vec<Option<u32>> = pids.iter().copied().map(Some).collect();

@@ -709,7 +709,21 @@ fn measure_all(
         if settings.has("scale") {
             // Rounds interleaved (1, 2, 3 sinks, then again), so that a slow minute of the
             // machine falls on every count alike (one run per count moved by up to 15 %).
-            let mut rounds = Vec::new();
+            // Each round also drains with one sink given the memory bound of the most sinks
+            // together (k times the default `max_batch_bytes`): what one sink lacks against k.
+            let most = settings.scale.iter().copied().max().unwrap_or(1);
+            // (Not when the sinks' own arguments set the bound: a flag given twice is refused.)
+            let bound_given = settings
+                .sink_args
+                .iter()
+                .any(|a| a.starts_with("--max-batch-bytes"));
+            let pooled =
+                (settings.scale.first() == Some(&1) && most > 1 && !bound_given).then(|| {
+                    let bytes =
+                        clickstream_sink::settings::Settings::default().max_batch_bytes * most;
+                    vec!["--max-batch-bytes".to_owned(), bytes.to_string()]
+                });
+            let (mut rounds, mut pooled_runs) = (Vec::new(), Vec::new());
             for round in 1..=settings.scale_rounds {
                 let runs = settings
                     .scale
@@ -725,9 +739,24 @@ fn measure_all(
                         Ok(run)
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
+                if let Some(args) = &pooled {
+                    let name = format!("scale1mem{most}r{round}");
+                    let mut run = bench.drain(
+                        &Drain::of(&name, &topic, events, payload_bytes).args(args.clone()),
+                    )?;
+                    run["round"] = json!(round);
+                    run["sink_args"] = json!(args);
+                    pooled_runs.push(run);
+                }
                 rounds.push(runs);
             }
+            let pooled_out = pooled
+                .is_some()
+                .then(|| pooled_memory(most, &rounds, &pooled_runs));
             merge(result, scale_out(&settings.scale, rounds));
+            if let Some(pooled) = pooled_out {
+                result["one_sink_pooled_memory"] = pooled;
+            }
         }
         stack.delete_topic(&topic);
     }
@@ -795,6 +824,38 @@ fn scale_out(scale: &[usize], rounds: Vec<Vec<Value>>) -> Value {
     out
 }
 
+/// One sink with the memory bound of `most` sinks, round by round (`pooled`, one run per round
+/// of `rounds`): its steady rates, peak RSS, and its steady rate over the most sinks' in the
+/// same round, with their median.
+fn pooled_memory(most: usize, rounds: &[Vec<Value>], pooled: &[Value]) -> Value {
+    let steady = |run: &Value| run["steady_events_per_s"].as_f64().unwrap_or(0.0);
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .zip(pooled)
+        .filter_map(|(runs, one)| {
+            let most = steady(runs.last()?);
+            (most > 0.0).then(|| round(steady(one) / most, 3))
+        })
+        .collect();
+    let each = ratios.clone();
+    ratios.sort_by(f64::total_cmp);
+    let median = match ratios.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(ratios[n / 2]),
+        n => Some(round((ratios[n / 2 - 1] + ratios[n / 2]) / 2.0, 3)),
+    };
+    json!({
+        "sinks_pooled": most,
+        "sink_args": pooled.first().map(|run| run["sink_args"].clone()),
+        "steady_events_per_s_rounds": pooled.iter().map(steady).collect::<Vec<_>>(),
+        "sink_peak_rss_mb_rounds": pooled.iter().map(|run| run["sink_peak_rss_mb"].clone()).collect::<Vec<_>>(),
+        "inserts_rounds": pooled.iter().map(|run| run["inserts"].clone()).collect::<Vec<_>>(),
+        "duplicates_rounds": pooled.iter().map(|run| run["duplicates"].clone()).collect::<Vec<_>>(),
+        "of_most_steady_rounds": each,
+        "of_most_steady": median,
+    })
+}
+
 fn merge(into: &mut Value, from: Value) {
     if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
         into.extend(from);
@@ -851,6 +912,29 @@ mod tests {
         assert_eq!(two["one_sink_of_most_steady"], 0.25);
         let without_one = scale_out(&[2, 3], vec![vec![run(2, 1, 1.0), run(3, 1, 2.0)]]);
         assert!(without_one.get("one_sink_of_most_steady").is_none());
+    }
+
+    #[test]
+    fn one_sink_with_pooled_memory_is_set_against_the_most_sinks_of_its_round() {
+        let run = |steady: f64| {
+            json!({"steady_events_per_s": steady, "sink_peak_rss_mb": 240.0,
+            "inserts": 12, "duplicates": 0, "sink_args": ["--max-batch-bytes", "201326592"]})
+        };
+        let rounds = vec![
+            vec![run(100.0), run(200.0)],
+            vec![run(100.0), run(250.0)],
+            vec![run(100.0), run(0.0)],
+        ];
+        let out = pooled_memory(3, &rounds, &[run(190.0), run(250.0), run(180.0)]);
+        assert_eq!(out["of_most_steady_rounds"], json!([0.95, 1.0]));
+        assert_eq!(out["of_most_steady"], json!(0.975));
+        assert_eq!(
+            out["steady_events_per_s_rounds"],
+            json!([190.0, 250.0, 180.0])
+        );
+        assert_eq!(out["sinks_pooled"], 3);
+        assert_eq!(out["sink_args"][1], "201326592");
+        assert!(pooled_memory(3, &[], &[])["of_most_steady"].is_null());
     }
 
     #[test]
