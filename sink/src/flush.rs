@@ -304,8 +304,7 @@ impl Part {
 
     /// Halves in event-time order (each half in offset order again).
     fn time_halves(mut self, rows: &Sealed) -> (Part, Part) {
-        self.rows
-            .sort_by_key(|&i| (rows.id_and_time(i).1, rows.offset(i)));
+        self.rows.sort_by_key(|&i| (rows.time(i), rows.offset(i)));
         let mut second = self.rows.split_off(self.rows.len() / 2);
         self.rows.sort_unstable();
         second.sort_unstable();
@@ -1403,7 +1402,7 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
         self.metrics.inserted_rows.inc_by(part.len() as u64);
         let now = Utc::now().timestamp_millis();
         for &i in part {
-            let age = (now - rows.id_and_time(i).1).max(0) as f64 / 1000.0;
+            let age = (now - rows.time(i)).max(0) as f64 / 1000.0;
             self.metrics.event_to_insert_seconds.observe(age);
         }
         self.retry.stall.progress();

@@ -880,7 +880,7 @@ mod tests {
         }
         let sealed = rows.seal().unwrap();
         assert_eq!(sealed.offsets().collect::<Vec<_>>(), vec![10, 12]);
-        assert_eq!(sealed.body(&[0, 1]).concat(), expected);
+        assert_eq!(crate::rows::tests::plain(sealed.body(&[0, 1])), expected);
         let other = crate::rows::tests::layout();
         let mut rows = Rows::default();
         assert!(rows.push_encoded(&layout, &buffer, 10, 0));

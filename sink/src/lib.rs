@@ -25,8 +25,9 @@
 //!   before each insert. Crashes, replays with other batch boundaries, rebalances and group
 //!   resets add no duplicate.
 //! - **Kafka is the buffer**: of a message the sink keeps only its row, encoded once for the
-//!   table; the rare message needed again (a rejected row, rows to encode for a changed
-//!   table) is read back from the topic ([`refetch`]).
+//!   table and held compressed as its INSERT sends it ([`rows`], [`packed`]); the rare message
+//!   needed again (a rejected row, rows to encode for a changed table) is read back from the
+//!   topic ([`refetch`]).
 //! - **Nothing lost, nothing stuck silently**: every failure is classified in one place
 //!   ([`writer::class_of`]) and retried by one policy ([`retry`]), split, followed (a changed
 //!   table) or isolated (rejected rows); what cannot resolve itself stops the sink with an
@@ -43,7 +44,7 @@
 //!
 //! Layout, in the order data meets it: [`settings`] · [`consumer`] (group consumer,
 //! rebalances, pause/resume, commit) · [`pipeline`] (the loop, the write tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]
-//! (rows encoded once) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
+//! (rows encoded once, held packed: [`packed`]) · [`batch`] (pure policy) · [`flush`] (write + commit of one segment)
 //! · [`schema`] (row encoding for the live table) · [`writer`] (ClickHouse, failure classes;
 //! its client: [`clickhouse_client`]) · [`rollups`] (the views' keys rebuilt after a refused
 //! insert, and by `replay`) · [`refetch`] (messages read back) · [`dead_letter`] ·
@@ -67,6 +68,7 @@ pub mod kafka_auth;
 pub mod metrics;
 pub mod ops;
 pub mod ownership;
+pub mod packed;
 pub mod pipeline;
 pub mod refetch;
 pub mod retry;

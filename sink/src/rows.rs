@@ -5,12 +5,23 @@
 //!
 //! [`Rows`] grows while the batch fills; [`Sealed`] is what the write stage inserts: shared,
 //! immutable, sliced without copying for every part of a split insert.
+//!
+//! Rows are held packed: each 64 KiB piece is compressed once it is full, as the INSERT sends
+//! it (ClickHouse's LZ4 blocks, `decompress=1`, [`crate::packed`]), so a buffered or in-flight
+//! row holds about half the memory of its encoding (about 80 bytes a row instead of 166 with the
+//! producer's events, the index included). The sink's memory bound then holds twice the rows,
+//! which is what one sink lacked against three at full load (its next INSERT's rows, read
+//! while ClickHouse takes the last one). The compressing is the work sending did before. A
+//! piece is unpacked again only when its rows are read one by one (a split, a refused
+//! insert, rows stored meanwhile), and event times are kept beside the rows for the latency
+//! metric.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::packed;
 use crate::row::RowRef;
 use crate::schema::Layout;
 
@@ -33,14 +44,21 @@ struct Entry {
     end: u32,
 }
 
-/// The rows of one partition's segment, as they arrive.
+/// The rows of one partition's segment, as they arrive: a piece is packed (compressed once,
+/// as its INSERT sends it) when it is full, so a buffered row holds about half the memory of
+/// its encoding; the piece being filled is plain, and its buffer is used again for the next.
 #[derive(Debug, Default)]
 pub struct Rows {
     layout: Option<Arc<Layout>>,
-    chunks: Vec<Vec<u8>>,
+    /// The full pieces, packed.
+    packed: Vec<Chunk>,
+    /// Their blocks' size: `bytes` stays O(1).
+    packed_bytes: usize,
+    /// The piece being filled.
+    open: Vec<u8>,
     index: Vec<Entry>,
-    /// Capacity of every piece but the last (they no longer change): `bytes` stays O(1).
-    closed_bytes: usize,
+    /// Each row's event time (a packed row's is not read again for the latency metric).
+    times: Vec<i64>,
     newest_event_ms: Option<i64>,
     /// Some rows are at offsets ClickHouse once held (see [`Sealed::reread_through`]).
     reread_through: Option<i64>,
@@ -54,27 +72,41 @@ impl Rows {
         self.reread_through = self.reread_through.max(Some(ceiling));
     }
 
+    /// Room for `need` more bytes in the open piece: a full one is packed first.
+    fn room(&mut self, need: usize) {
+        if self.open.capacity() - self.open.len() >= need {
+            return;
+        }
+        if !self.open.is_empty() {
+            let block = packed::compress(&self.open);
+            self.packed_bytes += block.len();
+            self.packed.push(Chunk::Packed {
+                block,
+                plain: std::sync::OnceLock::new(),
+            });
+            self.open.clear();
+        }
+        self.open.reserve(CHUNK_BYTES.max(need));
+    }
+
+    /// Notes the row just written to the open piece.
+    fn added(&mut self, offset: i64, event_time_ms: i64) {
+        self.index.push(Entry {
+            offset,
+            chunk: u32::try_from(self.packed.len()).expect("fewer than 4 G pieces"),
+            end: u32::try_from(self.open.len()).expect("a piece stays under 4 GiB"),
+        });
+        self.times.push(event_time_ms);
+        self.newest_event_ms = self.newest_event_ms.max(Some(event_time_ms));
+    }
+
     /// Encodes `row` with the layout of this segment (the first row's: `layout` is asked only
     /// then), so that one buffer is in one structure.
     pub fn push(&mut self, layout: impl FnOnce() -> Arc<Layout>, row: &RowRef<'_>) {
+        self.room(CHUNK_MARGIN);
         let layout = self.layout.get_or_insert_with(layout);
-        if self
-            .chunks
-            .last()
-            .is_none_or(|c| c.capacity() - c.len() < CHUNK_MARGIN)
-        {
-            self.closed_bytes += self.chunks.last().map_or(0, Vec::capacity);
-            self.chunks.push(Vec::with_capacity(CHUNK_BYTES));
-        }
-        let chunk = self.chunks.len() - 1;
-        let body = &mut self.chunks[chunk];
-        layout.encode(row, body);
-        self.newest_event_ms = self.newest_event_ms.max(Some(row.event_time_ms));
-        self.index.push(Entry {
-            offset: row.kafka_offset,
-            chunk: chunk as u32,
-            end: u32::try_from(body.len()).expect("a piece stays under 4 GiB"),
-        });
+        layout.encode(row, &mut self.open);
+        self.added(row.kafka_offset, row.event_time_ms);
     }
 
     /// Adds a row encoded already for `layout` (its bytes, Kafka offset and event time);
@@ -89,24 +121,9 @@ impl Rows {
         if !Arc::ptr_eq(self.layout.get_or_insert_with(|| layout.clone()), layout) {
             return false;
         }
-        if self
-            .chunks
-            .last()
-            .is_none_or(|c| c.capacity() - c.len() < row.len().max(CHUNK_MARGIN))
-        {
-            self.closed_bytes += self.chunks.last().map_or(0, Vec::capacity);
-            self.chunks
-                .push(Vec::with_capacity(CHUNK_BYTES.max(row.len())));
-        }
-        let chunk = self.chunks.len() - 1;
-        let body = &mut self.chunks[chunk];
-        body.extend_from_slice(row);
-        self.index.push(Entry {
-            offset,
-            chunk: chunk as u32,
-            end: u32::try_from(body.len()).expect("a piece stays under 4 GiB"),
-        });
-        self.newest_event_ms = self.newest_event_ms.max(Some(event_time_ms));
+        self.room(row.len().max(CHUNK_MARGIN));
+        self.open.extend_from_slice(row);
+        self.added(offset, event_time_ms);
         true
     }
 
@@ -120,9 +137,10 @@ impl Rows {
 
     /// Memory held (capacity, not length: what the process really keeps).
     pub fn bytes(&self) -> usize {
-        self.closed_bytes
-            + self.chunks.last().map_or(0, Vec::capacity)
+        self.packed_bytes
+            + self.open.capacity()
             + self.index.capacity() * INDEX_BYTES
+            + self.times.capacity() * std::mem::size_of::<i64>()
     }
 
     /// The newest event time (ms) among the rows (for the freshness gauge).
@@ -133,11 +151,16 @@ impl Rows {
     /// Freezes the rows for writing (no copy). `None` when there are none.
     pub fn seal(self) -> Option<Sealed> {
         let layout = self.layout?;
+        let mut chunks = self.packed;
+        if !self.open.is_empty() {
+            chunks.push(Chunk::Plain(Bytes::from(self.open)));
+        }
         Some(Sealed {
             layout,
-            chunks: self.chunks.into_iter().map(Bytes::from).collect(),
+            chunks,
             index: self.index,
             reread_through: self.reread_through,
+            times: self.times,
         })
     }
 }
@@ -151,12 +174,60 @@ impl crate::batch::RowBuffer for Rows {
     }
 }
 
+/// One piece of a sealed segment: as encoded, or packed for its insert.
+#[derive(Debug, Clone)]
+enum Chunk {
+    Plain(Bytes),
+    /// One compressed block; its plain bytes kept once read (a split or a refused insert
+    /// reads rows one by one).
+    Packed {
+        block: Bytes,
+        plain: std::sync::OnceLock<Bytes>,
+    },
+}
+
+impl Chunk {
+    fn plain(&self) -> &Bytes {
+        match self {
+            Chunk::Plain(bytes) => bytes,
+            Chunk::Packed { block, plain } => plain.get_or_init(|| packed::decompress(block)),
+        }
+    }
+
+    /// Size of its rows' encoding.
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Plain(bytes) => bytes.len(),
+            Chunk::Packed { block, .. } => packed::size(block),
+        }
+    }
+
+    /// Memory held.
+    fn held(&self) -> usize {
+        match self {
+            Chunk::Plain(bytes) => bytes.len(),
+            Chunk::Packed { block, plain } => block.len() + plain.get().map_or(0, Bytes::len),
+        }
+    }
+
+    /// The piece as one compressed block, as an INSERT sends it.
+    fn block(&self) -> Bytes {
+        match self {
+            Chunk::Plain(bytes) => packed::compress(bytes),
+            Chunk::Packed { block, .. } => block.clone(),
+        }
+    }
+}
+
 /// A segment's rows, frozen for the write stage.
 #[derive(Debug, Clone)]
 pub struct Sealed {
     pub layout: Arc<Layout>,
-    chunks: Vec<Bytes>,
+    chunks: Vec<Chunk>,
     index: Vec<Entry>,
+    /// Each row's event time once packed (the latency metric reads every row's after its
+    /// insert); empty before.
+    times: Vec<i64>,
     /// Rows at or below this offset were read again at offsets ClickHouse once held (it is
     /// the highest one it held): their inserts may repeat deduplication tokens it still
     /// remembers after the rows were deleted, so the write stage checks that they landed.
@@ -175,6 +246,7 @@ impl Sealed {
             chunks: Vec::new(),
             index: Vec::new(),
             reread_through: None,
+            times: Vec::new(),
         })
     }
 
@@ -195,11 +267,17 @@ impl Sealed {
                 ..*e
             }));
         }
+        let times = if parts.iter().all(|p| p.times.len() == p.index.len()) {
+            parts.iter().flat_map(|p| p.times.iter().copied()).collect()
+        } else {
+            Vec::new()
+        };
         Some(Sealed {
             layout,
             chunks,
             index,
             reread_through: parts.iter().filter_map(|p| p.reread_through).max(),
+            times,
         })
     }
 
@@ -224,8 +302,11 @@ impl Sealed {
         self
     }
 
+    /// Memory held: the pieces (packed or not), the index and the event times.
     pub fn bytes(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum::<usize>() + self.index.len() * INDEX_BYTES
+        self.chunks.iter().map(Chunk::held).sum::<usize>()
+            + self.index.len() * INDEX_BYTES
+            + self.times.len() * std::mem::size_of::<i64>()
     }
 
     pub fn offset(&self, i: usize) -> i64 {
@@ -249,7 +330,7 @@ impl Sealed {
     /// The encoded bytes of row `i`.
     pub fn row(&self, i: usize) -> &[u8] {
         let (chunk, start, end) = self.span(i);
-        &self.chunks[chunk][start..end]
+        &self.chunks[chunk].plain()[start..end]
     }
 
     /// Event id and event time (ms) of row `i`.
@@ -257,8 +338,17 @@ impl Sealed {
         self.layout.id_and_time(self.row(i))
     }
 
-    /// The bytes of the rows `part` (indices in increasing order), in pieces: slices of the
-    /// buffer when the rows are consecutive, else one copy.
+    /// Event time (ms) of row `i` (of packed rows, without unpacking them).
+    pub fn time(&self, i: usize) -> i64 {
+        match self.times.get(i) {
+            Some(&time) if self.times.len() == self.index.len() => time,
+            _ => self.id_and_time(i).1,
+        }
+    }
+
+    /// The rows `part` (indices in increasing order) as an INSERT's body (`decompress=1`):
+    /// compressed blocks. A whole packed piece is sent as it is; a run of consecutive rows
+    /// otherwise is compressed piece by piece from the buffer, rows apart from one copy.
     pub fn body(&self, part: &[usize]) -> Vec<Bytes> {
         let (Some(&first), Some(&last)) = (part.first(), part.last()) else {
             return Vec::new();
@@ -267,23 +357,23 @@ impl Sealed {
             let (first_chunk, start, _) = self.span(first);
             let (last_chunk, _, end) = self.span(last);
             return (first_chunk..=last_chunk)
-                .map(|c| {
+                .filter_map(|c| {
+                    let chunk = &self.chunks[c];
                     let from = if c == first_chunk { start } else { 0 };
-                    let to = if c == last_chunk {
-                        end
-                    } else {
-                        self.chunks[c].len()
-                    };
-                    self.chunks[c].slice(from..to)
+                    let to = if c == last_chunk { end } else { chunk.len() };
+                    match (from, to) {
+                        _ if from == to => None,
+                        (0, to) if to == chunk.len() => Some(chunk.block()),
+                        _ => Some(packed::compress(&chunk.plain()[from..to])),
+                    }
                 })
-                .filter(|piece| !piece.is_empty())
                 .collect();
         }
         let mut out = Vec::with_capacity(part.iter().map(|&i| self.row(i).len()).sum());
         for &i in part {
             out.extend_from_slice(self.row(i));
         }
-        vec![Bytes::from(out)]
+        out.chunks(CHUNK_BYTES).map(packed::compress).collect()
     }
 
     /// Keeps only the rows for which `keep(index)` holds.
@@ -299,28 +389,16 @@ impl Sealed {
         };
         for &i in &kept {
             let bytes = self.row(i);
-            if rows
-                .chunks
-                .last()
-                .is_none_or(|c| c.capacity() - c.len() < bytes.len())
-            {
-                rows.closed_bytes += rows.chunks.last().map_or(0, Vec::capacity);
-                rows.chunks
-                    .push(Vec::with_capacity(CHUNK_BYTES.max(bytes.len())));
-            }
-            let chunk = rows.chunks.len() - 1;
-            rows.chunks[chunk].extend_from_slice(bytes);
-            rows.index.push(Entry {
-                offset: self.offset(i),
-                chunk: chunk as u32,
-                end: rows.chunks[chunk].len() as u32,
-            });
+            rows.room(bytes.len());
+            rows.open.extend_from_slice(bytes);
+            rows.added(self.offset(i), self.time(i));
         }
         rows.seal().unwrap_or(Sealed {
             layout: self.layout,
             chunks: Vec::new(),
             index: Vec::new(),
             reread_through: self.reread_through,
+            times: Vec::new(),
         })
     }
 }
@@ -329,6 +407,13 @@ impl Sealed {
 pub(crate) mod tests {
     use super::*;
     use crate::schema::{Layout, test_columns};
+
+    /// An INSERT body as the rows' plain encoding.
+    pub(crate) fn plain(body: Vec<Bytes>) -> Vec<u8> {
+        body.iter()
+            .flat_map(|block| packed::decompress(block).to_vec())
+            .collect()
+    }
 
     pub(crate) fn layout() -> Arc<Layout> {
         Arc::new(Layout::new("db", "events", &test_columns(&[])).unwrap())
@@ -363,23 +448,49 @@ pub(crate) mod tests {
         let layout = layout();
         let mut rows = Rows::default();
         assert_eq!(rows.bytes(), 0);
+        let mut encoded = 0;
         for offset in 0..5_000 {
             rows.push(|| layout.clone(), &row(offset, offset));
+            let mut one = Vec::new();
+            layout.encode(&row(offset, offset), &mut one);
+            encoded += one.len();
             if offset % 997 == 0 {
-                let counted: usize = rows.chunks.iter().map(Vec::capacity).sum::<usize>()
-                    + rows.index.capacity() * INDEX_BYTES;
+                let counted: usize = rows
+                    .packed
+                    .iter()
+                    .map(|c| match c {
+                        Chunk::Packed { block, .. } => block.len(),
+                        Chunk::Plain(_) => unreachable!("full pieces are packed"),
+                    })
+                    .sum::<usize>()
+                    + rows.open.capacity()
+                    + rows.index.capacity() * INDEX_BYTES
+                    + rows.times.capacity() * 8;
                 assert_eq!(rows.bytes(), counted, "after {} rows", offset + 1);
             }
         }
         assert!(
-            rows.chunks.len() > 3,
+            rows.packed.len() > 3,
             "several pieces: {}",
-            rows.chunks.len()
+            rows.packed.len()
+        );
+        assert_eq!(
+            rows.open.capacity(),
+            CHUNK_BYTES,
+            "one open piece, used again"
+        );
+        let packed: usize = rows.packed.iter().map(Chunk::held).sum();
+        let plain: usize = rows.packed.iter().map(Chunk::len).sum();
+        assert!(packed < plain / 2, "{packed} bytes packed for {plain}");
+        assert!(
+            rows.bytes() < encoded,
+            "{} bytes held for {encoded}",
+            rows.bytes()
         );
     }
 
     #[test]
-    fn rows_are_kept_as_their_encoding_and_sliced_without_copies() {
+    fn rows_are_kept_as_their_encoding_and_read_back_by_index() {
         let layout = layout();
         let mut rows = Rows::default();
         for offset in [3, 4, 7] {
@@ -396,14 +507,9 @@ pub(crate) mod tests {
         layout.encode(&row(4, 4_000), &mut one);
         assert_eq!(sealed.row(1), &one[..]);
         let whole = sealed.body(&[0, 1, 2]);
-        assert_eq!(whole.len(), 1);
-        assert_eq!(whole[0].len(), 3 * one.len());
-        assert_eq!(
-            whole[0].as_ptr(),
-            sealed.chunks[0].as_ptr(),
-            "consecutive rows are a slice"
-        );
-        assert_eq!(&sealed.body(&[0, 2])[0][one.len()..], sealed.row(2));
+        assert_eq!(whole.len(), 1, "one piece, one block");
+        assert_eq!(plain(whole).len(), 3 * one.len());
+        assert_eq!(&plain(sealed.body(&[0, 2]))[one.len()..], sealed.row(2));
         let kept = sealed.retain(|i| i != 1);
         assert_eq!(kept.offsets().collect::<Vec<_>>(), vec![3, 7]);
         assert_eq!(kept.id_and_time(1), (Uuid::from_u128(8), 7_000));
@@ -417,8 +523,7 @@ pub(crate) mod tests {
         for offset in 0..n {
             rows.push(|| layout.clone(), &row(offset, offset));
         }
-        assert!(rows.chunks.len() > 2, "{} pieces", rows.chunks.len());
-        assert!(rows.chunks.iter().all(|c| c.capacity() == CHUNK_BYTES));
+        assert!(rows.packed.len() > 2, "{} pieces", rows.packed.len());
         assert_eq!(rows.newest_event_ms(), Some(n - 1), "across pieces");
         let sealed = rows.seal().unwrap();
         let all: Vec<usize> = (0..n as usize).collect();
@@ -428,13 +533,13 @@ pub(crate) mod tests {
         for offset in 0..n {
             layout.encode(&row(offset, offset), &mut expected);
         }
-        assert_eq!(pieces.concat(), expected);
+        assert_eq!(plain(pieces), expected);
         // A run across a piece boundary.
         let boundary = (0..sealed.len())
             .find(|&i| sealed.index[i].chunk == 1)
             .unwrap();
         let run: Vec<usize> = (boundary - 2..boundary + 2).collect();
-        let got = sealed.body(&run).concat();
+        let got = plain(sealed.body(&run));
         let want: Vec<u8> = run.iter().flat_map(|&i| sealed.row(i).to_vec()).collect();
         assert_eq!(got, want);
         for i in [0, boundary - 1, boundary, sealed.len() - 1] {
@@ -447,6 +552,61 @@ pub(crate) mod tests {
         assert_eq!(kept.len(), n as usize / 2);
         assert_eq!(kept.id_and_time(0).1, 1);
         assert_eq!(kept.id_and_time(kept.len() - 1).1, n - 1);
+    }
+
+    #[test]
+    fn rows_are_held_packed_and_full_pieces_sent_as_they_are() {
+        let layout = layout();
+        let mut rows = Rows::default();
+        let n = 5_000;
+        for offset in 0..n {
+            rows.push(|| layout.clone(), &row(offset, 1_000 * offset));
+        }
+        let sealed = rows.seal().unwrap();
+        let all: Vec<usize> = (0..sealed.len()).collect();
+        let before = sealed.bytes();
+        let rows_before: Vec<Vec<u8>> = (0..n)
+            .map(|offset| {
+                let mut one = Vec::new();
+                layout.encode(&row(offset, 1_000 * offset), &mut one);
+                one
+            })
+            .collect();
+        let body_before = rows_before.concat();
+        assert!(before < body_before.len() / 2, "{before} bytes held");
+        let packed = sealed;
+        let held = packed.bytes();
+        // Every attempt sends the full pieces' blocks made once (the last piece, being
+        // filled until the seal, is compressed on the way).
+        let (first, again) = (packed.body(&all), packed.body(&all));
+        assert_eq!(first.len(), packed.chunks.len());
+        assert!(
+            first[..first.len() - 1]
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.as_ptr() == b.as_ptr())
+        );
+        assert_eq!(plain(first), body_before);
+        // Event times without unpacking anything.
+        assert_eq!(packed.time(4_321), 4_321_000);
+        assert_eq!(packed.bytes(), held, "nothing unpacked");
+        // Rows read one by one: their piece unpacked, the same bytes.
+        assert_eq!(packed.row(0), &rows_before[0][..]);
+        assert!(packed.bytes() > held);
+        assert!(all.iter().all(|&i| packed.row(i) == &rows_before[i][..]));
+        assert_eq!(plain(packed.body(&[1, 3, 4_999])), {
+            let mut out = rows_before[1].clone();
+            out.extend(&rows_before[3]);
+            out.extend(&rows_before[4_999]);
+            out
+        });
+        // Several partitions' packed rows as one, and a part of them kept.
+        let both = Sealed::concat(&[&packed, &packed.clone()]).unwrap();
+        assert_eq!(both.time(n as usize + 7), 7_000);
+        let kept = both.retain(|i| i % 1_000 == 0);
+        assert_eq!(kept.len(), 10);
+        assert_eq!(kept.time(9), 4_000_000);
+        assert_eq!(kept.row(1), &rows_before[1_000][..]);
     }
 
     #[test]

@@ -605,11 +605,14 @@ impl ClickHouseWriter {
             // legitimately identical batches; at-least-once means no deduplication at all.
             None => self.client.clone().with_setting("insert_deduplicate", "0"),
         };
+        // The body is compressed blocks already (`Sealed::body`): sent as they are.
+        let client = client
+            .with_compression(clickhouse::Compression::None)
+            .with_setting("decompress", "1");
         let mut insert = client.insert_formatted_with(layout.statement.clone());
-        insert.send(layout.header.clone()).await?;
-        // In pieces: each is compressed on its own, so a big insert needs no second copy.
-        for piece in body {
-            insert.send(piece).await?;
+        insert.send(crate::packed::compress(&layout.header)).await?;
+        for block in body {
+            insert.send(block).await?;
         }
         insert.end().await
     }
