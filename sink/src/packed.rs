@@ -10,23 +10,29 @@ const CHECKSUM: usize = 16;
 const HEADER: usize = 9;
 const LZ4: u8 = 0x82;
 
-/// `data` as one compressed block.
+/// `data` as one compressed block (compressed in a buffer of this thread's, then copied to
+/// an allocation of its size: it is held while its rows are buffered).
 pub fn compress(data: &[u8]) -> Bytes {
-    let mut block =
-        vec![0; CHECKSUM + HEADER + lz4_flex::block::get_maximum_output_size(data.len())];
-    let written = lz4_flex::block::compress_into(data, &mut block[CHECKSUM + HEADER..])
-        .expect("the output has the maximum size LZ4 can need");
-    block.truncate(CHECKSUM + HEADER + written);
-    let compressed = u32::try_from(HEADER + written).expect("a block stays under 4 GiB");
-    let size = u32::try_from(data.len()).expect("a block stays under 4 GiB");
-    block[CHECKSUM] = LZ4;
-    block[CHECKSUM + 1..CHECKSUM + 5].copy_from_slice(&compressed.to_le_bytes());
-    block[CHECKSUM + 5..CHECKSUM + HEADER].copy_from_slice(&size.to_le_bytes());
-    let checksum = cityhash_rs::cityhash_102_128(&block[CHECKSUM..]).rotate_right(64);
-    block[..CHECKSUM].copy_from_slice(&checksum.to_le_bytes());
-    // Held while the insert runs: no room left for the worst case.
-    block.shrink_to_fit();
-    Bytes::from(block)
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|block| {
+        let room = CHECKSUM + HEADER + lz4_flex::block::get_maximum_output_size(data.len());
+        if block.len() < room {
+            block.resize(room, 0);
+        }
+        let written = lz4_flex::block::compress_into(data, &mut block[CHECKSUM + HEADER..])
+            .expect("the output has the maximum size LZ4 can need");
+        let compressed = u32::try_from(HEADER + written).expect("a block stays under 4 GiB");
+        let size = u32::try_from(data.len()).expect("a block stays under 4 GiB");
+        block[CHECKSUM] = LZ4;
+        block[CHECKSUM + 1..CHECKSUM + 5].copy_from_slice(&compressed.to_le_bytes());
+        block[CHECKSUM + 5..CHECKSUM + HEADER].copy_from_slice(&size.to_le_bytes());
+        let end = CHECKSUM + HEADER + written;
+        let checksum = cityhash_rs::cityhash_102_128(&block[CHECKSUM..end]).rotate_right(64);
+        block[..CHECKSUM].copy_from_slice(&checksum.to_le_bytes());
+        Bytes::copy_from_slice(&block[..end])
+    })
 }
 
 /// The size of a block's data, uncompressed.

@@ -80,10 +80,7 @@ impl Rows {
         if !self.open.is_empty() {
             let block = packed::compress(&self.open);
             self.packed_bytes += block.len();
-            self.packed.push(Chunk::Packed {
-                block,
-                plain: std::sync::OnceLock::new(),
-            });
+            self.packed.push(Chunk::Packed(block));
             self.open.clear();
         }
         self.open.reserve(CHUNK_BYTES.max(need));
@@ -174,23 +171,21 @@ impl crate::batch::RowBuffer for Rows {
     }
 }
 
-/// One piece of a sealed segment: as encoded, or packed for its insert.
+/// One piece of a sealed segment: as encoded (the last one, filled until the seal), or
+/// packed. A packed piece is unpacked for as long as its rows are read, never kept unpacked:
+/// the memory bound counts it packed.
 #[derive(Debug, Clone)]
 enum Chunk {
     Plain(Bytes),
-    /// One compressed block; its plain bytes kept once read (a split or a refused insert
-    /// reads rows one by one).
-    Packed {
-        block: Bytes,
-        plain: std::sync::OnceLock<Bytes>,
-    },
+    Packed(Bytes),
 }
 
 impl Chunk {
-    fn plain(&self) -> &Bytes {
+    /// Its rows' encoding (unpacked for the caller, not kept).
+    fn plain(&self) -> Bytes {
         match self {
-            Chunk::Plain(bytes) => bytes,
-            Chunk::Packed { block, plain } => plain.get_or_init(|| packed::decompress(block)),
+            Chunk::Plain(bytes) => bytes.clone(),
+            Chunk::Packed(block) => packed::decompress(block),
         }
     }
 
@@ -198,15 +193,14 @@ impl Chunk {
     fn len(&self) -> usize {
         match self {
             Chunk::Plain(bytes) => bytes.len(),
-            Chunk::Packed { block, .. } => packed::size(block),
+            Chunk::Packed(block) => packed::size(block),
         }
     }
 
     /// Memory held.
     fn held(&self) -> usize {
         match self {
-            Chunk::Plain(bytes) => bytes.len(),
-            Chunk::Packed { block, plain } => block.len() + plain.get().map_or(0, Bytes::len),
+            Chunk::Plain(bytes) | Chunk::Packed(bytes) => bytes.len(),
         }
     }
 
@@ -214,7 +208,7 @@ impl Chunk {
     fn block(&self) -> Bytes {
         match self {
             Chunk::Plain(bytes) => packed::compress(bytes),
-            Chunk::Packed { block, .. } => block.clone(),
+            Chunk::Packed(block) => block.clone(),
         }
     }
 }
@@ -225,8 +219,8 @@ pub struct Sealed {
     pub layout: Arc<Layout>,
     chunks: Vec<Chunk>,
     index: Vec<Entry>,
-    /// Each row's event time once packed (the latency metric reads every row's after its
-    /// insert); empty before.
+    /// Each row's event time (the latency metric reads every row's after its insert, without
+    /// unpacking them).
     times: Vec<i64>,
     /// Rows at or below this offset were read again at offsets ClickHouse once held (it is
     /// the highest one it held): their inserts may repeat deduplication tokens it still
@@ -327,23 +321,47 @@ impl Sealed {
         (entry.chunk as usize, start, entry.end as usize)
     }
 
-    /// The encoded bytes of row `i`.
-    pub fn row(&self, i: usize) -> &[u8] {
-        let (chunk, start, end) = self.span(i);
-        &self.chunks[chunk].plain()[start..end]
+    /// Calls `f` with each row of `indices` (best in increasing order: each piece is unpacked
+    /// once per run of its rows, and let go after).
+    fn visit(&self, indices: &[usize], mut f: impl FnMut(usize, &[u8])) {
+        let mut piece: Option<(usize, Bytes)> = None;
+        for &i in indices {
+            let (chunk, start, end) = self.span(i);
+            let bytes = match &piece {
+                Some((at, bytes)) if *at == chunk => bytes,
+                _ => &piece.insert((chunk, self.chunks[chunk].plain())).1,
+            };
+            f(i, &bytes[start..end]);
+        }
+    }
+
+    /// The encoded bytes of row `i` (its piece unpacked meanwhile).
+    pub fn row(&self, i: usize) -> Vec<u8> {
+        let mut row = Vec::new();
+        self.visit(&[i], |_, bytes| row.extend_from_slice(bytes));
+        row
+    }
+
+    /// The event ids of the rows `indices` (increasing, so that each piece is unpacked once).
+    pub fn ids(&self, indices: &[usize]) -> Vec<Uuid> {
+        let mut ids = Vec::with_capacity(indices.len());
+        self.visit(indices, |_, row| ids.push(self.layout.id_and_time(row).0));
+        ids
+    }
+
+    /// Event id of row `i` (its piece unpacked meanwhile: for many rows, [`Sealed::ids`]).
+    pub fn id(&self, i: usize) -> Uuid {
+        self.ids(&[i])[0]
     }
 
     /// Event id and event time (ms) of row `i`.
     pub fn id_and_time(&self, i: usize) -> (Uuid, i64) {
-        self.layout.id_and_time(self.row(i))
+        (self.id(i), self.time(i))
     }
 
-    /// Event time (ms) of row `i` (of packed rows, without unpacking them).
+    /// Event time (ms) of row `i`, without unpacking anything.
     pub fn time(&self, i: usize) -> i64 {
-        match self.times.get(i) {
-            Some(&time) if self.times.len() == self.index.len() => time,
-            _ => self.id_and_time(i).1,
-        }
+        self.times[i]
     }
 
     /// The rows `part` (indices in increasing order) as an INSERT's body (`decompress=1`):
@@ -369,11 +387,19 @@ impl Sealed {
                 })
                 .collect();
         }
-        let mut out = Vec::with_capacity(part.iter().map(|&i| self.row(i).len()).sum());
-        for &i in part {
-            out.extend_from_slice(self.row(i));
+        // Rows apart: gathered a piece at a time, each piece compressed when full.
+        let (mut blocks, mut out) = (Vec::new(), Vec::with_capacity(CHUNK_BYTES));
+        self.visit(part, |_, row| {
+            if !out.is_empty() && out.len() + row.len() > CHUNK_BYTES {
+                blocks.push(packed::compress(&out));
+                out.clear();
+            }
+            out.extend_from_slice(row);
+        });
+        if !out.is_empty() {
+            blocks.push(packed::compress(&out));
         }
-        out.chunks(CHUNK_BYTES).map(packed::compress).collect()
+        blocks
     }
 
     /// Keeps only the rows for which `keep(index)` holds.
@@ -387,12 +413,11 @@ impl Sealed {
             reread_through: self.reread_through,
             ..Rows::default()
         };
-        for &i in &kept {
-            let bytes = self.row(i);
+        self.visit(&kept, |i, bytes| {
             rows.room(bytes.len());
             rows.open.extend_from_slice(bytes);
             rows.added(self.offset(i), self.time(i));
-        }
+        });
         rows.seal().unwrap_or(Sealed {
             layout: self.layout,
             chunks: Vec::new(),
@@ -459,7 +484,7 @@ pub(crate) mod tests {
                     .packed
                     .iter()
                     .map(|c| match c {
-                        Chunk::Packed { block, .. } => block.len(),
+                        Chunk::Packed(block) => block.len(),
                         Chunk::Plain(_) => unreachable!("full pieces are packed"),
                     })
                     .sum::<usize>()
@@ -587,26 +612,43 @@ pub(crate) mod tests {
                 .all(|(a, b)| a.as_ptr() == b.as_ptr())
         );
         assert_eq!(plain(first), body_before);
-        // Event times without unpacking anything.
+        // Event times and ids; rows read one by one: their piece unpacked meanwhile, the same
+        // bytes, nothing kept unpacked.
         assert_eq!(packed.time(4_321), 4_321_000);
-        assert_eq!(packed.bytes(), held, "nothing unpacked");
-        // Rows read one by one: their piece unpacked, the same bytes.
-        assert_eq!(packed.row(0), &rows_before[0][..]);
-        assert!(packed.bytes() > held);
-        assert!(all.iter().all(|&i| packed.row(i) == &rows_before[i][..]));
+        assert_eq!(packed.row(0), rows_before[0]);
+        assert!(all.iter().all(|&i| packed.row(i) == rows_before[i]));
+        assert_eq!(
+            packed.ids(&all),
+            (0..n)
+                .map(|o| Uuid::from_u128(o as u128 + 1))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(packed.id(4_999), Uuid::from_u128(5_000));
         assert_eq!(plain(packed.body(&[1, 3, 4_999])), {
             let mut out = rows_before[1].clone();
             out.extend(&rows_before[3]);
             out.extend(&rows_before[4_999]);
             out
         });
+        // Rows apart, more than a piece of them: a block per piece.
+        let odd: Vec<usize> = all.iter().copied().filter(|i| i % 2 == 1).collect();
+        let blocks = packed.body(&odd);
+        assert!(blocks.len() > 1, "{} blocks", blocks.len());
+        assert!(blocks.iter().all(|b| packed::size(b) <= CHUNK_BYTES));
+        assert_eq!(
+            plain(blocks),
+            odd.iter()
+                .flat_map(|&i| rows_before[i].clone())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(packed.bytes(), held, "nothing kept unpacked");
         // Several partitions' packed rows as one, and a part of them kept.
         let both = Sealed::concat(&[&packed, &packed.clone()]).unwrap();
         assert_eq!(both.time(n as usize + 7), 7_000);
         let kept = both.retain(|i| i % 1_000 == 0);
         assert_eq!(kept.len(), 10);
         assert_eq!(kept.time(9), 4_000_000);
-        assert_eq!(kept.row(1), &rows_before[1_000][..]);
+        assert_eq!(kept.row(1), rows_before[1_000]);
     }
 
     #[test]
