@@ -294,13 +294,7 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         assert!(!port_open(port), "port {port} still open");
     }
     // The producer flushed: everything it sent was delivered.
-    let producer_log = std::fs::read_to_string(data.path().join("log/producer.log")).unwrap();
-    let summary: serde_json::Value = producer_log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
-    assert_eq!(summary["delivered"], summary["sent"], "{summary}");
+    producer_delivered_all(&data);
     assert!(!Path::new(&data.path().join("run/sink.pid")).exists());
     // A bound on the whole, well above the steps' own limits' usual sum: CI runs this next to
     // the other tests on two cores, where starting a broker and ClickHouse alone can take 2 min.
@@ -309,6 +303,17 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The demo's producer flushed as it stopped: its summary says everything sent was delivered.
+fn producer_delivered_all(data: &TempDir) {
+    let producer_log = std::fs::read_to_string(data.path().join("log/producer.log")).unwrap();
+    let summary: serde_json::Value = producer_log
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
+    assert_eq!(summary["delivered"], summary["sent"], "{summary}");
 }
 
 /// SIGKILLs whatever of a demo still runs when dropped (a failed test must leave nothing
@@ -374,13 +379,7 @@ async fn a_demo_killed_outright_leaves_nothing_running() {
         "the sink got no SIGTERM:\n{}",
         log("sink")
     );
-    let producer_log = log("producer");
-    let summary: serde_json::Value = producer_log
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no summary in the producer's log:\n{producer_log}"));
-    assert_eq!(summary["delivered"], summary["sent"], "{summary}");
+    producer_delivered_all(&data);
     assert!(
         log("watch").contains("is gone: stopping the stack"),
         "the stack's watcher did not stop it:\n{}",
