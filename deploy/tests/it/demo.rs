@@ -307,7 +307,8 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
 
 /// The demo's producer flushed as it stopped: its summary says everything sent was delivered.
 fn producer_delivered_all(data: &TempDir) {
-    let producer_log = std::fs::read_to_string(data.path().join("log/producer.log")).unwrap();
+    let producer_log = std::fs::read_to_string(data.path().join("log/producer.log"))
+        .unwrap_or_else(|e| panic!("the producer's log: {e}"));
     let summary: serde_json::Value = producer_log
         .lines()
         .rev()
