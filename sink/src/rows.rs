@@ -261,11 +261,8 @@ impl Sealed {
                 ..*e
             }));
         }
-        let times = if parts.iter().all(|p| p.times.len() == p.index.len()) {
-            parts.iter().flat_map(|p| p.times.iter().copied()).collect()
-        } else {
-            Vec::new()
-        };
+        // Every segment keeps one time per row (`Rows::added`): concatenated as the index is.
+        let times = parts.iter().flat_map(|p| p.times.iter().copied()).collect();
         Some(Sealed {
             layout,
             chunks,
