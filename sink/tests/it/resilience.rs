@@ -146,6 +146,62 @@ async fn two_sinks_in_one_group_share_the_work_and_write_every_event_once() {
     h.assert_exactly_once(produced).await;
 }
 
+/// A second sink joins while the first holds rows it has not written: the first drops the
+/// rows of the partitions it no longer owns at the rebalance (their new owner reads them
+/// again), not when they would have fallen due, so that they stop holding its memory; every
+/// event is then written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_frees_the_rows_held_for_partitions_lost_and_every_event_arrives_once() {
+    let h = Harness::new("it_drop_stale").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // A never flushes by itself in this test: neither its interval nor its row count is reached.
+    let holding = Settings {
+        http_addr: format!("127.0.0.1:{port_a}"),
+        flush_interval_ms: 600_000,
+        max_rows: 1_000_000,
+        ..h.settings()
+    };
+    let (stop_a, sink_a) = spawn_sink(holding);
+    h.produce(&messages(0..3_000)).await;
+    let buffered =
+        |port| async move { metric(&scrape(port).await, "clickstream_sink_buffered_rows") };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while buffered(port_a).await < 3_000.0 {
+        assert!(Instant::now() < deadline, "A buffered the 3,000 events");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (stop_b, sink_b) = spawn_sink(Settings {
+        http_addr: format!("127.0.0.1:{port_b}"),
+        ..h.settings()
+    });
+    // B writes the partitions it is given; A holds only the rows of those it kept.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (held, written) = loop {
+        let written = h.count("SELECT count() FROM events").await;
+        let held = buffered(port_a).await;
+        if written > 0 && held + written as f64 == 3_000.0 {
+            break (held, written);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the rebalance A holds only its partitions' rows: A holds {held} rows, B wrote \
+             {written} of 3,000"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(held < 3_000.0, "A kept some rows: {held}");
+    eprintln!("rebalance: A holds {held} rows of the partitions it kept, B wrote {written}");
+
+    // A's rows are written when it stops (its drain), B's meanwhile: every event once.
+    stop_a.cancel();
+    sink_a.await.expect("sink task").expect("clean shutdown");
+    h.wait_rows(3_000, Duration::from_secs(120)).await;
+    stop_b.cancel();
+    sink_b.await.expect("sink task").expect("clean shutdown");
+    h.assert_exactly_once(3_000).await;
+}
+
 /// Every kind of poison the producer's `--bad-ratio` injects is dead-lettered with the reason
 /// the producer expects, with its payload; every valid event reaches the table once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
