@@ -794,11 +794,12 @@ fn section_scale(r: &Value) -> Vec<String> {
         {
             format!(
                 " Fewer, larger INSERTs also cost the endpoint less: {} CPU s with {} INSERTs \
-                 against {} with {}.",
+                 against {} with {}.{}",
                 show(&one["clickhouse_endpoint_cpu_s"]),
                 show(&one["inserts"]),
                 show(&most["clickhouse_endpoint_cpu_s"]),
                 show(&most["inserts"]),
+                per_event_cost(one, most),
             )
         }
         _ => String::new(),
@@ -858,6 +859,34 @@ fn section_scale(r: &Value) -> Vec<String> {
         String::new(),
     ]);
     lines
+}
+
+/// The machine's CPU per event with one sink and with the most sinks (endpoint, sinks and
+/// broker together), and their ratio: on a machine that CPU limits, about the pace one sink
+/// keeps next to them.
+fn per_event_cost(one: &Value, most: &Value) -> String {
+    let (a, b) = (&one["cpu_us_per_event"], &most["cpu_us_per_event"]);
+    let total = |costs: &Value| {
+        costs
+            .as_object()
+            .map_or(0.0, |c| c.values().map(num).sum::<f64>())
+    };
+    let (ta, tb) = (total(a), total(b));
+    if ta <= 0.0 || tb <= 0.0 {
+        return String::new();
+    }
+    format!(
+        " Per event the machine spent {} µs of CPU with one sink (the endpoint {}, the sink {}) \
+         and {} µs with {} (the endpoint {}, the sinks {}), a ratio of {}.",
+        fixed(ta, 2),
+        show(&a["clickhouse_endpoint"]),
+        show(&a["sink"]),
+        fixed(tb, 2),
+        show(&most["instances"]),
+        show(&b["clickhouse_endpoint"]),
+        show(&b["sink"]),
+        fixed(tb / ta, 2),
+    )
 }
 
 /// `12.3 s`, or `1,234.5 s = 20.6 min`.
