@@ -295,6 +295,15 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     }
     // The producer flushed: everything it sent was delivered.
     producer_delivered_all(&data);
+    // The demo talks plain HTTP: nothing warns about TLS settings it does not use.
+    for program in ["sink", "windows"] {
+        let path = data.path().join(format!("log/{program}.log"));
+        let text = std::fs::read_to_string(&path).expect("the demo's log");
+        assert!(
+            !text.contains("TLS files are set"),
+            "{program} warns about TLS files the demo set:\n{text}"
+        );
+    }
     assert!(!Path::new(&data.path().join("run/sink.pid")).exists());
     // A bound on the whole, well above the steps' own limits' usual sum: CI runs this next to
     // the other tests on two cores, where starting a broker and ClickHouse alone can take 2 min.
