@@ -17,6 +17,11 @@
 //!   (a token bucket of `burst`), so that ClickHouse works on them at once; the rate stays
 //!   the same on average. Segments without rows (only dead letters or rows already stored)
 //!   make no insert and are never held back;
+//! - while an INSERT runs, the rows of partitions not busy wait for it (and any other) to
+//!   end, so that the next flush takes every partition together, unless memory is full or
+//!   their oldest row has waited `flush_interval`: one sink reading several partitions makes
+//!   as few and as big INSERTs as one sink per partition would, instead of a stream of small
+//!   ones at the rate limit as partitions' inserts end one by one;
 //! - consumption should pause while the rows buffered and being inserted hold
 //!   `max_batch_bytes` or more.
 
@@ -241,14 +246,28 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         }
     }
 
+    /// Whether segments with rows wait for the INSERTs running to end (see the module's
+    /// rules): while one runs and memory is not full.
+    fn held(&self) -> bool {
+        self.in_flight_bytes > 0 && !self.should_pause()
+    }
+
     /// When a segment may be taken: when due, and for one with rows not before the rate
-    /// limit allows.
+    /// limit allows, nor while INSERTs run ([`Batcher::held`]) unless its oldest row has
+    /// waited `flush_interval`.
     fn ready(&self, segment: &Segment<R, A>) -> Instant {
         let due = self.due(segment);
-        match self.next_flush_at {
-            Some(next) if !segment.rows.is_empty() => due.max(next),
-            _ => due,
+        if segment.rows.is_empty() {
+            return due;
         }
+        let mut at = match self.next_flush_at {
+            Some(next) => due.max(next),
+            None => due,
+        };
+        if self.held() {
+            at = at.max(segment.oldest + self.policy.flush_interval);
+        }
+        at
     }
 
     /// When the next flush should happen, or `None` while nothing but `busy` partitions
@@ -365,7 +384,14 @@ impl<R: RowBuffer, A> Batcher<R, A> {
         if self.ready_at(&busy).is_none_or(|at| at > now) {
             return Vec::new();
         }
-        let open = self.next_flush_at.is_none_or(|next| next <= now);
+        // Segments with rows go when the rate limit allows, and while INSERTs run only once
+        // one of them has waited its flush interval: then all of them together.
+        let open = self.next_flush_at.is_none_or(|next| next <= now)
+            && (!self.held()
+                || self
+                    .segments
+                    .values()
+                    .any(|s| !busy(s.partition) && !s.rows.is_empty() && self.ready(s) <= now));
         let mut eligible: Vec<(Instant, i32)> = self
             .segments
             .values()
@@ -609,11 +635,91 @@ mod tests {
         );
         row(&mut batcher, 0, 1_000);
         assert_eq!(batcher.rows(), 1_001, "its rows keep accumulating");
+        batcher.release(taken[0].bytes);
         let taken = batcher.take(Instant::now(), idle, usize::MAX);
         assert_eq!(
             (taken[0].first_offset, taken[0].commit_offset()),
             (0, 1_001)
         );
+    }
+
+    /// Partitions 0 and 1 with 1,000 rows each, taken (their INSERTs run), then 1,000 more
+    /// rows each (due at once: `max_rows`); the bytes of the two taken.
+    fn two_inserts_running(batcher: &mut Batcher<Offsets, ()>) -> [usize; 2] {
+        for offset in 0..1_000 {
+            row(batcher, 0, offset);
+            row(batcher, 1, offset);
+        }
+        let taken = batcher.take(Instant::now(), idle, usize::MAX);
+        assert_eq!(taken.len(), 2);
+        for offset in 1_000..2_000 {
+            row(batcher, 0, offset);
+            row(batcher, 1, offset);
+        }
+        [taken[0].bytes, taken[1].bytes]
+    }
+
+    fn partitions(segments: &[Segment<Offsets, ()>]) -> Vec<i32> {
+        segments.iter().map(|s| s.partition).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_whose_insert_ended_waits_for_the_others_then_all_go_together() {
+        let mut batcher = Batcher::new(Policy {
+            min_flush_gap: Duration::ZERO,
+            ..policy()
+        });
+        let oldest = Instant::now();
+        let bytes = two_inserts_running(&mut batcher);
+        batcher.release(bytes[0]);
+        let busy = |p: i32| p == 1;
+        assert_eq!(
+            batcher.ready_at(busy),
+            Some(oldest + Duration::from_secs(5)),
+            "partition 0 waits for partition 1's insert (its flush interval at most)"
+        );
+        assert!(batcher.take(Instant::now(), busy, usize::MAX).is_empty());
+        tokio::time::advance(Duration::from_millis(700)).await;
+        batcher.release(bytes[1]);
+        assert_eq!(batcher.ready_at(idle), Some(oldest), "due since max_rows");
+        let taken = batcher.take(Instant::now(), idle, usize::MAX);
+        assert_eq!(partitions(&taken), vec![0, 1], "one flush of both");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_waits_for_running_inserts_no_longer_than_its_flush_interval() {
+        let mut batcher = Batcher::new(Policy {
+            min_flush_gap: Duration::ZERO,
+            ..policy()
+        });
+        let bytes = two_inserts_running(&mut batcher);
+        batcher.release(bytes[0]);
+        let busy = |p: i32| p == 1;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let taken = batcher.take(Instant::now(), busy, usize::MAX);
+        assert_eq!(
+            partitions(&taken),
+            vec![0],
+            "partition 1's insert still runs"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_does_not_wait_for_running_inserts_while_memory_is_full() {
+        let mut batcher = Batcher::new(Policy {
+            min_flush_gap: Duration::ZERO,
+            max_batch_bytes: 300_000,
+            ..policy()
+        });
+        let bytes = two_inserts_running(&mut batcher);
+        batcher.release(bytes[0]);
+        assert!(
+            batcher.should_pause(),
+            "200,000 bytes buffered and 100,000 in flight"
+        );
+        let busy = |p: i32| p == 1;
+        let taken = batcher.take(Instant::now(), busy, usize::MAX);
+        assert_eq!(partitions(&taken), vec![0]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -703,7 +809,9 @@ mod tests {
                 }
             }
             let t0 = Instant::now();
-            assert_eq!(batcher.take(t0, idle, usize::MAX).len(), 3);
+            let taken = batcher.take(t0, idle, usize::MAX);
+            assert_eq!(taken.len(), 3);
+            batcher.release(taken.iter().map(|s| s.bytes).sum());
             for partition in 0..3 {
                 for offset in 400..800 {
                     row(&mut batcher, partition, offset);
@@ -742,17 +850,24 @@ mod tests {
         // Small: one INSERT, whatever the credit.
         fill(&mut batcher, 100, 0);
         let t0 = Instant::now();
+        // (Each insert ends at once: none is running when the next flush comes.)
+        let release = |batcher: &mut Batcher<Offsets, ()>, groups: &[Vec<Segment<Offsets, ()>>]| {
+            batcher.release(groups.iter().flatten().map(|s| s.bytes).sum());
+        };
         let groups = batcher.take_inserts(t0, idle, usize::MAX);
         assert_eq!(partitions(&groups), vec![vec![0, 1, 2]]);
+        release(&mut batcher, &groups);
         // Big after a long wait: one INSERT per partition (3 of the 4 saved), at once.
         tokio::time::advance(Duration::from_secs(10)).await;
         fill(&mut batcher, 400, 100);
         let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
         assert_eq!(groups.len(), 3, "{:?}", partitions(&groups));
+        release(&mut batcher, &groups);
         // Right after: the one saved INSERT is left (at most `burst` at once)...
         fill(&mut batcher, 400, 500);
         let groups = batcher.take_inserts(Instant::now(), idle, usize::MAX);
         assert_eq!(groups.len(), 1);
+        release(&mut batcher, &groups);
         // ...and none until the gap has passed; no more than `max_inserts` either.
         fill(&mut batcher, 400, 900);
         assert!(
