@@ -20,8 +20,8 @@
 //! - while an INSERT runs, the rows of partitions not busy wait for it (and any other) to
 //!   end, so that the next flush takes every partition together, unless memory is full or
 //!   their oldest row has waited `flush_interval`: one sink reading several partitions makes
-//!   as few and as big INSERTs as one sink per partition would, instead of a stream of small
-//!   ones at the rate limit as partitions' inserts end one by one;
+//!   few, big INSERTs, not a stream of small ones at the rate limit as partitions' inserts
+//!   end one by one;
 //! - consumption should pause while the rows buffered and being inserted hold
 //!   `max_batch_bytes` or more.
 
