@@ -19,8 +19,8 @@
 //!   is in flight at a time, so each partition commits in offset order. The partitions of
 //!   one flush go in one INSERT (`partitions_per_insert`), each committed after it; a big
 //!   flush goes in as many INSERTs at once as the rate limit's saved credit pays for, and
-//!   the next flush waits for them all to end (its flush interval at most), so the
-//!   partitions stay together.
+//!   the next flush waits for them all to end (until its oldest row has waited the flush
+//!   interval), so the partitions stay together.
 //! - **Exactly once** per Kafka record (default): each INSERT (and each part of a split one)
 //!   carries a deterministic `insert_deduplication_token`, and the sink skips what ClickHouse
 //!   already holds when a partition is assigned (looked up in windows as it reads) and again
