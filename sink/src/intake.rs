@@ -8,6 +8,17 @@
 //! with the partition's history. Lookups run as tasks with a timeout and the retry policy:
 //! meanwhile the partition is paused and its messages wait in order, while the consumer
 //! keeps polling (the group never sees a stuck member).
+//!
+//! Each message is decoded on the consume loop as it is taken, in offset order, its row
+//! encoded straight into its partition's buffer. Until 2026-12-03 a burst of 64 or more was
+//! decoded ahead on two threads (this one half, a `decode` thread the other) into a burst
+//! buffer, each row then copied into its partition's: on the 2-core machine the consume loop
+//! slept 0.4 ms of every 1.2 ms burst waiting for the decode thread (woken late, sharing its
+//! core with librdkafka's fetch thread and the endpoint), and taking chunks in turn did not
+//! help (the loop then waited for the decode thread to wake). Decoding here instead, A/B on
+//! 2M pre-loaded events: the sink alone 401k and 413k events/s steady at 2.32 and 2.38 us of
+//! CPU per event, against 293k and 368k at 2.93 and 2.63 with two threads; draining into
+//! ClickHouse, one sink 103k-137k events/s against 104k-112k.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,7 +39,6 @@ use crate::ownership::Ownership;
 use crate::retry::{Operation, RetryPolicy};
 use crate::row::RowRef;
 use crate::rows::Rows;
-use crate::schema::Layout;
 use crate::settings::{Delivery, Settings};
 use crate::writer::{Failure, Writer};
 
@@ -45,79 +55,6 @@ pub(crate) const REUSED_OFFSETS: &str = "The topic was probably deleted and recr
      topic) with their settings: it deletes the old rows at those offsets and rebuilds the \
      rollups they fed, and the sinks then store the new events exactly once. Or use a new \
      database or topic name.";
-
-/// Messages of a burst decoded on several cores when there are at least this many.
-const PARALLEL_DECODE_MIN: usize = 64;
-
-/// A message decoded and its row encoded ahead of the in-order step ([`decode_burst`]).
-#[derive(Debug)]
-pub enum Decoded {
-    /// The row's bytes are `start..end` of the burst's buffer.
-    Row {
-        id: Uuid,
-        event_time_ms: i64,
-        start: usize,
-        end: usize,
-    },
-    Rejected(Rejection),
-}
-
-/// The rows of a burst, decoded and encoded for `layout` ahead of the in-order step.
-pub struct Burst {
-    layout: Arc<Layout>,
-    /// One buffer per worker, and each message's outcome with the buffer it is in.
-    buffers: Vec<Vec<u8>>,
-    decoded: Vec<(usize, Decoded)>,
-}
-
-/// What one worker decodes: payload, Kafka timestamp (ms), partition and offset per message.
-type Work<'a> = [(Option<&'a [u8]>, Option<i64>, i32, i64)];
-
-/// The thread that decodes half of each big burst beside the consume loop.
-fn decoder() -> &'static rayon::ThreadPool {
-    static DECODER: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    DECODER.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "decode".to_owned())
-            .build()
-            .expect("a thread can be started")
-    })
-}
-
-/// Decodes and encodes `work` into one buffer (pure: runs on any thread).
-fn decode_all(
-    work: &Work<'_>,
-    topic: &str,
-    limits: &Limits,
-    layout: &Layout,
-) -> (Vec<u8>, Vec<Decoded>) {
-    let mut buffer = Vec::with_capacity(work.len() * 192);
-    let decoded = work
-        .iter()
-        .map(|&(payload, timestamp_ms, partition, offset)| {
-            let at = timestamp_ms
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or_else(Utc::now);
-            match clickstream_event::decode_ref(payload, limits, at) {
-                Ok(event) => {
-                    let row = RowRef::of_event(&event, topic, partition, offset)
-                        .with_kafka_timestamp(timestamp_ms);
-                    let start = buffer.len();
-                    layout.encode(&row, &mut buffer);
-                    Decoded::Row {
-                        id: event.event_id,
-                        event_time_ms: row.event_time_ms,
-                        start,
-                        end: buffer.len(),
-                    }
-                }
-                Err(rejection) => Decoded::Rejected(rejection),
-            }
-        })
-        .collect();
-    (buffer, decoded)
-}
 
 /// What the pipeline must do with the consumer after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,77 +290,17 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
         }
     }
 
-    /// Decodes the messages of a burst and encodes their rows ahead, on two cores when the
-    /// burst is big enough (this thread half, the decode thread the other half);
-    /// [`Intake::handle`] then takes each in order. `None` before the table's structure is
-    /// known.
-    pub fn decode_burst<M: Message + Sync>(&self, messages: &[M]) -> Option<Burst> {
-        let layout = self.context.writer.layout()?;
-        let work: Vec<_> = messages
-            .iter()
-            .map(|m| {
-                (
-                    m.payload(),
-                    m.timestamp().to_millis(),
-                    m.partition(),
-                    m.offset(),
-                )
-            })
-            .collect();
-        let (topic, limits) = (&self.context.topic, &self.context.limits);
-        let halves = if work.len() >= PARALLEL_DECODE_MIN {
-            // This thread decodes the first half while the decode thread does the other: it
-            // waits for both before taking the messages in order, so even halves finish
-            // first. (A quarter here balanced the threads' CPU while decoding was twice as
-            // slow; with the event's fast path, the half measured 435k events/s steady for the
-            // sink alone against 408k. Sharing chunks of 64 with the decode thread, so that it
-            // decodes while this one takes, measured 10 % slower and 0.3-0.5 us more CPU per
-            // event, A/B twice: on two cores the threads then take CPU the broker needs.)
-            let (first, second) = work.split_at(work.len() / 2);
-            let mut theirs = None;
-            let mine = decoder().in_place_scope(|scope| {
-                scope.spawn(|_| theirs = Some(decode_all(second, topic, limits, &layout)));
-                decode_all(first, topic, limits, &layout)
-            });
-            let theirs = theirs.expect("the scope waits for the second half");
-            vec![mine, theirs]
-        } else {
-            vec![decode_all(&work, topic, limits, &layout)]
-        };
-        let mut buffers = Vec::with_capacity(halves.len());
-        let mut decoded = Vec::with_capacity(work.len());
-        for (i, (buffer, outcomes)) in halves.into_iter().enumerate() {
-            buffers.push(buffer);
-            decoded.extend(outcomes.into_iter().map(|d| (i, d)));
-        }
-        Some(Burst {
-            layout,
-            buffers,
-            decoded,
-        })
-    }
-
-    /// Takes the messages of a burst in order (decoded ahead by [`Intake::decode_burst`] when
-    /// `burst` is given); the partitions to pause. Each partition's epoch is read once per
-    /// burst: a partition lost meanwhile has its rows buffered under the old epoch, which no
-    /// flush writes or commits (as if lost just after the burst).
+    /// Takes the messages of a burst in order; the partitions to pause. Each partition's epoch
+    /// is read once per burst: a partition lost meanwhile has its rows buffered under the old
+    /// epoch, which no flush writes or commits (as if lost just after the burst).
     pub fn handle_burst<M: Keep>(
         &mut self,
         messages: &[M],
-        burst: Option<Burst>,
         ownership: &Ownership,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
     ) -> Result<Vec<i32>, SinkError> {
         let mut pause = Vec::new();
-        let (layout, buffers, mut decoded) = match burst {
-            Some(Burst {
-                layout,
-                buffers,
-                decoded,
-            }) => (Some(layout), buffers, decoded.into_iter()),
-            None => (None, Vec::new(), Vec::new().into_iter()),
-        };
         let mut epochs: Vec<(i32, Option<u64>)> = Vec::new();
         for message in messages {
             let partition = message.partition();
@@ -435,15 +312,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                     epoch
                 }
             };
-            let ahead = match (&layout, decoded.next()) {
-                (Some(layout), Some((buffer, decoded))) => Some(Ahead {
-                    layout,
-                    buffer: &buffers[buffer],
-                    decoded,
-                }),
-                _ => None,
-            };
-            if let Step::Pause(partition) = self.handle(message, epoch, ahead, batcher, now)? {
+            if let Step::Pause(partition) = self.handle(message, epoch, batcher, now)? {
                 pause.push(partition);
             }
         }
@@ -451,12 +320,11 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
     }
 
     /// Takes one message from the consumer, read at `now` (one clock reading per burst), of a
-    /// partition owned under `epoch` (None: not owned); `ahead`: its decoding, done already.
+    /// partition owned under `epoch` (None: not owned).
     fn handle<M: Keep>(
         &mut self,
         message: &M,
         epoch: Option<u64>,
-        ahead: Option<Ahead<'_>>,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
     ) -> Result<Step, SinkError> {
@@ -510,7 +378,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
             return Ok(Step::Pause(partition));
         }
         self.context
-            .process(message, ahead, state, batcher, now)
+            .process(message, state, batcher, now)
             .map(|()| Step::Continue)
     }
 
@@ -558,7 +426,7 @@ impl<W: Writer, D: DeadLetterSink> Intake<W, D> {
                 return Ok(None);
             }
             self.context
-                .process(&message, None, state, batcher, Instant::now())?;
+                .process(&message, state, batcher, Instant::now())?;
         }
         Ok(Some(partition))
     }
@@ -638,11 +506,10 @@ async fn lookup<W: Writer>(
 }
 
 impl<W: Writer, D: DeadLetterSink> Context<W, D> {
-    /// Decodes one message into the batch (or takes its decoding done `ahead`).
+    /// Decodes one message into the batch.
     fn process<M: Message>(
         &self,
         message: &M,
-        ahead: Option<Ahead<'_>>,
         state: &mut PartitionState,
         batcher: &mut Batcher<Rows, D::Ack>,
         now: Instant,
@@ -681,41 +548,9 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
         let reread = state.max_stored.filter(|&max| offset <= max);
         // Validate against the message's own timestamp, so a replay decides the same way.
         let timestamp_ms = message.timestamp().to_millis();
-        let outcome = match ahead {
-            Some(Ahead {
-                layout,
-                buffer,
-                decoded:
-                    Decoded::Row {
-                        id,
-                        event_time_ms,
-                        start,
-                        end,
-                    },
-            }) => {
-                self.note(state, id, partition, offset);
-                let mut pushed = false;
-                batcher.push_row(partition, epoch, offset, now, |rows| {
-                    pushed = rows.push_encoded(layout, &buffer[start..end], offset, event_time_ms);
-                    if let Some(ceiling) = reread.filter(|_| pushed) {
-                        rows.mark_reread(ceiling);
-                    }
-                });
-                if pushed {
-                    return Ok(());
-                }
-                // The segment is of another table structure (an ALTER meanwhile): encoded
-                // again for it below.
-                self.decode(payload, timestamp_ms)
-            }
-            Some(Ahead {
-                decoded: Decoded::Rejected(rejection),
-                ..
-            }) => Err(rejection),
-            None => self.decode(payload, timestamp_ms).inspect(|event| {
-                self.note(state, event.event_id, partition, offset);
-            }),
-        };
+        let outcome = self.decode(payload, timestamp_ms).inspect(|event| {
+            self.note(state, event.event_id, partition, offset);
+        });
         match outcome {
             Ok(event) => {
                 // Encoded once, here, into the partition's insert buffer, with the message's
@@ -786,13 +621,6 @@ impl<W: Writer, D: DeadLetterSink> Context<W, D> {
     }
 }
 
-/// A message's decoding done ahead, with the buffer its row is in.
-pub struct Ahead<'a> {
-    layout: &'a Arc<Layout>,
-    buffer: &'a [u8],
-    decoded: Decoded,
-}
-
 /// A message's headers, copied (for its dead letter).
 pub(crate) fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)> {
     message
@@ -814,81 +642,6 @@ pub(crate) fn original_headers<M: Message>(message: &M) -> Vec<(String, Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_decoded_ahead_are_the_rows_intake_would_encode() {
-        use chrono::TimeZone;
-        let layout = crate::rows::tests::layout();
-        let at = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        let event = clickstream_event::ClickEvent {
-            event_id: Uuid::from_u128(7),
-            timestamp: at,
-            user_id: "u1".into(),
-            session_id: Uuid::from_u128(8),
-            event_type: clickstream_event::EventType::AddToCart,
-            page_url: "/p/1".into(),
-            page_category: "product".into(),
-            referrer: "search".into(),
-            device_type: "mobile".into(),
-            browser: "safari".into(),
-            country: "FR".into(),
-            duration_ms: 12,
-            product_id: Some("p1".into()),
-            price: Some(clickstream_event::Price::from_cents(1999)),
-            quantity: Some(2),
-        };
-        let good = event.to_json();
-        let ts = Some(at.timestamp_millis() + 40);
-        let work = [
-            (Some(&good[..]), ts, 2, 10),
-            (Some(&b"{not json"[..]), ts, 2, 11),
-            (Some(&good[..]), ts, 2, 12),
-        ];
-        let limits = Settings::default().limits();
-        let (buffer, decoded) = decode_all(&work, "t", &limits, &layout);
-        let mut expected = Vec::new();
-        let view = clickstream_event::decode_ref(Some(&good), &limits, at).unwrap();
-        for offset in [10, 12] {
-            let row = RowRef::of_event(&view, "t", 2, offset).with_kafka_timestamp(ts);
-            layout.encode(&row, &mut expected);
-        }
-        assert_eq!(buffer, expected, "the same bytes, in order");
-        let mut rows = Rows::default();
-        for (outcome, (_, _, _, offset)) in decoded.iter().zip(work) {
-            match outcome {
-                Decoded::Row {
-                    id,
-                    event_time_ms,
-                    start,
-                    end,
-                } => {
-                    assert_eq!(
-                        (*id, *event_time_ms),
-                        (Uuid::from_u128(7), at.timestamp_millis())
-                    );
-                    assert!(rows.push_encoded(
-                        &layout,
-                        &buffer[*start..*end],
-                        offset,
-                        *event_time_ms
-                    ));
-                }
-                Decoded::Rejected(rejection) => {
-                    assert_eq!((offset, rejection.reason.as_str()), (11, "invalid_json"));
-                }
-            }
-        }
-        let sealed = rows.seal().unwrap();
-        assert_eq!(sealed.offsets().collect::<Vec<_>>(), vec![10, 12]);
-        assert_eq!(crate::rows::tests::plain(sealed.body(&[0, 1])), expected);
-        let other = crate::rows::tests::layout();
-        let mut rows = Rows::default();
-        assert!(rows.push_encoded(&layout, &buffer, 10, 0));
-        assert!(
-            !rows.push_encoded(&other, &buffer, 12, 0),
-            "a segment keeps one table structure"
-        );
-    }
 
     #[test]
     fn ids_seen_again_at_another_offset_are_reported_within_the_window() {
@@ -965,7 +718,6 @@ mod tests {
             intake
                 .handle_burst(
                     std::slice::from_ref(&message),
-                    None,
                     &ownership,
                     batcher,
                     Instant::now(),

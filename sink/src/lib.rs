@@ -41,8 +41,8 @@
 //!   with lag has gone without an insert ([`freshness`]); [`dedup_guard`] warns before a replay
 //!   could reach past the tables' deduplication windows.
 //!
-//! Intake decodes big bursts on two threads (the consume loop and a `decode` thread) and
-//! takes each message in order afterwards.
+//! Intake decodes each message on the consume loop, in order, straight into its partition's
+//! buffer (a second decoding thread cost more CPU than it saved: see [`intake`]).
 //!
 //! Layout, in the order data meets it: [`settings`] · [`consumer`] (group consumer,
 //! rebalances, pause/resume, commit) · [`pipeline`] (the loop, the write tasks and the drain) · [`intake`] (decode, replay check, dead-letter routing) · [`rows`]

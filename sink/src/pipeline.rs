@@ -212,7 +212,7 @@ pub async fn run(
             }
             Some(message) = messages.next(), if taking => {
                 // Then what else is already fetched, up to a burst, without a trip through
-                // `select!` per message: decoded on two cores, then taken in order.
+                // `select!` per message; each decoded and encoded as it is taken, in order.
                 let mut burst = Vec::with_capacity(BURST);
                 let mut failed = None;
                 let mut next = Some(message);
@@ -240,8 +240,7 @@ pub async fn run(
                 if let Some(error) = failed {
                     break Err(error);
                 }
-                let decoded = intake.decode_burst(&burst);
-                match intake.handle_burst(&burst, decoded, &ownership, &mut batcher, Instant::now()) {
+                match intake.handle_burst(&burst, &ownership, &mut batcher, Instant::now()) {
                     Ok(pause) => if !pause.is_empty() {
                         set_paused(&consumer, &settings.topic, &pause, true);
                     },

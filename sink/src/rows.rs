@@ -106,24 +106,6 @@ impl Rows {
         self.added(row.kafka_offset, row.event_time_ms);
     }
 
-    /// Adds a row encoded already for `layout` (its bytes, Kafka offset and event time);
-    /// `false`, adding nothing, when this segment's rows are of another layout.
-    pub fn push_encoded(
-        &mut self,
-        layout: &Arc<Layout>,
-        row: &[u8],
-        offset: i64,
-        event_time_ms: i64,
-    ) -> bool {
-        if !Arc::ptr_eq(self.layout.get_or_insert_with(|| layout.clone()), layout) {
-            return false;
-        }
-        self.room(row.len().max(CHUNK_MARGIN));
-        self.open.extend_from_slice(row);
-        self.added(offset, event_time_ms);
-        true
-    }
-
     pub fn len(&self) -> usize {
         self.index.len()
     }
