@@ -15,10 +15,11 @@
 //! buffer, each row then copied into its partition's: on the 2-core machine the consume loop
 //! slept 0.4 ms of every 1.2 ms burst waiting for the decode thread (woken late, sharing its
 //! core with librdkafka's fetch thread and the endpoint), and taking chunks in turn did not
-//! help (the loop then waited for the decode thread to wake). Decoding here instead, A/B on
-//! 2M pre-loaded events: the sink alone 401k and 413k events/s steady at 2.32 and 2.38 us of
-//! CPU per event, against 293k and 368k at 2.93 and 2.63 with two threads; draining into
-//! ClickHouse, one sink 103k-137k events/s against 104k-112k.
+//! help (the loop then waited for the decode thread to wake). Decoding here instead, six
+//! drains of the sink alone on 2M pre-loaded events alternating the binaries: 2.32-2.64 us of
+//! CPU per event against 2.62-2.98 (lower in every pair), 306k-413k events/s steady (median
+//! 365k) against 293k-368k (median 339k); draining into ClickHouse, one sink 103k-137k events/s
+//! against 104k-112k.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
