@@ -34,7 +34,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // One produce request in flight per broker connection. With more (idempotence allows 5),
     // librdkafka 2.12's broker thread polls its socket with a zero timeout while requests wait
     // for a slow broker: against the busy tansu of a soak, 0.31 of a core at 200 events/s and
-    // 1.06 at 50,000/s, against 0.04 and 0.36 with one (the same on a quiet stack, and as fast
+    // 1.06 at 50,000/s, against 0.04 and 0.36 with one (about the same on a quiet stack, as fast
     // at `--rate max`; see the README's "Delivery").
     ("max.in.flight.requests.per.connection", "1"),
 ];
