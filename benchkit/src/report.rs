@@ -1091,19 +1091,24 @@ fn join(list: &Value, sep: &str) -> String {
 /// or adds it after the file's `# ` title (at the top if it has none); a missing or blank file
 /// gets the report's title and the section. The rest of the file is left as it is.
 pub fn write_section(path: &Path, section: &str) -> io::Result<()> {
-    let section = format!("{BEGIN}\n{}\n{END}", py::rstrip(section));
+    write_between(path, BEGIN, END, section)
+}
+
+/// [`write_section`] between other markers (`scripts/soak`'s section of the same file).
+pub fn write_between(path: &Path, begin: &str, end: &str, section: &str) -> io::Result<()> {
+    let section = format!("{begin}\n{}\n{end}", py::rstrip(section));
     let existing = match fs::read_to_string(path) {
         // Python reads the file with universal newlines.
         Ok(text) => text.replace("\r\n", "\n").replace('\r', "\n"),
         Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
-    let updated = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
+    let updated = match (existing.find(begin), existing.find(end)) {
+        (Some(open), Some(close)) if open < close => {
             format!(
                 "{}{section}{}",
-                &existing[..begin],
-                &existing[end + END.len()..]
+                &existing[..open],
+                &existing[close + end.len()..]
             )
         }
         _ if py::strip(&existing).is_empty() => {
@@ -1131,7 +1136,7 @@ pub fn write_whole(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// Python's formatting of the values the report prints.
-mod py {
+pub(crate) mod py {
     use serde_json::{Number, Value};
 
     /// `str(value)`, or an f-string's `{value}`: `None`, `True`, an int as an int, a float as its

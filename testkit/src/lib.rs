@@ -664,6 +664,11 @@ pub async fn add_refusing_view(
 /// Reads a Prometheus `/metrics` page on `127.0.0.1:port` and sums every sample of each
 /// metric family over its labels, e.g. `clickstream_sink_inserted_rows_total`.
 pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>> {
+    Ok(metric_families(&scrape_metrics_text(port).await?))
+}
+
+/// The text a process's `/metrics` on 127.0.0.1:`port` answers (OpenMetrics).
+pub async fn scrape_metrics_text(port: u16) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     stream
@@ -675,6 +680,11 @@ pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>>
     if !head.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("GET /metrics: {head}")));
     }
+    Ok(body.to_owned())
+}
+
+/// `/metrics` text as a value per family (the sum over its series).
+pub fn metric_families(body: &str) -> BTreeMap<String, f64> {
     let mut metrics = BTreeMap::new();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         if let Some((name, value)) = line.rsplit_once(' ')
@@ -684,7 +694,7 @@ pub async fn scrape_metrics(port: u16) -> std::io::Result<BTreeMap<String, f64>>
             *metrics.entry(family).or_default() += value;
         }
     }
-    Ok(metrics)
+    metrics
 }
 
 /// The workspace's binaries and the packages that build them.

@@ -16,15 +16,17 @@ use super::profile::{self, Profile};
 use super::stack::Stack;
 
 /// How often the drains poll `count()`.
-const POLL: Duration = Duration::from_millis(150);
+pub(super) const POLL: Duration = Duration::from_millis(150);
 
-type Metrics = BTreeMap<String, f64>;
+pub(super) type Metrics = BTreeMap<String, f64>;
 
 /// The binaries (copies: a concurrent build must not replace one under a measurement).
 pub struct Bins {
     pub producer: PathBuf,
     pub sink: PathBuf,
     pub consume: PathBuf,
+    /// The window publisher (the soak's; `None` where it is not built).
+    pub windows: Option<PathBuf>,
 }
 
 pub struct Bench<'a> {
@@ -35,7 +37,7 @@ pub struct Bench<'a> {
     /// The `-X` properties of the sink flags, passed to bench-consume too.
     kafka_x: Vec<String>,
     /// Makes the names of this run's topics, groups and databases unique.
-    run: String,
+    pub(super) run: String,
 }
 
 /// One drain of a topic ([`Bench::drain`]): `instances` sinks in one group from their start
@@ -128,12 +130,12 @@ impl<'a> Bench<'a> {
         }
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub(super) fn log(&self, name: &str) -> PathBuf {
         self.work.join(format!("{name}.log"))
     }
 
     /// A sink's `/metrics` (empty if it does not answer within 5 s).
-    fn scrape(&self, port: u16) -> Metrics {
+    pub(super) fn scrape(&self, port: u16) -> Metrics {
         self.stack
             .block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), scrape_metrics(port)).await
@@ -145,7 +147,7 @@ impl<'a> Bench<'a> {
 
     /// A tool's command line on the bench's broker and `topic`: `bin --brokers B --topic T`,
     /// with `-X` for each of `BENCH_KAFKA_PROPERTIES`.
-    fn argv(&self, bin: &Path, topic: &str) -> Vec<String> {
+    pub(super) fn argv(&self, bin: &Path, topic: &str) -> Vec<String> {
         let bin = bin.to_string_lossy().into_owned();
         let mut argv: Vec<String> = [
             bin,
@@ -161,8 +163,8 @@ impl<'a> Bench<'a> {
         argv
     }
 
-    /// Runs the producer (3 partitions, seed 42) with `args`; its JSON summary, with its CPU.
-    pub fn produce(&self, topic: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+    /// The producer's command line: 3 partitions, seed 42, and `args`.
+    pub(super) fn producer_argv(&self, topic: &str, args: &[&str]) -> Vec<String> {
         let mut argv = self.argv(&self.bins.producer, topic);
         argv.extend([
             "--partitions".into(),
@@ -171,6 +173,12 @@ impl<'a> Bench<'a> {
             "42".into(),
         ]);
         argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv
+    }
+
+    /// Runs the producer (3 partitions, seed 42) with `args`; its JSON summary, with its CPU.
+    pub fn produce(&self, topic: &str, name: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let argv = self.producer_argv(topic, args);
         let (out, exit) =
             procs::start(&argv, &self.log(name), true)?.finish(Duration::from_secs(3600))?;
         let mut summary = last_json(&out).with_context(|| format!("producer {name}"))?;
@@ -211,7 +219,7 @@ impl<'a> Bench<'a> {
         Ok(result)
     }
 
-    fn start_sinks(
+    pub(super) fn start_sinks(
         &self,
         name: &str,
         topic: &str,
@@ -708,12 +716,12 @@ pub fn flush_ms(flush: &str) -> anyhow::Result<u64> {
     }
 }
 
-fn metric(metrics: &Metrics, key: &str) -> f64 {
+pub(super) fn metric(metrics: &Metrics, key: &str) -> f64 {
     metrics.get(key).copied().unwrap_or(0.0)
 }
 
 /// The last line of a tool's stdout, as JSON.
-fn last_json(out: &str) -> anyhow::Result<Value> {
+pub(super) fn last_json(out: &str) -> anyhow::Result<Value> {
     let line = out.trim().lines().last().context("no output")?;
     serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))
 }

@@ -36,6 +36,7 @@
 pub mod measure;
 pub mod procs;
 pub mod profile;
+pub mod soak;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
 /// (also printed by `--help`).
-pub const VARIABLES: [(&str, &str, &str); 19] = [
+pub const VARIABLES: [(&str, &str, &str); 22] = [
     (
         "BENCH_EVENTS",
         "2000000",
@@ -92,6 +93,21 @@ pub const VARIABLES: [(&str, &str, &str); 19] = [
         "extra sink flags (the -X ones go to bench-consume too)",
     ),
     ("BENCH_OUT", "bench/results/latest.json", "the results file"),
+    (
+        "BENCH_SOAK_MINUTES",
+        "30",
+        "scripts/soak: how long the producer streams (the operations come at fixed fractions of it)",
+    ),
+    (
+        "BENCH_SOAK_RATE",
+        "5000",
+        "scripts/soak: the producer's rate, events/s",
+    ),
+    (
+        "BENCH_SOAK_OUT",
+        "bench/results/soak.json",
+        "scripts/soak: its results file",
+    ),
     (
         "BENCH_REPORT",
         "bench/REPORT.md",
@@ -166,6 +182,9 @@ pub struct Settings {
     pub bulk_events: u64,
     pub sink_args: Vec<String>,
     pub out: PathBuf,
+    pub soak_minutes: f64,
+    pub soak_rate: u64,
+    pub soak_out: PathBuf,
     pub report: PathBuf,
     pub charts: PathBuf,
     pub before: Option<PathBuf>,
@@ -263,6 +282,15 @@ impl Settings {
             bulk_events: number("BENCH_BULK_EVENTS")?,
             sink_args,
             out: path("BENCH_OUT", root.join("bench/results/latest.json")),
+            soak_minutes: match text("BENCH_SOAK_MINUTES").trim().parse::<f64>() {
+                Ok(minutes) if minutes >= 1.0 => minutes,
+                _ => anyhow::bail!(
+                    "BENCH_SOAK_MINUTES: `{}` is not a number of minutes, 1 or more",
+                    text("BENCH_SOAK_MINUTES")
+                ),
+            },
+            soak_rate: number("BENCH_SOAK_RATE")?,
+            soak_out: path("BENCH_SOAK_OUT", root.join("bench/results/soak.json")),
             charts: path("BENCH_CHARTS", report_dir.join("charts")),
             report,
             before: match var("BENCH_BEFORE") {
@@ -400,11 +428,7 @@ fn write_report(settings: &Settings, results: &Value) -> anyhow::Result<()> {
         before: before.cloned(),
         out: settings.charts.clone(),
     });
-    let report_dir = absolute(settings.report.parent().unwrap_or(Path::new(".")));
-    let charts_dir = absolute(&settings.charts);
-    let relative = charts_dir
-        .strip_prefix(&report_dir)
-        .map_or(charts_dir.clone(), Path::to_path_buf);
+    let relative = charts_relative(settings);
     let charts: Vec<Chart> = match written {
         Ok(written) => {
             say(&format!(
@@ -441,6 +465,53 @@ fn write_report(settings: &Settings, results: &Value) -> anyhow::Result<()> {
     let section = report::render(results, &charts, before.as_deref());
     report::write_section(&settings.report, &section)
         .with_context(|| format!("write {}", settings.report.display()))
+}
+
+/// The soak's chart and its section of the report (between its own markers), from its results.
+fn write_soak_report(settings: &Settings, results: &Value) -> anyhow::Result<()> {
+    let chart = match crate::charts::soak(&settings.soak_out, &settings.charts) {
+        Ok(written) => written.map(|written| Chart {
+            path: format!("{}/{}", charts_relative(settings).display(), written.file),
+            file: written.file,
+            title: written.title,
+        }),
+        Err(e) => {
+            say(&format!("WARNING: no chart ({:#})", anyhow::Error::new(e)));
+            None
+        }
+    };
+    let section = crate::soak_report::render(results, chart.as_ref());
+    report::write_between(
+        &settings.report,
+        crate::soak_report::BEGIN,
+        crate::soak_report::END,
+        &section,
+    )
+    .with_context(|| format!("write {}", settings.report.display()))
+}
+
+/// Re-renders the soak's chart and section from its results file (`--soak --report`).
+pub fn rerender_soak(settings: &Settings) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&settings.soak_out)
+        .with_context(|| format!("read {}", settings.soak_out.display()))?;
+    let results: Value = serde_json::from_str(&text)
+        .with_context(|| format!("parse {}", settings.soak_out.display()))?;
+    write_soak_report(settings, &results)?;
+    say(&format!(
+        "wrote {} from {}",
+        settings.report.display(),
+        settings.soak_out.display()
+    ));
+    Ok(())
+}
+
+/// The charts' directory, relative to the report's where it is inside it.
+fn charts_relative(settings: &Settings) -> PathBuf {
+    let report_dir = absolute(settings.report.parent().unwrap_or(Path::new(".")));
+    let charts_dir = absolute(&settings.charts);
+    charts_dir
+        .strip_prefix(&report_dir)
+        .map_or(charts_dir.clone(), Path::to_path_buf)
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -498,6 +569,8 @@ fn copy_bins(settings: &Settings, work: &Path) -> anyhow::Result<Bins> {
         producer: copy("clickstream-producer")?,
         sink: copy("clickstream-sink")?,
         consume: copy("bench-consume")?,
+        // Only the soak runs it.
+        windows: copy("clickstream-windows").ok(),
     })
 }
 
@@ -536,6 +609,57 @@ fn on_interrupt(stack_env: Option<Vec<(String, String)>>) -> anyhow::Result<()> 
 
 /// The whole run.
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
+    session(
+        settings,
+        &settings.out,
+        settings.recorded(),
+        |bench, stack, result, run_id| measure_all(settings, bench, stack, result, run_id),
+        |result| write_report(settings, result),
+    )
+}
+
+/// The soak (`scripts/soak`, [`soak`]): writes `BENCH_SOAK_OUT`, its chart and its section of
+/// the report. `Ok(false)`: it ran, and failed its checks.
+pub fn soak_run(settings: &Settings) -> anyhow::Result<bool> {
+    if settings.external.is_some() {
+        anyhow::bail!(
+            "the soak runs on a stack of its own: unset BENCH_KAFKA_BROKERS and BENCH_CLICKHOUSE_URL"
+        );
+    }
+    let mut passed = false;
+    let recorded = json!({
+        "minutes": settings.soak_minutes,
+        "rate": settings.soak_rate,
+        "sink_args": settings.sink_args,
+    });
+    session(
+        settings,
+        &settings.soak_out,
+        recorded,
+        |bench, _, result, _| {
+            let windows = bench.bins.windows.as_ref().context(
+                "no clickstream-windows binary (build it: cargo build --release -p \
+                 clickstream-windows)",
+            )?;
+            let soak = bench.soak(settings.soak_minutes, settings.soak_rate, windows)?;
+            passed = soak["verdict"] == "pass";
+            result["soak"] = soak;
+            Ok(())
+        },
+        |result| write_soak_report(settings, result),
+    )?;
+    Ok(passed)
+}
+
+/// One run on the stack: the header of the results (date, commit, machine, `recorded`
+/// settings), `measure` filling in the rest, the results written to `out`, then `report`.
+fn session(
+    settings: &Settings,
+    out: &Path,
+    recorded: Value,
+    measure: impl FnOnce(&Bench<'_>, &stack::Stack, &mut Value, &str) -> anyhow::Result<()>,
+    report: impl FnOnce(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let run_id = chrono::Utc::now().format("%m%d%H%M%S").to_string();
     let dirty: Vec<String> = git(&[
@@ -555,7 +679,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
         "git": {"commit": git(&["rev-parse", "HEAD"]), "dirty": dirty},
         "machine": machine(),
-        "settings": settings.recorded(),
+        "settings": recorded,
     });
     let work = std::env::temp_dir().join(format!("bench-sink-{}-{run_id}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -585,19 +709,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             }
         };
         let bench = Bench::new(&stack, &bins, &work, settings, run_id.clone());
-        measure_all(settings, &bench, &stack, &mut result, &run_id)?;
+        measure(&bench, &stack, &mut result, &run_id)?;
         result["machine"]["loadavg_end"] = json!(procs::loadavg());
         result["bench_wall_s"] = json!(procs::whole(started.elapsed().as_secs_f64()));
-        if let Some(dir) = settings.out.parent() {
+        if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let text = serde_json::to_string_pretty(&result)? + "\n";
-        report::write_whole(&settings.out, &text)
-            .with_context(|| format!("write {}", settings.out.display()))?;
-        write_report(settings, &result)?;
+        report::write_whole(out, &text).with_context(|| format!("write {}", out.display()))?;
+        report(&result)?;
         say(&format!(
             "wrote {} and {} in {}s",
-            settings.out.display(),
+            out.display(),
             settings.report.display(),
             result["bench_wall_s"]
         ));

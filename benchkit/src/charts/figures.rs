@@ -3,7 +3,7 @@
 //! A builder returns `None` when its data is not in the results (a section that did not run, or
 //! a results file from before the data was recorded), and the chart is left out.
 
-use super::results::{Drain, LatencyRun, Quantiles, Results};
+use super::results::{Drain, LatencyRun, Quantiles, Results, Soak, SoakSample};
 use super::series::{columns, rate, si, thousands, ticks, trim, window_s};
 
 /// One SVG file.
@@ -570,6 +570,115 @@ pub fn bulk(after: &Results) -> Option<Figure> {
     })
 }
 
+/// The soak: memory of the long-running processes, the sink's lag and the rate it made rows
+/// queryable, over the run, with the operations marked.
+pub fn soak(soak: &Soak) -> Option<Figure> {
+    if soak.samples.len() < 2 {
+        return None;
+    }
+    let minutes = |t: f64| t / 60.0;
+    let series = |f: fn(&SoakSample) -> Option<f64>| -> Vec<(f64, f64)> {
+        soak.samples
+            .iter()
+            .filter_map(|s| f(s).map(|v| (minutes(s.t_s), v)))
+            .collect()
+    };
+    let line = |label: &str, points: Vec<(f64, f64)>, color| Line {
+        label: Some(label.to_owned()),
+        points,
+        color,
+        stroke: Stroke::Solid,
+        markers: false,
+    };
+    let memory: Vec<Line> = [
+        ("sink", series(|s| s.sink_rss_mb), BLUE),
+        ("second sink", series(|s| s.second_sink_rss_mb), VERMILLION),
+        ("window publisher", series(|s| s.windows_rss_mb), GREEN),
+    ]
+    .into_iter()
+    .filter(|(_, points, _)| !points.is_empty())
+    .map(|(label, points, color)| line(label, points, color))
+    .collect();
+    let lag = vec![line("consumer lag (sink)", series(|s| s.lag), BLUE)];
+    let rows = series(|s| s.rows);
+    let per_s: Vec<(f64, f64)> = rows
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0)
+        .map(|w| {
+            (
+                w[1].0,
+                (w[1].1 - w[0].1).max(0.0) / ((w[1].0 - w[0].0) * 60.0),
+            )
+        })
+        .collect();
+    let queryable = vec![line("rows made queryable per second", per_s, BLUE)];
+    let end = minutes(soak.samples.iter().map(|s| s.t_s).fold(0.0, f64::max));
+    let x = Axis::covering(
+        "minutes since the producer started",
+        0.0,
+        end,
+        1.0,
+        Format::Decimals(0),
+    );
+    let names: Vec<&str> = soak
+        .operations
+        .iter()
+        .map(|o| o.operation.as_str())
+        .collect();
+    let marked = |mut lines: Vec<Line>, desc: &str, format: Format, caption: String, legend| {
+        let y = value_axis(&lines, desc, format);
+        for (i, op) in soak.operations.iter().enumerate() {
+            lines.push(Line {
+                label: (i == 0).then(|| format!("operations: {}", names.join(", "))),
+                points: vec![(minutes(op.at_s), y.min), (minutes(op.at_s), y.max)],
+                color: GREY,
+                stroke: Stroke::Dashed,
+                markers: false,
+            });
+        }
+        Panel {
+            caption,
+            x: x.clone(),
+            y,
+            lines,
+            legend,
+        }
+    };
+    let panels = vec![
+        marked(
+            memory,
+            "RSS, MB",
+            Format::Decimals(0),
+            "Resident memory (RSS) from /proc".to_owned(),
+            Corner::UpperLeft,
+        ),
+        marked(
+            lag,
+            "events",
+            Format::Si,
+            "The sink's consumer lag (its /metrics, summed over partitions)".to_owned(),
+            Corner::UpperRight,
+        ),
+        marked(
+            queryable,
+            "events/s",
+            Format::Si,
+            "Rows made queryable per second, between samples".to_owned(),
+            Corner::UpperRight,
+        ),
+    ];
+    Some(Figure {
+        file: "soak.svg",
+        title: format!(
+            "Soak: {} events/s for {} minutes, with operations",
+            thousands(soak.rate),
+            trim(soak.minutes, 1)
+        ),
+        size: THREE_PANELS,
+        body: Body::Panels(panels),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +690,52 @@ mod tests {
     const DRAIN: &str = r#"{"instances": 1, "events": 1000, "sink_cpu_us_per_event": 4.4,
         "sink_peak_rss_mb": 400, "progress": [[0, 0], [1, 500], [2, 1000]],
         "rss_mb_samples": [[0, 10], [1, 300], [2, 400]]}"#;
+
+    #[test]
+    fn the_soak_chart_marks_each_operation_in_every_panel_and_derives_the_rate() {
+        let soak: crate::charts::results::SoakFile = serde_json::from_str(
+            r#"{"soak": {"rate": 100, "minutes": 1,
+                "samples": [{"t_s": 0, "sink_rss_mb": 10, "lag": 5, "rows": 0},
+                            {"t_s": 30, "sink_rss_mb": 12, "second_sink_rss_mb": 9, "rows": 3000},
+                            {"t_s": 60, "sink_rss_mb": 11, "lag": 0, "rows": 6000}],
+                "operations": [{"at_s": 12, "operation": "join"}, {"at_s": 39, "operation": "kill"}]}}"#,
+        )
+        .expect("soak results parse");
+        let soak = soak.soak.expect("a soak");
+        let Some(Figure {
+            body: Body::Panels(panels),
+            file,
+            ..
+        }) = super::soak(&soak)
+        else {
+            panic!("no soak chart");
+        };
+        assert_eq!(file, "soak.svg");
+        assert_eq!(panels.len(), 3);
+        for panel in &panels {
+            let markers: Vec<&Line> = panel.lines.iter().filter(|l| l.color == GREY).collect();
+            assert_eq!(markers.len(), 2, "{}", panel.caption);
+            assert_eq!(markers[1].points[0].0, 39.0 / 60.0);
+        }
+        let labels: Vec<_> = panels[0]
+            .lines
+            .iter()
+            .filter_map(|l| l.label.clone())
+            .collect();
+        assert_eq!(
+            labels,
+            ["sink", "second sink", "operations: join, kill"],
+            "the publisher has no samples"
+        );
+        assert_eq!(panels[2].lines[0].points, [(0.5, 100.0), (1.0, 100.0)]);
+        let one = crate::charts::results::Soak {
+            samples: vec![],
+            operations: vec![],
+            rate: 1.0,
+            minutes: 1.0,
+        };
+        assert!(super::soak(&one).is_none());
+    }
 
     #[test]
     fn an_empty_results_file_has_no_charts() {

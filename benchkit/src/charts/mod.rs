@@ -11,6 +11,7 @@
 //! | `rss.svg`         | sink RSS over time in the pre-loaded runs                               |
 //! | `cpu.svg`         | sink CPU µs per event, before and after                                  |
 //! | `bulk.svg`        | the 10M-event run: rows, events/s and RSS against the reference's pace    |
+//! | `soak.svg`        | `scripts/soak`: memory, lag and rows/s over a long run with operations     |
 //!
 //! A chart whose data is not in the results is left out (see [`figures`]); [`run`] returns the
 //! ones it wrote, so the report links only those.
@@ -85,6 +86,36 @@ impl Results {
             source,
         })
     }
+}
+
+/// Draws the soak's chart (`soak.svg`) into `out` from a `scripts/soak` results file; `None`
+/// when it has too few samples.
+pub fn soak(results: &Path, out: &Path) -> Result<Option<Written>, ChartError> {
+    let text = fs::read_to_string(results).map_err(|source| ChartError::ReadResults {
+        path: results.to_owned(),
+        source,
+    })?;
+    let file: results::SoakFile =
+        serde_json::from_str(&text).map_err(|source| ChartError::ParseResults {
+            path: results.to_owned(),
+            source,
+        })?;
+    let Some(figure) = file.soak.as_ref().and_then(figures::soak) else {
+        return Ok(None);
+    };
+    fs::create_dir_all(out).map_err(|source| ChartError::CreateOut {
+        path: out.to_owned(),
+        source,
+    })?;
+    let path = out.join(figure.file);
+    draw::render(&figure, &path).map_err(|source| ChartError::Draw {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(Written {
+        file: figure.file.to_owned(),
+        title: figure.title,
+    }))
 }
 
 /// Draws every chart the results have data for; returns them in report order.

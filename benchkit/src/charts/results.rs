@@ -106,3 +106,36 @@ pub struct Reference {
     pub minutes: f64,
     pub pipeline: String,
 }
+
+/// A `scripts/soak` results file (`bench/results/soak.json`): the part its chart reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct SoakFile {
+    pub soak: Option<Soak>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Soak {
+    pub rate: f64,
+    pub minutes: f64,
+    #[serde(default)]
+    pub samples: Vec<SoakSample>,
+    #[serde(default)]
+    pub operations: Vec<SoakOperation>,
+}
+
+/// One look at the processes, `t_s` seconds after the producer started.
+#[derive(Debug, Deserialize)]
+pub struct SoakSample {
+    pub t_s: f64,
+    pub sink_rss_mb: Option<f64>,
+    pub second_sink_rss_mb: Option<f64>,
+    pub windows_rss_mb: Option<f64>,
+    pub lag: Option<f64>,
+    pub rows: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SoakOperation {
+    pub at_s: f64,
+    pub operation: String,
+}

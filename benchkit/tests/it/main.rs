@@ -198,3 +198,94 @@ fn a_run_against_external_servers_starts_no_stack_of_its_own() {
     assert!(report.contains("Servers: Kafka at "), "{report}");
     assert_eq!(report.contains("### The sink alone"), discards);
 }
+
+/// `scripts/soak` at its shortest (one minute), on a private stack of its own: every operation
+/// runs on the way, the verdict rests on the table's real contents, and the report keeps the
+/// other sections.
+#[test]
+fn a_one_minute_soak_runs_every_operation_and_finds_each_event_once() {
+    let _one_at_a_time = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("bench-it-soak");
+    let (out, report, charts) = (
+        dir.path().join("soak.json"),
+        dir.path().join("REPORT.md"),
+        dir.path().join("charts"),
+    );
+    std::fs::write(
+        &report,
+        "# Title\n\n<!-- bench:begin -->\nkept\n<!-- bench:end -->\n",
+    )
+    .expect("write report");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_bench-sink"))
+        .arg("--soak")
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("CLICKHOUSE_URL")
+        .envs([
+            ("BENCH_SOAK_MINUTES", "1".to_owned()),
+            ("BENCH_SOAK_RATE", "300".into()),
+            ("BENCH_SOAK_OUT", out.display().to_string()),
+            ("BENCH_REPORT", report.display().to_string()),
+            ("BENCH_CHARTS", charts.display().to_string()),
+            ("BENCH_BIN_DIR", workspace_bin_dir().display().to_string()),
+            (
+                "STACK_DATA_DIR",
+                dir.path().join("stack").display().to_string(),
+            ),
+            ("STACK_KAFKA_PORT", free_port().to_string()),
+            ("STACK_CLICKHOUSE_PORT", free_port().to_string()),
+            ("STACK_CLICKHOUSE_TLS_PORT", free_port().to_string()),
+        ])
+        .status()
+        .expect("run bench-sink --soak");
+    let text = std::fs::read_to_string(&out).expect("soak results file");
+    let r: Value = serde_json::from_str(&text).expect("soak results JSON");
+    let s = &r["soak"];
+    assert!(
+        status.success(),
+        "bench-sink --soak: {status}: {}",
+        s["failures"]
+    );
+    assert_eq!(s["verdict"], "pass");
+    let operations: Vec<&str> = s["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["operation"].as_str())
+        .collect();
+    assert_eq!(operations, ["join", "leave", "alter", "kill"]);
+    let c = &s["checks"];
+    let delivered = c["delivered"].as_u64().expect("delivered");
+    assert!(delivered >= 300 * 50, "{c}");
+    assert_eq!(c["rows"], c["expected_rows"], "{c}");
+    assert_eq!(c["distinct_offsets"], c["rows"], "{c}");
+    assert_eq!(
+        c["rows"].as_u64(),
+        Some(1 + delivered - c["poison"].as_u64().unwrap_or(0))
+    );
+    let exits = c["sink_exits"].as_array().expect("sink exits");
+    assert_eq!(
+        exits.len(),
+        3,
+        "second, killed and restarted sinks: {exits:?}"
+    );
+    assert!(
+        s["samples"].as_array().map_or(0, Vec::len) >= 10,
+        "a sample every 5 s"
+    );
+    assert!(s["summary"]["sink_rss_mb"]["max"].as_f64().unwrap_or(0.0) > 1.0);
+    assert!(
+        s["summary"]["windows_rss_mb"]["max"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 1.0
+    );
+    assert!(s["summary"]["sink_series"]["max"].as_f64().unwrap_or(0.0) > 10.0);
+    let report = std::fs::read_to_string(&report).expect("report");
+    assert!(report.contains("<!-- bench:begin -->\nkept\n<!-- bench:end -->"));
+    assert!(report.contains("## Soak (`scripts/soak`)"), "{report}");
+    assert!(report.contains("**Verdict: pass.**"), "{report}");
+    assert!(charts.join("soak.svg").exists());
+    assert!(report.contains("(charts/soak.svg)"));
+}

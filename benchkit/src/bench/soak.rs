@@ -1,0 +1,672 @@
+//! The soak (`scripts/soak`): the product run the way an operator runs it, for a long time,
+//! with a working day's operations on the way; the processes sampled throughout, exactly once
+//! checked at the end.
+//!
+//! The producer streams at a fixed rate with poison and late events (as `scripts/demo`), one
+//! sink (the demo's flags) writes a fresh database with the full schema, and the window
+//! publisher reads its rollups. At fixed fractions of the run ([`OPERATIONS`]) a second sink
+//! joins the group and leaves it again, the table is ALTERed under the sinks, and the sink is
+//! SIGKILLed and started again. Every sample records each process's resident memory, the
+//! sink's open files, threads, `/metrics` series and lag, and the rows queryable. At the end,
+//! once the producer has stopped: every event delivered that is not poison is in the table
+//! exactly once (by its Kafka partition and offset), the sinks exited cleanly, and no process
+//! logged an error.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clickstream_testkit::{free_port, metric_families, scrape_metrics_text};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use super::measure::{Bench, POLL, Sink, last_json, say};
+use super::procs::{self, Proc, round};
+
+/// Poison and late events of the stream, as fractions (the demo streams them too).
+const BAD_RATIO: &str = "0.001";
+const LATE_RATIO: &str = "0.01";
+/// The sinks' own flags: the demo's.
+const SINK_FLAGS: [&str; 2] = ["--flush-interval-ms", "1000"];
+/// The column the ALTER adds.
+const ADDED_COLUMN: &str = "soak_note";
+
+/// An operator's operation during the soak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A second sink joins the group: a rebalance, partitions move to it.
+    Join,
+    /// The second sink stops with SIGTERM: a rebalance, its partitions move back.
+    Leave,
+    /// A column is added to `events` under the running sink.
+    Alter,
+    /// The sink is SIGKILLed and started again at once: replays from its committed offsets.
+    Kill,
+}
+
+/// The operations, each at its fraction of the run.
+pub const OPERATIONS: [(f64, Operation); 4] = [
+    (0.20, Operation::Join),
+    (0.35, Operation::Leave),
+    (0.50, Operation::Alter),
+    (0.65, Operation::Kill),
+];
+
+impl Operation {
+    pub fn describe(self) -> String {
+        match self {
+            Operation::Join => "a second sink joins the group (rebalance)".to_owned(),
+            Operation::Leave => "the second sink stops with SIGTERM (rebalance)".to_owned(),
+            Operation::Alter => format!(
+                "`ALTER TABLE events ADD COLUMN {ADDED_COLUMN} String DEFAULT ''` under the sink"
+            ),
+            Operation::Kill => "the sink is SIGKILLed and started again at once".to_owned(),
+        }
+    }
+}
+
+/// One look at the processes.
+struct Sample {
+    t_s: f64,
+    sink_rss_mb: Option<f64>,
+    second_rss_mb: Option<f64>,
+    windows_rss_mb: Option<f64>,
+    producer_rss_mb: Option<f64>,
+    clickhouse_rss_mb: Option<f64>,
+    kafka_rss_mb: Option<f64>,
+    sink_fds: Option<usize>,
+    sink_threads: Option<usize>,
+    /// Lines of the sink's `/metrics` that are samples (not comments).
+    sink_series: Option<usize>,
+    /// The sink's `clickstream_sink_consumer_lag`, summed over its partitions.
+    lag: Option<f64>,
+    rows: Option<u64>,
+}
+
+impl Sample {
+    fn json(&self) -> Value {
+        let mb = |v: Option<f64>| v.map(|v| round(v, 1));
+        json!({
+            "t_s": round(self.t_s, 1),
+            "sink_rss_mb": mb(self.sink_rss_mb),
+            "second_sink_rss_mb": mb(self.second_rss_mb),
+            "windows_rss_mb": mb(self.windows_rss_mb),
+            "producer_rss_mb": mb(self.producer_rss_mb),
+            "clickhouse_rss_mb": mb(self.clickhouse_rss_mb),
+            "kafka_rss_mb": mb(self.kafka_rss_mb),
+            "sink_fds": self.sink_fds,
+            "sink_threads": self.sink_threads,
+            "sink_series": self.sink_series,
+            "lag": self.lag,
+            "rows": self.rows,
+        })
+    }
+}
+
+fn entries(dir: String) -> Option<usize> {
+    std::fs::read_dir(dir).ok().map(Iterator::count)
+}
+
+/// A process's log: its lines at ERROR and at WARN, and the distinct messages of those (the
+/// time stamp left out), at most `keep`.
+fn log_findings(path: &PathBuf, keep: usize) -> (usize, usize, Vec<String>) {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let (mut errors, mut warnings, mut messages) = (0, 0, Vec::<String>::new());
+    for line in text.lines() {
+        let level = if line.contains(" ERROR ") {
+            errors += 1;
+            "ERROR"
+        } else if line.contains(" WARN ") {
+            warnings += 1;
+            "WARN"
+        } else {
+            continue;
+        };
+        let message = line
+            .split_once(&format!(" {level} "))
+            .map_or(line, |(_, rest)| rest);
+        let message: String = format!("{level} {message}").chars().take(200).collect();
+        if messages.len() < keep && !messages.contains(&message) {
+            messages.push(message);
+        }
+    }
+    (errors, warnings, messages)
+}
+
+impl Bench<'_> {
+    /// The soak: `minutes` of the producer at `rate` events/s with the operations on the way
+    /// (see the module). Fails only when it cannot run; the verdict is in the result.
+    pub fn soak(
+        &self,
+        minutes: f64,
+        rate: u64,
+        windows_bin: &std::path::Path,
+    ) -> anyhow::Result<Value> {
+        let run = &self.run;
+        let (topic, db, group) = (
+            format!("bench-soak-{run}"),
+            format!("bench_soak_{run}"),
+            format!("bench-soak-{run}"),
+        );
+        let windows_topic = format!("bench-soak-windows-{run}");
+        let flags: Vec<String> = SINK_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+        let seconds = (minutes * 60.0).round().max(60.0) as u64;
+        let every = Duration::from_secs((seconds / 120).clamp(5, 30));
+        // The topic, with one warm-up event: once that is queryable, the sink has joined.
+        self.produce(&topic, "soak-warmup", &["--rate", "max", "--count", "1"])?;
+        let database = self.stack.database(&db)?;
+        let mut logs: Vec<(String, PathBuf)> = Vec::new();
+        let mut sink = self
+            .start_sinks("soak", &topic, &group, &db, 1, &flags)?
+            .remove(0);
+        logs.push(("sink".into(), sink.proc.log.clone()));
+        let t0 = Instant::now();
+        while self.stack.count(&db)? < 1 {
+            if sink.proc.exited().is_some() || t0.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "soak: the sink did not insert the warm-up event; see {}",
+                    sink.proc.log.display()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        let windows_port = free_port();
+        let mut windows_argv = self.argv(windows_bin, &windows_topic);
+        windows_argv.extend(
+            [
+                "--window",
+                "1m",
+                "--database",
+                &db,
+                "--clickhouse-url",
+                &self.stack.clickhouse,
+                "--http-addr",
+                &format!("127.0.0.1:{windows_port}"),
+            ]
+            .map(String::from),
+        );
+        let windows = procs::start(&windows_argv, &self.log("soak-windows"), false)?;
+        logs.push(("windows".into(), windows.log.clone()));
+        say(&format!(
+            "soak: {rate} events/s for {seconds} s, a sample every {} s; operations at {}",
+            every.as_secs(),
+            OPERATIONS
+                .iter()
+                .map(|(at, op)| format!("{:.0} s ({op:?})", at * seconds as f64))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let producer = procs::start(
+            &self.producer_argv(
+                &topic,
+                &[
+                    "--rate",
+                    &rate.to_string(),
+                    "--duration",
+                    &format!("{seconds}s"),
+                    "--bad-ratio",
+                    BAD_RATIO,
+                    "--late-ratio",
+                    LATE_RATIO,
+                ],
+            ),
+            &self.log("soak-producer"),
+            true,
+        )?;
+        let producer_pid = producer.pid();
+        let start = Instant::now();
+        let (mut samples, mut operations) = (Vec::<Sample>::new(), Vec::<Value>::new());
+        let (mut second, mut next_op, mut sink_exits) = (None::<Sink>, 0, Vec::<Value>::new());
+        let mut next_sample = start;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            if procs::interrupted() {
+                bail!("interrupted");
+            }
+            let t = start.elapsed().as_secs_f64();
+            while let Some(&(at, op)) = OPERATIONS.get(next_op)
+                && t >= at * seconds as f64
+            {
+                next_op += 1;
+                let began = Instant::now();
+                match op {
+                    Operation::Join => {
+                        let joined = self
+                            .start_sinks("soak-second", &topic, &group, &db, 1, &flags)?
+                            .remove(0);
+                        logs.push(("second sink".into(), joined.proc.log.clone()));
+                        second = Some(joined);
+                    }
+                    Operation::Leave => {
+                        if let Some(leaving) = second.take() {
+                            let exit = leaving.proc.reap(Duration::from_secs(60))?;
+                            sink_exits.push(
+                                json!({"sink": "second", "code": exit.code, "how": "SIGTERM"}),
+                            );
+                        }
+                    }
+                    Operation::Alter => self.stack.execute(&format!(
+                        "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS {ADDED_COLUMN} String \
+                         DEFAULT ''"
+                    ))?,
+                    Operation::Kill => {
+                        sink.proc.signal(Signal::SIGKILL);
+                        let killed = std::mem::replace(
+                            &mut sink,
+                            self.start_sinks("soak-restarted", &topic, &group, &db, 1, &flags)?
+                                .remove(0),
+                        );
+                        let exit = killed.proc.wait(Duration::from_secs(10))?;
+                        sink_exits
+                            .push(json!({"sink": "first", "code": exit.code, "how": "SIGKILL"}));
+                        logs.push(("restarted sink".into(), sink.proc.log.clone()));
+                    }
+                }
+                say(&format!("soak: {:.0} s: {}", t, op.describe()));
+                operations.push(json!({
+                    "at_s": round(t, 1),
+                    "operation": format!("{op:?}").to_lowercase(),
+                    "what": op.describe(),
+                    "took_s": round(began.elapsed().as_secs_f64(), 2),
+                }));
+            }
+            if Instant::now() >= next_sample {
+                samples.push(self.sample(t, &sink, second.as_ref(), &windows, producer_pid, &db));
+                next_sample += every;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let (out, producer_exit) = producer.finish(Duration::from_secs(600))?;
+        let mut summary = last_json(&out).context("soak: the producer's summary")?;
+        if let Some(map) = summary.as_object_mut() {
+            map.remove("per_partition");
+        }
+        summary["cpu_s"] = json!(round(producer_exit.cpu_s, 2));
+        let number = |key: &str| summary[key].as_u64().unwrap_or(0);
+        let (sent, delivered, poison) = (number("sent"), number("delivered"), number("poison"));
+        // The warm-up event is the table's first row.
+        let expected = 1 + delivered - poison.min(delivered);
+        let drain_start = Instant::now();
+        let mut rows = self.stack.count(&db)?;
+        while rows < expected && drain_start.elapsed() < Duration::from_secs(300) {
+            if procs::interrupted() {
+                bail!("interrupted");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            rows = self.stack.count(&db)?;
+        }
+        let drain_s = drain_start.elapsed().as_secs_f64();
+        // Two flush intervals more: a duplicate inserted late would show.
+        std::thread::sleep(Duration::from_secs(3));
+        samples.push(self.sample(
+            start.elapsed().as_secs_f64(),
+            &sink,
+            second.as_ref(),
+            &windows,
+            producer_pid,
+            &db,
+        ));
+        let rows = self.stack.count(&db)?;
+        let distinct: u64 = self.stack.fetch_one(&format!(
+            "SELECT uniqExact(kafka_partition, kafka_offset) FROM {db}.events"
+        ))?;
+        let exit = sink.proc.reap(Duration::from_secs(60))?;
+        sink_exits.push(json!({"sink": "restarted", "code": exit.code, "how": "SIGTERM"}));
+        if let Some(left) = second.take() {
+            let exit = left.proc.reap(Duration::from_secs(60))?;
+            sink_exits.push(json!({"sink": "second", "code": exit.code, "how": "SIGTERM"}));
+        }
+        let windows_exit = windows.reap(Duration::from_secs(60))?;
+        drop(database);
+        self.stack.delete_topic(&topic);
+        self.stack.delete_topic(&windows_topic);
+
+        let mut logged = Vec::new();
+        let (mut errors, mut warnings) = (0, 0);
+        for (process, path) in &logs {
+            let (e, w, messages) = log_findings(path, 5);
+            errors += e;
+            warnings += w;
+            logged.push(
+                json!({"process": process, "errors": e, "warnings": w, "messages": messages}),
+            );
+        }
+        let failures = failures(&Checks {
+            sent,
+            delivered,
+            rows,
+            expected,
+            distinct,
+            sink_exits: &sink_exits,
+            windows_exit: windows_exit.code,
+            errors,
+            operations_run: next_op,
+        });
+        let verdict = if failures.is_empty() { "pass" } else { "fail" };
+        say(&format!(
+            "soak: {verdict}: {rows} rows, {expected} expected, {distinct} distinct; {errors} errors, \
+             {warnings} warnings{}",
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", failures.join("; "))
+            }
+        ));
+        Ok(json!({
+            "minutes": round(seconds as f64 / 60.0, 2),
+            "rate": rate,
+            "bad_ratio": BAD_RATIO.parse::<f64>().unwrap_or(0.0),
+            "late_ratio": LATE_RATIO.parse::<f64>().unwrap_or(0.0),
+            "sink_flags": SINK_FLAGS,
+            "sample_every_s": every.as_secs(),
+            "producer": summary,
+            "operations": operations,
+            "samples": samples.iter().map(Sample::json).collect::<Vec<_>>(),
+            "summary": summarize(&samples, seconds as f64),
+            "drain_after_producer_s": round(drain_s, 1),
+            "checks": {
+                "delivered": delivered,
+                "poison": poison,
+                "expected_rows": expected,
+                "rows": rows,
+                "distinct_offsets": distinct,
+                "duplicates": rows.saturating_sub(distinct),
+                "missing": expected.saturating_sub(distinct),
+                "sink_exits": sink_exits,
+                "windows_exit": windows_exit.code,
+                "error_lines": errors,
+                "warning_lines": warnings,
+            },
+            "logs": logged,
+            "verdict": verdict,
+            "failures": failures,
+        }))
+    }
+
+    fn sample(
+        &self,
+        t_s: f64,
+        sink: &Sink,
+        second: Option<&Sink>,
+        windows: &Proc,
+        producer: u32,
+        db: &str,
+    ) -> Sample {
+        let pid = sink.proc.pid();
+        let text = self
+            .stack
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), scrape_metrics_text(sink.port)).await
+            })
+            .ok()
+            .and_then(Result::ok);
+        Sample {
+            t_s,
+            sink_rss_mb: procs::proc_rss_mb(pid),
+            second_rss_mb: second.and_then(|s| procs::proc_rss_mb(s.proc.pid())),
+            windows_rss_mb: procs::proc_rss_mb(windows.pid()),
+            producer_rss_mb: procs::proc_rss_mb(producer),
+            clickhouse_rss_mb: self.stack.pid("clickhouse").and_then(procs::proc_rss_mb),
+            kafka_rss_mb: self.stack.pid("kafka").and_then(procs::proc_rss_mb),
+            sink_fds: entries(format!("/proc/{pid}/fd")),
+            sink_threads: entries(format!("/proc/{pid}/task")),
+            sink_series: text.as_deref().map(|t| {
+                t.lines()
+                    .filter(|l| !l.starts_with('#') && !l.is_empty())
+                    .count()
+            }),
+            lag: text.as_deref().map(|t| {
+                metric_families(t)
+                    .get("clickstream_sink_consumer_lag")
+                    .copied()
+                    .unwrap_or(0.0)
+            }),
+            rows: self.stack.count(db).ok(),
+        }
+    }
+}
+
+/// What the soak's verdict rests on.
+struct Checks<'a> {
+    sent: u64,
+    delivered: u64,
+    rows: u64,
+    expected: u64,
+    distinct: u64,
+    /// `{"sink", "code", "how"}` of each sink that ended.
+    sink_exits: &'a [Value],
+    windows_exit: i32,
+    errors: usize,
+    operations_run: usize,
+}
+
+/// Why the soak failed; empty when it passed.
+fn failures(c: &Checks<'_>) -> Vec<String> {
+    let mut failures = Vec::new();
+    if c.sent != c.delivered {
+        failures.push(format!(
+            "the producer delivered {} of {} events",
+            c.delivered, c.sent
+        ));
+    }
+    if c.rows != c.expected || c.distinct != c.rows {
+        failures.push(format!(
+            "{} rows ({} distinct offsets) where {} were expected",
+            c.rows, c.distinct, c.expected
+        ));
+    }
+    for exit in c.sink_exits {
+        if exit["how"] == "SIGTERM" && exit["code"] != 0 {
+            failures.push(format!(
+                "the {} sink exited {} on SIGTERM",
+                exit["sink"].as_str().unwrap_or("?"),
+                exit["code"]
+            ));
+        }
+    }
+    if c.windows_exit != 0 {
+        failures.push(format!(
+            "the window publisher exited {} on SIGTERM",
+            c.windows_exit
+        ));
+    }
+    if c.errors > 0 {
+        failures.push(format!("{} ERROR lines in the logs", c.errors));
+    }
+    if c.operations_run < OPERATIONS.len() {
+        failures.push(format!(
+            "only {} of {} operations ran",
+            c.operations_run,
+            OPERATIONS.len()
+        ));
+    }
+    failures
+}
+
+/// Each sampled figure's range, and the sink's memory per quarter of the run (a leak grows
+/// from quarter to quarter; the restart after the kill starts the last quarters afresh).
+fn summarize(samples: &[Sample], seconds: f64) -> Value {
+    let range = |values: Vec<f64>| -> Value {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if values.is_empty() {
+            Value::Null
+        } else {
+            json!({"min": round(min, 1), "max": round(max, 1), "last": values.last().map(|v| round(*v, 1))})
+        }
+    };
+    let of = |f: fn(&Sample) -> Option<f64>| samples.iter().filter_map(f).collect::<Vec<f64>>();
+    let quarters: Vec<Value> = (0..4)
+        .map(|q| {
+            let (from, to) = (q as f64 * seconds / 4.0, (q + 1) as f64 * seconds / 4.0);
+            let max = samples
+                .iter()
+                .filter(|s| s.t_s >= from && s.t_s < to)
+                .filter_map(|s| s.sink_rss_mb)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            json!(max.map(|v| round(v, 1)))
+        })
+        .collect();
+    json!({
+        "sink_rss_mb": range(of(|s| s.sink_rss_mb)),
+        "sink_rss_mb_max_by_quarter": quarters,
+        "second_sink_rss_mb": range(of(|s| s.second_rss_mb)),
+        "windows_rss_mb": range(of(|s| s.windows_rss_mb)),
+        "producer_rss_mb": range(of(|s| s.producer_rss_mb)),
+        "clickhouse_rss_mb": range(of(|s| s.clickhouse_rss_mb)),
+        "kafka_rss_mb": range(of(|s| s.kafka_rss_mb)),
+        "sink_fds": range(of(|s| s.sink_fds.map(|v| v as f64))),
+        "sink_threads": range(of(|s| s.sink_threads.map(|v| v as f64))),
+        "sink_series": range(of(|s| s.sink_series.map(|v| v as f64))),
+        "lag": range(of(|s| s.lag)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(sink_exits: &[Value]) -> Checks<'_> {
+        Checks {
+            sent: 100,
+            delivered: 100,
+            rows: 98,
+            expected: 98,
+            distinct: 98,
+            sink_exits,
+            windows_exit: 0,
+            errors: 0,
+            operations_run: OPERATIONS.len(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_fails_on_each_broken_check_and_only_then() {
+        let exits = [
+            json!({"sink": "first", "code": -9, "how": "SIGKILL"}),
+            json!({"sink": "restarted", "code": 0, "how": "SIGTERM"}),
+        ];
+        assert!(
+            failures(&checks(&exits)).is_empty(),
+            "a SIGKILL's -9 is expected"
+        );
+        let broken: [(&str, Checks<'_>); 7] = [
+            (
+                "delivered",
+                Checks {
+                    delivered: 99,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "rows",
+                Checks {
+                    rows: 99,
+                    distinct: 98,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "rows",
+                Checks {
+                    rows: 97,
+                    distinct: 97,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "ERROR",
+                Checks {
+                    errors: 1,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "window publisher",
+                Checks {
+                    windows_exit: 1,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "operations",
+                Checks {
+                    operations_run: 3,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "delivered",
+                Checks {
+                    sent: 101,
+                    ..checks(&exits)
+                },
+            ),
+        ];
+        for (what, c) in broken {
+            let found = failures(&c);
+            assert!(
+                found.len() == 1 && found[0].contains(what),
+                "{what}: {found:?}"
+            );
+        }
+        let bad_exit = [json!({"sink": "second", "code": 2, "how": "SIGTERM"})];
+        assert_eq!(
+            failures(&checks(&bad_exit)),
+            ["the second sink exited 2 on SIGTERM"]
+        );
+    }
+
+    #[test]
+    fn a_log_counts_errors_and_warnings_and_keeps_their_distinct_messages() {
+        let dir = clickstream_testkit::TempDir::new("soak-log");
+        let path = dir.path().join("sink.log");
+        std::fs::write(
+            &path,
+            "2026-12-03T00:00:00Z  INFO a: started\n\
+             2026-12-03T00:00:01Z  WARN a: slow x=1\n\
+             2026-12-03T00:00:02Z  WARN a: slow x=1\n\
+             2026-12-03T00:00:03Z ERROR b: failed\n",
+        )
+        .unwrap();
+        let (errors, warnings, messages) = log_findings(&path, 5);
+        assert_eq!((errors, warnings), (1, 2));
+        assert_eq!(messages, ["WARN a: slow x=1", "ERROR b: failed"]);
+        assert_eq!(log_findings(&path, 1).2, ["WARN a: slow x=1"]);
+    }
+
+    #[test]
+    fn the_summary_gives_ranges_and_the_sink_memory_of_each_quarter() {
+        let sample = |t_s: f64, rss: Option<f64>| Sample {
+            t_s,
+            sink_rss_mb: rss,
+            second_rss_mb: None,
+            windows_rss_mb: None,
+            producer_rss_mb: None,
+            clickhouse_rss_mb: None,
+            kafka_rss_mb: None,
+            sink_fds: Some(30),
+            sink_threads: None,
+            sink_series: None,
+            lag: Some(t_s),
+            rows: None,
+        };
+        let samples = [
+            sample(0.0, Some(10.0)),
+            sample(20.0, Some(12.0)),
+            sample(30.0, Some(11.0)),
+            sample(70.0, None),
+            sample(90.0, Some(15.0)),
+        ];
+        let s = summarize(&samples, 100.0);
+        assert_eq!(
+            s["sink_rss_mb_max_by_quarter"],
+            json!([12.0, 11.0, null, 15.0])
+        );
+        assert_eq!(
+            s["sink_rss_mb"],
+            json!({"min": 10.0, "max": 15.0, "last": 15.0})
+        );
+        assert_eq!(s["lag"]["max"], 90.0);
+        assert!(s["second_sink_rss_mb"].is_null());
+    }
+}
