@@ -187,8 +187,9 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
     lines.extend([
         String::new(),
         format!(
-            "The sink's largest RSS in each quarter of the run: {} MB (the sink started again \
-             after the kill at {}, so the last quarters are a younger process).",
+            "A minimum is often a sample just after a process started (the second sink, the \
+             restarted one). The sink's largest RSS in each quarter of the run: {} MB (the sink \
+             started again after the kill at {}, so the last quarters are a younger process).",
             quarters.join(" / "),
             s["operations"]
                 .as_array()
@@ -210,4 +211,45 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
         ]);
     }
     lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::charts::{figures, results::SoakFile};
+
+    /// The committed soak section is what its committed results render to (with the chart
+    /// `bench-charts` draws from them), so neither is edited by hand.
+    #[test]
+    fn renders_the_committed_soak_section_byte_for_byte() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("bench/results/soak.json"))
+            .expect("bench/results/soak.json readable");
+        let results: Value = serde_json::from_str(&text).expect("soak results parse");
+        let file: SoakFile = serde_json::from_str(&text).expect("the chart reads them");
+        let figure = file.soak.as_ref().and_then(figures::soak).expect("a chart");
+        let chart = Chart {
+            file: figure.file.to_owned(),
+            title: figure.title,
+            path: format!("charts/{}", figure.file),
+        };
+        let report =
+            std::fs::read_to_string(root.join("bench/REPORT.md")).expect("report readable");
+        let begin = report
+            .find(&format!("{BEGIN}\n"))
+            .expect("report has the soak's BEGIN")
+            + BEGIN.len()
+            + 1;
+        let end = report
+            .find(&format!("\n{END}"))
+            .expect("report has the soak's END");
+        let rendered = render(&results, Some(&chart));
+        assert_eq!(rendered.trim_end(), &report[begin..end]);
+        assert!(
+            rendered.contains("**Verdict: pass.**"),
+            "the committed soak passed"
+        );
+    }
 }
