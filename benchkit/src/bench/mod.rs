@@ -406,15 +406,25 @@ fn shell_words(text: &str) -> Vec<String> {
 
 /// Re-renders the charts and the report section from the results file (`--report`).
 pub fn rerender(settings: &Settings) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&settings.out)
-        .with_context(|| format!("read {}", settings.out.display()))?;
+    rerender_from(settings, &settings.out, |results| {
+        write_report(settings, results)
+    })
+}
+
+/// Reads the results file `from` and `write`s the report from it.
+fn rerender_from(
+    settings: &Settings,
+    from: &Path,
+    write: impl FnOnce(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(from).with_context(|| format!("read {}", from.display()))?;
     let results: Value =
-        serde_json::from_str(&text).with_context(|| format!("parse {}", settings.out.display()))?;
-    write_report(settings, &results)?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", from.display()))?;
+    write(&results)?;
     say(&format!(
         "wrote {} from {}",
         settings.report.display(),
-        settings.out.display()
+        from.display()
     ));
     Ok(())
 }
@@ -492,17 +502,9 @@ fn write_soak_report(settings: &Settings, results: &Value) -> anyhow::Result<()>
 
 /// Re-renders the soak's chart and section from its results file (`--soak --report`).
 pub fn rerender_soak(settings: &Settings) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&settings.soak_out)
-        .with_context(|| format!("read {}", settings.soak_out.display()))?;
-    let results: Value = serde_json::from_str(&text)
-        .with_context(|| format!("parse {}", settings.soak_out.display()))?;
-    write_soak_report(settings, &results)?;
-    say(&format!(
-        "wrote {} from {}",
-        settings.report.display(),
-        settings.soak_out.display()
-    ));
-    Ok(())
+    rerender_from(settings, &settings.soak_out, |results| {
+        write_soak_report(settings, results)
+    })
 }
 
 /// The charts' directory, relative to the report's where it is inside it.

@@ -5,6 +5,19 @@
 use clickstream_testkit::{TempDir, clickhouse_url, free_port, kafka_brokers, workspace_bin_dir};
 use serde_json::{Value, json};
 
+/// A stack of the bench's own under `dir`, on free ports.
+fn private_stack(dir: &TempDir) -> [(&'static str, String); 4] {
+    [
+        (
+            "STACK_DATA_DIR",
+            dir.path().join("stack").display().to_string(),
+        ),
+        ("STACK_KAFKA_PORT", free_port().to_string()),
+        ("STACK_CLICKHOUSE_PORT", free_port().to_string()),
+        ("STACK_CLICKHOUSE_TLS_PORT", free_port().to_string()),
+    ]
+}
+
 /// Two benches at once would share two cores: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -43,14 +56,8 @@ fn a_small_run_of_every_section_measures_what_it_drained() {
             ("BENCH_REPORT", report.display().to_string()),
             ("BENCH_CHARTS", charts.display().to_string()),
             ("BENCH_BIN_DIR", bins.display().to_string()),
-            (
-                "STACK_DATA_DIR",
-                dir.path().join("stack").display().to_string(),
-            ),
-            ("STACK_KAFKA_PORT", free_port().to_string()),
-            ("STACK_CLICKHOUSE_PORT", free_port().to_string()),
-            ("STACK_CLICKHOUSE_TLS_PORT", free_port().to_string()),
         ])
+        .envs(private_stack(&dir))
         .status()
         .expect("run bench-sink");
     assert!(status.success(), "bench-sink: {status}");
@@ -229,14 +236,8 @@ fn a_one_minute_soak_runs_every_operation_and_finds_each_event_once() {
             ("BENCH_REPORT", report.display().to_string()),
             ("BENCH_CHARTS", charts.display().to_string()),
             ("BENCH_BIN_DIR", workspace_bin_dir().display().to_string()),
-            (
-                "STACK_DATA_DIR",
-                dir.path().join("stack").display().to_string(),
-            ),
-            ("STACK_KAFKA_PORT", free_port().to_string()),
-            ("STACK_CLICKHOUSE_PORT", free_port().to_string()),
-            ("STACK_CLICKHOUSE_TLS_PORT", free_port().to_string()),
         ])
+        .envs(private_stack(&dir))
         .status()
         .expect("run bench-sink --soak");
     let text = std::fs::read_to_string(&out).expect("soak results file");
