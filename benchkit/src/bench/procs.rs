@@ -201,21 +201,27 @@ impl Proc {
             None => String::new(),
         };
         if exit.code != 0 {
-            let bytes = std::fs::read(&log).unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes);
-            let from = text.len().saturating_sub(3000);
-            let from = (from..text.len())
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(from);
-            let tail = &text[from..];
             bail!(
-                "{name} exited {}; log {}:\n{tail}",
+                "{name} exited {}; log {}:\n{}",
                 exit.code,
-                log.display()
+                log.display(),
+                log_tail(&log)
             );
         }
         Ok((out, exit))
     }
+}
+
+/// The last 3,000 bytes or so of a log (the work directory holding it may be gone by the time
+/// someone reads an error naming it).
+pub fn log_tail(log: &Path) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let from = text.len().saturating_sub(3000);
+    let from = (from..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(from);
+    text[from..].to_owned()
 }
 
 /// A child left running (an error on the way) is killed.

@@ -133,9 +133,23 @@ fn log_findings(path: &PathBuf, keep: usize) -> (usize, usize, Vec<String>) {
     (errors, warnings, messages)
 }
 
+/// A sink that exited without being asked to stops the soak at once, with the end of its log:
+/// nothing after it would mean anything.
+fn stopped_on_its_own(name: &str, sink: &mut Sink) -> anyhow::Result<()> {
+    match sink.proc.exited() {
+        None => Ok(()),
+        Some(code) => bail!(
+            "soak: the {name} exited {code} on its own; the end of its log {}:\n{}",
+            sink.proc.log.display(),
+            procs::log_tail(&sink.proc.log)
+        ),
+    }
+}
+
 impl Bench<'_> {
     /// The soak: `minutes` of the producer at `rate` events/s with the operations on the way
-    /// (see the module). Fails only when it cannot run; the verdict is in the result.
+    /// (see the module). Fails when it cannot run or a sink exits on its own; the verdict is in
+    /// the result.
     pub fn soak(
         &self,
         minutes: f64,
@@ -222,6 +236,10 @@ impl Bench<'_> {
             if procs::interrupted() {
                 bail!("interrupted");
             }
+            stopped_on_its_own("sink", &mut sink)?;
+            if let Some(second) = second.as_mut() {
+                stopped_on_its_own("second sink", second)?;
+            }
             let t = start.elapsed().as_secs_f64();
             while let Some(&(at, op)) = OPERATIONS.get(next_op)
                 && t >= at * seconds as f64
@@ -291,6 +309,7 @@ impl Bench<'_> {
             if procs::interrupted() {
                 bail!("interrupted");
             }
+            stopped_on_its_own("sink", &mut sink)?;
             std::thread::sleep(Duration::from_secs(1));
             rows = self.stack.count(&db)?;
         }
