@@ -37,6 +37,10 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka_auth::log(level, fac, message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if !self.auth.observe(&error, reason) {
             tracing::error!("librdkafka: {error}: {reason}");

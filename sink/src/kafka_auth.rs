@@ -2,17 +2,22 @@
 //!
 //! librdkafka retries a refused SASL login or a failed TLS handshake forever and reports it
 //! only as an error event (and a log line); requests then just time out. The sink's Kafka
-//! clients (admin client and dead-letter producer: [`KafkaContext`]; the consumer: its own
-//! context, through [`AuthWatch`]) remember the first such failure with librdkafka's reason,
+//! clients (admin client, dead-letter producer and read-back consumer: [`KafkaContext`]; the
+//! consumer: its own context, through [`AuthWatch`]) remember the first such failure with
+//! librdkafka's reason,
 //! so that start-up stops with it instead of a bare "broker transport failure", and the
 //! consume loop stops when the consumer reports one ([`fatal_consume_error`]).
 //!
-//! The `kafka` settings (TLS, SASL) reach every one of those clients through
-//! [`Settings::kafka_client_config`](crate::settings::Settings::kafka_client_config).
+//! The `kafka` settings (TLS, SASL, tuning) reach every one of those clients through
+//! [`Settings::kafka_client_config`](crate::settings::Settings::kafka_client_config), so a
+//! consumer property also reaches the producers and the reverse: librdkafka's warning that
+//! such a property is ignored is expected there, and [`log`] says it at debug only.
 
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::SinkError;
@@ -73,17 +78,55 @@ impl AuthWatch {
     }
 }
 
-/// Client context of the admin client and the dead-letter producer.
+/// Client context of the admin client, the dead-letter producer and the read-back consumer.
 #[derive(Clone, Default)]
 pub struct KafkaContext {
     pub auth: Arc<AuthWatch>,
 }
 
 impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !self.auth.observe(&error, reason) {
             tracing::error!("librdkafka: {error}: {reason}");
         }
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
+
+/// The level a librdkafka log line is said at: its own, except for the warning that a
+/// property of the other kind of client is ignored ("session.timeout.ms is a consumer
+/// property and will be ignored by this producer instance"). The `kafka` settings go to
+/// every client of the sink, so that one is expected: it warned at every start of a sink
+/// with a tuned consumer (the soak's logs). At debug it is still there to read.
+pub fn log_level(level: RDKafkaLogLevel, fac: &str, message: &str) -> tracing::Level {
+    use RDKafkaLogLevel::*;
+    let other_kinds = fac == "CONFWARN"
+        && (message.contains("is a consumer property and will be ignored by this producer")
+            || message.contains("is a producer property and will be ignored by this consumer"));
+    match level {
+        _ if other_kinds => tracing::Level::DEBUG,
+        Emerg | Alert | Critical | Error => tracing::Level::ERROR,
+        Warning => tracing::Level::WARN,
+        Notice | Info => tracing::Level::INFO,
+        Debug => tracing::Level::DEBUG,
+    }
+}
+
+/// librdkafka's log through `tracing` (target `librdkafka`, as rdkafka's own), at
+/// [`log_level`]: what every client context of the sink logs with.
+pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match log_level(level, fac, message) {
+        tracing::Level::ERROR => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        tracing::Level::WARN => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        tracing::Level::INFO => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        _ => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
     }
 }
 
@@ -146,6 +189,38 @@ mod tests {
         assert!(message.contains("bad password"), "{message}");
         let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
         assert!(fatal_consume_error(&down, None).is_none());
+    }
+
+    #[test]
+    fn only_the_other_kinds_property_warning_is_demoted_to_debug() {
+        use tracing::Level;
+        let consumer_property = "Configuration property session.timeout.ms is a consumer \
+                                 property and will be ignored by this producer instance";
+        let producer_property = "Configuration property batch.num.messages is a producer \
+                                 property and will be ignored by this consumer instance";
+        for message in [consumer_property, producer_property] {
+            assert_eq!(
+                log_level(RDKafkaLogLevel::Warning, "CONFWARN", message),
+                Level::DEBUG
+            );
+        }
+        let deprecated = "Configuration property queuing.strategy is deprecated and \
+                          experimental: Obsolete";
+        assert_eq!(
+            log_level(RDKafkaLogLevel::Warning, "CONFWARN", deprecated),
+            Level::WARN,
+            "other configuration warnings stay warnings"
+        );
+        assert_eq!(
+            log_level(RDKafkaLogLevel::Warning, "FAIL", consumer_property),
+            Level::WARN,
+            "only the CONFWARN facility"
+        );
+        assert_eq!(
+            log_level(RDKafkaLogLevel::Error, "FAIL", "Connection refused"),
+            Level::ERROR
+        );
+        assert_eq!(log_level(RDKafkaLogLevel::Notice, "SASL", "x"), Level::INFO);
     }
 
     /// `kafka.*` settings reach every Kafka client of the sink: the consumer, the dead-letter

@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::SinkError;
+use crate::kafka_auth::KafkaContext;
 use crate::settings::Settings;
 use crate::writer::Failure;
 
@@ -52,7 +53,7 @@ pub(crate) const REFETCH_PROPERTIES: &[(&str, &str)] = &[
 /// Reads back with a consumer of its own, outside the group (assign, no commits).
 #[derive(Clone)]
 pub struct KafkaRefetch {
-    consumer: Arc<Mutex<BaseConsumer>>,
+    consumer: Arc<Mutex<BaseConsumer<KafkaContext>>>,
     topic: String,
 }
 
@@ -63,8 +64,8 @@ impl KafkaRefetch {
         for (key, value) in REFETCH_PROPERTIES {
             config.set(*key, *value);
         }
-        let consumer: BaseConsumer = config
-            .create()
+        let consumer: BaseConsumer<KafkaContext> = config
+            .create_with_context(KafkaContext::default())
             .map_err(SinkError::kafka("create the read-back consumer"))?;
         Ok(KafkaRefetch {
             consumer: Arc::new(Mutex::new(consumer)),

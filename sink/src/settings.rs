@@ -118,7 +118,8 @@ pub fn markdown_table() -> String {
     }
     out.push_str(
         "| `kafka` | `-X KEY=VALUE` | none | librdkafka properties (TLS, SASL, tuning) for the \
-         consumer and the dead-letter producer; the properties the sink sets itself are refused \
+         consumer and the dead-letter producer (a property of one is ignored by the other, said \
+         at debug only); the properties the sink sets itself are refused \
          with the key named (`bootstrap.servers`, `group.id`, the commit settings, an \
          `auto.offset.reset` other than `earliest`, the dead-letter producer's `acks`, ...: see \
          below); rebalancing is eager (a cooperative `partition.assignment.strategy` or \

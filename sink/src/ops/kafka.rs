@@ -32,6 +32,10 @@ pub struct Member {
 pub struct Quiet;
 
 impl ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka_auth::log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_))
             && !reason.contains("reached end of partition")

@@ -11,15 +11,7 @@ use clickstream_sink::Settings;
 use crate::common::{Harness, messages, spawn_sink};
 
 fn start(h: &Harness, extra_env: &[(&str, String)], args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_clickstream-sink"))
-        .args(args)
-        .envs(h.env())
-        // A killed member holds its partitions until its session times out: keep that short.
-        .env("CLICKSTREAM_SINK_KAFKA__SESSION.TIMEOUT.MS", "3000")
-        .env("CLICKSTREAM_SINK_KAFKA__HEARTBEAT.INTERVAL.MS", "300")
-        .envs(extra_env.iter().map(|(k, v)| (*k, v.clone())))
-        .envs(log_level())
-        .stdout(Stdio::null())
+    command(h, extra_env, args)
         .stderr(if std::env::var("SINK_TEST_LOGS").is_ok() {
             Stdio::inherit()
         } else {
@@ -27,6 +19,21 @@ fn start(h: &Harness, extra_env: &[(&str, String)], args: &[&str]) -> Child {
         })
         .spawn()
         .expect("start clickstream-sink")
+}
+
+/// The binary with the harness's settings, a short session and `extra_env`.
+fn command(h: &Harness, extra_env: &[(&str, String)], args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clickstream-sink"));
+    command
+        .args(args)
+        .envs(h.env())
+        // A killed member holds its partitions until its session times out: keep that short.
+        .env("CLICKSTREAM_SINK_KAFKA__SESSION.TIMEOUT.MS", "3000")
+        .env("CLICKSTREAM_SINK_KAFKA__HEARTBEAT.INTERVAL.MS", "300")
+        .envs(extra_env.iter().map(|(k, v)| (*k, v.clone())))
+        .envs(log_level())
+        .stdout(Stdio::null());
+    command
 }
 
 /// `SINK_TEST_LOGS=1` shows the binary's log; `SINK_TEST_LOGS=info` (any level) also sets it.
@@ -147,12 +154,17 @@ async fn negative_control_at_least_once_duplicates_under_the_same_crashes() {
 /// SIGTERM with a batch still buffered: the sink flushes it, commits, leaves the group and
 /// exits 0 within its shutdown bound; the committed offsets cover every row, so a restart
 /// replays nothing.
+/// Also: a sink tuned with a consumer property (the short session of [`command`]) and a
+/// producer one logs no librdkafka warning and no error from its start to its exit. The
+/// `kafka` settings go to every client; librdkafka's "ignored by this producer instance"
+/// warned at every start before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
     let h = Harness::new("it_sigterm").await;
     h.produce(&messages(0..3_000)).await;
     let port = clickstream_testkit::free_port();
-    let mut child = start(
+    let log_path = std::env::temp_dir().join(format!("it_sigterm-{}.log", std::process::id()));
+    let mut child = command(
         &h,
         &[
             // Nothing is flushed before the signal: the whole run is one buffered batch.
@@ -160,9 +172,18 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
             ("CLICKSTREAM_SINK_MAX_ROWS", "1000000".to_owned()),
             ("CLICKSTREAM_SINK_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("CLICKSTREAM_SINK_SHUTDOWN_TIMEOUT_MS", "20000".to_owned()),
+            // A producer property (the dead-letter producer's batches).
+            (
+                "CLICKSTREAM_SINK_KAFKA__BATCH.NUM.MESSAGES",
+                "5000".to_owned(),
+            ),
+            ("RUST_LOG", "info".to_owned()),
         ],
         &[],
-    );
+    )
+    .stderr(std::fs::File::create(&log_path).expect("log file"))
+    .spawn()
+    .expect("start clickstream-sink");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         // Not answering yet counts as nothing consumed.
@@ -196,7 +217,21 @@ async fn sigterm_mid_batch_flushes_commits_and_exits_0() {
         kill(child);
         panic!("no exit within 30 s of the SIGTERM");
     };
-    assert!(status.success(), "exit code 0 after SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(&log_path).expect("the sink's log");
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        status.success(),
+        "exit code 0 after SIGTERM: {status:?}\n{log}"
+    );
+    assert!(log.contains("signal received"), "the log was read: {log}");
+    let noise: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains("WARN") && l.contains("librdkafka")) || l.contains("ERROR"))
+        .collect();
+    assert!(
+        noise.is_empty(),
+        "no librdkafka warning, no error: {noise:#?}"
+    );
     assert!(
         signalled.elapsed() < Duration::from_secs(25),
         "exits within the shutdown bound (20 s): took {:?}",
