@@ -1,4 +1,5 @@
-//! clickstream-settings: settings defined once, for the sink and `clickstream-windows`.
+//! clickstream-settings: settings defined once, for the sink and `clickstream-windows`; and
+//! their Kafka clients' properties and log ([`kafka_log`]).
 //!
 //! A program lists its keys once with [`settings!`] (name, type, default, flag, other
 //! environment variables, secret, help). That gives its `Settings` struct (with `Default`,
@@ -11,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rdkafka::config::RDKafkaLogLevel;
 use serde::Serialize;
 
 #[doc(hidden)]
@@ -275,6 +277,38 @@ pub fn merged_kafka(
     Ok(merged)
 }
 
+/// The level a librdkafka log line is said at: its own, except for the warning that a
+/// property of the other kind of client is ignored ("session.timeout.ms is a consumer
+/// property and will be ignored by this producer instance"). A program's `kafka` settings go
+/// to all its clients, consumers and producers, so that one is expected: it warned at every
+/// start of a sink with a tuned consumer (the soak's logs). At debug it is still there.
+pub fn kafka_log_level(level: RDKafkaLogLevel, fac: &str, message: &str) -> tracing::Level {
+    use RDKafkaLogLevel::*;
+    let other_kinds = fac == "CONFWARN"
+        && (message.contains("is a consumer property and will be ignored by this producer")
+            || message.contains("is a producer property and will be ignored by this consumer"));
+    match level {
+        _ if other_kinds => tracing::Level::DEBUG,
+        Emerg | Alert | Critical | Error => tracing::Level::ERROR,
+        Warning => tracing::Level::WARN,
+        Notice | Info => tracing::Level::INFO,
+        Debug => tracing::Level::DEBUG,
+    }
+}
+
+/// librdkafka's log through `tracing` (target `librdkafka`, as rdkafka's own), at
+/// [`kafka_log_level`]: what every client context of the programs logs with.
+pub fn kafka_log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match kafka_log_level(level, fac, message) {
+        tracing::Level::ERROR => {
+            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+        }
+        tracing::Level::WARN => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        tracing::Level::INFO => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        _ => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+    }
+}
+
 /// `key=value, ...` of a list of properties, for an error message.
 pub fn shown_properties(properties: &[(&str, &str)]) -> String {
     properties
@@ -457,6 +491,42 @@ pub fn load<T: Serialize + DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_other_kinds_property_warning_is_demoted_to_debug() {
+        use super::{RDKafkaLogLevel, kafka_log_level};
+        use tracing::Level;
+        let consumer_property = "Configuration property session.timeout.ms is a consumer \
+                                 property and will be ignored by this producer instance";
+        let producer_property = "Configuration property batch.num.messages is a producer \
+                                 property and will be ignored by this consumer instance";
+        for message in [consumer_property, producer_property] {
+            assert_eq!(
+                kafka_log_level(RDKafkaLogLevel::Warning, "CONFWARN", message),
+                Level::DEBUG
+            );
+        }
+        let deprecated = "Configuration property queuing.strategy is deprecated and \
+                          experimental: Obsolete";
+        assert_eq!(
+            kafka_log_level(RDKafkaLogLevel::Warning, "CONFWARN", deprecated),
+            Level::WARN,
+            "other configuration warnings stay warnings"
+        );
+        assert_eq!(
+            kafka_log_level(RDKafkaLogLevel::Warning, "FAIL", consumer_property),
+            Level::WARN,
+            "only the CONFWARN facility"
+        );
+        assert_eq!(
+            kafka_log_level(RDKafkaLogLevel::Error, "FAIL", "Connection refused"),
+            Level::ERROR
+        );
+        assert_eq!(
+            kafka_log_level(RDKafkaLogLevel::Notice, "SASL", "x"),
+            Level::INFO
+        );
+    }
+
     /// File, then environment, then flags; names as librdkafka spells them; one property
     /// named twice in the file is an error.
     #[test]

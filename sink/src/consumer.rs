@@ -38,7 +38,7 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
 
 impl ClientContext for SinkContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::kafka_auth::log(level, fac, message);
+        clickstream_settings::kafka_log(level, fac, message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {

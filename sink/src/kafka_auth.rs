@@ -11,7 +11,8 @@
 //! The `kafka` settings (TLS, SASL, tuning) reach every one of those clients through
 //! [`Settings::kafka_client_config`](crate::settings::Settings::kafka_client_config), so a
 //! consumer property also reaches the producers and the reverse: librdkafka's warning that
-//! such a property is ignored is expected there, and [`log`] says it at debug only.
+//! such a property is ignored is expected there, and every client context logs through
+//! [`clickstream_settings::kafka_log`], which says it at debug only.
 
 use std::sync::{Arc, Mutex};
 
@@ -86,7 +87,7 @@ pub struct KafkaContext {
 
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log(level, fac, message);
+        clickstream_settings::kafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -97,38 +98,6 @@ impl ClientContext for KafkaContext {
 }
 
 impl ConsumerContext for KafkaContext {}
-
-/// The level a librdkafka log line is said at: its own, except for the warning that a
-/// property of the other kind of client is ignored ("session.timeout.ms is a consumer
-/// property and will be ignored by this producer instance"). The `kafka` settings go to
-/// every client of the sink, so that one is expected: it warned at every start of a sink
-/// with a tuned consumer (the soak's logs). At debug it is still there to read.
-pub fn log_level(level: RDKafkaLogLevel, fac: &str, message: &str) -> tracing::Level {
-    use RDKafkaLogLevel::*;
-    let other_kinds = fac == "CONFWARN"
-        && (message.contains("is a consumer property and will be ignored by this producer")
-            || message.contains("is a producer property and will be ignored by this consumer"));
-    match level {
-        _ if other_kinds => tracing::Level::DEBUG,
-        Emerg | Alert | Critical | Error => tracing::Level::ERROR,
-        Warning => tracing::Level::WARN,
-        Notice | Info => tracing::Level::INFO,
-        Debug => tracing::Level::DEBUG,
-    }
-}
-
-/// librdkafka's log through `tracing` (target `librdkafka`, as rdkafka's own), at
-/// [`log_level`]: what every client context of the sink logs with.
-pub fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
-    match log_level(level, fac, message) {
-        tracing::Level::ERROR => {
-            tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
-        }
-        tracing::Level::WARN => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
-        tracing::Level::INFO => tracing::info!(target: "librdkafka", "librdkafka: {fac} {message}"),
-        _ => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
-    }
-}
 
 /// A consume error the sink must stop on: the broker refuses its login, its TLS handshake,
 /// or its access to the group or topic (nothing a retry changes). `reason` is the consumer
@@ -189,38 +158,6 @@ mod tests {
         assert!(message.contains("bad password"), "{message}");
         let down = KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown);
         assert!(fatal_consume_error(&down, None).is_none());
-    }
-
-    #[test]
-    fn only_the_other_kinds_property_warning_is_demoted_to_debug() {
-        use tracing::Level;
-        let consumer_property = "Configuration property session.timeout.ms is a consumer \
-                                 property and will be ignored by this producer instance";
-        let producer_property = "Configuration property batch.num.messages is a producer \
-                                 property and will be ignored by this consumer instance";
-        for message in [consumer_property, producer_property] {
-            assert_eq!(
-                log_level(RDKafkaLogLevel::Warning, "CONFWARN", message),
-                Level::DEBUG
-            );
-        }
-        let deprecated = "Configuration property queuing.strategy is deprecated and \
-                          experimental: Obsolete";
-        assert_eq!(
-            log_level(RDKafkaLogLevel::Warning, "CONFWARN", deprecated),
-            Level::WARN,
-            "other configuration warnings stay warnings"
-        );
-        assert_eq!(
-            log_level(RDKafkaLogLevel::Warning, "FAIL", consumer_property),
-            Level::WARN,
-            "only the CONFWARN facility"
-        );
-        assert_eq!(
-            log_level(RDKafkaLogLevel::Error, "FAIL", "Connection refused"),
-            Level::ERROR
-        );
-        assert_eq!(log_level(RDKafkaLogLevel::Notice, "SASL", "x"), Level::INFO);
     }
 
     /// `kafka.*` settings reach every Kafka client of the sink: the consumer, the dead-letter

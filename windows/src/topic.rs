@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -21,9 +22,9 @@ use crate::window::WindowMessage;
 /// Creates the topic (one partition: one writer, messages in window order) with
 /// `retention.ms` = `topic_retention_ms`, unless it exists. Returns whether it was created.
 pub async fn ensure_topic(settings: &Settings) -> Result<bool, Error> {
-    let admin: AdminClient<DefaultClientContext> = settings
+    let admin: AdminClient<KafkaLog> = settings
         .kafka_client_config()
-        .create()
+        .create_with_context(KafkaLog)
         .map_err(Error::Kafka)?;
     let retention = settings.topic_retention_ms.to_string();
     let topic = NewTopic::new(&settings.topic, 1, TopicReplication::Fixed(-1))
@@ -133,6 +134,10 @@ pub fn read_back(settings: &Settings, timeout: Duration) -> Result<Vec<WindowMes
 struct ReadBackContext;
 
 impl ClientContext for ReadBackContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        clickstream_settings::kafka_log(level, fac, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(
             error,
@@ -145,9 +150,20 @@ impl ClientContext for ReadBackContext {
 
 impl ConsumerContext for ReadBackContext {}
 
+/// The admin client's and the publisher's context: librdkafka's log as every client of the
+/// programs logs it (the `kafka` settings reach the read-back consumer and the publisher
+/// alike: librdkafka's warning that one ignores a property of the other is said at debug).
+struct KafkaLog;
+
+impl ClientContext for KafkaLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        clickstream_settings::kafka_log(level, fac, message);
+    }
+}
+
 /// Publishes window messages, one at a time, each acknowledged by all in-sync replicas.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLog>,
     topic: String,
 }
 
@@ -158,7 +174,7 @@ impl Publisher {
             config.set(*key, *value);
         }
         Ok(Publisher {
-            producer: config.create().map_err(Error::Kafka)?,
+            producer: config.create_with_context(KafkaLog).map_err(Error::Kafka)?,
             topic: settings.topic.clone(),
         })
     }

@@ -33,7 +33,7 @@ pub struct Quiet;
 
 impl ClientContext for Quiet {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::kafka_auth::log(level, fac, message);
+        clickstream_settings::kafka_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
