@@ -541,6 +541,7 @@ fn discussion_throughput(r: &Value) -> String {
     // INSERTs (not flushes: a flush of only dead letters or stored rows makes none) over the
     // steady part.
     let inserts_per_s = num(&t["inserts_per_s_steady"]);
+    let insert_every_s = num(&t["steady_s"]) / num(&t["inserts"]).max(1.0);
     let sink_args: Vec<String> = items(&r["settings"]["sink_args"]).map(show).collect();
     let batch_bytes = sink_args
         .iter()
@@ -574,7 +575,7 @@ fn discussion_throughput(r: &Value) -> String {
              endpoint's insert speed within its insert rate and memory bounds, not by consuming \
              or decoding (the sink alone, below, drains the same topic faster).",
             fixed(inserts_per_s, 2),
-            fixed(1.0 / inserts_per_s.max(1e-9), 2),
+            fixed(insert_every_s, 2),
             fmt(&t["mean_rows_per_insert"]),
             pct(&t["insert_in_flight_share_of_steady"]),
             fmt(&t["rows_per_s_while_inserting"]),
