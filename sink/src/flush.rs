@@ -1045,7 +1045,6 @@ impl<W: Writer, D: DeadLetterSink, C: Committer, F: Refetch> Flusher<W, D, C, F>
     /// that back). Before the rows go in again as parts (new tokens) or to the dead-letter
     /// topic, the leftovers are deleted from the table; the rollup keys they touch are noted
     /// in `repair` first (rebuilt once the flush's rows are in, before its commits).
-    #[allow(clippy::too_many_arguments)]
     async fn undo_partial(
         &self,
         partition: i32,

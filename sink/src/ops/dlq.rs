@@ -642,19 +642,16 @@ async fn replay_letters(
             floor,
             epochs,
         };
+        let inserter = Inserter {
+            writer: &writer,
+            client: &client,
+            settings,
+            payloads: &payloads,
+            limits: &limits,
+        };
         for chunk in todo.chunks(1_000) {
             still_held(lease).await?;
-            insert_chunk(
-                &writer,
-                &client,
-                settings,
-                &payloads,
-                &limits,
-                chunk,
-                &mut repair,
-                &mut out,
-            )
-            .await?;
+            inserter.insert_chunk(chunk, &mut repair, &mut out).await?;
         }
         if !repair.keys.is_empty() {
             // A sink started meanwhile would race the rebuild: it takes the record over.
@@ -675,194 +672,209 @@ async fn replay_letters(
     Ok(out)
 }
 
-/// A refused INSERT may have written its rows to the table, and to the views fed before the
-/// failing one, before a view failed (ClickHouse does not roll that back): before its letters
-/// go in again or are reported rejected, those rows are deleted, their rollup keys recorded
-/// first (the same repair as the sink's own, `flush::undo_partial`).
-async fn undo_partial(
-    writer: &ClickHouseWriter,
-    topic: &str,
-    rows: &[RowRef<'_>],
-    error: &str,
-    repair: &mut Repair,
-    out: &mut Replayed,
-) -> Result<(), SinkError> {
-    let partition = rows[0].kafka_partition;
-    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
-    // Every letter here was not stored when the replay began: what is stored now, this
-    // replay's refused insert left.
-    let left: Vec<i64> = writer
-        .stored_among(topic, partition, &offsets)
-        .await
-        .map_err(SinkError::clickhouse(
-            "look up the rows a refused insert left",
-        ))?
-        .into_iter()
-        .collect();
-    if left.is_empty() {
-        return Ok(());
-    }
-    let mut touched =
-        writer
-            .touched_keys(topic, partition, &left)
-            .await
-            .map_err(SinkError::clickhouse(
-                "read the rollup keys of the rows a refused insert left",
-            ))?;
-    if let Some(floor) = repair.floor {
-        touched.progress_floor.insert(partition, floor);
-    }
-    // The failing view wrote nothing: only the others count the rows twice.
-    let failing = crate::flush::failed_view(error);
-    for rollup in &touched.not_rebuilt {
-        let line = rollup.not_rebuilt();
-        if failing.as_deref().is_none_or(|f| !rollup.is(f)) && !out.not_rebuilt.contains(&line) {
-            out.not_rebuilt.push(line);
-        }
-    }
-    if !touched.is_empty() {
-        if repair.id == 0 {
-            repair.id = rand::random::<u64>() >> 1 | 1;
-        }
-        writer
-            .note_rebuild(topic, partition, repair.id, &touched)
-            .await
-            .map_err(SinkError::clickhouse(
-                "record the rollup keys to rebuild (in kafka_pending_rebuilds)",
-            ))?;
-    }
-    repair.keys.merge(touched);
-    writer
-        .delete_offsets(topic, partition, &left)
-        .await
-        .map_err(SinkError::clickhouse(
-            "delete the rows a refused insert left",
-        ))?;
-    out.partial_rows_removed += left.len() as u64;
-    Ok(())
+/// What inserting the letters of one partition needs: the clients, the settings, and every
+/// letter's payload (one cut to fit the dead-letter topic read again from the source topic).
+struct Inserter<'a> {
+    writer: &'a ClickHouseWriter,
+    client: &'a clickhouse::Client,
+    settings: &'a Settings,
+    payloads: &'a BTreeMap<Source, Vec<u8>>,
+    limits: &'a clickstream_event::Limits,
 }
 
-/// Inserts one chunk of letters (one partition, increasing offsets) with a token named by
-/// its offsets; rows ClickHouse rejects are found one by one and reported.
-#[allow(clippy::too_many_arguments)]
-async fn insert_chunk(
-    writer: &ClickHouseWriter,
-    client: &clickhouse::Client,
-    settings: &Settings,
-    payloads: &BTreeMap<Source, Vec<u8>>,
-    limits: &clickstream_event::Limits,
-    chunk: &[&(Source, &Letter)],
-    repair: &mut Repair,
-    out: &mut Replayed,
-) -> Result<(), SinkError> {
-    let events: Vec<(Source, Option<i64>, clickstream_event::ClickEventRef<'_>)> = chunk
-        .iter()
-        .filter_map(|(source, letter)| {
-            let at = letter
-                .source_timestamp_ms
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or_else(Utc::now);
-            let payload = payloads.get(source)?;
-            clickstream_event::decode_ref(Some(payload), limits, at)
-                .ok()
-                .map(|e| (source.clone(), letter.source_timestamp_ms, e))
-        })
-        .collect();
-    // Under the original message's coordinates and Kafka timestamp.
-    let rows: Vec<RowRef<'_>> = events
-        .iter()
-        .map(|(s, ts, e)| {
-            RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
-        })
-        .collect();
-    let letters: BTreeMap<i64, (&Source, &str)> = chunk
-        .iter()
-        .map(|(s, l)| (s.offset, (s, l.reason.as_str())))
-        .collect();
-    let mut pending: Vec<Vec<RowRef<'_>>> = vec![rows];
-    while let Some(rows) = pending.pop() {
-        if rows.is_empty() {
-            continue;
+impl Inserter<'_> {
+    /// A refused INSERT may have written its rows to the table, and to the views fed before the
+    /// failing one, before a view failed (ClickHouse does not roll that back): before its letters
+    /// go in again or are reported rejected, those rows are deleted, their rollup keys recorded
+    /// first (the same repair as the sink's own, `flush::undo_partial`).
+    async fn undo_partial(
+        &self,
+        rows: &[RowRef<'_>],
+        error: &str,
+        repair: &mut Repair,
+        out: &mut Replayed,
+    ) -> Result<(), SinkError> {
+        let (writer, topic) = (self.writer, self.settings.topic.as_str());
+        let partition = rows[0].kafka_partition;
+        let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+        // Every letter here was not stored when the replay began: what is stored now, this
+        // replay's refused insert left.
+        let left: Vec<i64> = writer
+            .stored_among(topic, partition, &offsets)
+            .await
+            .map_err(SinkError::clickhouse(
+                "look up the rows a refused insert left",
+            ))?
+            .into_iter()
+            .collect();
+        if left.is_empty() {
+            return Ok(());
         }
-        let token = letters_token(&settings.topic, &rows, &repair.epochs);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let layout = match writer.layout() {
-                Some(l) => l,
-                None => writer
-                    .load_layout()
-                    .await
-                    .map_err(SinkError::clickhouse("read the table's structure"))?,
-            };
-            let sealed = Sealed::encode(Arc::clone(&layout), &rows);
-            let all: Vec<usize> = (0..sealed.len()).collect();
-            match writer.insert(&sealed, &all, Some(&token)).await {
-                Ok(()) => {
-                    // Accepted, and stored: ClickHouse drops an insert whose token it has
-                    // seen as a duplicate, which would be an error here (a token not renewed
-                    // after a refusal, see `letters_token`), not a replayed letter.
-                    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
-                    let partition = rows[0].kafka_partition;
-                    // Looked up again after a while before it counts (a replica behind).
-                    let mut missing: Vec<i64> = offsets.clone();
-                    for wait_ms in [0, 1_000, 3_000] {
-                        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                        let stored = writer
-                            .stored_among(&settings.topic, partition, &missing)
-                            .await
-                            .map_err(SinkError::clickhouse("look up the replayed letters"))?;
-                        missing.retain(|o| !stored.contains(o));
-                        if missing.is_empty() {
-                            break;
+        let mut touched =
+            writer
+                .touched_keys(topic, partition, &left)
+                .await
+                .map_err(SinkError::clickhouse(
+                    "read the rollup keys of the rows a refused insert left",
+                ))?;
+        if let Some(floor) = repair.floor {
+            touched.progress_floor.insert(partition, floor);
+        }
+        // The failing view wrote nothing: only the others count the rows twice.
+        let failing = crate::flush::failed_view(error);
+        for rollup in &touched.not_rebuilt {
+            let line = rollup.not_rebuilt();
+            if failing.as_deref().is_none_or(|f| !rollup.is(f)) && !out.not_rebuilt.contains(&line)
+            {
+                out.not_rebuilt.push(line);
+            }
+        }
+        if !touched.is_empty() {
+            if repair.id == 0 {
+                repair.id = rand::random::<u64>() >> 1 | 1;
+            }
+            writer
+                .note_rebuild(topic, partition, repair.id, &touched)
+                .await
+                .map_err(SinkError::clickhouse(
+                    "record the rollup keys to rebuild (in kafka_pending_rebuilds)",
+                ))?;
+        }
+        repair.keys.merge(touched);
+        writer
+            .delete_offsets(topic, partition, &left)
+            .await
+            .map_err(SinkError::clickhouse(
+                "delete the rows a refused insert left",
+            ))?;
+        out.partial_rows_removed += left.len() as u64;
+        Ok(())
+    }
+
+    /// Inserts one chunk of letters (one partition, increasing offsets) with a token named by
+    /// its offsets; rows ClickHouse rejects are found one by one and reported.
+    async fn insert_chunk(
+        &self,
+        chunk: &[&(Source, &Letter)],
+        repair: &mut Repair,
+        out: &mut Replayed,
+    ) -> Result<(), SinkError> {
+        let Inserter {
+            writer,
+            client,
+            settings,
+            payloads,
+            limits,
+        } = *self;
+        let events: Vec<(Source, Option<i64>, clickstream_event::ClickEventRef<'_>)> = chunk
+            .iter()
+            .filter_map(|(source, letter)| {
+                let at = letter
+                    .source_timestamp_ms
+                    .and_then(DateTime::from_timestamp_millis)
+                    .unwrap_or_else(Utc::now);
+                let payload = payloads.get(source)?;
+                clickstream_event::decode_ref(Some(payload), limits, at)
+                    .ok()
+                    .map(|e| (source.clone(), letter.source_timestamp_ms, e))
+            })
+            .collect();
+        // Under the original message's coordinates and Kafka timestamp.
+        let rows: Vec<RowRef<'_>> = events
+            .iter()
+            .map(|(s, ts, e)| {
+                RowRef::of_event(e, &s.topic, s.partition, s.offset).with_kafka_timestamp(*ts)
+            })
+            .collect();
+        let letters: BTreeMap<i64, (&Source, &str)> = chunk
+            .iter()
+            .map(|(s, l)| (s.offset, (s, l.reason.as_str())))
+            .collect();
+        let mut pending: Vec<Vec<RowRef<'_>>> = vec![rows];
+        while let Some(rows) = pending.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let token = letters_token(&settings.topic, &rows, &repair.epochs);
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let layout = match writer.layout() {
+                    Some(l) => l,
+                    None => writer
+                        .load_layout()
+                        .await
+                        .map_err(SinkError::clickhouse("read the table's structure"))?,
+                };
+                let sealed = Sealed::encode(Arc::clone(&layout), &rows);
+                let all: Vec<usize> = (0..sealed.len()).collect();
+                match writer.insert(&sealed, &all, Some(&token)).await {
+                    Ok(()) => {
+                        // Accepted, and stored: ClickHouse drops an insert whose token it has
+                        // seen as a duplicate, which would be an error here (a token not renewed
+                        // after a refusal, see `letters_token`), not a replayed letter.
+                        let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+                        let partition = rows[0].kafka_partition;
+                        // Looked up again after a while before it counts (a replica behind).
+                        let mut missing: Vec<i64> = offsets.clone();
+                        for wait_ms in [0, 1_000, 3_000] {
+                            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                            let stored = writer
+                                .stored_among(&settings.topic, partition, &missing)
+                                .await
+                                .map_err(SinkError::clickhouse("look up the replayed letters"))?;
+                            missing.retain(|o| !stored.contains(o));
+                            if missing.is_empty() {
+                                break;
+                            }
                         }
+                        if !missing.is_empty() {
+                            renew_marks(client, &letters, &missing, repair).await?;
+                            return Err(SinkError::Inconsistent(format!(
+                                "ClickHouse took {} replayed letters of partition {partition} (first: offset {}) for a duplicate of an earlier insert and did not store them; their marks are renewed: run `clickstream-sink dlq replay` again, then `clickstream-sink verify`",
+                                missing.len(),
+                                missing[0]
+                            )));
+                        }
+                        out.inserted += rows.len() as u64;
+                        break;
                     }
-                    if !missing.is_empty() {
-                        renew_marks(client, &letters, &missing, repair).await?;
-                        return Err(SinkError::Inconsistent(format!(
-                            "ClickHouse took {} replayed letters of partition {partition} (first: offset {}) for a duplicate of an earlier insert and did not store them; their marks are renewed: run `clickstream-sink dlq replay` again, then `clickstream-sink verify`",
-                            missing.len(),
-                            missing[0]
-                        )));
+                    Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
+                    Err(Failure::BadData(message) | Failure::TooBig { message, .. }) => {
+                        self.undo_partial(&rows, &message, repair, out).await?;
+                        // Its token is spent (the table's block stays known to ClickHouse even
+                        // once deleted): these letters get a newer mark, so any later insert of
+                        // them, in this run or the next, has another token. (Stopped before this,
+                        // the next run's insert is taken for a duplicate: an error that renews.)
+                        let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+                        renew_marks(client, &letters, &offsets, repair).await?;
+                        if let [r] = &rows[..] {
+                            out.rejected.push((
+                                format!(
+                                    "{}[{}]@{}",
+                                    r.kafka_topic, r.kafka_partition, r.kafka_offset
+                                ),
+                                message,
+                            ));
+                        } else {
+                            let half = rows.len() / 2;
+                            pending.push(rows[half..].to_vec());
+                            pending.push(rows[..half].to_vec());
+                        }
+                        break;
                     }
-                    out.inserted += rows.len() as u64;
-                    break;
-                }
-                Err(Failure::SchemaChanged(_)) if attempts < 3 => continue,
-                Err(Failure::BadData(message) | Failure::TooBig { message, .. }) => {
-                    undo_partial(writer, &settings.topic, &rows, &message, repair, out).await?;
-                    // Its token is spent (the table's block stays known to ClickHouse even
-                    // once deleted): these letters get a newer mark, so any later insert of
-                    // them, in this run or the next, has another token. (Stopped before this,
-                    // the next run's insert is taken for a duplicate: an error that renews.)
-                    let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
-                    renew_marks(client, &letters, &offsets, repair).await?;
-                    if let [r] = &rows[..] {
-                        out.rejected.push((
-                            format!(
-                                "{}[{}]@{}",
-                                r.kafka_topic, r.kafka_partition, r.kafka_offset
-                            ),
-                            message,
-                        ));
-                    } else {
-                        let half = rows.len() / 2;
-                        pending.push(rows[half..].to_vec());
-                        pending.push(rows[..half].to_vec());
+                    // Not retried here: an insert that timed out may still be running on the
+                    // server, and a retry beside it, refused or split, could store its rows twice.
+                    Err(other) => {
+                        return Err(SinkError::clickhouse(
+                            "insert replayed letters (an insert that timed out may still be running on the server: wait until it is done, see system.processes, then run `clickstream-sink dlq replay` again with the same options)",
+                        )(other));
                     }
-                    break;
-                }
-                // Not retried here: an insert that timed out may still be running on the
-                // server, and a retry beside it, refused or split, could store its rows twice.
-                Err(other) => {
-                    return Err(SinkError::clickhouse(
-                        "insert replayed letters (an insert that timed out may still be running on the server: wait until it is done, see system.processes, then run `clickstream-sink dlq replay` again with the same options)",
-                    )(other));
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl fmt::Display for Replayed {
