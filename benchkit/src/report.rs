@@ -756,7 +756,7 @@ fn section_scale(r: &Value) -> Vec<String> {
         format!(
             "### 4. Scale-out: sinks in one group on the pre-loaded topic ({} events, 3 \
              partitions)",
-            grouped(&r["settings"]["events"])
+            grouped(s.first().map_or(&r["settings"]["events"], |x| &x["events"]))
         ),
         String::new(),
     ];

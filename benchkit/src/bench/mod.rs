@@ -53,7 +53,7 @@ use procs::round;
 
 /// The bench's settings: each `BENCH_*` variable, its default and its meaning, in one place
 /// (also printed by `--help`).
-pub const VARIABLES: [(&str, &str, &str); 22] = [
+pub const VARIABLES: [(&str, &str, &str); 23] = [
     (
         "BENCH_EVENTS",
         "2000000",
@@ -74,6 +74,13 @@ pub const VARIABLES: [(&str, &str, &str); 22] = [
         "BENCH_SCALE",
         "1 2 3",
         "sink instances of the scale-out runs",
+    ),
+    (
+        "BENCH_SCALE_EVENTS",
+        "3 × BENCH_EVENTS",
+        "events the scale-out runs drain (the pre-loaded topic is topped up to this many, at \
+         least BENCH_EVENTS): a drain of 2M events is about ten INSERTs, and when its last one \
+         lands moved a run by up to 15 %",
     ),
     (
         "BENCH_SCALE_ROUNDS",
@@ -177,6 +184,7 @@ pub struct Settings {
     pub seconds_per_rate: u64,
     pub flush: Vec<String>,
     pub scale: Vec<usize>,
+    pub scale_events: u64,
     pub scale_rounds: usize,
     pub sections: Vec<String>,
     pub bulk_events: u64,
@@ -274,6 +282,20 @@ impl Settings {
             seconds_per_rate: number("BENCH_SECONDS")?,
             flush,
             scale: numbers("BENCH_SCALE")?,
+            scale_events: match (
+                var("BENCH_SCALE_EVENTS")
+                    .filter(|v| !v.is_empty())
+                    .map(|_| number("BENCH_SCALE_EVENTS"))
+                    .transpose()?,
+                number::<u64>("BENCH_EVENTS")?,
+            ) {
+                (None, events) => events.saturating_mul(3),
+                (Some(scale), events) if scale < events => anyhow::bail!(
+                    "BENCH_SCALE_EVENTS: {scale} is fewer than BENCH_EVENTS ({events}); the \
+                     scale-out runs drain the pre-loaded topic, topped up"
+                ),
+                (Some(scale), _) => scale,
+            },
             scale_rounds: match number("BENCH_SCALE_ROUNDS")? {
                 0 => anyhow::bail!("BENCH_SCALE_ROUNDS: must be 1 or more"),
                 rounds => rounds,
@@ -318,7 +340,8 @@ impl Settings {
     fn recorded(&self) -> Value {
         let mut settings = json!({
             "events": self.events, "rates": self.rates, "seconds_per_rate": self.seconds_per_rate,
-            "flush": self.flush, "scale": self.scale, "scale_rounds": self.scale_rounds,
+            "flush": self.flush, "scale": self.scale, "scale_events": self.scale_events,
+            "scale_rounds": self.scale_rounds,
             "sink_args": self.sink_args,
             "sections": self.sections,
             // The default of the sink measured (a later one may differ).
@@ -832,6 +855,20 @@ fn measure_all(
             result["ceiling"] = ceiling;
         }
         if settings.has("scale") {
+            // Longer drains than the others': with a dozen big INSERTs per drain, when the
+            // last one lands decides a short drain's rate.
+            let events = settings.scale_events;
+            if events > settings.events {
+                let more = (events - settings.events).to_string();
+                say(&format!(
+                    "topping {topic} up to {events} events for the scale-out runs"
+                ));
+                bench.produce(
+                    &topic,
+                    "preload-scale",
+                    &["--rate", "max", "--count", &more],
+                )?;
+            }
             // Rounds interleaved (1, 2, 3 sinks, then again), so that a slow minute of the
             // machine falls on every count alike (one run per count moved by up to 15 %).
             // Each round also drains with one sink given the memory bound of the most sinks
