@@ -863,11 +863,15 @@ fn measure_all(
                 say(&format!(
                     "topping {topic} up to {events} events for the scale-out runs"
                 ));
-                bench.produce(
+                let mut top_up = bench.produce(
                     &topic,
                     "preload-scale",
                     &["--rate", "max", "--count", &more],
                 )?;
+                if let Some(map) = top_up.as_object_mut() {
+                    map.remove("per_partition");
+                }
+                result["preload_scale"] = top_up;
             }
             // Rounds interleaved (1, 2, 3 sinks, then again), so that a slow minute of the
             // machine falls on every count alike (one run per count moved by up to 15 %).

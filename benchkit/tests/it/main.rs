@@ -79,6 +79,7 @@ fn a_small_run_of_every_section_measures_what_it_drained() {
     drained(&r["ceiling"], "the sink alone", events);
     // The scale-out runs drain the topic topped up to three times the events.
     drained(&r["scale_out"][0], "two sinks", 3 * events);
+    assert_eq!(r["preload_scale"]["delivered"], 2 * events, "the top-up");
     drained(&r["bulk"], "bulk", 5_000);
     assert_eq!(
         r["scale_out"][0]["processes"].as_array().map(Vec::len),
