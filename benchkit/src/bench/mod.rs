@@ -290,10 +290,14 @@ impl Settings {
                 number::<u64>("BENCH_EVENTS")?,
             ) {
                 (None, events) => events.saturating_mul(3),
-                (Some(scale), events) if scale < events => anyhow::bail!(
-                    "BENCH_SCALE_EVENTS: {scale} is fewer than BENCH_EVENTS ({events}); the \
+                (Some(scale), events)
+                    if scale < events && sections.iter().any(|s| s == "scale") =>
+                {
+                    anyhow::bail!(
+                        "BENCH_SCALE_EVENTS: {scale} is fewer than BENCH_EVENTS ({events}); the \
                      scale-out runs drain the pre-loaded topic, topped up"
-                ),
+                    )
+                }
                 (Some(scale), _) => scale,
             },
             scale_rounds: match number("BENCH_SCALE_ROUNDS")? {
