@@ -273,10 +273,12 @@ mod tests {
 
     #[test]
     fn after_a_freeze_inserts_wait_one_session_timeout() {
-        let ownership = Ownership::new(Duration::from_millis(200));
+        // Seconds, not milliseconds: a beat later than half the timeout is a new freeze, so
+        // the beats' sleeps need room for a loaded machine's scheduling (400 ms here).
+        let ownership = Ownership::new(Duration::from_secs(2));
         assert_eq!(ownership.beat(), None);
         assert!(ownership.may_write());
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(1_500));
         assert!(
             !ownership.may_write(),
             "the loop has not beaten for half the timeout"
@@ -284,7 +286,7 @@ mod tests {
         assert!(ownership.beat().is_some(), "a freeze");
         assert!(!ownership.may_write(), "holding after the freeze");
         for _ in 0..4 {
-            std::thread::sleep(Duration::from_millis(60));
+            std::thread::sleep(Duration::from_millis(600));
             ownership.beat();
         }
         assert!(ownership.may_write(), "one session timeout later");

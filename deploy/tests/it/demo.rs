@@ -167,7 +167,8 @@ async fn start_demo(ports: &Ports, data: &TempDir, marker: &str) -> Demo {
     let mut demo = Demo { child, log };
 
     // Up: stack, sink and producer ready.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Two demos start at once in the test run, each with its stack (up to 2 min on CI).
+    let deadline = Instant::now() + Duration::from_secs(300);
     while ready_rx.try_recv().is_err() {
         assert!(
             matches!(demo.child.try_wait(), Ok(None)),
@@ -176,7 +177,7 @@ async fn start_demo(ports: &Ports, data: &TempDir, marker: &str) -> Demo {
         );
         assert!(
             Instant::now() < deadline,
-            "not ready in 120 s:\n{}",
+            "not ready in 300 s:\n{}",
             demo.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -726,12 +726,14 @@ async fn one_operations_run_at_a_time_and_a_killed_one_holds_nothing_once_lapsed
         .await;
     // A holder reads the lease again before each step: one that is no longer first (here a
     // row of another run, earlier, as a run whose insert was slow to show would leave) stops.
+    // 15 s earlier: before the holder's first row (taken 2 s and a few queries ago) however
+    // slow the machine, and within the 30 s a run counts as seen.
     let holder = take().await.unwrap();
     holder.check().await.expect("still first");
     client
         .query(&format!(
             "INSERT INTO `{}`.ops_leases (kafka_topic, run_id, command, host, pid, scope, at) \
-             VALUES (?, generateUUIDv4(), 'slow run', 'elsewhere', 1, '', now64(3) - INTERVAL 5 SECOND)",
+             VALUES (?, generateUUIDv4(), 'slow run', 'elsewhere', 1, '', now64(3) - INTERVAL 15 SECOND)",
             settings.database
         ))
         .bind(&settings.topic)

@@ -31,7 +31,16 @@ async fn a_clickhouse_outage_of_20_s_stalls_the_sink_then_everything_arrives_onc
 
     h.produce(&messages(0..5_000)).await;
     h.wait_rows(5_000, Duration::from_secs(120)).await;
-    // Let the last commit land so that the outage starts from a quiet sink.
+    // The rows are visible before ClickHouse answers their INSERT: wait until the sink counted
+    // them, then let the last commit land, so that the outage starts from a quiet sink.
+    let counted = Instant::now();
+    while metric(&scrape(port).await, "clickstream_sink_inserted_rows_total") < 5_000.0 {
+        assert!(
+            counted.elapsed() < Duration::from_secs(60),
+            "the sink counted the 5,000 rows it wrote"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = scrape(port).await;
     // The guard read the schema's windows (1000 on events and every view target) and the
