@@ -116,6 +116,28 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
         exits.join(", "),
         show(&checks["windows_exit"])
     ));
+    let outage = &checks["outage"];
+    if outage["ran"] == true {
+        lines.push(format!(
+            "- **Outage:** ClickHouse refused every INSERT for {} s (the sink's stall timeout: {} \
+             s). The sinks logged {} stall report(s) at ERROR and {} recovery(ies); \
+             `clickstream_sink_stalled` was 1 in {} sample(s) and {} at the end; the sink \
+             counted {} retries by the end (every cause, since its restart).",
+            show(&outage["seconds"]),
+            show(&outage["stall_timeout_s"]),
+            show(&outage["stall_reports"]),
+            show(&outage["recoveries"]),
+            show(&outage["stalled_samples"]),
+            show(&outage["stalled_at_end"]),
+            show(&outage["retries_at_end"]),
+        ));
+    } else if outage["ran"] == false {
+        lines.push(
+            "- **Outage:** skipped: this ClickHouse has no fault rules (a server, not the \
+             stack's endpoint)."
+                .to_owned(),
+        );
+    }
     lines.push(format!(
         "- **Logs:** {} ERROR and {} WARN lines in all.",
         fmt(&checks["error_lines"]),

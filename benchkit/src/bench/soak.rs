@@ -5,12 +5,14 @@
 //! The producer streams at a fixed rate with poison and late events (as `scripts/demo`), one
 //! sink (the demo's flags) writes a fresh database with the full schema, and the window
 //! publisher reads its rollups. At fixed fractions of the run ([`OPERATIONS`]) a second sink
-//! joins the group and leaves it again, the table is ALTERed under the sinks, and the sink is
-//! SIGKILLed and started again. Every sample records each process's resident memory, the
+//! joins the group and leaves it again, the table is ALTERed under the sinks, the sink is
+//! SIGKILLed and started again, and ClickHouse refuses its INSERTs (a full disk) for a
+//! twentieth of the run (90 s of the default 30 minutes: longer than the sink's 60 s stall
+//! timeout, so it must report itself stalled, then recover by itself). Every sample records each process's resident memory, the
 //! sink's open files, threads, `/metrics` series and lag, and the rows queryable. At the end,
 //! once the producer has stopped: every event delivered that is not poison is in the table
 //! exactly once (by its Kafka partition and offset), the sinks exited cleanly, and no process
-//! logged an error.
+//! logged an error but the sink's stall report during the outage.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,6 +32,11 @@ const LATE_RATIO: &str = "0.01";
 const SINK_FLAGS: [&str; 2] = ["--flush-interval-ms", "1000"];
 /// The column the ALTER adds.
 const ADDED_COLUMN: &str = "soak_note";
+/// The sink's `stall_timeout_ms` (its default: the soak runs the demo's settings).
+const STALL_TIMEOUT_S: f64 = 60.0;
+/// What the sink logs (at ERROR) when it declares itself stalled, and when it recovers.
+const STALLED: &str = "the sink is stalled";
+const RECOVERED: &str = "the sink makes progress again";
 
 /// An operator's operation during the soak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +49,32 @@ pub enum Operation {
     Alter,
     /// The sink is SIGKILLed and started again at once: replays from its committed offsets.
     Kill,
+    /// ClickHouse refuses every INSERT into `events` (Code 243, a full disk) from now on.
+    Outage,
+    /// ClickHouse takes them again.
+    Restore,
 }
 
 /// The operations, each at its fraction of the run.
-pub const OPERATIONS: [(f64, Operation); 4] = [
+pub const OPERATIONS: [(f64, Operation); 6] = [
     (0.20, Operation::Join),
     (0.35, Operation::Leave),
     (0.50, Operation::Alter),
     (0.65, Operation::Kill),
+    (0.78, Operation::Outage),
+    (0.83, Operation::Restore),
 ];
+
+/// The outage's length in a run of `seconds`.
+fn outage_s(seconds: f64) -> f64 {
+    let at = |wanted| {
+        OPERATIONS
+            .iter()
+            .find(|(_, op)| *op == wanted)
+            .map_or(0.0, |(at, _)| *at)
+    };
+    (at(Operation::Restore) - at(Operation::Outage)) * seconds
+}
 
 impl Operation {
     pub fn describe(self) -> String {
@@ -61,6 +85,11 @@ impl Operation {
                 "`ALTER TABLE events ADD COLUMN {ADDED_COLUMN} String DEFAULT ''` under the sink"
             ),
             Operation::Kill => "the sink is SIGKILLed and started again at once".to_owned(),
+            Operation::Outage => {
+                "ClickHouse refuses every INSERT into `events` (Code 243 NOT_ENOUGH_SPACE)"
+                    .to_owned()
+            }
+            Operation::Restore => "ClickHouse takes the INSERTs again".to_owned(),
         }
     }
 }
@@ -80,6 +109,10 @@ struct Sample {
     sink_series: Option<usize>,
     /// The sink's `clickstream_sink_consumer_lag`, summed over its partitions.
     lag: Option<f64>,
+    /// The sink's `clickstream_sink_stalled` (1: it reports itself stalled).
+    stalled: Option<f64>,
+    /// The sink's `clickstream_sink_retries_total`, every operation together.
+    retries: Option<f64>,
     rows: Option<u64>,
 }
 
@@ -98,6 +131,8 @@ impl Sample {
             "sink_threads": self.sink_threads,
             "sink_series": self.sink_series,
             "lag": self.lag,
+            "stalled": self.stalled,
+            "retries": self.retries,
             "rows": self.rows,
         })
     }
@@ -131,6 +166,77 @@ fn log_findings(path: &PathBuf, keep: usize) -> (usize, usize, Vec<String>) {
         }
     }
     (errors, warnings, messages)
+}
+
+/// Lines of a sink's log that report it stalled (at ERROR), and that report it recovered.
+fn stall_lines(path: &PathBuf) -> (usize, usize) {
+    let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let stalled = text
+        .lines()
+        .filter(|l| l.contains(" ERROR ") && l.contains(STALLED));
+    let recovered = text.lines().filter(|l| l.contains(RECOVERED));
+    (stalled.count(), recovered.count())
+}
+
+/// The outage under way: its rule is removed when it ends, or when the soak stops early.
+struct Refusing<'a> {
+    stack: &'a super::stack::Stack,
+    db: String,
+    ended: bool,
+}
+
+impl Refusing<'_> {
+    fn end(mut self) -> anyhow::Result<()> {
+        self.ended = true;
+        self.stack.refuse_inserts(&self.db, false)
+    }
+}
+
+impl Drop for Refusing<'_> {
+    fn drop(&mut self) {
+        if !self.ended
+            && let Err(e) = self.stack.refuse_inserts(&self.db, false)
+        {
+            eprintln!("soak: could not end the outage of {}: {e:#}", self.db);
+        }
+    }
+}
+
+/// What the outage showed.
+#[derive(Debug, Clone, Default)]
+struct Outage {
+    /// It ran (the endpoint has fault rules, and the run got past it).
+    ran: bool,
+    seconds: f64,
+    /// ERROR lines of the sinks saying they are stalled, and lines saying they recovered.
+    stall_reports: usize,
+    recoveries: usize,
+    /// Samples in which the sink's `clickstream_sink_stalled` was 1, and its last value.
+    stalled_samples: usize,
+    stalled_at_end: Option<f64>,
+    /// The running sink's retries at the end (since its restart, every cause).
+    retries_at_end: Option<f64>,
+}
+
+impl Outage {
+    fn json(&self) -> Value {
+        json!({
+            "ran": self.ran,
+            "seconds": round(self.seconds, 1),
+            "stall_timeout_s": STALL_TIMEOUT_S,
+            "stall_reports": self.stall_reports,
+            "recoveries": self.recoveries,
+            "stalled_samples": self.stalled_samples,
+            "stalled_at_end": self.stalled_at_end,
+            "retries_at_end": self.retries_at_end,
+        })
+    }
+
+    /// Long enough that the sink must declare itself stalled (15 s for its once-a-second
+    /// check and the retries' backoff).
+    fn must_stall(&self) -> bool {
+        self.ran && self.seconds >= STALL_TIMEOUT_S + 15.0
+    }
 }
 
 /// A sink that exited without being asked to stops the soak at once, with the end of its log:
@@ -231,6 +337,10 @@ impl Bench<'_> {
         let start = Instant::now();
         let (mut samples, mut operations) = (Vec::<Sample>::new(), Vec::<Value>::new());
         let (mut second, mut next_op, mut sink_exits) = (None::<Sink>, 0, Vec::<Value>::new());
+        // The outage needs the endpoint's fault rules (a ClickHouse server has none): without
+        // them it is skipped, and said so.
+        let can_refuse = self.stack.discards();
+        let mut refusing: Option<Refusing<'_>> = None;
         let mut next_sample = start;
         while start.elapsed() < Duration::from_secs(seconds) {
             if procs::interrupted() {
@@ -278,13 +388,33 @@ impl Bench<'_> {
                             .push(json!({"sink": "first", "code": exit.code, "how": "SIGKILL"}));
                         logs.push(("restarted sink".into(), sink.proc.log.clone()));
                     }
+                    Operation::Outage if can_refuse => {
+                        self.stack.refuse_inserts(&db, true)?;
+                        refusing = Some(Refusing {
+                            stack: self.stack,
+                            db: db.clone(),
+                            ended: false,
+                        });
+                    }
+                    Operation::Restore if can_refuse => {
+                        if let Some(outage) = refusing.take() {
+                            outage.end()?;
+                        }
+                    }
+                    Operation::Outage | Operation::Restore => {
+                        say(
+                            "soak: skipped: this ClickHouse has no fault rules (a server, not the stack's endpoint)",
+                        );
+                    }
                 }
                 say(&format!("soak: {:.0} s: {}", t, op.describe()));
+                let skipped = !can_refuse && matches!(op, Operation::Outage | Operation::Restore);
                 operations.push(json!({
                     "at_s": round(t, 1),
                     "operation": format!("{op:?}").to_lowercase(),
                     "what": op.describe(),
                     "took_s": round(began.elapsed().as_secs_f64(), 2),
+                    "skipped": skipped,
                 }));
             }
             if Instant::now() >= next_sample {
@@ -292,6 +422,9 @@ impl Bench<'_> {
                 next_sample += every;
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Some(outage) = refusing.take() {
+            outage.end()?;
         }
         let (out, producer_exit) = producer.finish(Duration::from_secs(600))?;
         let mut summary = last_json(&out).context("soak: the producer's summary")?;
@@ -340,15 +473,27 @@ impl Bench<'_> {
         self.stack.delete_topic(&windows_topic);
 
         let mut logged = Vec::new();
-        let (mut errors, mut warnings) = (0, 0);
+        let (mut errors, mut warnings, mut stall_reports, mut recoveries) = (0, 0, 0, 0);
         for (process, path) in &logs {
             let (e, w, messages) = log_findings(path, 5);
             errors += e;
             warnings += w;
+            let (stalled, recovered) = stall_lines(path);
+            stall_reports += stalled;
+            recoveries += recovered;
             logged.push(
                 json!({"process": process, "errors": e, "warnings": w, "messages": messages}),
             );
         }
+        let outage = Outage {
+            ran: can_refuse && next_op == OPERATIONS.len(),
+            seconds: outage_s(seconds as f64),
+            stall_reports,
+            recoveries,
+            stalled_samples: samples.iter().filter(|s| s.stalled == Some(1.0)).count(),
+            stalled_at_end: samples.last().and_then(|s| s.stalled),
+            retries_at_end: samples.last().and_then(|s| s.retries),
+        };
         let failures = failures(&Checks {
             sent,
             delivered,
@@ -359,6 +504,7 @@ impl Bench<'_> {
             windows_exit: windows_exit.code,
             errors,
             operations_run: next_op,
+            outage: &outage,
         });
         let verdict = if failures.is_empty() { "pass" } else { "fail" };
         say(&format!(
@@ -394,6 +540,7 @@ impl Bench<'_> {
                 "windows_exit": windows_exit.code,
                 "error_lines": errors,
                 "warning_lines": warnings,
+                "outage": outage.json(),
             },
             "logs": logged,
             "verdict": verdict,
@@ -439,6 +586,14 @@ impl Bench<'_> {
                     .copied()
                     .unwrap_or(0.0)
             }),
+            stalled: text
+                .as_deref()
+                .and_then(|t| metric_families(t).get("clickstream_sink_stalled").copied()),
+            retries: text.as_deref().and_then(|t| {
+                metric_families(t)
+                    .get("clickstream_sink_retries_total")
+                    .copied()
+            }),
             rows: self.stack.count(db).ok(),
         }
     }
@@ -456,6 +611,7 @@ struct Checks<'a> {
     windows_exit: i32,
     errors: usize,
     operations_run: usize,
+    outage: &'a Outage,
 }
 
 /// Why the soak failed; empty when it passed.
@@ -488,8 +644,31 @@ fn failures(c: &Checks<'_>) -> Vec<String> {
             c.windows_exit
         ));
     }
-    if c.errors > 0 {
-        failures.push(format!("{} ERROR lines in the logs", c.errors));
+    // The stall reports of the outage are the errors expected; any other is a failure.
+    let expected = if c.outage.ran {
+        c.outage.stall_reports
+    } else {
+        0
+    };
+    if c.errors > expected {
+        failures.push(format!(
+            "{} ERROR lines in the logs besides the outage's stall reports",
+            c.errors - expected
+        ));
+    }
+    if c.outage.must_stall() && (c.outage.stall_reports == 0 || c.outage.stalled_samples == 0) {
+        failures.push(format!(
+            "the outage of {:.0} s was not reported as a stall ({} ERROR lines, {} samples with \
+             clickstream_sink_stalled 1)",
+            c.outage.seconds, c.outage.stall_reports, c.outage.stalled_samples
+        ));
+    }
+    if c.outage.recoveries < c.outage.stall_reports || c.outage.stalled_at_end == Some(1.0) {
+        failures.push(format!(
+            "the sink did not recover from the outage by itself ({} stall reports, {} \
+             recoveries, clickstream_sink_stalled {:?} at the end)",
+            c.outage.stall_reports, c.outage.recoveries, c.outage.stalled_at_end
+        ));
     }
     if c.operations_run < OPERATIONS.len() {
         failures.push(format!(
@@ -544,6 +723,17 @@ fn summarize(samples: &[Sample], seconds: f64) -> Value {
 mod tests {
     use super::*;
 
+    /// A 90 s outage the sink reported as a stall once, and recovered from.
+    const OUTAGE: Outage = Outage {
+        ran: true,
+        seconds: 90.0,
+        stall_reports: 1,
+        recoveries: 1,
+        stalled_samples: 2,
+        stalled_at_end: Some(0.0),
+        retries_at_end: Some(40.0),
+    };
+
     fn checks(sink_exits: &[Value]) -> Checks<'_> {
         Checks {
             sent: 100,
@@ -553,8 +743,9 @@ mod tests {
             distinct: 98,
             sink_exits,
             windows_exit: 0,
-            errors: 0,
+            errors: 1,
             operations_run: OPERATIONS.len(),
+            outage: &OUTAGE,
         }
     }
 
@@ -568,7 +759,24 @@ mod tests {
             failures(&checks(&exits)).is_empty(),
             "a SIGKILL's -9 is expected"
         );
-        let broken: [(&str, Checks<'_>); 7] = [
+        let unreported = Outage {
+            stall_reports: 0,
+            recoveries: 0,
+            ..OUTAGE
+        };
+        let unsampled = Outage {
+            stalled_samples: 0,
+            ..OUTAGE
+        };
+        let stuck = Outage {
+            stalled_at_end: Some(1.0),
+            ..OUTAGE
+        };
+        let no_recovery = Outage {
+            recoveries: 0,
+            ..OUTAGE
+        };
+        let broken: [(&str, Checks<'_>); 11] = [
             (
                 "delivered",
                 Checks {
@@ -593,9 +801,38 @@ mod tests {
                 },
             ),
             (
-                "ERROR",
+                "ERROR lines in the logs besides",
                 Checks {
-                    errors: 1,
+                    errors: 2,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "not reported as a stall",
+                Checks {
+                    errors: 0,
+                    outage: &unreported,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "not reported as a stall",
+                Checks {
+                    outage: &unsampled,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "did not recover",
+                Checks {
+                    outage: &stuck,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "did not recover",
+                Checks {
+                    outage: &no_recovery,
                     ..checks(&exits)
                 },
             ),
@@ -633,6 +870,35 @@ mod tests {
             failures(&checks(&bad_exit)),
             ["the second sink exited 2 on SIGTERM"]
         );
+        // A stall report is an error only without an outage; an outage shorter than the stall
+        // timeout need not be reported.
+        let skipped = Outage {
+            ran: false,
+            ..OUTAGE
+        };
+        let short = Outage {
+            seconds: 15.0,
+            stall_reports: 0,
+            recoveries: 0,
+            stalled_samples: 0,
+            ..OUTAGE
+        };
+        assert_eq!(
+            failures(&Checks {
+                outage: &skipped,
+                ..checks(&exits)
+            }),
+            ["1 ERROR lines in the logs besides the outage's stall reports"]
+        );
+        assert!(
+            failures(&Checks {
+                outage: &short,
+                errors: 0,
+                ..checks(&exits)
+            })
+            .is_empty()
+        );
+        assert_eq!(outage_s(1_800.0).round(), 90.0, "a twentieth of the run");
     }
 
     #[test]
@@ -667,6 +933,8 @@ mod tests {
             sink_threads: None,
             sink_series: None,
             lag: Some(t_s),
+            stalled: None,
+            retries: None,
             rows: None,
         };
         let samples = [

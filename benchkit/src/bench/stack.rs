@@ -201,17 +201,42 @@ impl Stack {
         self.discard_inserts_into(&format!("{db}.events"), on)
     }
 
+    /// Makes the endpoint refuse every INSERT into `db.events` with Code 243 NOT_ENOUGH_SPACE
+    /// (a full disk) (`on`), or take them again.
+    pub fn refuse_inserts(&self, db: &str, on: bool) -> anyhow::Result<()> {
+        let table = format!("{db}.events");
+        let rule = serde_json::json!({
+            "match": table,
+            "error_code": 243,
+            "error_name": "NOT_ENOUGH_SPACE",
+            "count": -1,
+        });
+        self.fault_rule(&table, on.then_some(rule))
+    }
+
     fn discard_inserts_into(&self, table: &str, on: bool) -> anyhow::Result<()> {
+        let rule = serde_json::json!({ "match": table, "discard": true });
+        self.fault_rule(table, on.then_some(rule))
+    }
+
+    /// Sets the endpoint's fault rule for INSERTs whose statement holds `table` (`rule`), or
+    /// removes it (None).
+    fn fault_rule(&self, table: &str, rule: Option<serde_json::Value>) -> anyhow::Result<()> {
         let address = self
             .clickhouse
             .trim_start_matches("http://")
             .trim_end_matches('/');
-        let (status, body) = if on {
-            let rule = serde_json::json!({ "match": table, "discard": true }).to_string();
-            self.block_on(http_request(address, "POST", "/_faults", rule.as_bytes()))?
-        } else {
-            let path = format!("/_faults?match={table}");
-            self.block_on(http_request(address, "DELETE", &path, b""))?
+        let (status, body) = match rule {
+            Some(rule) => self.block_on(http_request(
+                address,
+                "POST",
+                "/_faults",
+                rule.to_string().as_bytes(),
+            ))?,
+            None => {
+                let path = format!("/_faults?match={table}");
+                self.block_on(http_request(address, "DELETE", &path, b""))?
+            }
         };
         if status != 200 {
             bail!("the endpoint's /_faults answered {status}: {body}");

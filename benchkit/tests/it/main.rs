@@ -209,7 +209,7 @@ fn a_run_against_external_servers_starts_no_stack_of_its_own() {
 }
 
 /// `scripts/soak` at its shortest (one minute), on a private stack of its own: every operation
-/// runs on the way, the verdict rests on the table's real contents, and the report keeps the
+/// (the outage included) runs on the way, the verdict rests on the table's real contents, and the report keeps the
 /// other sections.
 #[test]
 fn a_one_minute_soak_runs_every_operation_and_finds_each_event_once() {
@@ -257,8 +257,15 @@ fn a_one_minute_soak_runs_every_operation_and_finds_each_event_once() {
         .iter()
         .filter_map(|o| o["operation"].as_str())
         .collect();
-    assert_eq!(operations, ["join", "leave", "alter", "kill"]);
+    assert_eq!(
+        operations,
+        ["join", "leave", "alter", "kill", "outage", "restore"]
+    );
     let c = &s["checks"];
+    // The outage ran on the stack's endpoint (3 s of a one-minute run: shorter than the stall
+    // timeout, so no stall is due), and the sink came out of it not stalled.
+    assert_eq!(c["outage"]["ran"], true, "{c}");
+    assert_eq!(c["outage"]["stalled_at_end"], 0.0, "{c}");
     let delivered = c["delivered"].as_u64().expect("delivered");
     assert!(delivered >= 300 * 50, "{c}");
     assert_eq!(c["rows"], c["expected_rows"], "{c}");
