@@ -117,7 +117,13 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
         show(&checks["windows_exit"])
     ));
     let outage = &checks["outage"];
-    if outage["ran"] == true {
+    if outage["skipped"] == true {
+        lines.push(
+            "- **Outage:** skipped: this ClickHouse has no fault rules (a server, not the \
+             stack's endpoint)."
+                .to_owned(),
+        );
+    } else if outage["ran"] == true {
         lines.push(format!(
             "- **Outage:** ClickHouse refused every INSERT for {} s (the sink's stall timeout: {} \
              s). The sinks logged {} stall report(s) at ERROR and {} recovery(ies); \
@@ -133,8 +139,8 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
         ));
     } else if outage["ran"] == false {
         lines.push(
-            "- **Outage:** skipped: this ClickHouse has no fault rules (a server, not the \
-             stack's endpoint)."
+            "- **Outage:** did not run to its end (the soak stopped before ClickHouse took \
+             INSERTs again)."
                 .to_owned(),
         );
     }
