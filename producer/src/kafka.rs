@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clickstream_settings::PolledProducer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
 
@@ -149,9 +150,9 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-/// The real [`Outlet`]: a `ThreadedProducer` (its own thread polls for delivery reports).
+/// The real [`Outlet`]: a producer whose own thread polls for delivery reports.
 pub struct KafkaOutlet {
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: PolledProducer<DeliveryCounter>,
     topic: String,
 }
 
@@ -163,15 +164,20 @@ impl KafkaOutlet {
         settings: &Settings,
         metrics: Arc<Metrics>,
     ) -> Result<(KafkaOutlet, usize), Error> {
-        let producer: ThreadedProducer<DeliveryCounter> = producer_config(settings)
+        let producer: BaseProducer<DeliveryCounter> = producer_config(settings)
             .create_with_context(DeliveryCounter {
                 metrics,
                 ..DeliveryCounter::default()
             })
             .map_err(Error::CreateClient)?;
+        let producer = PolledProducer::start(producer, "producer poll").map_err(|error| {
+            Error::CreateClient(KafkaError::ClientCreation(format!(
+                "start the delivery-report thread: {error}"
+            )))
+        })?;
         let topic = settings.topic.clone();
         let partitions = {
-            let producer = producer.clone();
+            let producer = producer.shared();
             let topic = topic.clone();
             tokio::task::spawn_blocking(move || partition_count(&producer, &topic))
                 .await
@@ -184,10 +190,7 @@ impl KafkaOutlet {
     }
 }
 
-fn partition_count(
-    producer: &ThreadedProducer<DeliveryCounter>,
-    topic: &str,
-) -> Result<usize, Error> {
+fn partition_count(producer: &BaseProducer<DeliveryCounter>, topic: &str) -> Result<usize, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let detail = match producer

@@ -19,10 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use clickstream_settings::PolledProducer;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use sha2::{Digest, Sha256};
 
 use crate::SinkError;
@@ -142,18 +145,47 @@ pub trait DeadLetterSink: Send + Sync + 'static {
 /// Dead letters produced to a Kafka topic (idempotent producer, acks=all).
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
-    producer: FutureProducer<KafkaContext>,
+    producer: Arc<PolledProducer<LetterContext>>,
     topic: String,
     /// The largest record the topic takes.
     limit: usize,
     retry: RetryPolicy,
 }
 
+/// The broker's answer to one letter.
+type Delivery = tokio::sync::oneshot::Receiver<Result<(), KafkaError>>;
+
 /// A dead letter on its way: the letter (for re-sends) and its delivery, or why it was not
 /// enqueued.
 pub struct KafkaAck {
     letter: Arc<DeadLetter>,
-    delivery: Result<DeliveryFuture, KafkaError>,
+    delivery: Result<Delivery, KafkaError>,
+}
+
+/// The dead-letter producer's context: the sink's Kafka context (logs, login failures), and
+/// each letter's delivery report handed to the ack waiting for it.
+#[derive(Clone, Default)]
+struct LetterContext {
+    kafka: KafkaContext,
+}
+
+impl ClientContext for LetterContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.kafka.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.kafka.error(error, reason);
+    }
+}
+
+impl ProducerContext for LetterContext {
+    type DeliveryOpaque = Box<tokio::sync::oneshot::Sender<Result<(), KafkaError>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        // (The ack may be gone: a sink stopping drops what it no longer waits for.)
+        let _ = reply.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+    }
 }
 
 /// Broker answers that re-sending cannot change.
@@ -187,11 +219,16 @@ impl KafkaDeadLetters {
     ) -> Result<KafkaDeadLetters, SinkError> {
         let context = KafkaContext::default();
         let limit = topic_max_message_bytes(settings, &context).await?;
-        let producer: FutureProducer<KafkaContext> = producer_config(settings, limit)
-            .create_with_context(context.clone())
+        let producer: BaseProducer<LetterContext> = producer_config(settings, limit)
+            .create_with_context(LetterContext {
+                kafka: context.clone(),
+            })
             .map_err(SinkError::kafka("create the dead-letter producer"))?;
+        let producer = PolledProducer::start(producer, "dead-letter poll")
+            .map_err(|e| SinkError::Internal(format!("start the dead-letter poll thread: {e}")))?;
+        let producer = Arc::new(producer);
         let topic = settings.dlq_topic.clone();
-        let probe = producer.clone();
+        let probe = producer.shared();
         let metadata = tokio::task::spawn_blocking(move || {
             probe
                 .client()
@@ -225,7 +262,7 @@ impl KafkaDeadLetters {
         })
     }
 
-    fn enqueue(&self, letter: &DeadLetter) -> Result<DeliveryFuture, KafkaError> {
+    fn enqueue(&self, letter: &DeadLetter) -> Result<Delivery, KafkaError> {
         let mut headers = OwnedHeaders::new();
         for (key, value) in letter.record_headers() {
             headers = headers.insert(Header {
@@ -233,8 +270,9 @@ impl KafkaDeadLetters {
                 value: Some(&value),
             });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
+        let (reply, delivery) = tokio::sync::oneshot::channel();
+        let mut record: BaseRecord<'_, [u8], [u8], _> =
+            BaseRecord::with_opaque_to(&self.topic, Box::new(reply)).headers(headers);
         if let Some(key) = &letter.key {
             record = record.key(key.as_slice());
         }
@@ -242,7 +280,8 @@ impl KafkaDeadLetters {
             record = record.payload(payload.as_slice());
         }
         self.producer
-            .send_result(record)
+            .send(record)
+            .map(|()| delivery)
             .map_err(|(error, _)| error)
     }
 }
@@ -338,8 +377,8 @@ impl DeadLetterSink for KafkaDeadLetters {
         loop {
             let error = match delivery {
                 Ok(pending) => match pending.await {
-                    Ok(Ok(_)) => return Ok(()),
-                    Ok(Err((error, _))) => error,
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(error)) => error,
                     Err(_) => KafkaError::Canceled,
                 },
                 Err(error) => error,

@@ -394,9 +394,8 @@ pub const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Drops the Kafka clients on a thread of their own and waits at most `limit`. librdkafka's
 /// close can hang: a broker that went away, or a wall clock stepped back (its timed waits run
-/// on the realtime clock: after a 1 h step back, the dead-letter producer's polling thread
-/// sleeps an hour). Everything is flushed and committed by now, so the process may exit
-/// without them.
+/// on the realtime clock: after a 1 h step back, a poll or a close waits an hour).
+/// Everything is flushed and committed by now, so the process may exit without them.
 fn close_within<T: Send + 'static>(clients: T, limit: Duration) {
     let (closed, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
