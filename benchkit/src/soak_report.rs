@@ -128,13 +128,18 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
             "- **Outage:** ClickHouse refused every INSERT for {} s (the sink's stall timeout: {} \
              s). The sinks logged {} stall report(s) at ERROR and {} recovery(ies); \
              `clickstream_sink_stalled` was 1 in {} sample(s) and {} at the end; the sink \
-             counted {} retries by the end (every cause, since its restart).",
+             {}counted {} retries by the end (every cause, since its restart).",
             show(&outage["seconds"]),
             show(&outage["stall_timeout_s"]),
             show(&outage["stall_reports"]),
             show(&outage["recoveries"]),
             show(&outage["stalled_samples"]),
             show(&outage["stalled_at_end"]),
+            // (Runs before the soak measured it have no such figure.)
+            match &outage["retries_during"] {
+                Value::Null => String::new(),
+                during => format!("retried {} times during the outage and ", show(during)),
+            },
             show(&outage["retries_at_end"]),
         ));
     } else if outage["ran"] == false {

@@ -35,6 +35,10 @@ const SINK_FLAGS: [&str; 2] = ["--flush-interval-ms", "1000"];
 const ADDED_COLUMN: &str = "soak_note";
 /// The sink's `stall_timeout_ms` (its default: the soak runs the demo's settings).
 const STALL_TIMEOUT_S: f64 = 60.0;
+/// An outage at least this long must have refused the sink's INSERTs (its retries grew): with
+/// a 1 s flush interval it tries one a second, once it owns partitions again after the kill
+/// (up to a 10 s session timeout for the killed member, then the join).
+const MUST_RETRY_S: f64 = 20.0;
 /// What the sink logs (at ERROR) when it declares itself stalled, and when it recovers.
 const STALLED: &str = "the sink is stalled";
 const RECOVERED: &str = "the sink makes progress again";
@@ -236,6 +240,8 @@ struct Outage {
     stalled_at_end: Option<f64>,
     /// The running sink's retries at the end (since its restart, every cause).
     retries_at_end: Option<f64>,
+    /// Its retries from the outage's start to its end.
+    retries_during: Option<f64>,
 }
 
 impl Outage {
@@ -250,7 +256,14 @@ impl Outage {
             "stalled_samples": self.stalled_samples,
             "stalled_at_end": self.stalled_at_end,
             "retries_at_end": self.retries_at_end,
+            "retries_during": self.retries_during,
+            "must_retry_s": MUST_RETRY_S,
         })
+    }
+
+    /// Long enough that the sink must have tried an INSERT during it.
+    fn must_retry(&self) -> bool {
+        self.ran && self.seconds >= MUST_RETRY_S
     }
 
     /// Long enough that the sink must declare itself stalled, and stay so for a samples'
@@ -366,6 +379,8 @@ impl Bench<'_> {
         let mut refusing: Option<Refusing<'_>> = None;
         // When the outage began and ended: run time (s) and the clock the logs use.
         let (mut outage_began, mut outage_ended) = (None::<(f64, DateTime<Utc>)>, None);
+        // The sink's retries then (the same sink throughout: the kill comes before).
+        let (mut retries_began, mut retries_ended) = (None::<f64>, None::<f64>);
         let mut next_sample = start;
         while start.elapsed() < Duration::from_secs(seconds) {
             if procs::interrupted() {
@@ -414,6 +429,7 @@ impl Bench<'_> {
                         logs.push(("restarted sink".into(), sink.proc.log.clone()));
                     }
                     Operation::Outage if can_refuse => {
+                        retries_began = self.sink_retries(&sink);
                         outage_began = Some((t, Utc::now()));
                         self.stack.refuse_inserts(&db, true)?;
                         refusing = Some(Refusing {
@@ -424,6 +440,7 @@ impl Bench<'_> {
                     }
                     Operation::Restore if can_refuse => {
                         if let Some(outage) = refusing.take() {
+                            retries_ended = self.sink_retries(&sink);
                             outage.end()?;
                             outage_ended = Some((start.elapsed().as_secs_f64(), Utc::now()));
                         }
@@ -527,6 +544,9 @@ impl Bench<'_> {
             stalled_samples: samples.iter().filter(|s| s.stalled == Some(1.0)).count(),
             stalled_at_end: samples.last().and_then(|s| s.stalled),
             retries_at_end: samples.last().and_then(|s| s.retries),
+            retries_during: retries_began
+                .zip(retries_ended)
+                .map(|(began, ended)| ended - began),
         };
         let failures = failures(&Checks {
             sent,
@@ -580,6 +600,24 @@ impl Bench<'_> {
             "verdict": verdict,
             "failures": failures,
         }))
+    }
+
+    /// The sink's `clickstream_sink_retries_total` now, every operation together.
+    fn sink_retries(&self, sink: &Sink) -> Option<f64> {
+        let text = self
+            .stack
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), scrape_metrics_text(sink.port)).await
+            })
+            .ok()
+            .and_then(Result::ok)?;
+        // (No series yet: it never retried.)
+        Some(
+            metric_families(&text)
+                .get("clickstream_sink_retries_total")
+                .copied()
+                .unwrap_or(0.0),
+        )
     }
 
     fn sample(
@@ -700,6 +738,12 @@ fn failures(c: &Checks<'_>) -> Vec<String> {
             c.outage.stall_reports, c.outage.recoveries, c.outage.stalled_at_end
         ));
     }
+    if c.outage.must_retry() && !c.outage.retries_during.is_some_and(|r| r > 0.0) {
+        failures.push(format!(
+            "the outage of {:.0} s never reached the sink: its retries grew by {:?} meanwhile",
+            c.outage.seconds, c.outage.retries_during
+        ));
+    }
     if c.operations_run < OPERATIONS.len() {
         failures.push(format!(
             "only {} of {} operations ran",
@@ -764,6 +808,7 @@ mod tests {
         stalled_samples: 2,
         stalled_at_end: Some(0.0),
         retries_at_end: Some(40.0),
+        retries_during: Some(30.0),
     };
 
     fn checks(sink_exits: &[Value]) -> Checks<'_> {
@@ -808,7 +853,15 @@ mod tests {
             recoveries: 0,
             ..OUTAGE
         };
-        let broken: [(&str, Checks<'_>); 11] = [
+        let unreached = Outage {
+            retries_during: Some(0.0),
+            ..OUTAGE
+        };
+        let unscraped = Outage {
+            retries_during: None,
+            ..OUTAGE
+        };
+        let broken: [(&str, Checks<'_>); 13] = [
             (
                 "delivered",
                 Checks {
@@ -869,6 +922,20 @@ mod tests {
                 },
             ),
             (
+                "never reached the sink",
+                Checks {
+                    outage: &unreached,
+                    ..checks(&exits)
+                },
+            ),
+            (
+                "never reached the sink",
+                Checks {
+                    outage: &unscraped,
+                    ..checks(&exits)
+                },
+            ),
+            (
                 "window publisher",
                 Checks {
                     windows_exit: 1,
@@ -912,11 +979,14 @@ mod tests {
             stalled_samples: 0,
             ..OUTAGE
         };
+        // (Nor need one shorter than MUST_RETRY_S have reached the sink: after the kill it
+        // may not own partitions yet.)
         let short = Outage {
             seconds: 15.0,
             stall_reports: 0,
             recoveries: 0,
             stalled_samples: 0,
+            retries_during: Some(0.0),
             ..OUTAGE
         };
         assert_eq!(
