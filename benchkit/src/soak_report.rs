@@ -138,7 +138,10 @@ pub fn render(r: &Value, chart: Option<&Chart>) -> String {
             // (Runs before the soak measured it have no such figure.)
             match &outage["retries_during"] {
                 Value::Null => String::new(),
-                during => format!("retried {} times during the outage and ", show(during)),
+                during => format!(
+                    "retried an INSERT {} times during the outage and ",
+                    show(during)
+                ),
             },
             show(&outage["retries_at_end"]),
         ));
