@@ -1,5 +1,6 @@
 //! scripts/demo: starts a private stack, producer and sink (debug binaries, free ports), rows
-//! reach ClickHouse, and Ctrl-C stops everything it started; so does a SIGKILL of the demo.
+//! reach ClickHouse, and Ctrl-C stops everything it started; so does a SIGKILL of the demo, and
+//! a sink that stops on its own (named, with its reason).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -256,26 +257,7 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
 
     // Ctrl-C: everything stops, cleanly.
     signal(demo.child.id(), "INT");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 90 s after Ctrl-C:\n{}",
-            demo.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // The reader thread sees the last lines once the pipe closes.
-    let log = {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !demo.log().contains("logs are in") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        demo.log()
-    };
+    let (status, log) = demo_exit(&mut demo, "Ctrl-C").await;
     assert_eq!(status.code(), Some(0), "exit status after Ctrl-C:\n{log}");
     for line in [
         "stopped producer",
@@ -313,6 +295,71 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Waits up to 90 s (after `what`) for the demo to exit; its status and its whole output.
+async fn demo_exit(demo: &mut Demo, what: &str) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 90 s after {what}:\n{}",
+            demo.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The reader thread sees the last lines once the pipe closes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !demo.log().contains("logs are in") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (status, demo.log())
+}
+
+/// An ALTER the sink cannot follow (a column narrowed below what valid events hold) stops the
+/// sink loudly; the demo then ends everything it started and says which program ended and why,
+/// the sink's own "change it back" included, not only where the logs are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_that_stops_ends_the_demo_with_its_reason() {
+    let data = TempDir::new("it_demo_sink_stops");
+    let marker = unique_name("demo-sink-stops");
+    let ports = Ports::free();
+    let mut demo = start_demo(&ports, &data, &marker).await;
+    let _orphans = KillLeftovers(&marker);
+    rows_arrive(&demo, ports.clickhouse, 100).await;
+
+    let client =
+        clickhouse::Client::default().with_url(format!("http://127.0.0.1:{}", ports.clickhouse));
+    client
+        .query("ALTER TABLE clickstream.events MODIFY COLUMN price Nullable(Decimal(7, 2))")
+        .execute()
+        .await
+        .expect("narrow the price column");
+    let (status, log) = demo_exit(&mut demo, "the ALTER").await;
+    assert_eq!(status.code(), Some(1), "exit status:\n{log}");
+    let reason = log
+        .lines()
+        .find(|l| l.contains("the sink exited on its own (exit code 1)"))
+        .unwrap_or_else(|| panic!("the sink's exit is not named:\n{log}"));
+    assert!(
+        reason.contains("ERROR") && reason.contains("`price`") && reason.contains("change it back"),
+        "the reason is not the sink's error: {reason}"
+    );
+    for line in ["stopped producer", "stopped windows", "stopped kafka"] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still running after the demo ended: {:#?}",
+            marked_processes(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The demo's producer flushed as it stopped: its summary says everything sent was delivered.
