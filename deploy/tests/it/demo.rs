@@ -130,8 +130,13 @@ impl Ports {
 /// Starts `scripts/demo --no-top` on `ports` and `data`, its processes marked with `marker`;
 /// returns once it says it runs.
 async fn start_demo(ports: &Ports, data: &TempDir, marker: &str) -> Demo {
+    start_demo_with(ports, data, marker, &["--no-top"]).await
+}
+
+/// [`start_demo`] with `args` (none: with the terminal dashboard, its frames discarded).
+async fn start_demo_with(ports: &Ports, data: &TempDir, marker: &str, args: &[&str]) -> Demo {
     let mut child = Command::new(repo_root().join("scripts/demo"))
-        .arg("--no-top")
+        .args(args)
         .env("STACK_KAFKA_PORT", ports.kafka.to_string())
         .env("STACK_CLICKHOUSE_PORT", ports.clickhouse.to_string())
         .env("STACK_CLICKHOUSE_TLS_PORT", ports.https.to_string())
@@ -321,13 +326,23 @@ async fn demo_exit(demo: &mut Demo, what: &str) -> (std::process::ExitStatus, St
 
 /// An ALTER the sink cannot follow (a column narrowed below what valid events hold) stops the
 /// sink loudly; the demo then ends everything it started and says which program ended and why,
-/// the sink's own "change it back" included, not only where the logs are.
+/// the sink's own "change it back" included, not only where the logs are. With the terminal
+/// dashboard too: it ends rather than go on showing a pipeline that no longer runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_that_stops_ends_the_demo_with_its_reason() {
+    a_sink_stops(&["--no-top"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_that_stops_ends_the_demo_and_its_dashboard_with_its_reason() {
+    a_sink_stops(&[]).await;
+}
+
+async fn a_sink_stops(args: &[&str]) {
     let data = TempDir::new("it_demo_sink_stops");
     let marker = unique_name("demo-sink-stops");
     let ports = Ports::free();
-    let mut demo = start_demo(&ports, &data, &marker).await;
+    let mut demo = start_demo_with(&ports, &data, &marker, args).await;
     let _orphans = KillLeftovers(&marker);
     rows_arrive(&demo, ports.clickhouse, 100).await;
 
