@@ -135,8 +135,11 @@ async fn start_demo(ports: &Ports, data: &TempDir, marker: &str) -> Demo {
 
 /// [`start_demo`] with `args` (none: with the terminal dashboard, its frames discarded).
 async fn start_demo_with(ports: &Ports, data: &TempDir, marker: &str, args: &[&str]) -> Demo {
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(repo_root().join("scripts/demo"))
         .args(args)
+        // Its own process group, as a terminal's foreground job: Ctrl-C reaches all of it.
+        .process_group(0)
         .env("STACK_KAFKA_PORT", ports.kafka.to_string())
         .env("STACK_CLICKHOUSE_PORT", ports.clickhouse.to_string())
         .env("STACK_CLICKHOUSE_TLS_PORT", ports.https.to_string())
@@ -375,6 +378,43 @@ async fn a_sink_stops(args: &[&str]) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Ctrl-C at a terminal, with the dashboard: SIGINT reaches the demo's whole process group (the
+/// dashboard, the programs, the watcher), and everything stops cleanly, exit 0, nothing named
+/// as having failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_to_the_demo_and_its_dashboard_stops_all_of_it_cleanly() {
+    let data = TempDir::new("it_demo_top_ctrl_c");
+    let marker = unique_name("demo-top-ctrl-c");
+    let ports = Ports::free();
+    let mut demo = start_demo_with(&ports, &data, &marker, &[]).await;
+    let _orphans = KillLeftovers(&marker);
+    rows_arrive(&demo, ports.clickhouse, 100).await;
+    let _ = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", demo.child.id())])
+        .status();
+    let (status, log) = demo_exit(&mut demo, "Ctrl-C").await;
+    assert_eq!(status.code(), Some(0), "exit status after Ctrl-C:\n{log}");
+    assert!(!log.contains("error"), "{log}");
+    for line in [
+        "stopped producer",
+        "stopped sink",
+        "stopped windows",
+        "stopped kafka",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marked_processes(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still running after Ctrl-C: {:#?}",
+            marked_processes(&marker)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    producer_delivered_all(&data);
 }
 
 /// The demo's producer flushed as it stopped: its summary says everything sent was delivered.
