@@ -305,6 +305,22 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     );
 }
 
+/// Waits up to `secs` for every process marked `marker` to end (after `what`).
+async fn nothing_left(marker: &str, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = marked_processes(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {secs} s after {what}: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits up to 90 s (after `what`) for the demo to exit; its status and its whole output.
 async fn demo_exit(demo: &mut Demo, what: &str) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -369,15 +385,7 @@ async fn a_sink_stops(args: &[&str]) {
     for line in ["stopped producer", "stopped windows", "stopped kafka"] {
         assert!(log.contains(line), "{line:?} missing:\n{log}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marked_processes(&marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still running after the demo ended: {:#?}",
-            marked_processes(&marker)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    nothing_left(&marker, 30, "the demo ended").await;
 }
 
 /// Ctrl-C at a terminal, with the dashboard: SIGINT reaches the demo's whole process group (the
@@ -405,15 +413,7 @@ async fn ctrl_c_to_the_demo_and_its_dashboard_stops_all_of_it_cleanly() {
     ] {
         assert!(log.contains(line), "{line:?} missing:\n{log}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marked_processes(&marker).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still running after Ctrl-C: {:#?}",
-            marked_processes(&marker)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    nothing_left(&marker, 30, "Ctrl-C").await;
     producer_delivered_all(&data);
 }
 
@@ -462,18 +462,7 @@ async fn a_demo_killed_outright_leaves_nothing_running() {
 
     signal(demo.child.id(), "KILL");
     let _ = demo.child.wait();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = marked_processes(&marker);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running 90 s after the demo was killed: {left:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    nothing_left(&marker, 90, "the demo was killed").await;
     for port in [
         ports.kafka,
         ports.clickhouse,
