@@ -415,6 +415,7 @@ async fn ctrl_c_to_the_demo_and_its_dashboard_stops_all_of_it_cleanly() {
     }
     nothing_left(&marker, 30, "Ctrl-C").await;
     producer_delivered_all(&data);
+    assert!(!data.path().join("run/top.pid").exists());
 }
 
 /// The demo's producer flushed as it stopped: its summary says everything sent was delivered.
