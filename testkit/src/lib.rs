@@ -286,12 +286,41 @@ impl Drop for Broker {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server a test is about to start.
+///
+/// Chosen at random below the kernel's ephemeral range (`ip_local_port_range`), checked
+/// bindable, and never handed out twice in one process. A port from `bind(0)` is an ephemeral
+/// one: between the check and the server's bind, any process's outgoing connection could take it
+/// (CI: a demo refused to start, "port 43653 is in use", with five demos and their Kafka and
+/// HTTP clients running at once). Below that range only another server can, and the servers
+/// tests start take their ports from here.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::sync::Mutex;
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if ephemeral_from > 11_000 {
+        for _ in 0..1_000 {
+            let port = 10_000 + (rand::random::<u16>() % (ephemeral_from - 10_000));
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    // No room below the ephemeral range (or all taken): an ephemeral port, as before.
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
-        .port()
+        .port();
+    given.insert(port);
+    port
 }
 
 /// A whole local stack (broker and endpoint) brought up by `scripts/stack up` with `env` (its
@@ -830,4 +859,28 @@ pub async fn http_request(
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports for servers come from below the ephemeral range (where no outgoing connection
+    /// takes them), bindable, each once.
+    #[test]
+    fn free_ports_are_distinct_bindable_and_not_ephemeral() {
+        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+        for port in ports {
+            if ephemeral_from > 11_000 {
+                assert!((10_000..ephemeral_from).contains(&port), "{port}");
+            }
+            TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{port}: {e}"));
+        }
+    }
 }
