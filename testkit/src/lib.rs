@@ -298,10 +298,7 @@ pub fn free_port() -> u16 {
     use std::sync::Mutex;
     static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
         Mutex::new(std::collections::BTreeSet::new());
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let ephemeral_from = ephemeral_ports_from();
     let mut given = GIVEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -321,6 +318,14 @@ pub fn free_port() -> u16 {
         .port();
     given.insert(port);
     port
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default where it cannot be read).
+fn ephemeral_ports_from() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// A whole local stack (broker and endpoint) brought up by `scripts/stack up` with `env` (its
@@ -869,10 +874,7 @@ mod tests {
     /// takes them), bindable, each once.
     #[test]
     fn free_ports_are_distinct_bindable_and_not_ephemeral() {
-        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32768);
+        let ephemeral_from = ephemeral_ports_from();
         let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port handed out twice");

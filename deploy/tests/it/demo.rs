@@ -267,15 +267,10 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
     signal(demo.child.id(), "INT");
     let (status, log) = demo_exit(&mut demo, "Ctrl-C").await;
     assert_eq!(status.code(), Some(0), "exit status after Ctrl-C:\n{log}");
-    for line in [
-        "stopped producer",
-        "stopped sink",
-        "stopped windows",
-        "stopped clickhouse",
-        "stopped kafka",
-    ] {
-        assert!(log.contains(line), "{line:?} missing:\n{log}");
-    }
+    assert_stopped(
+        &log,
+        &["producer", "sink", "windows", "clickhouse", "kafka"],
+    );
     let left = marked_processes(&marker);
     assert!(
         left.is_empty(),
@@ -303,6 +298,16 @@ async fn the_demo_runs_the_product_and_ctrl_c_stops_all_of_it() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The demo's output says it stopped each of `names` (its programs, the stack's services).
+fn assert_stopped(log: &str, names: &[&str]) {
+    for name in names {
+        assert!(
+            log.contains(&format!("stopped {name}")),
+            "'stopped {name}' missing:\n{log}"
+        );
+    }
 }
 
 /// Waits up to `secs` for every process marked `marker` to end (after `what`).
@@ -382,9 +387,7 @@ async fn a_sink_stops(args: &[&str]) {
         reason.contains("ERROR") && reason.contains("`price`") && reason.contains("change it back"),
         "the reason is not the sink's error: {reason}"
     );
-    for line in ["stopped producer", "stopped windows", "stopped kafka"] {
-        assert!(log.contains(line), "{line:?} missing:\n{log}");
-    }
+    assert_stopped(&log, &["producer", "windows", "kafka"]);
     nothing_left(&marker, 30, "the demo ended").await;
 }
 
@@ -405,14 +408,7 @@ async fn ctrl_c_to_the_demo_and_its_dashboard_stops_all_of_it_cleanly() {
     let (status, log) = demo_exit(&mut demo, "Ctrl-C").await;
     assert_eq!(status.code(), Some(0), "exit status after Ctrl-C:\n{log}");
     assert!(!log.contains("error"), "{log}");
-    for line in [
-        "stopped producer",
-        "stopped sink",
-        "stopped windows",
-        "stopped kafka",
-    ] {
-        assert!(log.contains(line), "{line:?} missing:\n{log}");
-    }
+    assert_stopped(&log, &["producer", "sink", "windows", "kafka"]);
     nothing_left(&marker, 30, "Ctrl-C").await;
     producer_delivered_all(&data);
     assert!(!data.path().join("run/top.pid").exists());
