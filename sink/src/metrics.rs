@@ -232,7 +232,7 @@ impl Metrics {
         );
         registry.register(
             "dead_letters_repeated",
-            "Dead letters written again on a replay",
+            "Dead letters written again on a re-read below the newest offset ClickHouse holds (a crash, a rebalance, a group reset; not a replay, which deletes its range first)",
             metrics.dead_letters_repeated.clone(),
         );
         registry.register(
