@@ -9,7 +9,9 @@
 //!
 //! Measured (examples/decode_speed.rs, cache-warm): serde's derive spends about 700 ns on a
 //! 425-byte event; `decode_ref` with this path about 395 (the parse itself about 330, most of
-//! it finding the ends of the strings, eight bytes at a time).
+//! it finding the ends of the strings, eight bytes at a time). On a faster hour: 430 against
+//! 238, and 216-218 once the producer's timestamps were read here (chrono's RFC 3339 parser
+//! took 20 ns of them).
 
 use std::borrow::Cow;
 
@@ -51,8 +53,11 @@ pub(crate) fn parse(text: &str) -> Option<ClickEventRef<'_>> {
                 event_id = Some(Uuid::parse_str(scan.string()?).ok()?);
             }
             1 => {
-                let at = DateTime::parse_from_rfc3339(scan.string()?).ok()?;
-                timestamp = Some(at.with_timezone(&Utc));
+                let text = scan.string()?;
+                timestamp = Some(match producer_timestamp(text) {
+                    Some(at) => at,
+                    None => DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc),
+                });
             }
             2 => {
                 user_id = Some(scan.string()?);
@@ -147,6 +152,41 @@ pub(crate) fn parse(text: &str) -> Option<ClickEventRef<'_>> {
         price: price.flatten(),
         quantity: quantity.flatten(),
     })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the one form the producer writes, read without chrono's general
+/// RFC 3339 parser (a quarter of the time). Any other form (another offset, separator or
+/// number of decimals, a leap second, a date that does not exist) is `None` and left to that
+/// parser, so what is accepted and its value stay chrono's (the property test below compares).
+fn producer_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let b: &[u8; 24] = text.as_bytes().try_into().ok()?;
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let number = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |value, &byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + u32::from(byte - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(number(0, 4)?).ok()?,
+        number(5, 7)?,
+        number(8, 10)?,
+    )?;
+    // Second 60 (a leap second) is `None` here: chrono's parser reads it its own way.
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    Some(
+        date.and_hms_milli_opt(hour, minute, second, number(20, 23)?)?
+            .and_utc(),
+    )
 }
 
 /// Where the first `"`, `\\` or control character is, eight bytes at a time (most of an
@@ -434,6 +474,83 @@ mod tests {
         }
         // The mutations must leave enough valid events for this to test anything.
         assert!(taken > mutated / 20, "{taken} of {mutated} taken");
+    }
+
+    #[test]
+    fn reads_the_producers_timestamps_as_chrono_does_and_leaves_it_the_rest() {
+        let chrono = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|at| at.with_timezone(&Utc))
+        };
+        let mut random = Lcg(3);
+        let mut stamps: Vec<String> = (0..20_000)
+            .map(|_| {
+                let millis = random.below(253_402_300_800_000) as i64; // years 1970 to 9999
+                DateTime::from_timestamp_millis(millis)
+                    .unwrap()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+            .collect();
+        for stamp in &stamps {
+            assert_eq!(producer_timestamp(stamp), chrono(stamp), "{stamp}");
+            assert!(producer_timestamp(stamp).is_some(), "{stamp}");
+        }
+        stamps.extend(
+            [
+                "2024-02-29T12:00:00.000Z",
+                "2023-02-29T12:00:00.000Z",
+                "1900-02-29T12:00:00.000Z",
+                "2000-02-29T12:00:00.000Z",
+                "2026-04-31T00:00:00.000Z",
+                "2026-12-31T23:59:60.000Z",
+                "2026-12-31T23:59:59.999Z",
+                "2026-12-31T24:00:00.000Z",
+                "2026-12-31T23:60:00.000Z",
+                "2026-00-10T10:00:00.000Z",
+                "2026-13-10T10:00:00.000Z",
+                "2026-01-00T10:00:00.000Z",
+                "0000-01-01T00:00:00.000Z",
+                "2026-01-01t00:00:00.000z",
+                "2026-01-01 00:00:00.000Z",
+                "2026-01-01T00:00:00.000+00:00",
+                "2026-01-01T00:00:00.00Z",
+                "2026-01-01T00:00:00.0000Z",
+                "2026-01-01T00:00:00Z",
+                "+2026-01-01T00:00:00.000Z",
+            ]
+            .map(String::from),
+        );
+        // Every one-byte change of every stamp.
+        let bytes = b"0123456789-T:.Zt z+/\x7f\xc3";
+        let mut changed = 0;
+        for stamp in stamps.iter().take(300).chain(&stamps[20_000..]) {
+            for at in 0..stamp.len() {
+                for &byte in bytes {
+                    let mut text = stamp.clone().into_bytes();
+                    text[at] = byte;
+                    let Ok(text) = String::from_utf8(text) else {
+                        continue;
+                    };
+                    if let Some(at) = producer_timestamp(&text) {
+                        assert_eq!(Some(at), chrono(&text), "{text}");
+                    }
+                    changed += 1;
+                }
+            }
+        }
+        assert!(changed > 100_000, "{changed}");
+        for stamp in &stamps[20_000..] {
+            if let Some(at) = producer_timestamp(stamp) {
+                assert_eq!(Some(at), chrono(stamp), "{stamp}");
+            }
+        }
+        assert!(producer_timestamp("2024-02-29T12:00:00.000Z").is_some());
+        assert!(producer_timestamp("2026-12-31T23:59:60.000Z").is_none());
+        assert!(
+            chrono("2026-12-31T23:59:60.000Z").is_some(),
+            "chrono's reading"
+        );
     }
 
     #[test]
