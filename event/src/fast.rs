@@ -155,7 +155,7 @@ pub(crate) fn parse(text: &str) -> Option<ClickEventRef<'_>> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the one form the producer writes, read without chrono's general
-/// RFC 3339 parser (a quarter of the time). Any other form (another offset, separator or
+/// RFC 3339 parser (`decode_ref` took 238 ns with it, 217 without). Any other form (another offset, separator or
 /// number of decimals, a leap second, a date that does not exist) is `None` and left to that
 /// parser, so what is accepted and its value stay chrono's (the property test below compares).
 fn producer_timestamp(text: &str) -> Option<DateTime<Utc>> {
